@@ -1,0 +1,5 @@
+import sys
+
+from capgen.cli import main
+
+sys.exit(main())

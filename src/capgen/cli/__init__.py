@@ -1,0 +1,61 @@
+"""The `capgen` command: a thin layer of subcommands over the library.
+
+Every subcommand module exposes `register(subparsers)` that adds its parser and sets `func`.
+User errors (CapgenError) print one line and exit 2; tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from capgen import __version__
+from capgen.cli import extract, prepare, synth
+from capgen.errors import CapgenError
+
+COMMANDS = (prepare, extract, synth)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="capgen", description="Image captioning toolkit: prepare data, extract features, "
+                                                "train, caption.")
+    parser.add_argument("--version", action="version", version=f"capgen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    # --debug is accepted after the subcommand too; SUPPRESS keeps the top-level value otherwise.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in COMMANDS:
+        module.register(sub, [common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CapgenError as e:
+        if args.debug:
+            raise
+        print(f"capgen {args.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"capgen {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: still one line unless --debug
+        if args.debug:
+            raise
+        print(f"capgen {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the "
+              f"traceback)", file=sys.stderr)
+        return 1

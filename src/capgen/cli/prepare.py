@@ -1,0 +1,38 @@
+"""capgen prepare DATA --out PREPARED: read a caption dataset, write splits + vocabulary."""
+
+from __future__ import annotations
+
+from capgen.cli.types import fraction, positive_int
+
+
+def register(sub, parents) -> None:
+    p = sub.add_parser("prepare", parents=parents, help="read a caption dataset and write a prepared folder",
+                       description="Read Flickr8k/30k, Karpathy JSON, COCO captions, Kaggle, CSV or JSON "
+                                   "Lines captions; write splits, normalised captions and the vocabulary.")
+    p.add_argument("data", metavar="DATA", help="dataset folder or caption file")
+    p.add_argument("--out", required=True, metavar="PREPARED", help="output folder")
+    p.add_argument("--format", default="auto",
+                   choices=["auto", "flickr", "karpathy", "coco", "kaggle", "csv", "jsonl"])
+    p.add_argument("--images", metavar="DIR", help="folder of the images (default: found beside DATA)")
+    p.add_argument("--min-count", type=positive_int, default=5, help="minimum word count in train (default 5)")
+    p.add_argument("--max-vocab", type=positive_int, default=None, help="maximum vocabulary size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split when DATA has none")
+    p.add_argument("--val-fraction", type=fraction, default=0.1, help="random split only (default 0.1)")
+    p.add_argument("--test-fraction", type=fraction, default=0.1, help="random split only (default 0.1)")
+    p.add_argument("--skip-missing", action="store_true", help="drop captions whose image file is missing")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from capgen.data import prepare_dataset
+
+    ds = prepare_dataset(args.data, args.out, fmt=args.format, images=args.images, min_count=args.min_count,
+                         max_vocab=args.max_vocab, seed=args.seed, val_fraction=args.val_fraction,
+                         test_fraction=args.test_fraction, skip_missing=args.skip_missing)
+    m = ds.manifest
+    splits = ", ".join(f"{s} {v['images']} images / {v['captions']} captions" for s, v in m["splits"].items())
+    print(f"prepared {m['format']} dataset -> {ds.root}: {splits}; vocabulary {m['vocab_size']} words")
+    if m["dropped"]["not_in_any_split"] or m["dropped"]["missing_image_files"]:
+        print(f"dropped: {m['dropped']['not_in_any_split']} images in no split, "
+              f"{m['dropped']['missing_image_files']} missing image files")
+    return 0

@@ -1,0 +1,162 @@
+"""The prepared folder: splits, normalised captions with all references per image, vocabulary.
+
+Layout of PREPARED/:
+  manifest.json          counts, source, images folder, settings (written last: marks completeness)
+  vocab.json             Vocabulary.to_dict()
+  {train,val,test}.jsonl one image per line: {"image", "raw": [...], "tokens": [[...], ...]}
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from capgen.data.readers import SPLITS, RawDataset, read_dataset
+from capgen.data.text import normalize_caption
+from capgen.data.vocab import Vocabulary
+from capgen.errors import DatasetError
+from capgen.io import atomic_dir
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image: str                     # id (path relative to the images folder); COCO results use it as image_id
+    path: Path                     # absolute path of the image file
+    split: str
+    raw: tuple[str, ...]           # reference captions as written
+    tokens: tuple[tuple[str, ...], ...]  # the same, normalised
+
+
+def assign_random_splits(raw: RawDataset, seed: int, val_fraction: float, test_fraction: float) -> None:
+    """Give images without a split a seeded random one (custom data, Kaggle and COCO files)."""
+    todo = sorted(k for k, r in raw.records.items() if r.split is None)
+    if not todo:
+        return
+    if len(todo) != len(raw.records):
+        raise DatasetError(f"{raw.source}: some images have a split and some do not; give all or none")
+    random.Random(seed).shuffle(todo)
+    n = len(todo)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    if n >= 3:  # every split gets at least one image when there are enough
+        n_val, n_test = max(n_val, 1), max(n_test, 1)
+    for i, key in enumerate(todo):
+        raw.records[key].split = "val" if i < n_val else "test" if i < n_val + n_test else "train"
+
+
+def prepare_dataset(
+    data: str | Path,
+    out: str | Path,
+    fmt: str = "auto",
+    images: str | Path | None = None,
+    min_count: int = 5,
+    max_vocab: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    skip_missing: bool = False,
+) -> "PreparedDataset":
+    """Read any supported dataset and write a prepared folder (atomically) at `out`."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DatasetError(f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction} "
+                           f"test={test_fraction}")
+    raw = read_dataset(data, fmt, images)
+    assign_random_splits(raw, seed, val_fraction, test_fraction)
+
+    missing = [k for k in raw.records if not (raw.images_dir / k).is_file()]
+    if missing and not skip_missing:
+        raise DatasetError(f"{len(missing)} of {len(raw.records)} images with captions do not exist "
+                           f"under {raw.images_dir} (e.g. {missing[0]}); pass --skip-missing to drop them")
+    for k in missing:
+        del raw.records[k]
+
+    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for key, rec in raw.records.items():  # dataset order (Flickr: the order of the split lists)
+        by_split[rec.split].append({"image": key, "raw": rec.captions,
+                                    "tokens": [normalize_caption(c) for c in rec.captions]})
+    for s in SPLITS:
+        if not by_split[s]:
+            raise DatasetError(f"{raw.source}: split {s!r} is empty; every split needs images "
+                               f"(train, val, test)")
+        for item in by_split[s]:
+            if any(not t for t in item["tokens"]):
+                raise DatasetError(f"{raw.source}: a caption of {item['image']} has no words after "
+                                   f"normalisation")
+
+    vocab = Vocabulary.build((t for item in by_split["train"] for t in item["tokens"]), min_count, max_vocab)
+    manifest = {
+        "capgen_prepared": FORMAT_VERSION,
+        "source": str(raw.source.resolve()),
+        "format": raw.fmt,
+        "images_dir": str(raw.images_dir.resolve()),
+        "splits": {s: {"images": len(v), "captions": sum(len(i["raw"]) for i in v)} for s, v in by_split.items()},
+        "vocab_size": len(vocab),
+        "min_count": min_count,
+        "max_vocab": max_vocab,
+        "seed": seed,
+        "dropped": {"not_in_any_split": raw.not_in_split, "missing_image_files": len(missing)},
+    }
+    with atomic_dir(out, replace_if=MANIFEST) as tmp:
+        for s, items in by_split.items():
+            with open(tmp / f"{s}.jsonl", "w", encoding="utf-8") as f:
+                for item in items:
+                    f.write(json.dumps(item, ensure_ascii=False) + "\n")
+        vocab.save(tmp / "vocab.json")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return PreparedDataset.load(out)
+
+
+class PreparedDataset:
+    """A prepared folder, read back. Records are ordered as in the source dataset."""
+
+    def __init__(self, root: Path, manifest: dict, vocab: Vocabulary, splits: dict[str, list[ImageRecord]]):
+        self.root, self.manifest, self.vocab, self._splits = root, manifest, vocab, splits
+
+    @classmethod
+    def load(cls, root: str | Path) -> "PreparedDataset":
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{root}: prepared dataset folder does not exist (run capgen prepare first)")
+        mpath = root / MANIFEST
+        if not mpath.is_file():
+            raise DatasetError(f"{root}: not a prepared dataset (no {MANIFEST}); run capgen prepare")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise DatasetError(f"{mpath}: unreadable manifest ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("capgen_prepared") != FORMAT_VERSION:
+            raise DatasetError(f"{mpath}: not a capgen prepared manifest of version {FORMAT_VERSION}")
+        images_dir = Path(manifest["images_dir"])
+        splits: dict[str, list[ImageRecord]] = {}
+        for s in SPLITS:
+            path, items = root / f"{s}.jsonl", []
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+                for line in lines:
+                    d = json.loads(line)
+                    items.append(ImageRecord(d["image"], images_dir / d["image"], s, tuple(d["raw"]),
+                                             tuple(tuple(t) for t in d["tokens"])))
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DatasetError(f"{path}: unreadable prepared split ({e})") from None
+            if len(items) != manifest["splits"][s]["images"]:
+                raise DatasetError(f"{path}: has {len(items)} images, manifest says "
+                                   f"{manifest['splits'][s]['images']}; prepare again")
+            splits[s] = items
+        return cls(root, manifest, Vocabulary.load(root / "vocab.json"), splits)
+
+    def split(self, name: str) -> list[ImageRecord]:
+        if name not in self._splits:
+            raise DatasetError(f"unknown split {name!r}, expected one of {', '.join(SPLITS)}")
+        return self._splits[name]
+
+    def records(self, split: str | None = None) -> list[ImageRecord]:
+        """One split, or all images (train, val, test order) when split is None."""
+        return self.split(split) if split else [r for s in SPLITS for r in self._splits[s]]
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{s}={len(v)}" for s, v in self._splits.items())
+        return f"PreparedDataset({self.root}, {counts}, vocab={len(self.vocab)})"

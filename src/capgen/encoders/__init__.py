@@ -1,0 +1,31 @@
+"""Image encoders: pretrained CNNs that turn images into pooled and grid features.
+
+    enc = create_encoder("efficientnet-lite2")
+    x = torch.stack([enc.preprocess(load_image(p)) for p in paths])  # (B, 3, S, S)
+    pooled, grid = enc(x)                                             # (B, dim), (B, H*W, dim)
+    runner = make_runner(enc)                                          # fast numpy inference (ONNX)
+"""
+
+from capgen.encoders.base import GridEncoder, ImageEncoder, pool_grid
+from capgen.encoders.preprocess import Preprocess
+from capgen.encoders.registry import create_encoder, list_encoders, register_encoder
+
+# Imported for its @register_encoder side effect; keep after the registry import.
+from capgen.encoders import efficientnet  # noqa: E402,F401  isort: skip
+from capgen.encoders.efficientnet import EfficientNetLite  # noqa: E402
+from capgen.encoders.flops import count_flops  # noqa: E402
+from capgen.encoders.onnx import EncoderRunner, make_runner  # noqa: E402
+
+__all__ = [
+    "EfficientNetLite",
+    "EncoderRunner",
+    "GridEncoder",
+    "ImageEncoder",
+    "Preprocess",
+    "count_flops",
+    "create_encoder",
+    "list_encoders",
+    "make_runner",
+    "pool_grid",
+    "register_encoder",
+]

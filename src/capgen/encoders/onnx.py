@@ -1,0 +1,1 @@
+EncoderRunner = make_runner = None

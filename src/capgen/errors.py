@@ -1,0 +1,30 @@
+"""Errors a user can act on. The CLI prints them as one line and exits 2."""
+
+from __future__ import annotations
+
+
+class CapgenError(Exception):
+    """Base class for errors caused by the user's input (files, options, data)."""
+
+    exit_code = 2
+
+
+class DatasetError(CapgenError):
+    """A dataset or prepared folder is missing, malformed or inconsistent."""
+
+
+class ImageLoadError(CapgenError):
+    """An image file is missing, empty, truncated, not an image, or too large."""
+
+    def __init__(self, path: object, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class EncoderError(CapgenError):
+    """An encoder is unknown, cannot be built offline, or is misconfigured."""
+
+
+class FeatureCacheError(CapgenError):
+    """A feature cache is missing, incomplete, or does not match the dataset or model."""

@@ -1,0 +1,142 @@
+"""On-disk layout of a feature cache, and loading it with checks.
+
+FEATURES/
+  job.json            what is being extracted (encoder spec, dtype, image list); written first
+  pooled.npy          (N, dim) float16/32, one row per image of job.json's list
+  grid.npy            (N, H*W, dim)
+  progress-r{k}.json  rows rank k has finished (and images that failed); rewritten after each batch
+  meta.json           written last, atomically: its presence means the cache is complete
+
+Rows are written into memory-mapped .npy files and flushed *before* the progress file names them,
+so a killed run loses at most the batch in flight, and an incomplete cache never loads as valid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from capgen.errors import FeatureCacheError
+
+JOB, META = "job.json", "meta.json"
+FORMAT_VERSION = 1
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise FeatureCacheError(f"{path}: unreadable {what} ({e})") from None
+    if not isinstance(obj, dict):
+        raise FeatureCacheError(f"{path}: expected a JSON object ({what})")
+    return obj
+
+
+class FeatureCache:
+    """A complete feature cache, memory-mapped. `pooled(ids)` / `grid(ids)` return float32 arrays."""
+
+    def __init__(self, root: Path, meta: dict, pooled: np.ndarray, grid: np.ndarray):
+        self.root, self.meta = root, meta
+        self._pooled, self._grid = pooled, grid
+        failed = set(meta.get("failed", {}))
+        self.index = {name: i for i, name in enumerate(meta["images"]) if name not in failed}
+
+    @classmethod
+    def open(cls, root: str | Path) -> "FeatureCache":
+        root = Path(root)
+        if not root.is_dir():
+            raise FeatureCacheError(f"{root}: feature cache folder does not exist (run capgen extract first)")
+        if not (root / META).is_file():
+            if (root / JOB).is_file():
+                raise FeatureCacheError(f"{root}: feature extraction did not finish; run the same "
+                                        f"capgen extract command again to resume it")
+            raise FeatureCacheError(f"{root}: not a capgen feature cache (no {META})")
+        meta = read_json(root / META, "feature cache metadata")
+        if meta.get("capgen_features") != FORMAT_VERSION or not meta.get("complete"):
+            raise FeatureCacheError(f"{root / META}: not a complete capgen feature cache of version {FORMAT_VERSION}")
+        try:
+            pooled = np.load(root / "pooled.npy", mmap_mode="r")
+            grid = np.load(root / "grid.npy", mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise FeatureCacheError(f"{root}: feature arrays unreadable ({e}); extract again") from None
+        n, enc = len(meta["images"]), meta["encoder"]
+        want_grid = (n, enc["grid"][0] * enc["grid"][1], enc["dim"])
+        if pooled.shape != (n, enc["dim"]) or grid.shape != want_grid:
+            raise FeatureCacheError(f"{root}: arrays have shapes {pooled.shape} and {grid.shape}, expected "
+                                    f"{(n, enc['dim'])} and {want_grid}; the cache is damaged, extract again")
+        return cls(root, meta, pooled, grid)
+
+    @property
+    def encoder_spec(self) -> dict:
+        return self.meta["encoder"]
+
+    @property
+    def encoder_name(self) -> str:
+        return self.meta["encoder"]["name"]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return dict(self.meta.get("failed", {}))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, image: str) -> bool:
+        return image in self.index
+
+    def check(self, dataset=None, split: str | None = None, encoder: str | dict | None = None) -> None:
+        """Raise FeatureCacheError saying exactly what differs between this cache and what is expected.
+
+        `dataset` is a PreparedDataset, `split` one of its splits (all when None), `encoder` the
+        encoder name or full spec the model was trained with.
+        """
+        if encoder is not None:
+            name = encoder if isinstance(encoder, str) else encoder["name"]
+            if name != self.encoder_name:
+                raise FeatureCacheError(f"{self.root}: features were extracted with {self.encoder_name}, "
+                                        f"but {name} is expected; extract with --encoder {name}")
+            if isinstance(encoder, dict):
+                for key in ("preprocess", "dim", "grid"):
+                    if encoder.get(key) != self.encoder_spec.get(key):
+                        raise FeatureCacheError(
+                            f"{self.root}: encoder {name} {key} differs: cache has "
+                            f"{self.encoder_spec.get(key)}, expected {encoder.get(key)}")
+        if dataset is not None:
+            images_dir = dataset.manifest["images_dir"]
+            if self.meta.get("images_dir") != images_dir:
+                raise FeatureCacheError(f"{self.root}: features are of images in {self.meta.get('images_dir')}, "
+                                        f"but {dataset.root} uses images in {images_dir}")
+            records = dataset.records(split)
+            missing = [r.image for r in records if r.image not in self.index]
+            if missing:
+                failed = [m for m in missing if m in self.meta.get("failed", {})]
+                what = f"split {split!r}" if split else "all splits"
+                detail = f"{len(failed)} of them failed to load during extraction; " if failed else ""
+                raise FeatureCacheError(
+                    f"{self.root}: lacks features for {len(missing)} of {len(records)} images of "
+                    f"{dataset.root} ({what}; e.g. {missing[0]}); {detail}extract that split into this cache's "
+                    f"dataset again")
+
+    def rows(self, images: Sequence[str]) -> np.ndarray:
+        try:
+            return np.fromiter((self.index[i] for i in images), dtype=np.int64, count=len(images))
+        except KeyError as e:
+            raise FeatureCacheError(f"{self.root}: no features for image {e.args[0]}") from None
+
+    def _take(self, arr: np.ndarray, images: Sequence[str]) -> np.ndarray:
+        r = self.rows(images)
+        order = np.argsort(r)  # sorted reads are much faster on a memory map
+        out = np.empty((len(r), *arr.shape[1:]), dtype=np.float32)
+        out[order] = arr[r[order]]
+        return out
+
+    def pooled(self, images: Sequence[str]) -> np.ndarray:
+        """(B, dim) float32."""
+        return self._take(self._pooled, images)
+
+    def grid(self, images: Sequence[str]) -> np.ndarray:
+        """(B, H*W, dim) float32."""
+        return self._take(self._grid, images)

@@ -1,0 +1,92 @@
+"""The one image loader: extraction, training, inference and the server all read images here.
+
+It returns an 8-bit RGB PIL image, upright according to EXIF, or raises `ImageLoadError` naming
+the file. Geometry (resize to the encoder's input) lives with each encoder's preprocessing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from capgen.errors import ImageLoadError
+
+# Larger images are refused before decoding (decompression bombs). 64 Mpx covers any camera photo.
+MAX_PIXELS = 64_000_000
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+)
+
+ImageSource = Union[str, os.PathLike, bytes, Image.Image]
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Open `source` (a path, raw bytes or a PIL image) as an upright 8-bit RGB image."""
+    label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
+    if isinstance(source, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(source))
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise ImageLoadError(label, "empty file (0 bytes), expected an image")
+        fp: object = io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ImageLoadError(label, "no such file")
+        if path.is_dir():
+            raise ImageLoadError(label, "is a directory, expected an image file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(label, "empty file (0 bytes), expected an image")
+        fp = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(fp) as img:  # type: ignore[arg-type]
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise ImageLoadError(label, f"{w}x{h} pixels exceeds the limit of {max_pixels:,}")
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(label, "not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(label, f"refused as a decompression bomb ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        # PIL reports truncated or corrupt data as OSError ("image file is truncated", ...).
+        raise ImageLoadError(label, f"corrupt or truncated image ({e})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit greyscale: stretch to 8 bits rather than clip (clipping makes 16-bit scans white).
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        arr8 = ((arr - lo) * scale).round().astype(np.uint8)
+        return Image.fromarray(arr8).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("LA", "PA"):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img, mask=img.getchannel("A"))
+        return background
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV

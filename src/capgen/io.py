@@ -1,0 +1,66 @@
+"""Atomic file writing: a crash never leaves a half-written file that loads as valid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed onto `path` (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, replace_if: str | None = None) -> Iterator[Path]:
+    """Build a directory under a temporary name and rename it into place when done.
+
+    An existing `path` is replaced only if it contains the marker file `replace_if` (i.e. it is an
+    earlier output of the same command); otherwise a non-empty existing directory is an error.
+    """
+    from capgen.errors import CapgenError
+
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise CapgenError(f"{path}: exists and is not a directory; choose another --out")
+        if any(path.iterdir()) and not (replace_if and (path / replace_if).exists()):
+            raise CapgenError(f"{path}: directory exists and is not empty; choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
