@@ -49,3 +49,12 @@ def tiny_encoder(tmp_path: Path, monkeypatch) -> str:
     monkeypatch.syspath_prepend(str(mod_dir))
     sys.modules.pop("capgen_tiny_encoder", None)
     return "capgen_tiny_encoder:build"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """ONNX exports go to a per-session folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CAPGEN_CACHE", str(tmp_path_factory.mktemp("capgen-cache")))
+    yield
+    mp.undo()

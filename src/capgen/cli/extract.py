@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from capgen.cli.types import non_negative_int, positive_int
 
 
@@ -35,14 +38,14 @@ def run(args) -> int:
     res = extract_features(ds, args.out, encoder=args.encoder, split=args.split, batch_size=args.batch_size,
                            workers=args.workers, backend=args.backend, dtype=args.dtype, strict=args.strict,
                            overwrite=args.overwrite, threads=args.threads)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return 0
     if res.extracted == 0 and not res.failed:
         print(f"{res.out}: already complete ({res.images} images); nothing to do")
         return 0
     print(f"extracted {res.extracted} images in {res.seconds:.1f} s ({res.images_per_s:.1f} images/s, "
           f"{res.backend}) -> {res.out} ({res.images} images)")
     if res.failed:
-        import sys
-
         print(f"skipped {len(res.failed)} bad images:", file=sys.stderr)
         for name, why in res.failed.items():
             print(f"  {name}: {why}", file=sys.stderr)
