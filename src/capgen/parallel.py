@@ -42,6 +42,17 @@ class DistInfo:
         return int(t.item())
 
 
+    def all_reduce_mean(self, value: float) -> float:
+        if not self.active:
+            return value
+        import torch
+        import torch.distributed as td
+
+        t = torch.tensor([value], dtype=torch.float64)
+        td.all_reduce(t)
+        return float(t.item()) / self.world_size
+
+
 def dist_info() -> DistInfo:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -11,10 +11,10 @@ import sys
 from typing import Sequence
 
 from capgen import __version__
-from capgen.cli import extract, prepare, synth
+from capgen.cli import evaluate, extract, prepare, synth, train
 from capgen.errors import CapgenError
 
-COMMANDS = (prepare, extract, synth)
+COMMANDS = (prepare, extract, train, evaluate, synth)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,84 @@
+"""One checkpoint file rebuilds the whole captioner: weights, model config, vocabulary and the encoder
+spec (name + preprocessing). Saved with torch.save of plain data; loaded with weights_only=True, so
+no pickled code ever runs. Written atomically.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from capgen.data.vocab import Vocabulary
+from capgen.errors import CapgenError
+from capgen.io import atomic_path
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(CapgenError):
+    """A checkpoint is missing, corrupt, truncated, or not a capgen checkpoint."""
+
+
+@dataclass
+class Checkpoint:
+    model: Any                      # CaptionModel
+    vocab: Vocabulary
+    encoder: dict                   # ImageEncoder.spec(): name, preprocess, dim, grid
+    meta: dict = field(default_factory=dict)   # metrics, train config, epoch...
+
+
+def model_payload(model, vocab: Vocabulary, encoder: dict, meta: dict | None = None, half: bool = False) -> dict:
+    from capgen.models import config_to_dict
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in model.state_dict().items()}
+    return {"capgen_checkpoint": FORMAT_VERSION, "model_name": model.name,
+            "model_config": config_to_dict(model.config), "vocab_size": model.vocab_size,
+            "feature_dim": model.feature_dim, "num_regions": model.num_regions,
+            "vocab": vocab.to_dict(), "encoder": encoder, "meta": meta or {}, "state_dict": state}
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_payload(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: "
+                              f"{str(e).splitlines()[0][:120]})") from None
+    if not isinstance(payload, dict) or payload.get("capgen_checkpoint") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: not a capgen checkpoint (version {FORMAT_VERSION})")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Rebuild model (eval mode, float32), vocabulary and encoder spec from one file."""
+    from capgen.models import create_model
+
+    payload = read_payload(path)
+    try:
+        vocab = Vocabulary.from_dict(payload["vocab"])
+        if len(vocab) != payload["vocab_size"]:
+            raise CheckpointError(f"{path}: vocabulary has {len(vocab)} words but the model expects "
+                                  f"{payload['vocab_size']}")
+        model = create_model(payload["model_name"], vocab_size=payload["vocab_size"],
+                             feature_dim=payload["feature_dim"], num_regions=payload["num_regions"],
+                             overrides=payload["model_config"])
+        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+        model.load_state_dict(state)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: checkpoint lacks {e.args[0]!r}") from None
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the model ({str(e).splitlines()[0][:160]})") from None
+    return Checkpoint(model.eval(), vocab, payload["encoder"], payload.get("meta", {}))

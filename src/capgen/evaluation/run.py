@@ -1,0 +1,58 @@
+"""`capgen evaluate`: decode a split with a checkpoint and score it like the COCO caption toolkit."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from capgen.checkpoint import CheckpointError, load_checkpoint
+from capgen.data.prepared import PreparedDataset
+from capgen.decoding import DecodeConfig
+from capgen.evaluation.metrics import METRIC_ORDER, score_captions
+from capgen.features import FeatureCache
+from capgen.io import write_json
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    predictions: list[dict]       # COCO results format: [{"image_id": file name, "caption": str}]
+    seconds: float
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: PreparedDataset, cache: FeatureCache, split: str,
+                        decode_config: DecodeConfig, out: str | Path | None = None, meteor: bool = True,
+                        any_vocab: bool = False) -> EvalResult:
+    from capgen.training.data import Features
+    from capgen.training.validate import caption_records
+
+    ckpt = load_checkpoint(checkpoint)
+    if not any_vocab and ckpt.vocab.itos != data.vocab.itos:
+        raise CheckpointError(f"{checkpoint}: trained with another vocabulary ({len(ckpt.vocab)} words) than "
+                              f"{data.root} ({len(data.vocab)} words); pass --any-vocab to evaluate anyway")
+    cache.check(data, split, encoder=ckpt.encoder)
+    records = data.split(split)
+    start = time.perf_counter()
+    hyps = caption_records(ckpt.model, records, Features.load(cache, records), ckpt.vocab, decode_config)
+    predictions = [{"image_id": r.image, "caption": " ".join(ckpt.vocab.decode(hyps[r.image][0].tokens))}
+                   for r in records]
+    seconds = time.perf_counter() - start
+    metrics = score_captions({p["image_id"]: p["caption"] for p in predictions},
+                             {r.image: list(r.raw) for r in records}, official=True, meteor=meteor)
+    metrics.update({"split": split, "images": len(records), "checkpoint": str(checkpoint),
+                    "decode": {k: v for k, v in vars(decode_config).items()}, "decode_seconds": seconds})
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "predictions.json", predictions)
+        write_json(out / "metrics.json", metrics)
+    return EvalResult(metrics, predictions, seconds)
+
+
+def metrics_table(metrics: dict) -> str:
+    names = [k for k in METRIC_ORDER if k in metrics]
+    head = "| " + " | ".join(names) + " |"
+    sep = "| " + " | ".join("---" for _ in names) + " |"
+    row = "| " + " | ".join(f"{100 * metrics[k]:.1f}" for k in names) + " |"
+    return "\n".join([head, sep, row])

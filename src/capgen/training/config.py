@@ -1,0 +1,107 @@
+"""Typed run configuration. YAML files and `--set key=value` only supply values; unknown keys fail.
+
+A run config has three parts:
+  model: NAME            registered model name
+  model_config: {...}    that model's dataclass fields (checked by the model registry)
+  train: {...}           TrainConfig fields
+`--set` keys: `model.KEY=V` for the model config, `train.KEY=V` (or a bare `KEY=V`) for training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from capgen.errors import CapgenError
+
+
+class ConfigError(CapgenError):
+    """A config file, key or value is wrong."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 300          # linear warmup, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+    max_caption_len: int = 22        # words kept per training caption (longer ones are cut)
+    seed: int = 0
+    patience: int = 5                # epochs without a better val CIDEr before stopping (0 = never)
+    val_beam_size: int = 1           # per-epoch validation decoding (1 = greedy, fast)
+    val_max_len: int = 20
+    val_images: int = 0              # 0 = the whole val split
+    threads: int = 0                 # torch threads (0 = torch's default)
+    save_every_steps: int = 0        # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
+
+
+@dataclass
+class RunConfig:
+    model: str = "show_attend_tell"
+    model_config: dict = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "model_config": dict(self.model_config), "train": asdict(self.train)}
+
+
+def _train_config(values: dict, where: str) -> TrainConfig:
+    from capgen.models import config_from_dict
+
+    try:
+        return config_from_dict(TrainConfig, values)
+    except CapgenError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _parse_value(text: str):
+    """`--set` values are YAML scalars: 3, 0.5, true, null, strings."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def load_run_config(path: str | Path | None = None, sets: list[str] | None = None,
+                    model: str | None = None) -> RunConfig:
+    """Defaults <- YAML file <- --model <- --set overrides, validated against the dataclasses."""
+    from capgen.models import config_from_dict, config_to_dict, model_config_class
+
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping with model, model_config, train")
+        unknown = set(data) - {"model", "model_config", "train"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; expected model, model_config, train")
+    where = str(path) if path else "config"
+    name = model or data.get("model") or RunConfig.model
+    model_cfg = dict(data.get("model_config") or {})
+    train_cfg = dict(data.get("train") or {})
+    train_keys = {f.name for f in fields(TrainConfig)}
+    for item in sets or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        if key.startswith("model."):
+            model_cfg[key[6:]] = _parse_value(value)
+        elif key.startswith("train.") or key in train_keys:
+            train_cfg[key.removeprefix("train.")] = _parse_value(value)
+        else:
+            raise ConfigError(f"--set {key}: unknown key; use model.KEY for model settings or one of "
+                              f"{', '.join(sorted(train_keys))}")
+    model_cfg = config_from_dict(model_config_class(name), model_cfg)  # unknown model, keys, types raise
+    return RunConfig(name, config_to_dict(model_cfg), _train_config(train_cfg, where))

@@ -1,0 +1,233 @@
+"""The training loop: teacher forcing, masked cross-entropy, AdamW with warmup + cosine decay,
+gradient clipping, per-epoch validation (CIDEr-D, BLEU-4), best checkpoint by val CIDEr, early
+stopping, TensorBoard, resume, and DistributedDataParallel under torchrun.
+
+RUN/ holds config.yaml (resolved), last.pt (everything to resume), best.pt (the captioner: one file),
+history.json, curves.png and tb/ (TensorBoard events).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from capgen.checkpoint import CheckpointError, model_payload, read_payload, save_checkpoint
+from capgen.data.prepared import PreparedDataset
+from capgen.errors import CapgenError
+from capgen.features import FeatureCache
+from capgen.io import write_json
+from capgen.models import create_model
+from capgen.parallel import dist_info
+from capgen.training.config import RunConfig
+from capgen.training.data import CaptionPairs, Features
+from capgen.training.validate import validate
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    best_epoch: int
+    best_metrics: dict
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@contextmanager
+def _graceful_interrupt():
+    """First Ctrl-C (or SIGTERM) asks the loop to checkpoint at the end of the current step; a second
+    one interrupts at once."""
+    flag = {"stop": False}
+
+    def handler(signum, frame):
+        if flag["stop"]:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    try:
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread: no handlers, plain KeyboardInterrupt semantics
+        old = {}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def masked_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int, smoothing: float) -> torch.Tensor:
+    # logits (B, T-1, V), targets (B, T-1); pads do not count
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=pad_id,
+                           label_smoothing=smoothing)
+
+
+def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
+    """Returns the resume state (or None) after checking RUN against the config."""
+    cfg_path, last = out / "config.yaml", out / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise CapgenError(f"{out}: nothing to resume (no last.pt); start without --resume")
+        saved = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+        if saved != cfg.to_dict():
+            raise CapgenError(f"{out}/config.yaml differs from the requested config; resume with the run's own "
+                              f"config (omit --config/--set) or train into a new --out")
+        state = read_payload(last)
+        if "resume" not in state:
+            raise CheckpointError(f"{last}: not a resumable training checkpoint")
+        return state
+    if last.is_file() or (out / "best.pt").is_file():
+        raise CapgenError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    from capgen.io import atomic_path
+
+    with atomic_path(cfg_path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return None
+
+
+def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str | Path, resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    tc, out = cfg.train, Path(out)
+    dist = dist_info()
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    for split in ("train", "val"):
+        cache.check(data, split)
+    vocab = data.vocab
+    state = _prepare_run_dir(out, cfg, resume) if dist.rank == 0 else None
+    state = dist.broadcast(state)
+
+    torch.manual_seed(tc.seed)
+    enc = cache.encoder_spec
+    model = create_model(cfg.model, vocab_size=len(vocab), feature_dim=enc["dim"],
+                         num_regions=enc["grid"][0] * enc["grid"][1], overrides=cfg.model_config, itos=vocab.itos)
+    pairs = CaptionPairs(data.split("train"), vocab, tc.max_caption_len)
+    steps_per_epoch = len(pairs.epoch_batches(0, tc.seed, tc.batch_size, dist.rank, dist.world_size))
+    total = steps_per_epoch * tc.epochs
+    optim = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
+    epoch, skip, history, best = 0, 0, [], {"epoch": -1, "CIDEr": -1.0}
+    if state is not None:
+        r = state["resume"]
+        model.load_state_dict(state["state_dict"])
+        optim.load_state_dict(r["optimizer"])
+        sched.load_state_dict(r["scheduler"])
+        torch.set_rng_state(r["rng"])
+        epoch, skip, history, best = r["epoch"], r["step_in_epoch"], r["history"], r["best"]
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
+
+    train_feats = Features.load(cache, data.split("train"))
+    val_records = data.split("val")[: tc.val_images or None]
+    val_feats = Features.load(cache, val_records) if dist.rank == 0 else None
+    writer = _tensorboard(out / "tb") if dist.rank == 0 else None
+
+    def save_last(ep: int, step_in_epoch: int) -> None:
+        payload = model_payload(model, vocab, enc, {"run_config": cfg.to_dict()})
+        payload["resume"] = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
+                             "rng": torch.get_rng_state(), "epoch": ep, "step_in_epoch": step_in_epoch,
+                             "history": history, "best": best}
+        save_checkpoint(out / "last.pt", payload)
+
+    start, stopped_early = time.perf_counter(), False
+    with _graceful_interrupt() as interrupt:
+        while epoch < tc.epochs:
+            batches = pairs.epoch_batches(epoch, tc.seed, tc.batch_size, dist.rank, dist.world_size)
+            ddp.train()
+            loss_sum, n_steps, n_caps, t0 = 0.0, 0, 0, time.perf_counter()
+            bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch",
+                       disable=not progress or dist.rank != 0, dynamic_ncols=True)
+            for i, idx in enumerate(bar, start=skip):
+                rows, caps = pairs.batch(idx)
+                pooled, grid = train_feats.batch(rows)
+                outp = ddp(pooled, grid, caps)
+                loss = masked_loss(outp["logits"], caps[:, 1:], vocab.pad_id, tc.label_smoothing)
+                total_loss = loss + outp["aux_loss"]
+                optim.zero_grad(set_to_none=True)
+                total_loss.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optim.step()
+                sched.step()
+                loss_sum, n_steps, n_caps = loss_sum + loss.item(), n_steps + 1, n_caps + len(idx)
+                rate = n_caps * dist.world_size / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss.item():.3f}", caps_s=f"{rate:.0f}")
+                if writer:
+                    writer.add_scalar("train/loss", loss.item(), epoch * steps_per_epoch + i)
+                    writer.add_scalar("train/lr", sched.get_last_lr()[0], epoch * steps_per_epoch + i)
+                if i + 1 == len(batches):
+                    break  # the epoch-end checkpoint below covers an interrupt at the last step
+                periodic = tc.save_every_steps and (i + 1) % tc.save_every_steps == 0
+                if (interrupt["stop"] or periodic) and dist.rank == 0:
+                    save_last(epoch, i + 1)
+                if interrupt["stop"]:
+                    bar.close()
+                    raise KeyboardInterrupt
+            bar.close()
+            skip = 0
+            epoch_loss = dist.all_reduce_mean(loss_sum / max(n_steps, 1))
+            epoch += 1
+            stop = False
+            if dist.rank == 0:
+                metrics = validate(model, val_records, val_feats, vocab, tc.val_beam_size, tc.val_max_len)
+                row = {"epoch": epoch, "train_loss": epoch_loss, "captions_per_s": n_caps * dist.world_size /
+                       (time.perf_counter() - t0), **metrics, "elapsed_s": time.perf_counter() - start}
+                history.append(row)
+                if writer:
+                    for k in ("CIDEr", "BLEU-4"):
+                        writer.add_scalar(f"val/{k}", metrics[k], epoch)
+                    writer.flush()
+                tqdm.write(f"epoch {epoch}: loss {epoch_loss:.3f}, val CIDEr-D {metrics['CIDEr']:.3f}, "
+                           f"BLEU-4 {metrics['BLEU-4']:.3f}") if progress else None
+                if metrics["CIDEr"] > best["CIDEr"]:
+                    best = {"epoch": epoch, **metrics}
+                    save_checkpoint(out / "best.pt", model_payload(
+                        model, vocab, enc, {"run_config": cfg.to_dict(), "epoch": epoch, "val": metrics}))
+                stop = bool(tc.patience) and epoch - best["epoch"] >= tc.patience
+                save_last(epoch, 0)
+                write_json(out / "history.json", history)
+                _plot(history, out / "curves.png")
+            stop = dist.broadcast(stop)
+            if interrupt["stop"]:
+                raise KeyboardInterrupt
+            if stop:
+                stopped_early = True
+                break
+    if writer:
+        writer.close()
+    dist.barrier()
+    history = dist.broadcast(history)
+    best = dist.broadcast(best)
+    return TrainResult(out, out / "best.pt", best["epoch"], best, history, time.perf_counter() - start, stopped_early)
+
+
+def _tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency; tolerate a trimmed install
+        return None
+    return SummaryWriter(str(path))
+
+
+def _plot(history: list[dict], path: Path) -> None:
+    from capgen.training.plots import plot_curves
+
+    plot_curves(history, path)

@@ -1,0 +1,32 @@
+"""Per-epoch validation: decode the val split (batched) and score CIDEr-D and BLEU-4."""
+
+from __future__ import annotations
+
+from capgen.data.prepared import ImageRecord
+from capgen.data.vocab import Vocabulary
+from capgen.decoding import DecodeConfig, decode
+from capgen.evaluation import score_captions
+
+
+def caption_records(model, records: list[ImageRecord], feats, vocab: Vocabulary, config: DecodeConfig,
+                    batch_size: int = 250) -> dict[str, list]:
+    """image id -> n-best hypotheses, decoding `batch_size` images at a time."""
+    import torch
+
+    out: dict[str, list] = {}
+    for start in range(0, len(records), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(records)))
+        pooled, grid = feats.batch(rows)
+        hyps = decode(model, pooled, grid, vocab.start_id, vocab.end_id, config)
+        for r, h in zip(rows.tolist(), hyps):
+            out[records[r].image] = h
+    return out
+
+
+def validate(model, records: list[ImageRecord], feats, vocab: Vocabulary, beam_size: int, max_len: int) -> dict:
+    cfg = DecodeConfig(method="greedy" if beam_size == 1 else "beam", beam_size=beam_size, max_len=max_len)
+    hyps = caption_records(model, records, feats, vocab, cfg)
+    preds = {k: " ".join(vocab.decode(h[0].tokens)) for k, h in hyps.items()}
+    refs = {r.image: list(r.raw) for r in records}
+    scores = score_captions(preds, refs, official=False)  # fast, Java-free; `capgen evaluate` is official
+    return {"CIDEr": scores["CIDEr"], "BLEU-4": scores["BLEU-4"]}
