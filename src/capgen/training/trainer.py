@@ -126,6 +126,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
     epoch, skip, history, best = 0, 0, [], {"epoch": -1, "CIDEr": -1.0}
+    partial = (0.0, 0)  # loss sum and steps of an epoch interrupted part-way
     if state is not None:
         r = state["resume"]
         model.load_state_dict(state["state_dict"])
@@ -133,6 +134,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         sched.load_state_dict(r["scheduler"])
         torch.set_rng_state(r["rng"])
         epoch, skip, history, best = r["epoch"], r["step_in_epoch"], r["history"], r["best"]
+        partial = (r["partial_loss_sum"], r["partial_steps"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
     train_feats = Features.load(cache, data.split("train"))
@@ -140,10 +142,11 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     val_feats = Features.load(cache, val_records) if dist.rank == 0 else None
     writer = _tensorboard(out / "tb") if dist.rank == 0 else None
 
-    def save_last(ep: int, step_in_epoch: int) -> None:
+    def save_last(ep: int, step_in_epoch: int, loss_sum: float = 0.0, steps: int = 0) -> None:
         payload = model_payload(model, vocab, enc, {"run_config": cfg.to_dict()})
         payload["resume"] = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
                              "rng": torch.get_rng_state(), "epoch": ep, "step_in_epoch": step_in_epoch,
+                             "partial_loss_sum": loss_sum, "partial_steps": steps,
                              "history": history, "best": best}
         save_checkpoint(out / "last.pt", payload)
 
@@ -152,7 +155,8 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         while epoch < tc.epochs:
             batches = pairs.epoch_batches(epoch, tc.seed, tc.batch_size, dist.rank, dist.world_size)
             ddp.train()
-            loss_sum, n_steps, n_caps, t0 = 0.0, 0, 0, time.perf_counter()
+            (loss_sum, n_steps), n_caps, t0 = partial, 0, time.perf_counter()
+            partial = (0.0, 0)
             bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch",
                        disable=not progress or dist.rank != 0, dynamic_ncols=True)
             for i, idx in enumerate(bar, start=skip):
@@ -176,9 +180,10 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
                 if i + 1 == len(batches):
                     break  # the epoch-end checkpoint below covers an interrupt at the last step
                 periodic = tc.save_every_steps and (i + 1) % tc.save_every_steps == 0
-                if (interrupt["stop"] or periodic) and dist.rank == 0:
-                    save_last(epoch, i + 1)
-                if interrupt["stop"]:
+                asked = interrupt["stop"]  # read once: a signal may land between two reads
+                if (asked or periodic) and dist.rank == 0:
+                    save_last(epoch, i + 1, loss_sum, n_steps)
+                if asked:
                     bar.close()
                     raise KeyboardInterrupt
             bar.close()

@@ -1,0 +1,65 @@
+"""Greedy decoding and sampling (temperature, top-k, top-p): one token per row per step."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from capgen.decoding.common import NEG_INF, State, block_ngrams, mask_tokens
+from capgen.decoding.config import DecodeConfig
+from capgen.models.base import PAD_ID, CaptionModel
+
+
+def sample_search(model: CaptionModel, memory: State, state: State, start_id: int, end_id: int,
+                  banned: list[int], cfg: DecodeConfig, generator: torch.Generator | None
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Decode every row of `memory` once. Greedy when cfg.method == "greedy".
+
+    Returns words (R, L) padded, lengths (R,), scores (R,), attention (R, L, N) or None.
+    """
+    R, L = next(iter(memory.values())).shape[0], cfg.max_len
+    device = next(iter(memory.values())).device
+    tokens = torch.full((R,), start_id, dtype=torch.long, device=device)
+    words = torch.full((R, L), PAD_ID, dtype=torch.long, device=device)
+    lengths = torch.zeros(R, dtype=torch.long, device=device)
+    scores = torch.zeros(R, device=device)
+    done = torch.zeros(R, dtype=torch.bool, device=device)
+    attention = None
+    for t in range(L):
+        logp, state, att = model.step(tokens, state, memory)              # (R, V), state, (R, N)
+        logp = block_ngrams(mask_tokens(logp, banned), words, t, cfg.no_repeat_ngram)
+        choice = logp.argmax(dim=-1) if cfg.method == "greedy" else _sample(logp, cfg, generator)  # (R,)
+        chosen = logp.gather(1, choice.unsqueeze(1)).squeeze(1)           # (R,)
+        stuck = torch.isinf(chosen)   # every token blocked: the caption ends here, no <end> term
+        ended = (choice == end_id) | stuck
+        live = ~done
+        scores = scores + torch.where(live & ~stuck, chosen, torch.zeros_like(chosen))
+        emit = live & ~ended
+        words[:, t] = torch.where(emit, choice, torch.full_like(choice, PAD_ID))
+        if cfg.return_attention and att is not None:
+            if attention is None:
+                attention = att.new_zeros(R, L, att.shape[-1])           # (R, L, N)
+            attention[:, t] = att * emit.unsqueeze(1)
+        lengths = lengths + emit.long()
+        done = done | ended
+        if bool(done.all()):
+            break
+        tokens = choice
+    return words, lengths, scores, attention
+
+
+def _sample(logp: Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> Tensor:
+    """Draw one token per row from temperature-scaled, top-k / top-p filtered log-probs (R, V)."""
+    logits = logp / cfg.temperature                                       # (R, V)
+    if cfg.top_k > 0:
+        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (R, 1)
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if cfg.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)       # (R, V)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token once the tokens before it already cover top_p (the first always stays).
+        drop = probs.cumsum(dim=-1) - probs >= cfg.top_p
+        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
+    dead = torch.isinf(logits).all(dim=-1, keepdim=True)                   # all blocked: any pick is "stuck"
+    logits = logits.masked_fill(dead, 0.0)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)  # (R,)

@@ -1,0 +1,218 @@
+"""Decoding: beam 1 == greedy, beam == brute force, max_len caps, n-best, n-gram blocking,
+seeded sampling, batching and attention, for every registered model."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from capgen.decoding import DecodeConfig, DecodeError, decode
+from capgen.models import PAD_ID, CaptionModel, list_models
+from test_models import END, START, N, build, features
+
+MODELS = list_models()
+
+
+def run(model, B=3, image_seed=0, **cfg):
+    """Decode B random images; `cfg` is DecodeConfig keywords (`seed` is the sampling seed)."""
+    pooled, grid = features(B, seed=image_seed)
+    return decode(model, pooled, grid, START, END, DecodeConfig(**cfg))
+
+
+def sharp(name: str, vocab_size: int) -> CaptionModel:
+    """A random tiny model with confident, varied predictions, so <end> is sometimes likely."""
+    model = build(name, vocab_size=vocab_size, dropout=0.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    return model
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_beam_size_one_equals_greedy(name):
+    model = sharp(name, 20)
+    greedy = run(model, B=4, method="greedy", max_len=8)
+    beam = run(model, B=4, method="beam", beam_size=1, max_len=8)
+    for g, b in zip(greedy, beam):
+        assert g[0].tokens == b[0].tokens
+        assert g[0].score == pytest.approx(b[0].score, abs=1e-6)
+
+
+def brute_force(model: CaptionModel, pooled, grid, words: list[int], max_len: int, alpha: float):
+    """Score every caption of 0..max_len words with teacher forcing: (tokens, score) best first."""
+    scored = []
+    for n in range(max_len + 1):
+        for seq in itertools.product(words, repeat=n):
+            caps = torch.tensor([[START, *seq, END]])
+            with torch.no_grad():
+                logp = model(pooled, grid, caps)["logits"].log_softmax(-1)[0]   # (n+1, V)
+            steps = logp[torch.arange(n + 1), caps[0, 1:]]
+            # A caption cut at max_len has no <end> term.
+            total = steps[:n].sum().item() + (steps[n].item() if n < max_len else 0.0)
+            scored.append((list(seq), total / ((5 + n) / 6) ** alpha))
+    return sorted(scored, key=lambda x: -x[1])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+@pytest.mark.parametrize("name", MODELS)
+def test_beam_search_equals_brute_force(name, alpha):
+    vocab_size, max_len = 6, 3                   # <unk> and 2 words may be emitted: 40 captions in all
+    model = sharp(name, vocab_size).eval()
+    for seed in range(3):
+        pooled, grid = features(1, seed=seed)
+        expected = brute_force(model, pooled, grid, [3, 4, 5], max_len, alpha)
+        # 36 >= every candidate at every step: nothing is pruned, so the 5 best must match exactly.
+        hyps = decode(model, pooled, grid, START, END,
+                      DecodeConfig(beam_size=36, n_best=5, max_len=max_len, length_penalty=alpha))[0]
+        assert [h.tokens for h in hyps] == [t for t, _ in expected[:5]]
+        assert [h.score for h in hyps] == pytest.approx([s for _, s in expected[:5]], abs=1e-4)
+        # A small beam finds the best caption's score or a worse one, never a better one.
+        small = decode(model, pooled, grid, START, END,
+                       DecodeConfig(beam_size=2, max_len=max_len, length_penalty=alpha))[0][0]
+        assert small.score <= expected[0][1] + 1e-4
+
+
+class NeverEnds(CaptionModel):
+    """Wraps a model and makes <end> impossible."""
+
+    def __init__(self, inner: CaptionModel):
+        super().__init__(inner.config, inner.vocab_size, inner.feature_dim, inner.num_regions)
+        self.inner = inner
+
+    def init_memory(self, pooled, grid):
+        return self.inner.init_memory(pooled, grid)
+
+    def init_state(self, memory):
+        return self.inner.init_state(memory)
+
+    def step(self, tokens, state, memory):
+        logp, state, att = self.inner.step(tokens, state, memory)
+        return logp.index_fill(1, torch.tensor([END]), float("-inf")), state, att
+
+
+@pytest.mark.parametrize("cfg", [dict(method="greedy"), dict(method="beam", beam_size=3, n_best=3),
+                                 dict(method="sample", seed=0, n_best=2)], ids=lambda c: c["method"])
+def test_model_that_never_ends_is_capped_at_max_len(cfg):
+    model = NeverEnds(build("show_tell"))
+    for hyps in run(model, max_len=5, **cfg):
+        assert len(hyps) == cfg.get("n_best", 1)
+        for h in hyps:
+            assert len(h.tokens) == 5 and math.isfinite(h.score)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_n_best_distinct_and_sorted(name):
+    for hyps in run(sharp(name, 20), beam_size=5, n_best=4, max_len=6):
+        assert len(hyps) == 4
+        assert len({tuple(h.tokens) for h in hyps}) == 4
+        scores = [h.score for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_no_repeat_ngram(method):
+    model = NeverEnds(build("transformer", vocab_size=40))    # long captions: repeats are likely
+    for hyps in run(model, method=method, no_repeat_ngram=1, max_len=12, seed=0):
+        assert len(hyps[0].tokens) == 12 and len(set(hyps[0].tokens)) == 12
+    for hyps in run(model, method=method, no_repeat_ngram=2, max_len=12, seed=0):
+        bigrams = list(zip(hyps[0].tokens, hyps[0].tokens[1:]))
+        assert len(set(bigrams)) == len(bigrams)
+
+
+def test_no_repeat_blocking_everything_stops_the_caption():
+    """<end> impossible, no word may repeat, 3 emittable words (<unk>, 4, 5): captions stop at 3 words."""
+    model = NeverEnds(build("show_tell", vocab_size=6))
+    for method in ("greedy", "beam"):
+        for hyps in run(model, method=method, no_repeat_ngram=1, max_len=6):
+            assert sorted(hyps[0].tokens) == [3, 4, 5]
+
+
+def test_pad_and_start_are_never_emitted():
+    model = build("show_tell")
+    with torch.no_grad():
+        model.head.bias[PAD_ID] = 50.0          # make them the model's favourites
+        model.head.bias[START] = 50.0
+    for cfg in (dict(method="greedy"), dict(method="beam"), dict(method="sample", seed=0)):
+        for hyps in run(model, max_len=6, **cfg):
+            assert PAD_ID not in hyps[0].tokens and START not in hyps[0].tokens
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_sampling_seeded_and_top_k_one_is_greedy(name):
+    model = sharp(name, 20)
+    a = run(model, method="sample", seed=7, n_best=3, max_len=8)
+    b = run(model, method="sample", seed=7, n_best=3, max_len=8)
+    assert [[h.tokens for h in x] for x in a] == [[h.tokens for h in x] for x in b]
+    assert [[h.score for h in x] for x in a] == [[h.score for h in x] for x in b]
+    for hyps in a:
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+    other = run(model, method="sample", seed=8, n_best=3, max_len=8)
+    assert [[h.tokens for h in x] for x in a] != [[h.tokens for h in x] for x in other]
+    greedy = run(model, method="greedy", max_len=8)
+    top1 = run(model, method="sample", top_k=1, seed=1, max_len=8, temperature=0.7)
+    assert [x[0].tokens for x in top1] == [x[0].tokens for x in greedy]
+    assert [x[0].score for x in top1] == pytest.approx([x[0].score for x in greedy])
+    nucleus = run(model, method="sample", top_p=1e-6, seed=2, max_len=8)  # keeps only the top token
+    assert [x[0].tokens for x in nucleus] == [x[0].tokens for x in greedy]
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+@pytest.mark.parametrize("name", MODELS)
+def test_batched_equals_one_by_one(name, method):
+    model = sharp(name, 20)
+    pooled, grid = features(4, seed=5)
+    cfg = DecodeConfig(method=method, beam_size=4, n_best=1 if method == "greedy" else 3, max_len=7,
+                       length_penalty=0.6, return_attention=True)
+    batched = decode(model, pooled, grid, START, END, cfg)
+    for i in range(4):
+        alone = decode(model, pooled[i : i + 1], grid[i : i + 1], START, END, cfg)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        # Batched matmuls round differently from single-row ones: equal up to float32 noise.
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("name", MODELS)
+def test_return_attention_one_row_per_word(name, method):
+    model = sharp(name, 20)
+    for hyps in run(model, method=method, return_attention=True, max_len=6, seed=0, n_best=2
+                    if method != "greedy" else 1):
+        for h in hyps:
+            if not model.supports_attention:
+                assert h.attention is None
+                continue
+            assert h.attention.shape == (len(h.tokens), N)
+            np.testing.assert_allclose(h.attention.sum(-1), 1.0, atol=1e-5)
+    assert all(h.attention is None for hyps in run(model, max_len=4) for h in hyps)
+
+
+def test_training_mode_is_restored_and_no_grad_state_leaks():
+    model = build("show_attend_tell").train()
+    run(model, max_len=3)
+    assert model.training
+    run(model.eval(), max_len=3)
+    assert not model.training
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (dict(beam_size=0), "beam_size"), (dict(beam_size=2, n_best=3), "n_best"), (dict(method="topk"), "method"),
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(temperature=0), "temperature"),
+    (dict(max_len=0), "max_len"), (dict(method="greedy", n_best=2), "n_best"), (dict(top_k=-1), "top_k"),
+    (dict(length_penalty=-1), "length_penalty"), (dict(no_repeat_ngram=-2), "no_repeat_ngram"),
+])
+def test_bad_config_is_a_clear_error(cfg, match):
+    with pytest.raises(DecodeError, match=match):
+        DecodeConfig(**cfg)
+
+
+def test_bad_token_ids():
+    model = build("show_tell")
+    pooled, grid = features(1)
+    with pytest.raises(DecodeError, match="end_id"):
+        decode(model, pooled, grid, START, 999, DecodeConfig())
+    with pytest.raises(DecodeError, match="differ"):
+        decode(model, pooled, grid, START, START, DecodeConfig())

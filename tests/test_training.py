@@ -1,0 +1,171 @@
+"""Full train -> evaluate runs on synthetic data, resume equivalence, checkpoints, configs, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import capgen.training.trainer as trainer_mod
+from capgen.checkpoint import CheckpointError, load_checkpoint
+from capgen.cli import main
+from capgen.decoding import DecodeConfig
+from capgen.evaluation.run import evaluate_checkpoint
+from capgen.features import FeatureCache, extract_features
+from capgen.training import load_run_config, train
+from capgen.training.config import ConfigError
+
+TINY = {
+    "show_tell": ["model.embed_dim=16", "model.hidden_dim=32"],
+    "show_attend_tell": ["model.embed_dim=16", "model.hidden_dim=32", "model.attention_dim=16"],
+    "transformer": ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.ff_dim=64"],
+}
+
+
+@pytest.fixture
+def features(prepared, tiny_encoder, tmp_path):
+    extract_features(prepared, tmp_path / "feats", encoder=tiny_encoder, progress=False)
+    return FeatureCache.open(tmp_path / "feats")
+
+
+def _cfg(model, *extra):
+    return load_run_config(None, TINY[model] + ["epochs=2", "batch_size=16", "warmup_steps=2", *extra], model)
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_train_then_evaluate_every_model(model, prepared, features, tmp_path):
+    res = train(_cfg(model), prepared, features, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "last.pt", "best.pt", "history.json", "curves.png"):
+        assert (run / name).is_file(), name
+    assert any((run / "tb").iterdir())
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"] == model
+    assert len(res.history) == 2 and res.history[1]["train_loss"] < res.history[0]["train_loss"] + 0.5
+    out = evaluate_checkpoint(res.best_checkpoint, prepared, features, "test", DecodeConfig(beam_size=2),
+                              out=tmp_path / "eval", meteor=False)
+    preds = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert [p["image_id"] for p in preds] == [r.image for r in prepared.split("test")]
+    assert all(isinstance(p["caption"], str) for p in preds)
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert 0.0 <= metrics[key] <= 10.0
+    assert any("SPICE" in n for n in metrics["notes"])
+
+
+class _StopAfter(dict):
+    """Acts like the Ctrl-C flag: reads True after `n` checks."""
+
+    def __init__(self, n):
+        super().__init__(stop=False)
+        self.n = n
+
+    def __getitem__(self, key):
+        self.n -= 1
+        return self.n < 0
+
+
+def test_resume_ends_where_an_uninterrupted_run_would(prepared, features, tmp_path, monkeypatch):
+    cfg = _cfg("show_attend_tell", "epochs=3")
+    full = train(cfg, prepared, features, tmp_path / "full", progress=False)
+    import contextlib
+
+    monkeypatch.setattr(trainer_mod, "_graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(9)))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, prepared, features, tmp_path / "cut", progress=False)
+    state = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert state["resume"]["step_in_epoch"] > 0  # stopped mid-epoch
+    monkeypatch.undo()
+    with pytest.raises(Exception, match="--resume"):
+        train(cfg, prepared, features, tmp_path / "cut", progress=False)
+    resumed = train(cfg, prepared, features, tmp_path / "cut", resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for a, b in zip(full.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["CIDEr"] == pytest.approx(b["CIDEr"], abs=1e-6)
+
+
+def test_checkpoint_round_trip_and_bad_checkpoints(prepared, features, tmp_path):
+    res = train(_cfg("transformer", "epochs=1"), prepared, features, tmp_path / "run", progress=False)
+    ck = load_checkpoint(res.best_checkpoint)
+    assert ck.vocab.itos == prepared.vocab.itos and ck.encoder["name"] == "tiny-test"
+    ids = [r.image for r in prepared.split("val")]
+    pooled, grid = torch.from_numpy(features.pooled(ids)), torch.from_numpy(features.grid(ids))
+    caps = torch.tensor([prepared.vocab.encode(["a", "red", "circle"])] * len(ids))
+    again = load_checkpoint(res.best_checkpoint)
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model(pooled, grid, caps)["logits"], again.model(pooled, grid, caps)["logits"],
+                                   rtol=0, atol=0)
+    data = res.best_checkpoint.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.pt").write_text("hello")
+    for bad in ("trunc.pt", "text.pt", "missing.pt"):
+        with pytest.raises(CheckpointError, match=bad):
+            load_checkpoint(tmp_path / bad)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a capgen checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_evaluate_refuses_other_vocabulary_and_encoder(prepared, features, tmp_path, capsys):
+    from capgen.data import prepare_dataset
+
+    res = train(_cfg("show_tell", "epochs=1"), prepared, features, tmp_path / "run", progress=False)
+    other = prepare_dataset(prepared.manifest["source"], tmp_path / "p2", min_count=1, max_vocab=10)
+    code = main(["evaluate", str(res.best_checkpoint), "--data", str(other.root), "--features",
+                 str(features.root), "--out", str(tmp_path / "e"), "--no-meteor"])
+    err = capsys.readouterr().err
+    assert code == 2 and "another vocabulary" in err and len(err.strip().splitlines()) == 1
+    meta = json.loads((features.root / "meta.json").read_text())
+    meta["encoder"]["name"] = "efficientnet-lite0"
+    (features.root / "meta.json").write_text(json.dumps(meta))
+    code = main(["evaluate", str(res.best_checkpoint), "--data", str(prepared.root), "--features",
+                 str(features.root), "--out", str(tmp_path / "e"), "--no-meteor"])
+    assert code == 2 and "extracted with efficientnet-lite0, but tiny-test is expected" in capsys.readouterr().err
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="bogus"):
+        load_run_config(None, ["bogus=1"], "show_tell")
+    with pytest.raises(Exception, match="nonsense_key"):
+        load_run_config(None, ["model.nonsense_key=1"], "show_tell")
+    with pytest.raises(Exception, match="epochs"):
+        load_run_config(None, ["epochs=many"], "show_tell")
+    with pytest.raises(Exception, match="no_such_model"):
+        load_run_config(None, [], "no_such_model")
+    (tmp_path / "c.yaml").write_text("model: show_tell\ntrain: {lr: 0.01, epochs: 3}\nextra: 1\n")
+    with pytest.raises(ConfigError, match="extra"):
+        load_run_config(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text("model: show_tell\ntrain: {lr: 0.01, epochs: 3}\n")
+    cfg = load_run_config(tmp_path / "c.yaml", ["lr=0.5"])
+    assert cfg.train.lr == 0.5 and cfg.train.epochs == 3
+
+
+def test_cli_train_and_evaluate(prepared, features, tmp_path, capsys):
+    argv = ["train", "--data", str(prepared.root), "--features", str(features.root), "--model", "show_tell",
+            "--out", str(tmp_path / "run"), "--set", "epochs=1", "--set", "batch_size=32", *sum(
+                (["--set", s] for s in TINY["show_tell"]), [])]
+    assert main(argv) == 0
+    assert "best epoch 1" in capsys.readouterr().out
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert main(["train", "--data", str(prepared.root), "--features", str(features.root), "--out",
+                 str(tmp_path / "run"), "--resume"]) == 0  # already finished: nothing more to do
+    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--data", str(prepared.root), "--features",
+                 str(features.root), "--out", str(tmp_path / "e"), "--beam-size", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "BLEU-4" in out and "CIDEr" in out
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_two_processes(prepared, features, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "capgen",
+           "train", "--data", str(prepared.root), "--features", str(features.root), "--model", "show_tell",
+           "--out", str(tmp_path / "ddp"), "--set", "epochs=2", "--set", "batch_size=8",
+           *sum((["--set", s] for s in TINY["show_tell"]), [])]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "ddp" / "best.pt").is_file()
+    assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2
