@@ -32,7 +32,7 @@ def features(prepared, tiny_encoder, tmp_path):
 
 
 def _cfg(model, *extra):
-    return load_run_config(None, TINY[model] + ["epochs=2", "batch_size=16", "warmup_steps=2", *extra], model)
+    return load_run_config(None, TINY[model] + ["epochs=2", "batch_size=4", "warmup_steps=2", *extra], model)
 
 
 @pytest.mark.parametrize("model", sorted(TINY))
@@ -145,7 +145,7 @@ def test_config_errors(tmp_path):
 
 def test_cli_train_and_evaluate(prepared, features, tmp_path, capsys):
     argv = ["train", "--data", str(prepared.root), "--features", str(features.root), "--model", "show_tell",
-            "--out", str(tmp_path / "run"), "--set", "epochs=1", "--set", "batch_size=32", *sum(
+            "--out", str(tmp_path / "run"), "--set", "epochs=1", "--set", "batch_size=8", *sum(
                 (["--set", s] for s in TINY["show_tell"]), [])]
     assert main(argv) == 0
     assert "best epoch 1" in capsys.readouterr().out
@@ -163,9 +163,28 @@ def test_torchrun_ddp_two_processes(prepared, features, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "capgen",
            "train", "--data", str(prepared.root), "--features", str(features.root), "--model", "show_tell",
-           "--out", str(tmp_path / "ddp"), "--set", "epochs=2", "--set", "batch_size=8",
+           "--out", str(tmp_path / "ddp"), "--set", "epochs=2", "--set", "batch_size=4",
            *sum((["--set", s] for s in TINY["show_tell"]), [])]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "ddp" / "best.pt").is_file()
     assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_grouped_captions_equal_repeated_images(model):
+    """forward(image_index=...) shares each image's memory among its captions: same logits as
+    repeating the image features once per caption."""
+    from capgen.models import create_model
+
+    torch.manual_seed(0)
+    overrides = {k.split(".", 1)[1].split("=")[0]: int(k.split("=")[1]) for k in TINY[model]}
+    m = create_model(model, 12, 8, 16, overrides=overrides).eval()
+    pooled, grid = torch.randn(2, 8), torch.randn(2, 16, 8)
+    caps = torch.randint(4, 12, (5, 6))
+    caps[:, 0] = 1
+    index = torch.tensor([0, 0, 1, 1, 1])
+    with torch.no_grad():
+        grouped = m(pooled, grid, caps, index)["logits"]
+        repeated = m(pooled[index], grid[index], caps)["logits"]
+    torch.testing.assert_close(grouped, repeated)

@@ -46,8 +46,12 @@ class CaptionModel(nn.Module):
         self.num_regions = num_regions
 
     # ---- the interface -------------------------------------------------------------------------
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor) -> dict[str, Tensor | None]:
+    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
+                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
         """Teacher forcing. captions (B, T) = <start> w1 .. wn <end> <pad>...
+
+        With `image_index` (B,), pooled/grid hold each image once (I rows) and caption b belongs to
+        image image_index[b]: the per-image memory is computed once and shared by its captions.
 
         Returns {"logits": (B, T-1, V) predicting captions[:, 1:], "aux_loss": scalar tensor,
         "attention": (B, T-1, N) or None}.
@@ -70,6 +74,13 @@ class CaptionModel(nn.Module):
         raise NotImplementedError
 
     # ---- helpers shared by all models ------------------------------------------------------------
+    def training_memory(self, pooled: Tensor, grid: Tensor, image_index: Tensor | None) -> State:
+        """init_memory once per image, then one row per caption (see `forward`)."""
+        memory = self.init_memory(pooled, grid)
+        if image_index is None:
+            return memory
+        return {k: v.index_select(0, image_index) for k, v in memory.items()}
+
     def spec(self) -> dict[str, Any]:
         """Everything `create_model(**spec)` needs to rebuild this model (store it in checkpoints)."""
         from capgen.models.config import config_to_dict

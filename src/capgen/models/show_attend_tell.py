@@ -82,9 +82,10 @@ class ShowAttendTell(CaptionModel):
         deep = word + self.out_hidden(h) + self.out_context(context)       # (B, E)
         return self.head(deep), {"h": h, "c": c}, alpha
 
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor) -> dict[str, Tensor | None]:
+    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
+                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
         self.check_captions(captions)
-        memory = self.init_memory(pooled, grid)
+        memory = self.training_memory(pooled, grid, image_index)
         state = self.init_state(memory)
         logits, alphas = [], []
         for t in range(captions.shape[1] - 1):  # sequential by nature: attention reads h_{t-1}

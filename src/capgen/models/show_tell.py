@@ -86,9 +86,10 @@ class ShowTell(CaptionModel):
             state = self._from_rnn(hidden)
         return state
 
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor) -> dict[str, Tensor | None]:
+    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
+                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
         self.check_captions(captions)
-        state = self.init_state(self.init_memory(pooled, grid))
+        state = self.init_state(self.training_memory(pooled, grid, image_index))
         words = self.embed_drop(self.word_embedding(captions[:, :-1]))   # (B, T-1, E)
         out, _ = self.rnn(words, self._to_rnn(state))                    # (B, T-1, H)
         return {"logits": self.head(out), "aux_loss": self.zero(), "attention": None}

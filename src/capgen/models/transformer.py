@@ -160,9 +160,10 @@ class TransformerCaptioner(CaptionModel):
         grid = weights.mean(dim=1)[..., 1:]                                # (B, T, N)
         return grid / grid.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor) -> dict[str, Tensor | None]:
+    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
+                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
         self.check_captions(captions)
-        memory = self.init_memory(pooled, grid)
+        memory = self.training_memory(pooled, grid, image_index)
         inputs = captions[:, :-1]                                          # (B, T-1)
         T = inputs.shape[1]
         positions = torch.arange(T, device=inputs.device).expand_as(inputs)  # (B, T-1)

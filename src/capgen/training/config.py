@@ -24,7 +24,7 @@ class ConfigError(CapgenError):
 @dataclass
 class TrainConfig:
     epochs: int = 20
-    batch_size: int = 64
+    batch_size: int = 16             # images per batch, each with all its captions (~80 captions)
     lr: float = 4e-4
     weight_decay: float = 0.01
     warmup_steps: int = 300          # linear warmup, then cosine decay to lr * min_lr_ratio

@@ -38,11 +38,17 @@ class Features:
 
 
 class CaptionPairs:
-    """Every (image, reference caption) pair of a split, as padded id tensors."""
+    """Every (image, reference caption) pair of a split, as padded id tensors, grouped by image.
+
+    A batch holds whole images with all their captions (like self-critical.pytorch's seq_per_img):
+    the model projects each image once for its ~5 captions, which makes training ~1.5-2x faster.
+    """
 
     def __init__(self, records: list[ImageRecord], vocab: Vocabulary, max_len: int):
         image_rows, caps = [], []
+        self.pairs_of_image: list[list[int]] = []
         for row, rec in enumerate(records):
+            self.pairs_of_image.append(list(range(len(caps), len(caps) + len(rec.tokens))))
             for tokens in rec.tokens:
                 image_rows.append(row)
                 caps.append(vocab.encode(list(tokens[:max_len])))
@@ -55,18 +61,24 @@ class CaptionPairs:
     def __len__(self) -> int:
         return len(self.image_rows)
 
-    def epoch_batches(self, epoch: int, seed: int, batch_size: int, rank: int = 0, world: int = 1) -> list[torch.Tensor]:
-        """This rank's batches of pair indices for `epoch`: a permutation fixed by (seed, epoch), so a
-        resumed run sees exactly the batches the uninterrupted run would have."""
+    def epoch_batches(self, epoch: int, seed: int, images_per_batch: int, rank: int = 0,
+                      world: int = 1) -> list[torch.Tensor]:
+        """This rank's batches (pair indices) for `epoch`: images in an order fixed by (seed, epoch),
+        so a resumed run sees exactly the batches the uninterrupted run would have."""
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(self), generator=g)
-        per_step = batch_size * world
+        order = torch.randperm(len(self.pairs_of_image), generator=g).tolist()
+        per_step = images_per_batch * world
         n = len(order) // per_step * per_step or len(order)  # equal batch counts on every rank
-        order = order[:n]
-        return [order[i + rank * batch_size : i + (rank + 1) * batch_size] for i in range(0, n, per_step)
-                if len(order[i + rank * batch_size : i + (rank + 1) * batch_size])]
+        batches = []
+        for i in range(0, n, per_step):
+            images = order[i + rank * images_per_batch : i + (rank + 1) * images_per_batch]
+            if images:
+                batches.append(torch.tensor([p for img in images for p in self.pairs_of_image[img]]))
+        return batches
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image rows (B,), captions (B, T)) trimmed to the longest caption in the batch."""
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image rows (I,) each once, image_index (B,) into them, captions (B, T)) with T trimmed
+        to the longest caption of the batch."""
         t = int(self.lengths[idx].max())
-        return self.image_rows[idx], self.captions[idx, :t]
+        rows, image_index = torch.unique(self.image_rows[idx], return_inverse=True)
+        return rows, image_index, self.captions[idx, :t]

@@ -160,9 +160,9 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
             bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch",
                        disable=not progress or dist.rank != 0, dynamic_ncols=True)
             for i, idx in enumerate(bar, start=skip):
-                rows, caps = pairs.batch(idx)
-                pooled, grid = train_feats.batch(rows)
-                outp = ddp(pooled, grid, caps)
+                rows, image_index, caps = pairs.batch(idx)
+                pooled, grid = train_feats.batch(rows)                     # (I, D), (I, R, D)
+                outp = ddp(pooled, grid, caps, image_index)                # captions (B, T)
                 loss = masked_loss(outp["logits"], caps[:, 1:], vocab.pad_id, tc.label_smoothing)
                 total_loss = loss + outp["aux_loss"]
                 optim.zero_grad(set_to_none=True)
