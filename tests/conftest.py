@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -58,3 +59,72 @@ def _private_cache(tmp_path_factory):
     mp.setenv("CAPGEN_CACHE", str(tmp_path_factory.mktemp("capgen-cache")))
     yield
     mp.undo()
+
+
+# ---- a tiny trained captioner, shared by the caption / serve / browser tests -----------------------
+
+TINY_MODELS = {
+    "show_tell": ["model.embed_dim=16", "model.hidden_dim=32"],
+    "show_attend_tell": ["model.embed_dim=16", "model.hidden_dim=32", "model.attention_dim=16"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Synthetic data -> features from the tiny encoder -> one epoch of show_attend_tell and show_tell.
+
+    Returns a namespace: encoder ('module:factory'), checkpoints {model: best.pt}, prepared, cache.
+    """
+    from types import SimpleNamespace
+
+    from capgen.features import FeatureCache, extract_features
+    from capgen.training import load_run_config, train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    mod_dir = root / "mods"
+    mod_dir.mkdir()
+    # Its own module name, so the function-scoped `tiny_encoder` fixture never swaps it out.
+    (mod_dir / "capgen_tiny_session_encoder.py").write_text(TINY_ENCODER_MODULE)
+    mp = pytest.MonkeyPatch()
+    mp.syspath_prepend(str(mod_dir))
+    encoder = "capgen_tiny_session_encoder:build"
+    data = prepare_dataset(make_synthetic_dataset(root / "synth", n_images=30, fmt="kaggle", seed=1),
+                           root / "prepared", min_count=1)
+    extract_features(data, root / "feats", encoder=encoder, progress=False)
+    cache = FeatureCache.open(root / "feats")
+    checkpoints = {}
+    with _one_torch_thread():
+        for model, sets in TINY_MODELS.items():
+            cfg = load_run_config(None, sets + ["epochs=1", "batch_size=4", "warmup_steps=2"], model)
+            checkpoints[model] = train(cfg, data, cache, root / model, progress=False).best_checkpoint
+    yield SimpleNamespace(encoder=encoder, checkpoints=checkpoints, prepared=data, cache=cache, root=root)
+    mp.undo()
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    # For tiny models a torch thread pool costs more than the maths (50x slower on a busy 2-core
+    # machine), so these tests run single-threaded and leave the other cores alone.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Use in modules that run tiny models many times: pytestmark = pytest.mark.usefixtures(...)."""
+    with _one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(tiny_run):
+    """A Captioner over the tiny attention model."""
+    from capgen import Captioner
+
+    return Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"], encoder=tiny_run.encoder)

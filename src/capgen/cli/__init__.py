@@ -11,10 +11,10 @@ import sys
 from typing import Sequence
 
 from capgen import __version__
-from capgen.cli import evaluate, extract, prepare, synth, train
+from capgen.cli import caption, evaluate, extract, prepare, serve, synth, train
 from capgen.errors import CapgenError
 
-COMMANDS = (prepare, extract, train, evaluate, synth)
+COMMANDS = (prepare, extract, train, evaluate, caption, serve, synth)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,105 @@
+"""capgen caption PATHS...: caption your own photos (files, folders, globs) with a checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+
+from capgen.cli.types import positive_int
+
+FORMATS = ("text", "jsonl", "csv")
+# More images than this get a progress bar on stderr.
+_PROGRESS_MIN = 4
+
+
+def register(sub, parents) -> None:
+    p = sub.add_parser("caption", parents=parents, help="caption image files, folders or globs",
+                       description="Caption photos with a trained checkpoint (default: the bundled model). "
+                                   "Folders are searched recursively for image files; output follows the "
+                                   "input order. A bad file is reported on stderr and skipped; the exit "
+                                   "code is then 1.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
+    add_model_args(p)
+    method = p.add_mutually_exclusive_group()
+    method.add_argument("--beam-size", type=positive_int, default=3, help="beam width (default 3; 1 = greedy)")
+    method.add_argument("--greedy", action="store_true", help="greedy decoding")
+    method.add_argument("--sample", action="store_true", help="sample captions (see --temperature, --seed)")
+    p.add_argument("--n-best", type=positive_int, default=1, help="also report the next best captions")
+    p.add_argument("--max-len", type=positive_int, default=20, help="maximum caption length in words")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (--sample)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (--sample)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for --sample")
+    p.add_argument("--format", default="text", choices=FORMATS,
+                   help="text (path<TAB>caption), jsonl or csv, on stdout (default text)")
+    p.add_argument("--annotate", metavar="DIR", help="write each photo with its caption drawn on it into DIR")
+    p.add_argument("--attention", metavar="DIR",
+                   help="write a per-word attention figure per photo into DIR (attention models only)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
+    p.set_defaults(func=run)
+
+
+def add_model_args(p) -> None:
+    """--model / --encoder / --backend, shared with `capgen serve`."""
+    p.add_argument("--model", metavar="CKPT", help="checkpoint (a best.pt from capgen train; default: bundled)")
+    p.add_argument("--encoder", metavar="NAME",
+                   help="build the encoder as NAME or 'module:factory' (for your own encoders; it must "
+                        "match the checkpoint's)")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="encoder engine")
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from capgen.errors import ImageLoadError
+    from capgen.inference import (Captioner, UniqueNames, caption_paths, expand_paths, save_annotated,
+                                  save_attention_figure)
+
+    captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend)
+    method = "greedy" if args.greedy else "sample" if args.sample else None
+    config = captioner.decode_config(beam_size=args.beam_size, method=method, n_best=args.n_best,
+                                     max_len=args.max_len, temperature=args.temperature, top_p=args.top_p,
+                                     seed=args.seed, return_attention=bool(args.attention))
+    paths = expand_paths(args.paths)
+    write = _writer(args.format, sys.stdout)
+    names = UniqueNames(), UniqueNames()
+    failed = 0
+    bar = tqdm(total=len(paths), unit="img", desc="caption", file=sys.stderr,
+               disable=len(paths) <= _PROGRESS_MIN, dynamic_ncols=True)
+    for path, res in caption_paths(captioner, paths, config, batch_size=args.batch_size):
+        bar.update(1)
+        if isinstance(res, ImageLoadError):
+            failed += 1
+            tqdm.write(f"capgen caption: skipped {res}", file=sys.stderr)
+            continue
+        write(path, res)
+        if args.annotate or args.attention:
+            image = captioner.load(path)  # loaded again: results do not hold pixels
+            if args.annotate:
+                save_annotated(image, res.caption, f"{args.annotate}/{names[0](path, '.jpg')}")
+            if args.attention:
+                save_attention_figure(image, res, f"{args.attention}/{names[1](path, '.png')}")
+    bar.close()
+    if failed:
+        print(f"capgen caption: {failed} of {len(paths)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _writer(fmt: str, out):
+    """A function (path, CaptionResult) -> None writing one record, flushed so output streams."""
+    if fmt == "csv":
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["image", "caption", "score", "alternatives"])
+
+        def write(path, res):
+            w.writerow([path, res.caption, f"{res.score:.4f}", " | ".join(c for c, _ in res.alternatives)])
+            out.flush()
+    elif fmt == "jsonl":
+        def write(path, res):
+            out.write(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False) + "\n")
+            out.flush()
+    else:
+        def write(path, res):
+            out.write(f"{path}\t{res.caption}\n")
+            out.flush()
+    return write

@@ -1,0 +1,187 @@
+"""`Captioner`: photos in, captions out, as a pipeline preprocess -> forward -> postprocess.
+
+It is built from one checkpoint file. The encoder is rebuilt from the checkpoint's encoder spec and
+checked against it, and images go through the same loader and the same transform as feature
+extraction, so captions are computed on exactly the features the model was trained on.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from capgen.errors import CapgenError
+from capgen.images import MAX_PIXELS, ImageSource, load_image
+from capgen.inference.result import CaptionResult
+
+# Where the model shipped with the package lives (package data; may be absent in an install).
+BUNDLED_MODEL = "assets/captioner.pt"
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled checkpoint; CapgenError when this install has none."""
+    path = Path(str(resources.files("capgen").joinpath(BUNDLED_MODEL)))
+    if not path.is_file():
+        raise CapgenError("no bundled model in this install; pass a checkpoint path (e.g. runs/NAME/best.pt)")
+    return path
+
+
+class Captioner:
+    """Caption images with a trained checkpoint.
+
+        cap = Captioner.from_pretrained("runs/transformer/best.pt")
+        cap.caption("photo.jpg").caption             # 'a dog runs on the grass'
+        cap.caption(["a.jpg", "b.jpg"], n_best=3)     # list of CaptionResult
+
+    Not thread-safe: the model and encoder runner hold shared state; the server runs one Captioner
+    in a single worker thread.
+    """
+
+    def __init__(self, model, vocab, encoder, runner, name: str = "", max_pixels: int = MAX_PIXELS):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.encoder = encoder
+        self.runner = runner
+        self.name = name or model.name
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, encoder: str | None = None,
+                        backend: str = "auto", max_pixels: int = MAX_PIXELS) -> "Captioner":
+        """Load a checkpoint (None = the bundled model) and rebuild its encoder.
+
+        encoder: build the encoder with this name or 'package.module:factory' instead of the name
+          stored in the checkpoint (needed for your own encoders); its spec must still match.
+        """
+        from capgen.checkpoint import load_checkpoint
+        from capgen.encoders import create_encoder, make_runner
+
+        path = bundled_model_path() if path is None else Path(path)
+        ck = load_checkpoint(path)
+        enc = create_encoder(encoder or ck.encoder["name"])
+        check_encoder_spec(enc.spec(), ck.encoder, path)
+        return cls(ck.model, ck.vocab, enc, make_runner(enc, backend=backend), name=f"{ck.model.name} ({path.name})",
+                   max_pixels=max_pixels)
+
+    # ---- properties the CLI and the server ask about ------------------------------------------------
+    @property
+    def supports_attention(self) -> bool:
+        return bool(self.model.supports_attention)
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return self.encoder.grid_hw
+
+    def info(self) -> dict:
+        """What /health reports."""
+        return {"model": self.name, "architecture": self.model.name, "encoder": self.encoder.name,
+                "vocab_size": len(self.vocab), "supports_attention": self.supports_attention,
+                "grid": list(self.grid_hw)}
+
+    # ---- the pipeline -----------------------------------------------------------------------------
+    def load(self, image: ImageSource, name: str | None = None) -> Image.Image:
+        """The one loader (EXIF, RGB, size limit); raises ImageLoadError naming the image."""
+        return load_image(image, max_pixels=self.max_pixels, name=name)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """RGB images -> (B, 3, S, S) float32 with the encoder's own transform (as in extraction)."""
+        return np.stack([self.encoder.preprocess(img).numpy() for img in images])
+
+    def encode(self, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray]:
+        """Images -> pooled (B, dim), grid (B, H*W, dim) float32: the features a feature cache holds."""
+        return self.runner(self.preprocess([self.load(i) for i in images]))
+
+    def forward(self, pooled: np.ndarray, grid: np.ndarray, config) -> list:
+        """Features -> per image, a list of Hypothesis (best first); one batched decode call."""
+        from capgen.decoding import decode
+
+        return decode(self.model, pooled, grid, self.vocab.start_id, self.vocab.end_id, config)
+
+    def postprocess(self, hyps: list, image: Image.Image) -> CaptionResult:
+        """One image's hypotheses -> CaptionResult with words and (words, H, W) attention."""
+        if not hyps:  # only possible when n-gram blocking leaves nothing; keep the output shape
+            return CaptionResult("", float("-inf"), [], image_size=image.size)
+        best, h, w = hyps[0], *self.grid_hw
+        words = self.vocab.decode(best.tokens)
+        attention = None
+        if best.attention is not None:
+            attention = np.asarray(best.attention, dtype=np.float32).reshape(len(best.tokens), h, w)
+        return CaptionResult(caption=" ".join(words), score=float(best.score), tokens=words,
+                             alternatives=[(" ".join(self.vocab.decode(x.tokens)), float(x.score)) for x in hyps[1:]],
+                             attention=attention, image_size=image.size)
+
+    def caption(self, images: ImageSource | Sequence[ImageSource], beam_size: int = 3, method: str | None = None,
+                n_best: int = 1, max_len: int = 20, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                return_attention: bool = False, batch_size: int = 16) -> CaptionResult | list[CaptionResult]:
+        """Caption one image (path, bytes or PIL image) or a list of them.
+
+        method: "beam" (default; "greedy" when beam_size == 1 and n_best == 1), "greedy" or "sample".
+        Raises ImageLoadError for the first unreadable image; `caption_paths` skips bad files instead.
+        """
+        config = self.decode_config(beam_size=beam_size, method=method, n_best=n_best, max_len=max_len,
+                                    length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram,
+                                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                    return_attention=return_attention)
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        results = self.caption_loaded([self.load(i) for i in items], config, batch_size)
+        return results[0] if single else results
+
+    def caption_paths(self, paths: Sequence[str | Path], batch_size: int = 16, **options):
+        """Files, folders (recursive) and globs -> iterator of (path, CaptionResult or ImageLoadError),
+        in input order; bad or missing files are yielded as errors and the rest still captioned.
+        `options` are those of `caption` (beam_size, n_best, return_attention, ...)."""
+        from capgen.inference.files import caption_paths, expand_paths
+
+        return caption_paths(self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size)
+
+    def decode_config(self, beam_size: int = 3, method: str | None = None, n_best: int = 1,
+                      return_attention: bool = False, **kw):
+        """A DecodeConfig; attention on a model without attention is an error, not silently None."""
+        from capgen.decoding import DecodeConfig
+
+        if return_attention and not self.supports_attention:
+            raise CapgenError(f"model {self.model.name} has no attention; attention maps need an attention "
+                              "model (show_attend_tell or transformer)")
+        if method is None:
+            method = "greedy" if beam_size == 1 and n_best == 1 else "beam"
+        return DecodeConfig(method=method, beam_size=beam_size, n_best=n_best,
+                            return_attention=return_attention, **kw)
+
+    def caption_loaded(self, images: Sequence[Image.Image], config, batch_size: int = 16) -> list[CaptionResult]:
+        """Already loaded RGB images -> results, encoded and decoded `batch_size` images at a time."""
+        if batch_size < 1:
+            raise CapgenError(f"batch_size must be >= 1, got {batch_size}")
+        results: list[CaptionResult] = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            pooled, grid = self.runner(self.preprocess(chunk))   # (B, dim), (B, H*W, dim)
+            hyps = self.forward(pooled, grid, config)
+            results.extend(self.postprocess(h, img) for h, img in zip(hyps, chunk))
+        return results
+
+
+def check_encoder_spec(built: dict, stored: dict, path: Path) -> None:
+    """The encoder must be the one the model was trained with: same name, transform, dim and grid.
+
+    This is the guard against train/inference preprocessing drift (a different resize or
+    normalisation at inference gives plausible-looking but wrong captions).
+    """
+    diffs = [key for key in ("name", "preprocess", "dim", "grid") if _norm(built.get(key)) != _norm(stored.get(key))]
+    if diffs:
+        detail = "; ".join(f"{k}: checkpoint {stored.get(k)!r}, encoder {built.get(k)!r}" for k in diffs)
+        raise CapgenError(f"{path}: the encoder does not match the one the model was trained with ({detail})")
+
+
+def _norm(value):
+    """Lists and tuples compare equal (specs come from JSON or from dataclasses)."""
+    if isinstance(value, dict):
+        return {k: _norm(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_norm(v) for v in value]
+    return value

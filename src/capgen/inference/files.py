@@ -1,0 +1,94 @@
+"""Captioning many files: expand files / folders / globs, caption in batches, report bad files."""
+
+from __future__ import annotations
+
+import glob
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from capgen.errors import ImageLoadError
+from capgen.images import is_image_file
+from capgen.inference.result import CaptionResult
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadError]:
+    """Each input in order: a file as is; a folder -> its image files, recursively, sorted; a glob ->
+    its matches, sorted. An input that names nothing becomes an ImageLoadError in its place.
+
+    Files named explicitly are kept whatever their extension (the loader says if they are not
+    images); inside folders and globs only image extensions are taken.
+    """
+    out: list[Path | ImageLoadError] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted((p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+            out.extend(found or [ImageLoadError(text, "folder holds no image files")])
+        elif path.exists():
+            out.append(path)
+        elif _GLOB_CHARS & set(text):
+            found = sorted((Path(p) for p in glob.glob(text, recursive=True)
+                            if os.path.isfile(p) and is_image_file(p)))
+            out.extend(found or [ImageLoadError(text, "no image files match this pattern")])
+        else:
+            out.append(ImageLoadError(text, "no such file or directory"))
+    return out
+
+
+def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoadError], config=None,
+                  batch_size: int = 16, workers: int = 2
+                  ) -> Iterator[tuple[str, CaptionResult | ImageLoadError]]:
+    """Yield (path, CaptionResult or ImageLoadError) for each path, in input order.
+
+    Bad files (missing, empty, corrupt, not an image) are yielded as their error and skipped; the
+    rest are captioned `batch_size` at a time (one batched encode + decode per batch). Images of the
+    next batch are decoded in `workers` threads while the model runs on this one. `paths` may hold
+    ImageLoadErrors from `expand_paths`; they are passed through in place.
+    """
+    config = config if config is not None else captioner.decode_config()
+    batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
+
+    def load(item):
+        if isinstance(item, ImageLoadError):
+            return item
+        try:
+            return captioner.load(item)
+        except ImageLoadError as e:
+            return e
+
+    pool = ThreadPoolExecutor(max_workers=max(workers, 1))
+    try:
+        pending = pool.map(load, batches[0]) if batches else iter(())
+        for n, batch in enumerate(batches):
+            loaded = list(pending)
+            if n + 1 < len(batches):
+                pending = pool.map(load, batches[n + 1])   # decode ahead while this batch runs
+            good = [img for img in loaded if not isinstance(img, ImageLoadError)]
+            results = iter(captioner.caption_loaded(good, config, batch_size)) if good else iter(())
+            for item, img in zip(batch, loaded):
+                name = item.path if isinstance(item, ImageLoadError) else os.fspath(item)
+                yield name, img if isinstance(img, ImageLoadError) else next(results)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+class UniqueNames:
+    """Output file names derived from input names, never the same twice: a/x.jpg -> x.jpg,
+    then b/x.jpg -> x-2.jpg (names compare case-insensitively, for case-insensitive file systems)."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, source: str | os.PathLike, suffix: str) -> str:
+        stem = Path(source).stem or "image"
+        name, k = f"{stem}{suffix}", 1
+        while name.lower() in self.used:
+            k += 1
+            name = f"{stem}-{k}{suffix}"
+        self.used.add(name.lower())
+        return name

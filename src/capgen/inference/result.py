@@ -1,0 +1,46 @@
+"""What captioning returns: one `CaptionResult` per image."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class CaptionResult:
+    """One image's caption.
+
+    score: the decoder's score of the caption (sum of word log-probs, length-normalised for beam
+      search with a length penalty); higher is better, 0 is the maximum.
+    tokens: the caption's words (so `caption == " ".join(tokens)`).
+    alternatives: the next best (caption, score) pairs when n_best > 1, best first.
+    attention: (len(tokens), H, W) attention over the encoder grid while predicting each word, or
+      None when not requested or the model does not attend.
+    image_size: (width, height) of the loaded, upright image.
+    """
+
+    caption: str
+    score: float
+    tokens: list[str]
+    alternatives: list[tuple[str, float]] = field(default_factory=list)
+    attention: np.ndarray | None = None
+    image_size: tuple[int, int] = (0, 0)
+
+    def to_dict(self, attention: bool = False) -> dict:
+        """JSON-ready dict: caption, score, alternatives (if any), attention payload (if asked and present)."""
+        d: dict = {"caption": self.caption, "score": _score(self.score)}
+        if self.alternatives:
+            d["alternatives"] = [{"caption": c, "score": _score(s)} for c, s in self.alternatives]
+        if attention and self.attention is not None:
+            # per word, the H*W weights row-major (top-left first); float64 so rounding prints short
+            weights = self.attention.reshape(len(self.tokens), -1).astype(np.float64)
+            d["attention"] = {"words": list(self.tokens), "grid": list(self.attention.shape[1:]),
+                              "weights": np.round(weights, 5).tolist()}
+        return d
+
+
+def _score(x: float) -> float | None:
+    # JSON has no -inf (an empty caption's score); None reads as null everywhere.
+    return round(x, 4) if math.isfinite(x) else None

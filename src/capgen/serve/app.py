@@ -1,0 +1,165 @@
+"""The HTTP app: `create_app(captioner, settings)` -> FastAPI. Routes: / (page), /health, /caption, /docs.
+
+The request path is the Captioner's pipeline: uploads are checked and decoded (uploads.py), queued
+to the one model thread (worker.py), and results serialised with `CaptionResult.to_dict`. Nothing
+here depends on the model type; attention is offered when the captioner says it supports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from capgen import __version__
+from capgen.errors import CapgenError
+from capgen.serve.limits import BodyLimit, ServeSettings
+from capgen.serve.uploads import UploadError, read_image
+from capgen.serve.worker import ModelWorker, ServerBusy
+
+FIELD = "files"
+
+# /caption takes a hand-parsed multipart body (for precise errors); describe it for /docs.
+_CAPTION_BODY = {
+    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": [FIELD],
+        "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+                               "description": "one or more images (JPEG, PNG, GIF, WebP, BMP, TIFF)"}}}}}},
+    "parameters": [
+        {"name": "beam_size", "in": "query", "schema": {"type": "integer", "default": 3, "minimum": 1}},
+        {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": 1, "minimum": 1}},
+        {"name": "attention", "in": "query", "schema": {"type": "boolean", "default": False}},
+    ],
+}
+
+
+def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
+    """The server around one Captioner. The model runs in one background thread owned by the app."""
+    settings = settings or ServeSettings()
+    worker = ModelWorker(captioner, max_batch=settings.max_batch, max_queue=settings.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.close()
+
+    app = FastAPI(title="capgen", version=__version__, description="Image captioning: POST photos to /caption.",
+                  lifespan=lifespan)
+    app.state.captioner, app.state.settings, app.state.worker = captioner, settings, worker
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    _add_error_handlers(app)
+    page = resources.files("capgen.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    def health() -> dict:
+        """Model, encoder and queue status."""
+        return {"status": "ok", **captioner.info(), "queued": worker.pending, "version": __version__}
+
+    @app.post("/caption", openapi_extra=_CAPTION_BODY)
+    async def caption(request: Request) -> JSONResponse:
+        """Caption one or several images (multipart field `files`)."""
+        form_items, options = await _parse(request, settings)
+        images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
+        if options["return_attention"] and not captioner.supports_attention:
+            raise UploadError(422, f"attention: this model ({captioner.info()['architecture']}) has no attention")
+        future = worker.submit(images, options)
+        try:
+            results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout)
+        except asyncio.TimeoutError:
+            future.cancel()  # if still queued, the worker skips it
+            raise UploadError(504, f"captioning took longer than {settings.timeout:g} s; try again") from None
+        return JSONResponse({"results": [
+            {"filename": name, **res.to_dict(attention=options["return_attention"])}
+            for (name, _), res in zip(form_items, results)]})
+
+    return app
+
+
+async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[str, bytes]], dict]:
+    """Multipart body -> [(filename, bytes)] and decode options, or UploadError."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise UploadError(415, f"expected a multipart/form-data upload with field '{FIELD}', got "
+                               f"{ctype or 'no content type'}")
+    try:
+        form = await request.form(max_files=settings.max_files, max_fields=32)
+    except HTTPException as e:  # starlette's own parse errors (too many files, malformed body)
+        raise UploadError(400 if e.status_code >= 500 else e.status_code, f"malformed upload: {e.detail}") from None
+    except Exception as e:  # noqa: BLE001  python-multipart raises its own types for broken bodies
+        raise UploadError(400, f"malformed multipart body ({type(e).__name__})") from None
+    uploads = form.getlist(FIELD)
+    files = [u for u in uploads if isinstance(u, UploadFile)]
+    if not files:
+        sent = sorted(set(form.keys()))
+        hint = f"; got {', '.join(repr(k) for k in sent)}" if sent else ""
+        what = "is not a file" if uploads else "is missing"
+        raise UploadError(422, f"multipart field '{FIELD}' {what}: send images as files under '{FIELD}'{hint}")
+    if len(files) > settings.max_files:
+        raise UploadError(413, f"too many files ({len(files)}); at most {settings.max_files} per request")
+    items = [(f.filename or f"image-{i + 1}", await f.read()) for i, f in enumerate(files)]
+
+    def value(key: str, default: str) -> str:
+        v = request.query_params.get(key)
+        return v if v is not None else str(form.get(key, default))
+
+    beam_size = _int(value("beam_size", "3"), "beam_size", 1, settings.max_beam_size)
+    n_best = _int(value("n_best", "1"), "n_best", 1, beam_size)
+    attention = value("attention", "false").lower()
+    if attention not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise UploadError(422, f"attention: expected true or false, got {attention!r}")
+    options = {"beam_size": beam_size, "n_best": n_best, "return_attention": attention in ("true", "1", "yes", "on")}
+    return items, options
+
+
+def _int(text: str, name: str, lo: int, hi: int) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise UploadError(422, f"{name}: expected an integer, got {text!r}") from None
+    if not lo <= v <= hi:
+        raise UploadError(422, f"{name}: expected an integer in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON {"error": "..."}; bad input never becomes a 500."""
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.exception_handler(UploadError)
+    async def upload_error(request, e: UploadError):
+        return error(e.status, e.message)
+
+    @app.exception_handler(ServerBusy)
+    async def busy(request, e: ServerBusy):
+        return error(503, str(e))
+
+    @app.exception_handler(CapgenError)
+    async def capgen_error(request, e: CapgenError):
+        return error(422, str(e))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e: HTTPException):
+        return error(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, e: RequestValidationError):
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, e: Exception):
+        return error(500, f"internal error: {type(e).__name__}")

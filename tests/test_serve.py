@@ -1,0 +1,177 @@
+"""The HTTP server through FastAPI's TestClient (no port): page, health, captions, every bad upload."""
+
+import io
+import re
+import threading
+import time
+
+import pytest
+from PIL import Image
+
+from capgen import Captioner
+from capgen.serve import ServeSettings, create_app
+
+fastapi_testclient = pytest.importorskip("fastapi.testclient")
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def png(size=(48, 40), colour=(200, 40, 40), mode="RGB") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, colour if mode == "RGB" else 1).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg(size=(48, 40)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (30, 120, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_captioner):
+    app = create_app(tiny_captioner, ServeSettings(max_upload_mb=0.5, max_pixels=1_000_000, timeout=20))
+    with fastapi_testclient.TestClient(app) as c:
+        yield c
+
+
+def _error(r, status):
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]
+    return body["error"]
+
+
+def _still_answers(client):
+    r = client.post("/caption", files={"files": ("ok.png", png(), "image/png")})
+    assert r.status_code == 200 and r.json()["results"][0]["caption"]
+
+
+def test_health(client, tiny_captioner):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["encoder"] == "tiny-test" and h["vocab_size"] == len(tiny_captioner.vocab)
+    assert h["supports_attention"] is True and "show_attend_tell" in h["model"]
+
+
+def test_page_is_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    assert 'type="file"' in page and "canvas" in page
+    for bad in ('src="http', "src='http", 'href="http', "href='http", "https://", "http://", "@import", "url("):
+        assert bad not in page, bad
+    # every script and stylesheet is inline
+    assert not re.search(r"<script[^>]*\bsrc=", page) and not re.search(r"<link[^>]*stylesheet", page)
+    assert client.get("/docs").status_code == 200 and "/caption" in client.get("/openapi.json").text
+
+
+def test_caption_one_and_several(client):
+    r = client.post("/caption", files={"files": ("one.png", png(), "image/png")})
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    assert res["filename"] == "one.png" and isinstance(res["caption"], str) and res["caption"]
+    assert isinstance(res["score"], float) and "attention" not in res
+    files = [("files", (f"p{i}.png", png(colour=(40 * i, 100, 50)), "image/png")) for i in range(3)]
+    files.append(("files", ("j.jpg", jpeg(), "image/jpeg")))
+    r = client.post("/caption", files=files, params={"beam_size": 2, "n_best": 2})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["filename"] for x in results] == ["p0.png", "p1.png", "p2.png", "j.jpg"]
+    assert all("alternatives" in x for x in results)
+
+
+def test_attention_payload(client):
+    r = client.post("/caption", files={"files": ("a.png", png(), "image/png")}, data={"attention": "true"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    att = res["attention"]
+    assert att["words"] == res["caption"].split() and att["grid"] == [4, 4]
+    assert len(att["weights"]) == len(att["words"]) and all(len(w) == 16 for w in att["weights"])
+    assert all(abs(sum(w) - 1) < 1e-3 for w in att["weights"])
+
+
+def test_bad_uploads_get_the_right_4xx(client):
+    cases = [
+        (400, {"files": ("empty.png", b"", "image/png")}, "empty"),
+        (415, {"files": ("notes.png", b"hello, I am text pretending to be a png", "image/png")}, "not a supported"),
+        (422, {"files": ("cut.jpg", jpeg((200, 160))[:300], "image/jpeg")}, "truncated"),
+        # 4000 x 4000 1-bit PNG: a few KB on the wire, 16 Mpx decoded -> refused from the header
+        (413, {"files": ("huge.png", png((4000, 4000), mode="1"), "image/png")}, "exceeds"),
+        (422, {"file": ("one.png", png(), "image/png")}, "'files'"),
+    ]
+    for status, files, needle in cases:
+        msg = _error(client.post("/caption", files=files), status)
+        assert needle in msg, (status, msg)
+    assert len(png((4000, 4000), mode="1")) < 100_000
+    # the type comes from the content: a real PNG named .txt with a text type is accepted
+    r = client.post("/caption", files={"files": ("photo.txt", png(), "text/plain")})
+    assert r.status_code == 200
+    _still_answers(client)
+
+
+def test_oversize_body_and_other_bad_requests(client):
+    big = b"\x89PNG" + b"\0" * 600_000  # over the 0.5 MB limit of this app
+    assert "too large" in _error(client.post("/caption", files={"files": ("big.png", big, "image/png")}), 413)
+    assert "multipart" in _error(client.post("/caption", json={"files": "x"}), 415)
+    assert "beam_size" in _error(client.post("/caption", files={"files": ("a.png", png())},
+                                             params={"beam_size": "lots"}), 422)
+    assert "n_best" in _error(client.post("/caption", files={"files": ("a.png", png())},
+                                          params={"beam_size": 2, "n_best": 5}), 422)
+    assert "multipart" in _error(client.post("/caption", data={"files": "just text"}), 415)
+    msg = _error(client.post("/caption", data={"files": "just text"}, files={"x": ("x.png", png())}), 422)
+    assert "'files' is not a file" in msg
+    _error(client.get("/nowhere"), 404)
+    _error(client.get("/caption"), 405)
+    _still_answers(client)
+
+
+def test_chunked_oversize_body_is_refused(client):
+    def body():  # a generator body is sent without Content-Length
+        for _ in range(12):
+            yield b"x" * 65536
+
+    r = client.post("/caption", content=body(), headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert "too large" in _error(r, 413)
+    _still_answers(client)
+
+
+def test_concurrent_requests_all_succeed(client):
+    out, errors = {}, []
+
+    def go(i):
+        try:
+            r = client.post("/caption", files={"files": (f"c{i}.png", png(colour=(20 * i, 90, 160)), "image/png")})
+            out[i] = (r.status_code, r.json())
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and len(out) == 8
+    for i, (status, body) in out.items():
+        assert status == 200 and body["results"][0]["filename"] == f"c{i}.png"
+
+
+def test_timeout_gives_504_and_the_server_recovers(tiny_run):
+    slow = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder)
+    real = slow.caption_loaded
+
+    def sleepy(*a, **kw):
+        time.sleep(0.6)
+        return real(*a, **kw)
+
+    slow.caption_loaded = sleepy
+    app = create_app(slow, ServeSettings(timeout=0.2))
+    with fastapi_testclient.TestClient(app) as c:
+        assert "longer than" in _error(c.post("/caption", files={"files": ("a.png", png())}), 504)
+        slow.caption_loaded = real
+        time.sleep(0.6)  # the abandoned job finishes in the model thread
+        r = c.post("/caption", files={"files": ("a.png", png())})
+        assert r.status_code == 200, r.text
+        # a model without attention: asking for attention is a clear 422, not a crash
+        assert "no attention" in _error(c.post("/caption", files={"files": ("a.png", png())},
+                                               params={"attention": "true"}), 422)
