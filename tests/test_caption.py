@@ -214,3 +214,29 @@ def test_new_commands_have_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
     assert e.value.code == 0 and "--model" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bundled_model_captions_a_photo_offline(tmp_path):
+    """The package's own model (README's main job): a real photo in, an English sentence out."""
+    from skimage import data as skdata
+
+    from capgen.inference.captioner import bundled_model_path
+
+    try:
+        bundled_model_path()
+    except Exception:
+        pytest.skip("this install ships no bundled model")
+    from PIL import Image
+
+    from capgen import Captioner
+
+    Image.fromarray(skdata.chelsea()).save(tmp_path / "cat.jpg")
+    cap = Captioner.from_pretrained(backend="torch")
+    assert cap.encoder.name == "efficientnet-lite2"
+    r = cap.caption(tmp_path / "cat.jpg", n_best=2, return_attention=True)
+    words = r.caption.split()
+    assert 3 <= len(words) <= 20 and all(w in cap.vocab.stoi for w in words)
+    assert r.attention.shape == (len(words), 9, 9) and len(r.alternatives) == 1
+    assert words[0] in ("a", "an", "the", "two", "three", "several", "some", "people", "there"), r.caption
+    # what it says about this cat is a matter of quality (BENCHMARKS.md), not of behaviour

@@ -27,6 +27,8 @@ def register(sub, parents) -> None:
     method.add_argument("--sample", action="store_true", help="sample captions (see --temperature, --seed)")
     p.add_argument("--n-best", type=positive_int, default=1, help="also report the next best captions")
     p.add_argument("--max-len", type=positive_int, default=20, help="maximum caption length in words")
+    p.add_argument("--no-repeat-ngram", type=int, default=3,
+                   help="block repeated n-grams of this size (default 3; 0 = off)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (--sample)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (--sample)")
     p.add_argument("--seed", type=int, default=None, help="random seed for --sample")
@@ -59,7 +61,8 @@ def run(args) -> int:
     method = "greedy" if args.greedy else "sample" if args.sample else None
     config = captioner.decode_config(beam_size=args.beam_size, method=method, n_best=args.n_best,
                                      max_len=args.max_len, temperature=args.temperature, top_p=args.top_p,
-                                     seed=args.seed, return_attention=bool(args.attention))
+                                     seed=args.seed, no_repeat_ngram=args.no_repeat_ngram,
+                                     return_attention=bool(args.attention))
     paths = expand_paths(args.paths)
     write = _writer(args.format, sys.stdout)
     names = UniqueNames(), UniqueNames()

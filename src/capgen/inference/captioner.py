@@ -20,6 +20,8 @@ from capgen.inference.result import CaptionResult
 
 # Where the model shipped with the package lives (package data; may be absent in an install).
 BUNDLED_MODEL = "assets/captioner.pt"
+# Users see captions, not metrics: block repeated trigrams ("a white hat and a white hat") by default.
+DEFAULT_NO_REPEAT_NGRAM = 3
 
 
 def bundled_model_path() -> Path:
@@ -115,7 +117,8 @@ class Captioner:
                              attention=attention, image_size=image.size)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], beam_size: int = 3, method: str | None = None,
-                n_best: int = 1, max_len: int = 20, length_penalty: float = 0.0, no_repeat_ngram: int = 0,
+                n_best: int = 1, max_len: int = 20, length_penalty: float = 0.0,
+                no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                 return_attention: bool = False, batch_size: int = 16) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list of them.
@@ -150,6 +153,7 @@ class Captioner:
                               "model (show_attend_tell or transformer)")
         if method is None:
             method = "greedy" if beam_size == 1 and n_best == 1 else "beam"
+        kw.setdefault("no_repeat_ngram", DEFAULT_NO_REPEAT_NGRAM)
         return DecodeConfig(method=method, beam_size=beam_size, n_best=n_best,
                             return_attention=return_attention, **kw)
 
