@@ -126,6 +126,12 @@ class FeatureCache:
         except KeyError as e:
             raise FeatureCacheError(f"{self.root}: no features for image {e.args[0]}") from None
 
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The memory-mapped (pooled (N, dim), grid (N, H*W, dim)) arrays in storage dtype; rows as in
+        meta["images"] (use `rows()` to find an image)."""
+        return self._pooled, self._grid
+
     def _take(self, arr: np.ndarray, images: Sequence[str]) -> np.ndarray:
         r = self.rows(images)
         order = np.argsort(r)  # sorted reads are much faster on a memory map

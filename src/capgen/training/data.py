@@ -24,12 +24,13 @@ class Features:
         ids = [r.image for r in records]
         rows = cache.rows(ids)
         order = rows.argsort()  # read the memory map in file order
-        pooled = torch.empty((len(ids), cache._pooled.shape[1]), dtype=torch.float16)
-        grid = torch.empty((len(ids), *cache._grid.shape[1:]), dtype=torch.float16)
+        src_pooled, src_grid = cache.arrays
+        pooled = torch.empty((len(ids), src_pooled.shape[1]), dtype=torch.float16)
+        grid = torch.empty((len(ids), *src_grid.shape[1:]), dtype=torch.float16)
         for start in range(0, len(ids), 512):  # chunks keep peak memory low
             sel = order[start : start + 512]
-            pooled[torch.from_numpy(sel)] = torch.from_numpy(cache._pooled[rows[sel]].astype("float16"))
-            grid[torch.from_numpy(sel)] = torch.from_numpy(cache._grid[rows[sel]].astype("float16"))
+            pooled[torch.from_numpy(sel)] = torch.from_numpy(src_pooled[rows[sel]].astype("float16"))
+            grid[torch.from_numpy(sel)] = torch.from_numpy(src_grid[rows[sel]].astype("float16"))
         return cls(ids, pooled, grid)
 
     def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
