@@ -151,6 +151,9 @@ def _load_verified(encoder: ImageEncoder, path: Path, threads: int | None) -> On
     # Measured on 2 cores: sequential execution beats ORT_PARALLEL / inter_op=2 (~92 vs ~45 img/s).
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT's idle threads spin by default and then steal the cores from the torch decoder that runs
+    # right after the encoder (measured: beam-3 captioning of one photo 105 ms -> see BENCHMARKS.md).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
