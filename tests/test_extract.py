@@ -1,11 +1,9 @@
 import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from conftest import run_torchrun
 
 import capgen.features.extract as extract_mod
 from capgen.data import prepare_dataset
@@ -107,10 +105,8 @@ def test_unfinished_cache_from_other_settings_is_refused(prepared, tiny_encoder,
 def test_torchrun_shards_across_two_ranks(prepared, tiny_encoder, tmp_path):
     single = extract_features(prepared, tmp_path / "one", encoder=tiny_encoder, batch_size=4, progress=False)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "capgen", "extract", str(prepared.root), "--out", str(tmp_path / "two"),
-           "--encoder", tiny_encoder, "--batch-size", "4"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    proc = run_torchrun(["--nproc_per_node", "2", "-m", "capgen", "extract", str(prepared.root), "--out",
+                         str(tmp_path / "two"), "--encoder", tiny_encoder, "--batch-size", "4"], env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = FeatureCache.open(tmp_path / "one"), FeatureCache.open(tmp_path / "two")
     ids = [r.image for r in prepared.records()]

@@ -2,12 +2,12 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 import yaml
+from conftest import run_torchrun
 
 import capgen.training.trainer as trainer_mod
 from capgen.checkpoint import CheckpointError, load_checkpoint
@@ -44,7 +44,7 @@ def test_train_then_evaluate_every_model(model, prepared, features, tmp_path):
     assert any((run / "tb").iterdir())
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == model
     assert len(res.history) == 2 and res.history[1]["train_loss"] < res.history[0]["train_loss"] + 0.5
-    out = evaluate_checkpoint(res.best_checkpoint, prepared, features, "test", DecodeConfig(beam_size=2),
+    evaluate_checkpoint(res.best_checkpoint, prepared, features, "test", DecodeConfig(beam_size=2),
                               out=tmp_path / "eval", meteor=False)
     preds = json.loads((tmp_path / "eval" / "predictions.json").read_text())
     assert [p["image_id"] for p in preds] == [r.image for r in prepared.split("test")]
@@ -161,12 +161,11 @@ def test_cli_train_and_evaluate(prepared, features, tmp_path, capsys):
 @pytest.mark.slow
 def test_torchrun_ddp_two_processes(prepared, features, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "capgen",
-           "train", "--data", str(prepared.root), "--features", str(features.root), "--model", "show_tell",
-           "--out", str(tmp_path / "ddp"), "--set", "epochs=2", "--set", "batch_size=4",
-           *sum((["--set", s] for s in TINY["show_tell"]), [])]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_torchrun(["--nproc_per_node", "2", "-m", "capgen", "train", "--data", str(prepared.root),
+                         "--features", str(features.root), "--model", "show_tell", "--out", str(tmp_path / "ddp"),
+                         "--set", "epochs=2", "--set", "batch_size=4",
+                         *sum((["--set", s] for s in TINY["show_tell"]), [])], env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-6000:]
     assert (tmp_path / "ddp" / "best.pt").is_file()
     assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2
 

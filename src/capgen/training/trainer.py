@@ -8,7 +8,6 @@ history.json, curves.png and tb/ (TensorBoard events).
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
