@@ -3,19 +3,7 @@
 from __future__ import annotations
 
 from capgen.cli.caption import add_model_args
-from capgen.cli.types import positive_int
-
-
-def _positive_float(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+from capgen.cli.types import positive_float, positive_int
 
 
 def register(sub, parents) -> None:
@@ -27,10 +15,10 @@ def register(sub, parents) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=positive_int, default=8000, help="port (default 8000)")
     add_model_args(p)
-    p.add_argument("--max-upload-mb", type=_positive_float, default=10.0, help="request size limit (default 10)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=10.0, help="request size limit (default 10)")
     p.add_argument("--max-pixels", type=positive_int, default=None,
                    help="pixels per image limit (default: the image loader's, 64,000,000)")
-    p.add_argument("--timeout", type=_positive_float, default=30.0,
+    p.add_argument("--timeout", type=positive_float, default=30.0,
                    help="seconds a request may wait for its caption before a 504 (default 30)")
     p.set_defaults(func=run)
 

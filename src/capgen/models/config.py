@@ -56,21 +56,12 @@ def _coerce(key: str, value: Any, tp: Any, error: type[CapgenError]) -> Any:
         raise bad
     if isinstance(value, bool):  # bool is an int subclass; True for a size is always a mistake
         raise bad
-    if base is int:
-        if isinstance(value, int):
-            return value
+    if base in (int, float):
+        if isinstance(value, int) or (base is float and isinstance(value, float)):
+            return base(value)  # an int is accepted for a float field
         if isinstance(value, str):
             try:
-                return int(value.strip())
-            except ValueError:
-                raise bad from None
-        raise bad
-    if base is float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
+                return base(value.strip())
             except ValueError:
                 raise bad from None
         raise bad
