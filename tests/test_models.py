@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 
 import pytest
+
+from capgen.config import ConfigError
 import torch
 
 from capgen.decoding import DecodeConfig, decode
@@ -210,9 +212,12 @@ def test_config_from_dict_coerces_command_line_strings():
     assert isinstance(config_from_dict(_Cfg, {"b": 2}).b, float)
     assert config_from_dict(_Cfg, None) == _Cfg()
     assert config_from_dict(_Cfg, config_to_dict(_Cfg(a=5, e=2))) == _Cfg(a=5, e=2)
-    for bad in ({"a": "3.5"}, {"a": 2.0}, {"c": "maybe"}, {"c": 1}, {"d": 3}, {"e": "x"}, {"b": "fast"}):
-        with pytest.raises(ModelError, match=next(iter(bad))):
+    for bad in ({"a": "3.5"}, {"a": 2.0}, {"c": "maybe"}, {"c": 1}, {"d": 3}, {"e": "x"}, {"b": "fast"},
+                {"b": "nan"}, {"b": float("inf")}, {"b": "-inf"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
             config_from_dict(_Cfg, bad)
+    with pytest.raises(ModelError, match="expected a mapping"):
+        config_from_dict(_Cfg, [1, 2], error=ModelError)
 
 
 def test_create_model_with_string_overrides():

@@ -1,7 +1,13 @@
-"""torchrun awareness: rank, world size and the few collectives the library needs (gloo on CPU)."""
+"""torchrun awareness: rank, world size and the few collectives the library needs (gloo on CPU).
+
+The process group is torn down on every exit path: gloo keeps C++ threads alive, and a process that
+reaches interpreter exit with them still joinable dies with SIGABRT ("terminate called without an
+active exception") after all its work is done.
+"""
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -41,7 +47,6 @@ class DistInfo:
         td.all_reduce(t)
         return int(t.item())
 
-
     def all_reduce_mean(self, value: float) -> float:
         if not self.active:
             return value
@@ -62,4 +67,17 @@ def dist_info() -> DistInfo:
 
     if not td.is_initialized():
         td.init_process_group("gloo")
+        atexit.register(shutdown_distributed)  # library callers that never call it themselves
     return DistInfo(td.get_rank(), td.get_world_size())
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group if one is live (idempotent); the CLI calls it on every exit path."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:  # nothing was ever initialised: stay cheap
+        return
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()

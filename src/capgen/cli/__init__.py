@@ -13,6 +13,7 @@ from typing import Sequence
 from capgen import __version__
 from capgen.cli import caption, evaluate, extract, prepare, serve, synth, train
 from capgen.errors import CapgenError
+from capgen.parallel import shutdown_distributed
 
 COMMANDS = (prepare, extract, train, evaluate, caption, serve, synth)
 
@@ -43,6 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    try:
+        return _run(args)
+    finally:
+        shutdown_distributed()  # under torchrun: gloo's threads must not outlive the interpreter
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except CapgenError as e:

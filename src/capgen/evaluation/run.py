@@ -10,7 +10,8 @@ from capgen.checkpoint import CheckpointError, load_checkpoint
 from capgen.data.prepared import PreparedDataset
 from capgen.decoding import DecodeConfig
 from capgen.evaluation.metrics import METRIC_ORDER, score_captions
-from capgen.features import FeatureCache
+from capgen.evaluation.captioning import caption_records
+from capgen.features import FeatureCache, Features
 from capgen.io import write_json
 
 
@@ -24,9 +25,6 @@ class EvalResult:
 def evaluate_checkpoint(checkpoint: str | Path, data: PreparedDataset, cache: FeatureCache, split: str,
                         decode_config: DecodeConfig, out: str | Path | None = None, meteor: bool = True,
                         any_vocab: bool = False) -> EvalResult:
-    from capgen.training.data import Features
-    from capgen.training.validate import caption_records
-
     ckpt = load_checkpoint(checkpoint)
     if not any_vocab and ckpt.vocab.itos != data.vocab.itos:
         raise CheckpointError(f"{checkpoint}: trained with another vocabulary ({len(ckpt.vocab)} words) than "

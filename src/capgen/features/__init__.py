@@ -2,5 +2,6 @@
 
 from capgen.features.cache import FeatureCache
 from capgen.features.extract import ExtractResult, extract_features
+from capgen.features.split import Features
 
-__all__ = ["ExtractResult", "FeatureCache", "extract_features"]
+__all__ = ["ExtractResult", "FeatureCache", "Features", "extract_features"]

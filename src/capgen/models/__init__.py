@@ -6,8 +6,8 @@
     logp, state, att = model.step(tokens, state, memory)   # one word, used by capgen.decoding
 """
 
+from capgen.config import config_from_dict, config_to_dict
 from capgen.models.base import PAD_ID, CaptionModel, ModelError
-from capgen.models.config import config_from_dict, config_to_dict
 from capgen.models.registry import create_model, list_models, model_config_class, register_model
 
 # Imported for their @register_model side effect; keep after the registry import.

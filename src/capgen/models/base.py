@@ -83,7 +83,7 @@ class CaptionModel(nn.Module):
 
     def spec(self) -> dict[str, Any]:
         """Everything `create_model(**spec)` needs to rebuild this model (store it in checkpoints)."""
-        from capgen.models.config import config_to_dict
+        from capgen.config import config_to_dict
 
         return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
                 "num_regions": self.num_regions, "overrides": config_to_dict(self.config)}

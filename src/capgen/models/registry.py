@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from capgen.models.base import CaptionModel, ModelError
-from capgen.models.config import config_from_dict
+from capgen.config import config_from_dict
 
 _REGISTRY: dict[str, tuple[type[CaptionModel], type]] = {}
 
@@ -45,7 +45,7 @@ def create_model(name: str, vocab_size: int, feature_dim: int, num_regions: int,
     from a command line are coerced). `itos` (the vocabulary's word list) is needed when the
     config sets `glove=True`, to look up each word's GloVe vector."""
     cls, config_cls = _lookup(name)
-    config = config_from_dict(config_cls, overrides)
+    config = config_from_dict(config_cls, overrides, error=ModelError)
     if itos is not None and len(itos) != vocab_size:
         raise ModelError(f"itos has {len(itos)} words but vocab_size is {vocab_size}")
     return cls(config, vocab_size, feature_dim, num_regions, itos=itos)

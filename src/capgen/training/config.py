@@ -14,11 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from capgen.config import ConfigError, config_from_dict, config_to_dict
 from capgen.errors import CapgenError
-
-
-class ConfigError(CapgenError):
-    """A config file, key or value is wrong."""
 
 
 @dataclass
@@ -31,7 +28,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     grad_clip: float = 5.0
     label_smoothing: float = 0.0
-    max_caption_len: int = 22        # words kept per training caption (longer ones are cut)
+    max_caption_len: int = 22        # words kept per training caption (longer ones are cut, without <end>)
     seed: int = 0
     patience: int = 5                # epochs without a better val CIDEr before stopping (0 = never)
     val_beam_size: int = 1           # per-epoch validation decoding (1 = greedy, fast)
@@ -52,8 +49,6 @@ class RunConfig:
 
 
 def _train_config(values: dict, where: str) -> TrainConfig:
-    from capgen.models import config_from_dict
-
     try:
         return config_from_dict(TrainConfig, values)
     except CapgenError as e:
@@ -71,7 +66,7 @@ def _parse_value(text: str):
 def load_run_config(path: str | Path | None = None, sets: list[str] | None = None,
                     model: str | None = None) -> RunConfig:
     """Defaults <- YAML file <- --model <- --set overrides, validated against the dataclasses."""
-    from capgen.models import config_from_dict, config_to_dict, model_config_class
+    from capgen.models import model_config_class
 
     data: dict = {}
     if path is not None:

@@ -1,41 +1,11 @@
-"""Training batches straight from the feature cache, held in RAM as float16."""
+"""Training batches: every (image, caption) pair of a split as padded id tensors, grouped by image."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from capgen.data.prepared import ImageRecord
 from capgen.data.vocab import Vocabulary
-from capgen.features import FeatureCache
-
-
-@dataclass
-class Features:
-    """Pooled and grid features of a list of images, row i = images[i]."""
-
-    images: list[str]
-    pooled: torch.Tensor   # (N, D) float16
-    grid: torch.Tensor     # (N, R, D) float16
-
-    @classmethod
-    def load(cls, cache: FeatureCache, records: list[ImageRecord]) -> "Features":
-        ids = [r.image for r in records]
-        rows = cache.rows(ids)
-        order = rows.argsort()  # read the memory map in file order
-        src_pooled, src_grid = cache.arrays
-        pooled = torch.empty((len(ids), src_pooled.shape[1]), dtype=torch.float16)
-        grid = torch.empty((len(ids), *src_grid.shape[1:]), dtype=torch.float16)
-        for start in range(0, len(ids), 512):  # chunks keep peak memory low
-            sel = order[start : start + 512]
-            pooled[torch.from_numpy(sel)] = torch.from_numpy(src_pooled[rows[sel]].astype("float16"))
-            grid[torch.from_numpy(sel)] = torch.from_numpy(src_grid[rows[sel]].astype("float16"))
-        return cls(ids, pooled, grid)
-
-    def batch(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float32 (B, D), (B, R, D)."""
-        return self.pooled[rows].float(), self.grid[rows].float()
 
 
 class CaptionPairs:
@@ -52,7 +22,10 @@ class CaptionPairs:
             self.pairs_of_image.append(list(range(len(caps), len(caps) + len(rec.tokens))))
             for tokens in rec.tokens:
                 image_rows.append(row)
-                caps.append(vocab.encode(list(tokens[:max_len])))
+                ids = vocab.encode(list(tokens[:max_len]))
+                if len(tokens) > max_len:  # cut, so it never ends: no <end> target after a fragment
+                    ids = ids[:-1]
+                caps.append(ids)
         self.image_rows = torch.tensor(image_rows, dtype=torch.long)
         self.lengths = torch.tensor([len(c) for c in caps], dtype=torch.long)
         self.captions = torch.full((len(caps), max_len + 2), vocab.pad_id, dtype=torch.long)

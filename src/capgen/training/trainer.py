@@ -23,12 +23,12 @@ from tqdm.auto import tqdm
 from capgen.checkpoint import CheckpointError, model_payload, read_payload, save_checkpoint
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
-from capgen.features import FeatureCache
+from capgen.features import FeatureCache, Features
 from capgen.io import write_json
 from capgen.models import create_model
 from capgen.parallel import dist_info
 from capgen.training.config import RunConfig
-from capgen.training.data import CaptionPairs, Features
+from capgen.training.data import CaptionPairs
 from capgen.training.validate import validate
 
 

@@ -4,23 +4,8 @@ from __future__ import annotations
 
 from capgen.data.prepared import ImageRecord
 from capgen.data.vocab import Vocabulary
-from capgen.decoding import DecodeConfig, decode
-from capgen.evaluation import score_captions
-
-
-def caption_records(model, records: list[ImageRecord], feats, vocab: Vocabulary, config: DecodeConfig,
-                    batch_size: int = 250) -> dict[str, list]:
-    """image id -> n-best hypotheses, decoding `batch_size` images at a time."""
-    import torch
-
-    out: dict[str, list] = {}
-    for start in range(0, len(records), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(records)))
-        pooled, grid = feats.batch(rows)
-        hyps = decode(model, pooled, grid, vocab.start_id, vocab.end_id, config)
-        for r, h in zip(rows.tolist(), hyps):
-            out[records[r].image] = h
-    return out
+from capgen.decoding import DecodeConfig
+from capgen.evaluation import caption_records, score_captions
 
 
 def validate(model, records: list[ImageRecord], feats, vocab: Vocabulary, beam_size: int, max_len: int) -> dict:

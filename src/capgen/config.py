@@ -1,14 +1,17 @@
-"""Typed dataclass configs from plain dicts (YAML, `--set key=value`), with clear errors."""
+"""Typed dataclass configs from plain dicts (YAML, `--set key=value`), with clear errors.
+
+Shared by the model configs and the training run config, so it belongs to neither package.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
 
 from capgen.errors import CapgenError
-from capgen.models.base import ModelError
 
 T = TypeVar("T")
 
@@ -17,17 +20,22 @@ _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~", ""}
 
 
+class ConfigError(CapgenError):
+    """A config file, key or value is wrong."""
+
+
 def config_from_dict(cls: type[T], d: dict[str, Any] | None,
-                     error: type[CapgenError] = ModelError) -> T:
+                     error: type[CapgenError] = ConfigError) -> T:
     """Build dataclass `cls` from `d`; missing keys keep their defaults.
 
     Unknown keys and values of the wrong type raise `error`, naming the key. Supported field
     types: int, float, bool, str and `X | None` of those. Strings (from a command line) are
     coerced: "0.3" -> 0.3, "true"/"false" -> bool, "none" -> None; an int is accepted for a float.
+    Floats must be finite: no setting of ours means anything at nan or inf.
     """
-    d = dict(d or {})
-    if not isinstance(d, dict):
+    if d is not None and not isinstance(d, dict):
         raise error(f"{cls.__name__}: expected a mapping of key -> value, got {type(d).__name__}")
+    d = dict(d or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(d) - fields)
@@ -58,13 +66,17 @@ def _coerce(key: str, value: Any, tp: Any, error: type[CapgenError]) -> Any:
         raise bad
     if base in (int, float):
         if isinstance(value, int) or (base is float and isinstance(value, float)):
-            return base(value)  # an int is accepted for a float field
-        if isinstance(value, str):
+            number = base(value)  # an int is accepted for a float field
+        elif isinstance(value, str):
             try:
-                return base(value.strip())
+                number = base(value.strip())
             except ValueError:
                 raise bad from None
-        raise bad
+        else:
+            raise bad
+        if not math.isfinite(number):
+            raise error(f"config key {key!r}: expected a finite number, got {value!r}")
+        return number
     if base is str:
         if isinstance(value, str):
             return value
