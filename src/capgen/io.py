@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -66,3 +67,29 @@ def atomic_dir(path: str | os.PathLike, replace_if: str | None = None) -> Iterat
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
+    """Hold an exclusive lock on folder `path` (created if missing) while its writer runs.
+
+    A second writer gets a one-line CapgenError instead of silently interleaving its writes. The
+    lock is an flock on PATH/.lock: the kernel drops it when the process dies, so a killed run
+    never leaves a stale lock behind.
+    """
+    from capgen.errors import CapgenError
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CapgenError(f"{path}: another capgen process is writing this {what}; wait for it to finish "
+                          f"or choose another folder") from None
+    try:
+        yield path
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -14,6 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,13 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
 
 
 def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str | Path, resume: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train into run folder `out` (see the module docstring).
+
+    on_epoch: called on rank 0 with each epoch's history row ({"epoch", "train_loss", "CIDEr",
+      "BLEU-4", ...}) once that epoch's checkpoints are on disk. An exception it raises (e.g. a
+      tuner pruning the trial) ends training and propagates; `--resume` would continue the run.
+    """
     tc, out = cfg.train, Path(out)
     dist = dist_info()
     if tc.threads:
@@ -209,6 +216,8 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
                 save_last(epoch, 0)
                 write_json(out / "history.json", history)
                 _plot(history, out / "curves.png")
+                if on_epoch is not None:
+                    on_epoch(dict(row))
             stop = dist.broadcast(stop)
             if interrupt["stop"]:
                 raise KeyboardInterrupt
