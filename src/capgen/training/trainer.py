@@ -51,6 +51,18 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as nanoGPT's configure_optimizers: decay the matrices of linear/recurrent layers,
+    never biases, norms, embeddings or position tables (decaying those only shrinks them toward 0)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_embedding = "embedding" in name or name.endswith("region_pos")
+        (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 @contextmanager
 def _graceful_interrupt():
     """First Ctrl-C (or SIGTERM) asks the loop to checkpoint at the end of the current step; a second
@@ -128,7 +140,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     pairs = CaptionPairs(data.split("train"), vocab, tc.max_caption_len)
     steps_per_epoch = len(pairs.epoch_batches(0, tc.seed, tc.batch_size, dist.rank, dist.world_size))
     total = steps_per_epoch * tc.epochs
-    optim = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optim = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
     epoch, skip, history, best = 0, 0, [], {"epoch": -1, "CIDEr": -1.0}
