@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from capgen.decoding import DecodeConfig, DecodeError, decode
+from capgen.decoding import MAX_BEAM, DecodeConfig, DecodeError, TokenIds, decode
 from capgen.models import PAD_ID, CaptionModel, list_models
-from test_models import END, START, N, build, features
+from test_models import END, IDS, START, UNK, N, build, features
 
 MODELS = list_models()
 
 
-def run(model, B=3, image_seed=0, **cfg):
+def run(model, B=3, image_seed=0, ids=IDS, **cfg):
     """Decode B random images; `cfg` is DecodeConfig keywords (`seed` is the sampling seed)."""
     pooled, grid = features(B, seed=image_seed)
-    return decode(model, pooled, grid, START, END, DecodeConfig(**cfg))
+    return decode(model, pooled, grid, ids, DecodeConfig(**cfg))
 
 
 def sharp(name: str, vocab_size: int) -> CaptionModel:
@@ -43,16 +43,15 @@ def test_beam_size_one_equals_greedy(name):
 
 
 def brute_force(model: CaptionModel, pooled, grid, words: list[int], max_len: int, alpha: float):
-    """Score every caption of 0..max_len words with teacher forcing: (tokens, score) best first."""
+    """Score every caption of 1..max_len words with teacher forcing: (tokens, score) best first.
+    Every caption pays for its <end>, also one that reaches max_len (it is forced to end there)."""
     scored = []
-    for n in range(max_len + 1):
+    for n in range(1, max_len + 1):
         for seq in itertools.product(words, repeat=n):
             caps = torch.tensor([[START, *seq, END]])
             with torch.no_grad():
                 logp = model(pooled, grid, caps)["logits"].log_softmax(-1)[0]   # (n+1, V)
-            steps = logp[torch.arange(n + 1), caps[0, 1:]]
-            # A caption cut at max_len has no <end> term.
-            total = steps[:n].sum().item() + (steps[n].item() if n < max_len else 0.0)
+            total = logp[torch.arange(n + 1), caps[0, 1:]].sum().item()
             scored.append((list(seq), total / ((5 + n) / 6) ** alpha))
     return sorted(scored, key=lambda x: -x[1])
 
@@ -60,19 +59,19 @@ def brute_force(model: CaptionModel, pooled, grid, words: list[int], max_len: in
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 @pytest.mark.parametrize("name", MODELS)
 def test_beam_search_equals_brute_force(name, alpha):
-    vocab_size, max_len = 6, 3                   # <unk> and 2 words may be emitted: 40 captions in all
+    vocab_size, max_len = 6, 3                   # <unk> (allowed here) and 2 words: 39 captions in all
     model = sharp(name, vocab_size).eval()
     for seed in range(3):
         pooled, grid = features(1, seed=seed)
         expected = brute_force(model, pooled, grid, [3, 4, 5], max_len, alpha)
-        # 36 >= every candidate at every step: nothing is pruned, so the 5 best must match exactly.
-        hyps = decode(model, pooled, grid, START, END,
-                      DecodeConfig(beam_size=36, n_best=5, max_len=max_len, length_penalty=alpha))[0]
+        # 32 >= the 27 candidates of the longest step: nothing is pruned, so the 5 best must match exactly.
+        hyps = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, n_best=5, max_len=max_len, allow_unk=True,
+                                                             length_penalty=alpha, no_repeat_ngram=0))[0]
         assert [h.tokens for h in hyps] == [t for t, _ in expected[:5]]
         assert [h.score for h in hyps] == pytest.approx([s for _, s in expected[:5]], abs=1e-4)
         # A small beam finds the best caption's score or a worse one, never a better one.
-        small = decode(model, pooled, grid, START, END,
-                       DecodeConfig(beam_size=2, max_len=max_len, length_penalty=alpha))[0][0]
+        small = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=2, max_len=max_len, length_penalty=alpha,
+                                                              allow_unk=True, no_repeat_ngram=0))[0][0]
         assert small.score <= expected[0][1] + 1e-4
 
 
@@ -101,7 +100,7 @@ def test_model_that_never_ends_is_capped_at_max_len(cfg):
     for hyps in run(model, max_len=5, **cfg):
         assert len(hyps) == cfg.get("n_best", 1)
         for h in hyps:
-            assert len(h.tokens) == 5 and math.isfinite(h.score)
+            assert len(h.tokens) == 5 and math.isfinite(h.score) and h.truncated
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -127,18 +126,21 @@ def test_no_repeat_blocking_everything_stops_the_caption():
     """<end> impossible, no word may repeat, 3 emittable words (<unk>, 4, 5): captions stop at 3 words."""
     model = NeverEnds(build("show_tell", vocab_size=6))
     for method in ("greedy", "beam"):
-        for hyps in run(model, method=method, no_repeat_ngram=1, max_len=6):
-            assert sorted(hyps[0].tokens) == [3, 4, 5]
+        for hyps in run(model, method=method, no_repeat_ngram=1, max_len=6, allow_unk=True):
+            assert sorted(hyps[0].tokens) == [3, 4, 5] and hyps[0].truncated
 
 
-def test_pad_and_start_are_never_emitted():
+def test_pad_start_and_unk_are_never_emitted():
     model = build("show_tell")
     with torch.no_grad():
         model.head.bias[PAD_ID] = 50.0          # make them the model's favourites
         model.head.bias[START] = 50.0
+        model.head.bias[UNK] = 40.0
     for cfg in (dict(method="greedy"), dict(method="beam"), dict(method="sample", seed=0)):
         for hyps in run(model, max_len=6, **cfg):
-            assert PAD_ID not in hyps[0].tokens and START not in hyps[0].tokens
+            assert not {PAD_ID, START, UNK} & set(hyps[0].tokens)
+        # research users may allow <unk>
+        assert all(UNK in hyps[0].tokens for hyps in run(model, max_len=6, allow_unk=True, **cfg))
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -167,9 +169,9 @@ def test_batched_equals_one_by_one(name, method):
     pooled, grid = features(4, seed=5)
     cfg = DecodeConfig(method=method, beam_size=4, n_best=1 if method == "greedy" else 3, max_len=7,
                        length_penalty=0.6, return_attention=True)
-    batched = decode(model, pooled, grid, START, END, cfg)
+    batched = decode(model, pooled, grid, IDS, cfg)
     for i in range(4):
-        alone = decode(model, pooled[i : i + 1], grid[i : i + 1], START, END, cfg)[0]
+        alone = decode(model, pooled[i : i + 1], grid[i : i + 1], IDS, cfg)[0]
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         # Batched matmuls round differently from single-row ones: equal up to float32 noise.
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[i]], rel=1e-4, abs=1e-5)
@@ -203,6 +205,8 @@ def test_training_mode_is_restored_and_no_grad_state_leaks():
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(temperature=0), "temperature"),
     (dict(max_len=0), "max_len"), (dict(method="greedy", n_best=2), "n_best"), (dict(top_k=-1), "top_k"),
     (dict(length_penalty=-1), "length_penalty"), (dict(no_repeat_ngram=-2), "no_repeat_ngram"),
+    (dict(beam_size=MAX_BEAM + 1), "beam_size"), (dict(beam_size=100000), "beam_size"),
+    (dict(temperature=float("inf")), "temperature"),
 ])
 def test_bad_config_is_a_clear_error(cfg, match):
     with pytest.raises(DecodeError, match=match):
@@ -212,7 +216,64 @@ def test_bad_config_is_a_clear_error(cfg, match):
 def test_bad_token_ids():
     model = build("show_tell")
     pooled, grid = features(1)
-    with pytest.raises(DecodeError, match="end_id"):
-        decode(model, pooled, grid, START, 999, DecodeConfig())
+    with pytest.raises(DecodeError, match="end id 999"):
+        decode(model, pooled, grid, TokenIds(PAD_ID, START, 999, UNK), DecodeConfig())
     with pytest.raises(DecodeError, match="differ"):
-        decode(model, pooled, grid, START, START, DecodeConfig())
+        decode(model, pooled, grid, TokenIds(PAD_ID, START, START, UNK), DecodeConfig())
+    with pytest.raises(DecodeError, match="TokenIds"):
+        decode(model, pooled, grid, START, DecodeConfig())
+
+
+def test_method_rule_is_written_once():
+    assert DecodeConfig(beam_size=1).method == "greedy"
+    assert DecodeConfig(beam_size=3).method == "beam"
+    assert DecodeConfig(beam_size=1, n_best=2, method="sample").method == "sample"
+    assert DecodeConfig().no_repeat_ngram == 3 and not DecodeConfig().allow_unk
+
+
+class Favours(NeverEnds):
+    """Wraps a model and adds `bonus` to the log-probs of some tokens (renormalised)."""
+
+    def __init__(self, inner, bonus: dict[int, float]):
+        super().__init__(inner)
+        self.bonus = torch.zeros(inner.vocab_size)
+        for k, v in bonus.items():
+            self.bonus[k] = v
+
+    def step(self, tokens, state, memory):
+        logp, state, att = self.inner.step(tokens, state, memory)
+        return (logp + self.bonus).log_softmax(-1), state, att
+
+
+@pytest.mark.parametrize("cfg", [dict(method="greedy"), dict(beam_size=3, n_best=3), dict(method="sample", seed=0,
+                                                                                           n_best=3)])
+def test_no_empty_caption_and_no_bad_ending(cfg):
+    """The model loves <end> and word 4, a 'bad ending' (like "a"): captions still have words and
+    never end on 4, also when cut at max_len."""
+    ids = TokenIds(PAD_ID, START, END, UNK, bad_endings=(4,))
+    model = Favours(build("show_tell", vocab_size=12), {END: 8.0, 4: 6.0})
+    for max_len in (1, 2, 5):
+        for hyps in run(model, B=4, ids=ids, max_len=max_len, **cfg):
+            assert hyps
+            for h in hyps:
+                assert 1 <= len(h.tokens) <= max_len and h.tokens[-1] != 4
+
+
+def test_cut_captions_rank_below_finished_ones():
+    """A caption forced to end at max_len pays the model's log-prob of <end> there; a finished one
+    is preferred. Word 4 loops forever unless <end> is taken early."""
+    model = Favours(build("show_tell", vocab_size=12), {4: 5.0, END: 3.0})
+    for hyps in run(model, B=3, beam_size=4, n_best=4, max_len=4, no_repeat_ngram=0):
+        assert not hyps[0].truncated
+        assert all(h.score <= hyps[0].score for h in hyps)
+    never = run(NeverEnds(build("show_tell", vocab_size=12)), B=2, beam_size=2, max_len=3)
+    assert all(h.truncated for hyps in never for h in hyps)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_no_repeat_words_blocks_repeated_content_words(method):
+    ids = TokenIds(PAD_ID, START, END, UNK, function_words=(4, 5))
+    model = NeverEnds(build("transformer", vocab_size=12))
+    for hyps in run(model, method=method, ids=ids, no_repeat_words=True, no_repeat_ngram=0, max_len=10, seed=0):
+        content = [t for t in hyps[0].tokens if t not in (4, 5)]
+        assert len(content) == len(set(content))

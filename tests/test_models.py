@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass
 
 import pytest
-
-from capgen.config import ConfigError
 import torch
 
-from capgen.decoding import DecodeConfig, decode
+from capgen.config import ConfigError
+
+from capgen.decoding import DecodeConfig, TokenIds, decode
 from capgen.models import (
     PAD_ID,
     CaptionModel,
@@ -25,7 +25,8 @@ from capgen.models import (
 )
 
 V, D, N = 20, 24, 5          # tiny vocabulary, feature dim, grid regions
-START, END = 1, 2            # Vocabulary's order: <pad>, <start>, <end>, <unk>
+START, END, UNK = 1, 2, 3    # Vocabulary's order: <pad>, <start>, <end>, <unk>
+IDS = TokenIds(pad=PAD_ID, start=START, end=END, unk=UNK)
 
 # Small values for whichever of these keys a model's config has: new models are tested for free.
 TINY = {"embed_dim": 16, "hidden_dim": 32, "region_dim": 16, "attention_dim": 16, "d_model": 32,
@@ -142,7 +143,7 @@ def test_tiny_model_overfits_two_images(name):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0]
-    hyps = decode(model, pooled, grid, START, END, DecodeConfig(method="greedy", max_len=8))
+    hyps = decode(model, pooled, grid, IDS, DecodeConfig(method="greedy", max_len=8))
     assert hyps[0][0].tokens == [4, 5, 6, 7]
     assert hyps[1][0].tokens == [8, 9, 10, 11, 12]
 

@@ -206,3 +206,49 @@ def test_cli_destroys_the_process_group_on_every_exit_path(tmp_path, argv):
     finally:
         if td.is_initialized():
             td.destroy_process_group()
+
+
+@pytest.mark.parametrize("model", ["transformer", "show_attend_tell"])
+def test_self_critical_from_a_cross_entropy_checkpoint(model, prepared, features, tmp_path, capsys):
+    xe = train(_cfg(model, "epochs=1"), prepared, features, tmp_path / "xe", progress=False)
+    cfg = load_run_config(None, ["objective=scst", f"init={xe.best_checkpoint}", "epochs=2", "batch_size=4",
+                                 "lr=1e-4", "warmup_steps=0", "min_lr_ratio=1.0", "scst_samples=3"], "show_tell")
+    res = train(cfg, prepared, features, tmp_path / "scst", progress=False)
+    # the architecture is the init checkpoint's, whatever --model said
+    assert yaml.safe_load((tmp_path / "scst" / "config.yaml").read_text())["model"] == model
+    assert load_checkpoint(res.best_checkpoint).model.name == model
+    for row in res.history:
+        assert {"train_reward", "train_baseline", "train_entropy", "CIDEr"} <= set(row)
+        assert row["train_reward"] >= 0
+    assert any(n.startswith("events") for n in os.listdir(tmp_path / "scst" / "tb"))
+
+
+def test_self_critical_resumes_exactly(prepared, features, tmp_path, monkeypatch):
+    import contextlib
+
+    xe = train(_cfg("show_tell", "epochs=1"), prepared, features, tmp_path / "xe", progress=False)
+    cfg = load_run_config(None, ["objective=scst", f"init={xe.best_checkpoint}", "epochs=2", "batch_size=4",
+                                 "lr=1e-4", "warmup_steps=0", "scst_samples=3"], "show_tell")
+    full = train(cfg, prepared, features, tmp_path / "full", progress=False)
+    monkeypatch.setattr(trainer_mod, "_graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(3)))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, prepared, features, tmp_path / "cut", progress=False)
+    monkeypatch.undo()
+    resumed = train(cfg, prepared, features, tmp_path / "cut", resume=True, progress=False)
+    for a, b in zip(full.history, resumed.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["CIDEr"] == pytest.approx(b["CIDEr"], abs=1e-6)
+
+
+def test_self_critical_bad_starts(prepared, features, tmp_path, capsys):
+    from capgen.data import prepare_dataset
+
+    base = ["train", "--data", str(prepared.root), "--features", str(features.root), "--set", "objective=scst"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 2
+    assert "--init" in capsys.readouterr().err
+    other = prepare_dataset(prepared.manifest["source"], tmp_path / "p2", min_count=1, max_vocab=10)
+    xe = train(_cfg("show_tell", "epochs=1"), other, features, tmp_path / "xe", progress=False)
+    assert main(base + ["--init", str(xe.best_checkpoint), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "another vocabulary" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()  # nothing half-written

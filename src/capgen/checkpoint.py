@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -39,6 +39,22 @@ def model_payload(model, vocab: Vocabulary, encoder: dict, meta: dict | None = N
             "model_config": config_to_dict(model.config), "vocab_size": model.vocab_size,
             "feature_dim": model.feature_dim, "num_regions": model.num_regions,
             "vocab": vocab.to_dict(), "encoder": encoder, "meta": meta or {}, "state_dict": state}
+
+
+def training_payload(model, vocab: Vocabulary, encoder: dict, meta: dict, resume: dict) -> dict:
+    """A run's last.pt: the captioner (it loads like any checkpoint) plus `resume`, everything training
+    needs to continue exactly (optimizer, scheduler, RNG, position in the epoch, history, best)."""
+    payload = model_payload(model, vocab, encoder, meta)
+    payload["resume"] = resume
+    return payload
+
+
+def read_resume(path: str | Path) -> dict:
+    """A last.pt's payload; CheckpointError if it holds no resume state."""
+    payload = read_payload(path)
+    if not isinstance(payload.get("resume"), dict):
+        raise CheckpointError(f"{path}: not a resumable training checkpoint")
+    return payload
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
@@ -80,3 +96,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(e).splitlines()[0][:160]})") from None
     return Checkpoint(model.eval(), vocab, payload["encoder"], payload.get("meta", {}))
+
+
+def load_checkpoints(paths: Sequence[str | Path]) -> Checkpoint:
+    """One checkpoint, or several decoded as an ensemble (they must share vocabulary and encoder)."""
+    from capgen.models.ensemble import EnsembleModel
+
+    paths = list(paths)
+    if not paths:
+        raise CheckpointError("no checkpoint given")
+    cks = [load_checkpoint(p) for p in paths]
+    if len(cks) == 1:
+        return cks[0]
+    first = cks[0]
+    for path, ck in zip(paths[1:], cks[1:]):
+        if ck.vocab.itos != first.vocab.itos:
+            raise CheckpointError(f"{path}: ensemble members must share the vocabulary; it has {len(ck.vocab)} "
+                                  f"words, {paths[0]} has {len(first.vocab)}" +
+                                  (" (same size, other words)" if len(ck.vocab) == len(first.vocab) else ""))
+        if ck.encoder != first.encoder:
+            diff = [k for k in sorted(set(ck.encoder) | set(first.encoder)) if ck.encoder.get(k) != first.encoder.get(k)]
+            raise CheckpointError(f"{path}: ensemble members must share the encoder input; {', '.join(diff)} "
+                                  f"differ from {paths[0]} ({ck.encoder.get('name')} vs {first.encoder.get('name')})")
+    model = EnsembleModel([c.model for c in cks]).eval()
+    return Checkpoint(model, first.vocab, first.encoder, {"members": [str(p) for p in paths]})

@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 
+from capgen.cli.decoding import add_decode_args, decode_options
 from capgen.cli.types import positive_int
 
 FORMATS = ("text", "jsonl", "csv")
@@ -21,17 +22,7 @@ def register(sub, parents) -> None:
                                    "code is then 1.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     add_model_args(p)
-    method = p.add_mutually_exclusive_group()
-    method.add_argument("--beam-size", type=positive_int, default=3, help="beam width (default 3; 1 = greedy)")
-    method.add_argument("--greedy", action="store_true", help="greedy decoding")
-    method.add_argument("--sample", action="store_true", help="sample captions (see --temperature, --seed)")
-    p.add_argument("--n-best", type=positive_int, default=1, help="also report the next best captions")
-    p.add_argument("--max-len", type=positive_int, default=20, help="maximum caption length in words")
-    p.add_argument("--no-repeat-ngram", type=int, default=3,
-                   help="block repeated n-grams of this size (default 3; 0 = off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (--sample)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (--sample)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for --sample")
+    add_decode_args(p)
     p.add_argument("--format", default="text", choices=FORMATS,
                    help="text (path<TAB>caption), jsonl or csv, on stdout (default text)")
     p.add_argument("--annotate", metavar="DIR", help="write each photo with its caption drawn on it into DIR")
@@ -43,7 +34,9 @@ def register(sub, parents) -> None:
 
 def add_model_args(p) -> None:
     """--model / --encoder / --backend, shared with `capgen serve`."""
-    p.add_argument("--model", metavar="CKPT", help="checkpoint (a best.pt from capgen train; default: bundled)")
+    p.add_argument("--model", metavar="CKPT", action="append",
+                   help="checkpoint (a best.pt from capgen train; default: bundled); repeat it to decode with "
+                        "an ensemble of models sharing vocabulary and encoder")
     p.add_argument("--encoder", metavar="NAME",
                    help="build the encoder as NAME or 'module:factory' (for your own encoders; it must "
                         "match the checkpoint's)")
@@ -58,11 +51,7 @@ def run(args) -> int:
                                   save_attention_figure)
 
     captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend)
-    method = "greedy" if args.greedy else "sample" if args.sample else None
-    config = captioner.decode_config(beam_size=args.beam_size, method=method, n_best=args.n_best,
-                                     max_len=args.max_len, temperature=args.temperature, top_p=args.top_p,
-                                     seed=args.seed, no_repeat_ngram=args.no_repeat_ngram,
-                                     return_attention=bool(args.attention))
+    config = captioner.decode_config(**decode_options(args), return_attention=bool(args.attention))
     paths = expand_paths(args.paths)
     write = _writer(args.format, sys.stdout)
     names = UniqueNames(), UniqueNames()

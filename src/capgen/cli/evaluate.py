@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.cli.types import positive_int
+from capgen.cli.decoding import add_decode_args, decode_options
 
 
 def register(sub, parents) -> None:
@@ -10,7 +10,8 @@ def register(sub, parents) -> None:
                        description="Decode a split with a checkpoint and score it with pycocoevalcap (PTB "
                                    "tokenizer, BLEU-1..4, METEOR, ROUGE-L, CIDEr; SPICE is skipped offline). "
                                    "Writes predictions.json (COCO results) and metrics.json.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a best.pt written by capgen train")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="a best.pt written by capgen train; several = an ensemble (log-probs averaged per step)")
     p.add_argument("--data", required=True, metavar="PREPARED")
     p.add_argument("--features", required=True, metavar="FEATURES")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -21,32 +22,19 @@ def register(sub, parents) -> None:
     p.set_defaults(func=run)
 
 
-def add_decode_args(p) -> None:
-    p.add_argument("--beam-size", type=positive_int, default=3, help="beam width (1 = greedy; default 3)")
-    p.add_argument("--max-len", type=positive_int, default=20, help="maximum caption length in words")
-    p.add_argument("--length-penalty", type=float, default=0.0, help="GNMT length normalisation alpha")
-    p.add_argument("--no-repeat-ngram", type=int, default=0, help="block repeated n-grams of this size")
-
-
-def decode_config(args):
-    from capgen.decoding import DecodeConfig
-
-    return DecodeConfig(method="greedy" if args.beam_size == 1 else "beam", beam_size=args.beam_size,
-                        max_len=args.max_len, length_penalty=args.length_penalty,
-                        no_repeat_ngram=args.no_repeat_ngram)
-
-
 def run(args) -> int:
     from capgen.data import PreparedDataset
+    from capgen.decoding import DecodeConfig
     from capgen.evaluation.run import evaluate_checkpoint, metrics_table
     from capgen.features import FeatureCache
 
     data = PreparedDataset.load(args.data)
     cache = FeatureCache.open(args.features)
-    res = evaluate_checkpoint(args.checkpoint, data, cache, args.split, decode_config(args), out=args.out,
+    config = DecodeConfig(**decode_options(args))
+    res = evaluate_checkpoint(args.checkpoints, data, cache, args.split, config, out=args.out,
                               meteor=not args.no_meteor, any_vocab=args.any_vocab)
     m = res.metrics
-    print(f"{args.split}: {m['images']} images, beam {args.beam_size}, tokenizer {m['tokenizer']}, "
+    print(f"{args.split}: {m['images']} images, {config.method} (beam {config.beam_size}), tokenizer {m['tokenizer']}, "
           f"decoded in {res.seconds:.1f} s")
     print(metrics_table(m))
     for note in m["notes"]:

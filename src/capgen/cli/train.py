@@ -17,6 +17,9 @@ def register(sub, parents) -> None:
     p.add_argument("--config", metavar="YAML", help="run config file (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting: model.hidden_dim=512, epochs=10 (repeatable)")
+    p.add_argument("--init", metavar="CKPT",
+                   help="start from this checkpoint's weights and architecture (e.g. a cross-entropy best.pt "
+                        "for --set objective=scst); its vocabulary and encoder must match --data/--features")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
     p.set_defaults(func=run)
 
@@ -29,6 +32,8 @@ def run(args) -> int:
     from capgen.training import load_run_config, train
     from capgen.training.config import ConfigError
 
+    if args.init:  # recorded as an absolute path in RUN/config.yaml, so --resume works from anywhere
+        args.set = [*args.set, f"init={Path(args.init).resolve()}"]
     if args.resume and not (args.config or args.set or args.model):
         cfg_path = Path(args.out) / "config.yaml"  # resume with the run's own resolved config
         if not cfg_path.is_file():

@@ -1,10 +1,10 @@
 """Caption decoding written once against `CaptionModel.step`, batched over images (and beams).
 
-    hyps = decode(model, pooled, grid, vocab.start_id, vocab.end_id, DecodeConfig(method="beam"))
+    hyps = decode(model, pooled, grid, TokenIds.from_vocab(vocab), DecodeConfig(beam_size=3))
     words = vocab.decode(hyps[0][0].tokens)
 """
 
-from capgen.decoding.config import DecodeConfig, DecodeError, Hypothesis
+from capgen.decoding.config import MAX_BEAM, DecodeConfig, DecodeError, Hypothesis, TokenIds
 from capgen.decoding.search import decode
 
-__all__ = ["DecodeConfig", "DecodeError", "Hypothesis", "decode"]
+__all__ = ["MAX_BEAM", "DecodeConfig", "DecodeError", "Hypothesis", "TokenIds", "decode"]

@@ -1,9 +1,11 @@
-"""Pieces shared by every search: batch-first state handling, token masks, n-gram blocking."""
+"""Pieces shared by every search: batch-first state handling and the rules for which word may come next."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from capgen.decoding.config import DecodeConfig, TokenIds
 
 State = dict[str, Tensor]
 
@@ -18,13 +20,6 @@ def select_rows(d: State, index: Tensor) -> State:
 def repeat_rows(d: State, times: int) -> State:
     """Each row repeated `times` times consecutively: row b -> rows b*times .. b*times+times-1."""
     return {k: v.repeat_interleave(times, dim=0) for k, v in d.items()}
-
-
-def mask_tokens(logp: Tensor, banned: list[int]) -> Tensor:
-    """Tokens that must never be emitted (<pad>, <start>) get -inf. logp (R, V)."""
-    logp = logp.clone()
-    logp[:, banned] = NEG_INF
-    return logp
 
 
 def block_ngrams(logp: Tensor, history: Tensor, length: int, n: int) -> Tensor:
@@ -44,3 +39,52 @@ def block_ngrams(logp: Tensor, history: Tensor, length: int, n: int) -> Tensor:
     ban = torch.zeros(R, V + 1, dtype=torch.bool, device=logp.device)
     ban.scatter_(1, target, True)
     return logp.masked_fill(ban[:, :V], NEG_INF)
+
+
+class Constraints:
+    """Which token may come next, per row, at step t (t words emitted so far). Shared by every search.
+
+    - <pad> and <start> never; <unk> only with allow_unk.
+    - No empty caption: no <end> at t == 0.
+    - No caption ends on a word of TokenIds.bad_endings: no <end> right after one, and none as the
+      last word that max_len allows.
+    - At t == max_len only <end> may come (`final`), so a cut caption pays for ending there.
+    - n-gram blocking and, with no_repeat_words, no second use of a content word.
+    """
+
+    def __init__(self, ids: TokenIds, cfg: DecodeConfig, vocab_size: int, device: torch.device):
+        self.ids, self.cfg = ids, cfg
+
+        def mask(tokens) -> Tensor:
+            m = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            m[list(tokens)] = True
+            return m                                                      # (V,)
+
+        self.never = mask({ids.pad, ids.start} | (set() if cfg.allow_unk else {ids.unk}))
+        self.bad_end = mask(ids.bad_endings)
+        self.may_repeat = mask(ids.function_words)
+
+    def final(self, t: int) -> bool:
+        return t == self.cfg.max_len
+
+    def apply(self, logp: Tensor, t: int, prev: Tensor, history: Tensor) -> Tensor:
+        """logp (R, V) model log-probs; prev (R,) the token fed at step t; history (R, >= t) words."""
+        end = self.ids.end
+        if self.final(t):
+            forced = torch.full_like(logp, NEG_INF)
+            forced[:, end] = logp[:, end]
+            return forced
+        logp = logp.masked_fill(self.never, NEG_INF)                      # (R, V)
+        if t == 0:
+            logp[:, end] = NEG_INF
+        else:
+            logp[:, end] = logp[:, end].masked_fill(self.bad_end[prev], NEG_INF)
+        if t == self.cfg.max_len - 1:  # the last word max_len allows: <end> must be able to follow it
+            logp = logp.masked_fill(self.bad_end, NEG_INF)
+        logp = block_ngrams(logp, history, t, self.cfg.no_repeat_ngram)
+        if self.cfg.no_repeat_words and t > 0:
+            R, V = logp.shape
+            seen = torch.zeros(R, V, dtype=torch.bool, device=logp.device)
+            seen.scatter_(1, history[:, :t], True)
+            logp = logp.masked_fill(seen & ~self.may_repeat, NEG_INF)
+        return logp

@@ -1,4 +1,4 @@
-"""Decoding settings and results."""
+"""Decoding settings, the vocabulary's token ids that decoding needs, and results."""
 
 from __future__ import annotations
 
@@ -6,22 +6,76 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from capgen.data.vocab import Vocabulary
 from capgen.errors import CapgenError
 
 METHODS = ("greedy", "sample", "beam")
+# Beam search holds beam_size rows per image for every step; past this, memory grows with no gain.
+MAX_BEAM = 32
+
+# A caption never ends on these: articles, prepositions, conjunctions, possessives, auxiliaries
+# ("... standing in front of a"). <end> is not allowed after them.
+BAD_ENDINGS = frozenset(
+    "a an the of in on at to for from with by and or but as into onto over under near while his her "
+    "their its is are was were be".split())
+# Words that may repeat in a caption ("a dog and a cat"); with `no_repeat_words` every other word
+# may appear only once ("a woman and a woman" is blocked).
+FUNCTION_WORDS = BAD_ENDINGS | frozenset(
+    "it they he she them there that which who one two three four other another each some up down out "
+    "off through together very front back side top next".split())
 
 
 class DecodeError(CapgenError):
     """Decoding settings or inputs are invalid."""
 
 
+@dataclass(frozen=True)
+class TokenIds:
+    """The vocabulary ids decoding needs, as one object (never loose integers)."""
+
+    pad: int
+    start: int
+    end: int
+    unk: int
+    bad_endings: tuple[int, ...] = ()      # <end> may not follow these words
+    function_words: tuple[int, ...] = ()   # words exempt from `no_repeat_words`
+
+    @classmethod
+    def from_vocab(cls, vocab: Vocabulary) -> "TokenIds":
+        def ids(words: frozenset) -> tuple[int, ...]:
+            return tuple(sorted(vocab.stoi[w] for w in words if w in vocab.stoi))
+
+        return cls(vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id, ids(BAD_ENDINGS),
+                   ids(FUNCTION_WORDS))
+
+    def check(self, vocab_size: int) -> None:
+        for name in ("pad", "start", "end", "unk"):
+            token = getattr(self, name)
+            if not 0 <= int(token) < vocab_size:
+                raise DecodeError(f"decode: {name} id {token} is outside the vocabulary (size {vocab_size})")
+        if len({self.pad, self.start, self.end, self.unk}) != 4:
+            raise DecodeError(f"decode: <pad> ({self.pad}), <start> ({self.start}), <end> ({self.end}) and "
+                              f"<unk> ({self.unk}) ids must differ")
+        if any(not 0 <= i < vocab_size for i in self.bad_endings + self.function_words):
+            raise DecodeError(f"decode: a word id is outside the vocabulary (size {vocab_size})")
+
+
 @dataclass
 class DecodeConfig:
-    method: str = "beam"          # "greedy" | "sample" | "beam"
+    """How to decode. The one place decoding options and their defaults live: `capgen caption`,
+    `capgen evaluate`, validation, the Python API and the server all build this.
+
+    method None picks the rule once for every caller: greedy when beam_size == 1 and n_best == 1,
+    else beam search.
+    """
+
+    method: str | None = None     # "greedy" | "sample" | "beam" | None (from beam_size, as above)
     beam_size: int = 3
     max_len: int = 20             # max words, excluding <start>/<end>
     length_penalty: float = 0.0   # GNMT alpha: beam score = logprob / ((5 + len) / 6) ** alpha; 0 = raw sum
-    no_repeat_ngram: int = 0      # block repeated n-grams of this size (0 = off)
+    no_repeat_ngram: int = 3      # block repeated n-grams of this size (0 = off)
+    no_repeat_words: bool = False  # block a second use of any word outside FUNCTION_WORDS
+    allow_unk: bool = False       # research use: let <unk> be emitted
     n_best: int = 1               # hypotheses per image (beam: <= beam_size; sample: independent draws)
     temperature: float = 1.0      # sampling only, as are top_k, top_p and seed
     top_k: int = 0                # 0 = off
@@ -30,6 +84,8 @@ class DecodeConfig:
     return_attention: bool = False
 
     def __post_init__(self) -> None:
+        if self.method is None:
+            self.method = "greedy" if self.beam_size == 1 and self.n_best == 1 else "beam"
         self.validate()
 
     def validate(self) -> None:
@@ -40,18 +96,18 @@ class DecodeConfig:
                 raise DecodeError(f"decode: {msg}")
 
         need(self.method in METHODS, f"method must be one of {list(METHODS)}, got {self.method!r}")
-        need(self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}")
-        need(self.max_len >= 1, f"max_len must be >= 1, got {self.max_len}")
-        need(self.length_penalty >= 0, f"length_penalty must be >= 0, got {self.length_penalty}")
+        need(1 <= self.beam_size <= MAX_BEAM, f"beam_size must be in [1, {MAX_BEAM}], got {self.beam_size}")
+        need(1 <= self.max_len <= 200, f"max_len must be in [1, 200], got {self.max_len}")
+        need(0 <= self.length_penalty <= 10, f"length_penalty must be in [0, 10], got {self.length_penalty}")
         need(self.no_repeat_ngram >= 0, f"no_repeat_ngram must be >= 0, got {self.no_repeat_ngram}")
-        need(self.n_best >= 1, f"n_best must be >= 1, got {self.n_best}")
+        need(1 <= self.n_best <= MAX_BEAM, f"n_best must be in [1, {MAX_BEAM}], got {self.n_best}")
         if self.method == "beam":
             need(self.n_best <= self.beam_size,
                  f"n_best ({self.n_best}) must be <= beam_size ({self.beam_size})")
         if self.method == "greedy":
             need(self.n_best == 1, f"greedy decoding gives one caption; n_best must be 1, got {self.n_best} "
                                    "(use method 'beam' or 'sample')")
-        need(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
+        need(0 < self.temperature < float("inf"), f"temperature must be > 0 and finite, got {self.temperature}")
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
 
@@ -61,10 +117,13 @@ class Hypothesis:
     """One caption.
 
     tokens: word ids without <start>/<end>.
-    score: sum of the model's log-probs of the words, plus that of <end> when the caption ended
-      (a caption cut at max_len has no <end> term). Beam search: this sum divided by the GNMT
-      length penalty ((5 + len(tokens)) / 6) ** length_penalty, the score used for ranking.
+    score: sum of the model's log-probs of the words plus that of <end>. A caption still running
+      after max_len words gets a last step where only <end> may come, so it pays the model's
+      probability of ending there and ranks below captions that ended by themselves. Beam search:
+      this sum divided by the GNMT length penalty ((5 + len(tokens)) / 6) ** length_penalty.
       Sampling: the model's own log-probs, before temperature / top-k / top-p.
+    truncated: the caption was cut at max_len (the model's own choice at the forced last step was
+      not <end>), or every word was blocked.
     attention: (len(tokens), N) when requested and the model attends: row i is the attention
       while predicting tokens[i] (the step that predicts <end> is not included); else None.
     """
@@ -72,3 +131,4 @@ class Hypothesis:
     tokens: list[int]
     score: float
     attention: np.ndarray | None = None
+    truncated: bool = False

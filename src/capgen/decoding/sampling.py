@@ -5,47 +5,54 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from capgen.decoding.common import NEG_INF, State, block_ngrams, mask_tokens
-from capgen.decoding.config import DecodeConfig
-from capgen.models.base import PAD_ID, CaptionModel
+from capgen.decoding.beam import Found
+from capgen.decoding.common import NEG_INF, Constraints, State
+from capgen.decoding.config import DecodeConfig, TokenIds
+from capgen.models.base import CaptionModel
 
 
-def sample_search(model: CaptionModel, memory: State, state: State, start_id: int, end_id: int,
-                  banned: list[int], cfg: DecodeConfig, generator: torch.Generator | None
-                  ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """Decode every row of `memory` once. Greedy when cfg.method == "greedy".
+def sample_search(model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig,
+                  generator: torch.Generator | None) -> Found:
+    """Decode every row of `memory` once (M = 1 caption per row). Greedy when cfg.method == "greedy".
 
-    Returns words (R, L) padded, lengths (R,), scores (R,), attention (R, L, N) or None.
+    Rows still running after max_len words take <end> at a last step (Constraints), and pay its
+    log-prob like any other word.
     """
     R, L = next(iter(memory.values())).shape[0], cfg.max_len
     device = next(iter(memory.values())).device
-    tokens = torch.full((R,), start_id, dtype=torch.long, device=device)
-    words = torch.full((R, L), PAD_ID, dtype=torch.long, device=device)
+    rules = Constraints(ids, cfg, model.vocab_size, device)
+    tokens = torch.full((R,), ids.start, dtype=torch.long, device=device)
+    words = torch.full((R, L), ids.pad, dtype=torch.long, device=device)
     lengths = torch.zeros(R, dtype=torch.long, device=device)
     scores = torch.zeros(R, device=device)
+    truncated = torch.zeros(R, dtype=torch.bool, device=device)
     done = torch.zeros(R, dtype=torch.bool, device=device)
     attention = None
-    for t in range(L):
-        logp, state, att = model.step(tokens, state, memory)              # (R, V), state, (R, N)
-        logp = block_ngrams(mask_tokens(logp, banned), words, t, cfg.no_repeat_ngram)
+    for t in range(L + 1):
+        raw, state, att = model.step(tokens, state, memory)               # (R, V), state, (R, N)
+        logp = rules.apply(raw, t, tokens, words)
         choice = logp.argmax(dim=-1) if cfg.method == "greedy" else _sample(logp, cfg, generator)  # (R,)
         chosen = logp.gather(1, choice.unsqueeze(1)).squeeze(1)           # (R,)
         stuck = torch.isinf(chosen)   # every token blocked: the caption ends here, no <end> term
-        ended = (choice == end_id) | stuck
+        ended = (choice == ids.end) | stuck
         live = ~done
+        if rules.final(t):
+            truncated = truncated | (live & (raw.argmax(dim=-1) != ids.end))
+        truncated = truncated | (live & stuck)
         scores = scores + torch.where(live & ~stuck, chosen, torch.zeros_like(chosen))
+        done = done | ended
+        if rules.final(t) or bool(done.all()):
+            break
         emit = live & ~ended
-        words[:, t] = torch.where(emit, choice, torch.full_like(choice, PAD_ID))
+        words[:, t] = torch.where(emit, choice, torch.full_like(choice, ids.pad))
         if cfg.return_attention and att is not None:
             if attention is None:
                 attention = att.new_zeros(R, L, att.shape[-1])           # (R, L, N)
             attention[:, t] = att * emit.unsqueeze(1)
         lengths = lengths + emit.long()
-        done = done | ended
-        if bool(done.all()):
-            break
         tokens = choice
-    return words, lengths, scores, attention
+    one = lambda x: None if x is None else x.unsqueeze(1)  # noqa: E731  (R, ...) -> (R, 1, ...)
+    return Found(one(words), one(lengths), one(scores), one(truncated), one(attention))
 
 
 def _sample(logp: Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> Tensor:

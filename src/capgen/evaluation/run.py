@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
-from capgen.checkpoint import CheckpointError, load_checkpoint
+from capgen.checkpoint import CheckpointError, load_checkpoints
 from capgen.data.prepared import PreparedDataset
-from capgen.decoding import DecodeConfig
+from capgen.decoding import DecodeConfig, Hypothesis
 from capgen.evaluation.metrics import METRIC_ORDER, score_captions
+from capgen.evaluation.stats import caption_stats
 from capgen.evaluation.captioning import caption_records
 from capgen.features import FeatureCache, Features
 from capgen.io import write_json
@@ -22,10 +24,14 @@ class EvalResult:
     seconds: float
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: PreparedDataset, cache: FeatureCache, split: str,
-                        decode_config: DecodeConfig, out: str | Path | None = None, meteor: bool = True,
-                        any_vocab: bool = False) -> EvalResult:
-    ckpt = load_checkpoint(checkpoint)
+def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data: PreparedDataset,
+                        cache: FeatureCache, split: str, decode_config: DecodeConfig,
+                        out: str | Path | None = None, meteor: bool = True, any_vocab: bool = False) -> EvalResult:
+    """Decode `split` with one checkpoint (or several, as an ensemble) and score it; metrics also hold
+    caption_stats (mean length, distinct words, repetition, truncation)."""
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    ckpt = load_checkpoints(paths)
+    checkpoint = paths[0] if len(paths) == 1 else paths
     if not any_vocab and ckpt.vocab.itos != data.vocab.itos:
         raise CheckpointError(f"{checkpoint}: trained with another vocabulary ({len(ckpt.vocab)} words) than "
                               f"{data.root} ({len(data.vocab)} words); pass --any-vocab to evaluate anyway")
@@ -33,12 +39,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: PreparedDataset, cache: Fe
     records = data.split(split)
     start = time.perf_counter()
     hyps = caption_records(ckpt.model, records, Features.load(cache, records), ckpt.vocab, decode_config)
-    predictions = [{"image_id": r.image, "caption": " ".join(ckpt.vocab.decode(hyps[r.image][0].tokens))}
-                   for r in records]
+    # No hypothesis is possible only when blocking leaves none (tiny vocabularies): an empty caption.
+    best = [(hyps[r.image] or [Hypothesis([], float("-inf"), truncated=True)])[0] for r in records]
+    predictions = [{"image_id": r.image, "caption": " ".join(ckpt.vocab.decode(h.tokens))}
+                   for r, h in zip(records, best)]
     seconds = time.perf_counter() - start
     metrics = score_captions({p["image_id"]: p["caption"] for p in predictions},
                              {r.image: list(r.raw) for r in records}, official=True, meteor=meteor)
-    metrics.update({"split": split, "images": len(records), "checkpoint": str(checkpoint),
+    metrics.update(caption_stats([ckpt.vocab.decode(h.tokens) for h in best], [h.truncated for h in best]))
+    metrics.update({"split": split, "images": len(records),
+                    "checkpoint": [str(p) for p in checkpoint] if isinstance(checkpoint, list) else str(checkpoint),
                     "decode": {k: v for k, v in vars(decode_config).items()}, "decode_seconds": seconds})
     if out is not None:
         out = Path(out)

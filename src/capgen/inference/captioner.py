@@ -20,8 +20,6 @@ from capgen.inference.result import CaptionResult
 
 # Where the model shipped with the package lives (package data; may be absent in an install).
 BUNDLED_MODEL = "assets/captioner.pt"
-# Users see captions, not metrics: block repeated trigrams ("a white hat and a white hat") by default.
-DEFAULT_NO_REPEAT_NGRAM = 3
 
 
 def bundled_model_path() -> Path:
@@ -44,30 +42,34 @@ class Captioner:
     """
 
     def __init__(self, model, vocab, encoder, runner, name: str = "", max_pixels: int = MAX_PIXELS):
+        from capgen.decoding import TokenIds
+
         self.model = model.eval()
         self.vocab = vocab
+        self.ids = TokenIds.from_vocab(vocab)
         self.encoder = encoder
         self.runner = runner
         self.name = name or model.name
         self.max_pixels = max_pixels
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, encoder: str | None = None,
+    def from_pretrained(cls, path: str | Path | Sequence[str | Path] | None = None, encoder: str | None = None,
                         backend: str = "auto", max_pixels: int = MAX_PIXELS) -> "Captioner":
-        """Load a checkpoint (None = the bundled model) and rebuild its encoder.
+        """Load a checkpoint (None = the bundled model; several paths = an ensemble) and rebuild its encoder.
 
         encoder: build the encoder with this name or 'package.module:factory' instead of the name
           stored in the checkpoint (needed for your own encoders); its spec must still match.
         """
-        from capgen.checkpoint import load_checkpoint
+        from capgen.checkpoint import load_checkpoints
         from capgen.encoders import create_encoder, make_runner
 
-        path = bundled_model_path() if path is None else Path(path)
-        ck = load_checkpoint(path)
+        paths = [bundled_model_path()] if path is None else \
+            [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+        ck = load_checkpoints(paths)
         enc = create_encoder(encoder or ck.encoder["name"])
-        check_encoder_spec(enc.spec(), ck.encoder, path)
-        return cls(ck.model, ck.vocab, enc, make_runner(enc, backend=backend), name=f"{ck.model.name} ({path.name})",
-                   max_pixels=max_pixels)
+        check_encoder_spec(enc.spec(), ck.encoder, paths[0])
+        return cls(ck.model, ck.vocab, enc, make_runner(enc, backend=backend),
+                   name=f"{ck.model.name} ({', '.join(p.name for p in paths)})", max_pixels=max_pixels)
 
     # ---- properties the CLI and the server ask about ------------------------------------------------
     @property
@@ -101,7 +103,7 @@ class Captioner:
         """Features -> per image, a list of Hypothesis (best first); one batched decode call."""
         from capgen.decoding import decode
 
-        return decode(self.model, pooled, grid, self.vocab.start_id, self.vocab.end_id, config)
+        return decode(self.model, pooled, grid, self.ids, config)
 
     def postprocess(self, hyps: list, image: Image.Image) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention."""
@@ -114,22 +116,17 @@ class Captioner:
             attention = np.asarray(best.attention, dtype=np.float32).reshape(len(best.tokens), h, w)
         return CaptionResult(caption=" ".join(words), score=float(best.score), tokens=words,
                              alternatives=[(" ".join(self.vocab.decode(x.tokens)), float(x.score)) for x in hyps[1:]],
-                             attention=attention, image_size=image.size)
+                             attention=attention, image_size=image.size, truncated=best.truncated)
 
-    def caption(self, images: ImageSource | Sequence[ImageSource], beam_size: int = 3, method: str | None = None,
-                n_best: int = 1, max_len: int = 20, length_penalty: float = 0.0,
-                no_repeat_ngram: int = DEFAULT_NO_REPEAT_NGRAM,
-                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                return_attention: bool = False, batch_size: int = 16) -> CaptionResult | list[CaptionResult]:
+    def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
+                **options) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list of them.
 
-        method: "beam" (default; "greedy" when beam_size == 1 and n_best == 1), "greedy" or "sample".
+        options: DecodeConfig fields (beam_size, method, n_best, max_len, no_repeat_ngram,
+        temperature, seed, return_attention, ...), with DecodeConfig's defaults.
         Raises ImageLoadError for the first unreadable image; `caption_paths` skips bad files instead.
         """
-        config = self.decode_config(beam_size=beam_size, method=method, n_best=n_best, max_len=max_len,
-                                    length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram,
-                                    temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                    return_attention=return_attention)
+        config = self.decode_config(**options)
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         results = self.caption_loaded([self.load(i) for i in items], config, batch_size)
@@ -143,19 +140,15 @@ class Captioner:
 
         return caption_paths(self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size)
 
-    def decode_config(self, beam_size: int = 3, method: str | None = None, n_best: int = 1,
-                      return_attention: bool = False, **kw):
-        """A DecodeConfig; attention on a model without attention is an error, not silently None."""
+    def decode_config(self, **options):
+        """`DecodeConfig(**options)`, the one builder every caller shares; attention on a model without
+        attention is an error, not silently None."""
         from capgen.decoding import DecodeConfig
 
-        if return_attention and not self.supports_attention:
+        if options.get("return_attention") and not self.supports_attention:
             raise CapgenError(f"model {self.model.name} has no attention; attention maps need an attention "
                               "model (show_attend_tell or transformer)")
-        if method is None:
-            method = "greedy" if beam_size == 1 and n_best == 1 else "beam"
-        kw.setdefault("no_repeat_ngram", DEFAULT_NO_REPEAT_NGRAM)
-        return DecodeConfig(method=method, beam_size=beam_size, n_best=n_best,
-                            return_attention=return_attention, **kw)
+        return DecodeConfig(**options)
 
     def caption_loaded(self, images: Sequence[Image.Image], config, batch_size: int = 16) -> list[CaptionResult]:
         """Already loaded RGB images -> results, encoded and decoded `batch_size` images at a time."""

@@ -19,6 +19,7 @@ class CaptionResult:
     attention: (len(tokens), H, W) attention over the encoder grid while predicting each word, or
       None when not requested or the model does not attend.
     image_size: (width, height) of the loaded, upright image.
+    truncated: the caption was cut at the length limit (the model would have gone on).
     """
 
     caption: str
@@ -27,10 +28,11 @@ class CaptionResult:
     alternatives: list[tuple[str, float]] = field(default_factory=list)
     attention: np.ndarray | None = None
     image_size: tuple[int, int] = (0, 0)
+    truncated: bool = False
 
     def to_dict(self, attention: bool = False) -> dict:
         """JSON-ready dict: caption, score, alternatives (if any), attention payload (if asked and present)."""
-        d: dict = {"caption": self.caption, "score": _score(self.score)}
+        d: dict = {"caption": self.caption, "score": _score(self.score), "truncated": self.truncated}
         if self.alternatives:
             d["alternatives"] = [{"caption": c, "score": _score(s)} for c, s in self.alternatives]
         if attention and self.attention is not None:

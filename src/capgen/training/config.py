@@ -18,8 +18,15 @@ from capgen.config import ConfigError, config_from_dict, config_to_dict
 from capgen.errors import CapgenError
 
 
+OBJECTIVES = ("xe", "scst")
+
+
 @dataclass
 class TrainConfig:
+    objective: str = "xe"            # "xe" (cross-entropy) | "scst" (self-critical CIDEr-D; needs init)
+    init: str | None = None          # start from this checkpoint's weights and architecture (a best.pt)
+    scst_samples: int = 5            # sampled captions per image; each one's baseline is the others' mean
+    scst_max_len: int = 20           # words per sampled caption
     epochs: int = 20
     batch_size: int = 16             # images per batch, each with all its captions (~80 captions)
     lr: float = 4e-4
@@ -36,6 +43,18 @@ class TrainConfig:
     val_images: int = 0              # 0 = the whole val split
     threads: int = 0                 # torch threads (0 = torch's default)
     save_every_steps: int = 0        # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "scst" and not self.init:
+            raise ConfigError("objective scst starts from a trained model: pass --init RUN/best.pt "
+                              "(a cross-entropy checkpoint)")
+        if self.scst_samples < 2:
+            raise ConfigError(f"scst_samples must be >= 2 (the baseline is the other samples' mean), "
+                              f"got {self.scst_samples}")
+        if self.scst_max_len < 1:
+            raise ConfigError(f"scst_max_len must be >= 1, got {self.scst_max_len}")
 
 
 @dataclass
@@ -61,6 +80,17 @@ def _parse_value(text: str):
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+
+
+def with_init(cfg: RunConfig) -> RunConfig:
+    """With train.init set, the model and its config are the init checkpoint's (its weights are
+    loaded by the trainer); without it, cfg as it is."""
+    if not cfg.train.init:
+        return cfg
+    from capgen.checkpoint import read_payload
+
+    payload = read_payload(cfg.train.init)
+    return RunConfig(payload["model_name"], dict(payload["model_config"]), cfg.train)
 
 
 def load_run_config(path: str | Path | None = None, sets: list[str] | None = None,

@@ -1,6 +1,6 @@
-"""The training loop: teacher forcing, masked cross-entropy, AdamW with warmup + cosine decay,
-gradient clipping, per-epoch validation (CIDEr-D, BLEU-4), best checkpoint by val CIDEr, early
-stopping, TensorBoard, resume, and DistributedDataParallel under torchrun.
+"""The training loop, one for every objective (objectives.py: cross-entropy, self-critical CIDEr-D):
+AdamW with warmup + cosine decay, gradient clipping, per-epoch validation (CIDEr-D, BLEU-4), best
+checkpoint by val CIDEr, early stopping, TensorBoard, resume, and DistributedDataParallel under torchrun.
 
 RUN/ holds config.yaml (resolved), last.pt (everything to resume), best.pt (the captioner: one file),
 history.json, curves.png and tb/ (TensorBoard events).
@@ -17,19 +17,20 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
-from capgen.checkpoint import CheckpointError, model_payload, read_payload, save_checkpoint
+from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, read_resume, save_checkpoint,
+                               training_payload)
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
 from capgen.features import FeatureCache, Features
 from capgen.io import write_json
 from capgen.models import create_model
 from capgen.parallel import dist_info
-from capgen.training.config import RunConfig
+from capgen.training.config import RunConfig, with_init
 from capgen.training.data import CaptionPairs
+from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
 from capgen.training.validate import validate
 
 
@@ -85,12 +86,6 @@ def _graceful_interrupt():
             signal.signal(s, h)
 
 
-def masked_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int, smoothing: float) -> torch.Tensor:
-    # logits (B, T-1, V), targets (B, T-1); pads do not count
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=pad_id,
-                           label_smoothing=smoothing)
-
-
 def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     """Returns the resume state (or None) after checking RUN against the config."""
     cfg_path, last = out / "config.yaml", out / "last.pt"
@@ -101,10 +96,7 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
         if saved != cfg.to_dict():
             raise CapgenError(f"{out}/config.yaml differs from the requested config; resume with the run's own "
                               f"config (omit --config/--set) or train into a new --out")
-        state = read_payload(last)
-        if "resume" not in state:
-            raise CheckpointError(f"{last}: not a resumable training checkpoint")
-        return state
+        return read_resume(last)
     if last.is_file() or (out / "best.pt").is_file():
         raise CapgenError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -129,15 +121,20 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         torch.set_num_threads(tc.threads)
     for split in ("train", "val"):
         cache.check(data, split)
-    vocab = data.vocab
+    vocab, enc = data.vocab, cache.encoder_spec
+    cfg = with_init(cfg)
+    init = _init_model(tc.init, vocab, enc) if tc.init else None
     state = _prepare_run_dir(out, cfg, resume) if dist.rank == 0 else None
     state = dist.broadcast(state)
 
     torch.manual_seed(tc.seed)
-    enc = cache.encoder_spec
-    model = create_model(cfg.model, vocab_size=len(vocab), feature_dim=enc["dim"],
-                         num_regions=enc["grid"][0] * enc["grid"][1], overrides=cfg.model_config, itos=vocab.itos)
-    pairs = CaptionPairs(data.split("train"), vocab, tc.max_caption_len)
+    model = init if init is not None else create_model(cfg.model, vocab_size=len(vocab), feature_dim=enc["dim"],
+                                 num_regions=enc["grid"][0] * enc["grid"][1], overrides=cfg.model_config,
+                                 itos=vocab.itos)
+    train_records = data.split("train")
+    pairs = CaptionPairs(train_records, vocab, tc.max_caption_len)
+    objective = (SelfCritical(vocab, train_records, tc.scst_samples, tc.scst_max_len) if tc.objective == "scst"
+                 else CrossEntropy(vocab, tc.label_smoothing))
     steps_per_epoch = len(pairs.epoch_batches(0, tc.seed, tc.batch_size, dist.rank, dist.world_size))
     total = steps_per_epoch * tc.epochs
     optim = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
@@ -161,12 +158,11 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     writer = _tensorboard(out / "tb") if dist.rank == 0 else None
 
     def save_last(ep: int, step_in_epoch: int, loss_sum: float = 0.0, steps: int = 0) -> None:
-        payload = model_payload(model, vocab, enc, {"run_config": cfg.to_dict()})
-        payload["resume"] = {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(),
-                             "rng": torch.get_rng_state(), "epoch": ep, "step_in_epoch": step_in_epoch,
-                             "partial_loss_sum": loss_sum, "partial_steps": steps,
-                             "history": history, "best": best}
-        save_checkpoint(out / "last.pt", payload)
+        save_checkpoint(out / "last.pt", training_payload(
+            model, vocab, enc, {"run_config": cfg.to_dict()},
+            {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+             "epoch": ep, "step_in_epoch": step_in_epoch, "partial_loss_sum": loss_sum, "partial_steps": steps,
+             "history": history, "best": best}))
 
     start, stopped_early = time.perf_counter(), False
     with _graceful_interrupt() as interrupt:
@@ -177,23 +173,28 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
             partial = (0.0, 0)
             bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch",
                        disable=not progress or dist.rank != 0, dynamic_ncols=True)
+            logs_sum: dict[str, float] = {}   # objective-specific scalars (reward...) of this epoch's steps
+            logs_n = 0
             for i, idx in enumerate(bar, start=skip):
                 rows, image_index, caps = pairs.batch(idx)
                 pooled, grid = train_feats.batch(rows)                     # (I, D), (I, R, D)
-                outp = ddp(pooled, grid, caps, image_index)                # captions (B, T)
-                loss = masked_loss(outp["logits"], caps[:, 1:], vocab.pad_id, tc.label_smoothing)
-                total_loss = loss + outp["aux_loss"]
+                batch = Batch(pooled, grid, image_index, caps, [train_records[r].image for r in rows.tolist()])
+                total_loss, logs = objective(ddp, model, batch)
+                loss = logs["loss"]
                 optim.zero_grad(set_to_none=True)
                 total_loss.backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optim.step()
                 sched.step()
-                loss_sum, n_steps, n_caps = loss_sum + loss.item(), n_steps + 1, n_caps + len(idx)
+                loss_sum, n_steps, n_caps = loss_sum + loss, n_steps + 1, n_caps + len(idx)
+                logs_sum, logs_n = {k: logs_sum.get(k, 0.0) + v for k, v in logs.items()}, logs_n + 1
                 rate = n_caps * dist.world_size / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss.item():.3f}", caps_s=f"{rate:.0f}")
+                extra = {"reward": f"{logs['reward']:.3f}"} if "reward" in logs else {}
+                bar.set_postfix(loss=f"{loss:.3f}", caps_s=f"{rate:.0f}", **extra)
                 if writer:
-                    writer.add_scalar("train/loss", loss.item(), epoch * steps_per_epoch + i)
+                    for k, v in logs.items():
+                        writer.add_scalar(f"train/{k}", v, epoch * steps_per_epoch + i)
                     writer.add_scalar("train/lr", sched.get_last_lr()[0], epoch * steps_per_epoch + i)
                 if i + 1 == len(batches):
                     break  # the epoch-end checkpoint below covers an interrupt at the last step
@@ -212,7 +213,8 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
             if dist.rank == 0:
                 metrics = validate(model, val_records, val_feats, vocab, tc.val_beam_size, tc.val_max_len)
                 row = {"epoch": epoch, "train_loss": epoch_loss, "captions_per_s": n_caps * dist.world_size /
-                       (time.perf_counter() - t0), **metrics, "elapsed_s": time.perf_counter() - start}
+                       (time.perf_counter() - t0), **metrics, "elapsed_s": time.perf_counter() - start,
+                       **{f"train_{k}": v / max(logs_n, 1) for k, v in logs_sum.items() if k != "loss"}}
                 history.append(row)
                 if writer:
                     for k in ("CIDEr", "BLEU-4"):
@@ -242,6 +244,18 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     history = dist.broadcast(history)
     best = dist.broadcast(best)
     return TrainResult(out, out / "best.pt", best["epoch"], best, history, time.perf_counter() - start, stopped_early)
+
+
+def _init_model(path: str, vocab, encoder: dict):
+    """The model of checkpoint `path`, which must fit this dataset's vocabulary and features."""
+    ck = load_checkpoint(path)
+    if ck.vocab.itos != vocab.itos:
+        raise CheckpointError(f"{path}: trained on another vocabulary ({len(ck.vocab)} words) than this dataset "
+                              f"({len(vocab)} words); --init needs a checkpoint trained on the same prepared data")
+    if ck.encoder != encoder:
+        raise CheckpointError(f"{path}: trained on features of {ck.encoder.get('name')}, but the feature cache "
+                              f"holds {encoder.get('name')} features (or another preprocessing)")
+    return ck.model.train()
 
 
 def _tensorboard(path: Path):

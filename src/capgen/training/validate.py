@@ -9,7 +9,7 @@ from capgen.evaluation import caption_records, score_captions
 
 
 def validate(model, records: list[ImageRecord], feats, vocab: Vocabulary, beam_size: int, max_len: int) -> dict:
-    cfg = DecodeConfig(method="greedy" if beam_size == 1 else "beam", beam_size=beam_size, max_len=max_len)
+    cfg = DecodeConfig(beam_size=beam_size, max_len=max_len)
     hyps = caption_records(model, records, feats, vocab, cfg)
     preds = {k: " ".join(vocab.decode(h[0].tokens)) for k, h in hyps.items()}
     refs = {r.image: list(r.raw) for r in records}

@@ -1,0 +1,45 @@
+"""The decoding flags shared by `capgen caption` and `capgen evaluate`; their defaults are
+DecodeConfig's, so every entry point decodes the same way unless told otherwise."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from capgen.cli.types import non_negative_int, positive_float, positive_int, unit_interval
+from capgen.decoding import MAX_BEAM, DecodeConfig
+
+_D = DecodeConfig()
+
+
+def add_decode_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding (defaults are DecodeConfig's, the same for every command)")
+    method = g.add_mutually_exclusive_group()
+    method.add_argument("--beam-size", type=positive_int, default=_D.beam_size,
+                        help=f"beam width, at most {MAX_BEAM} (default {_D.beam_size}; 1 = greedy)")
+    method.add_argument("--greedy", action="store_true", help="greedy decoding")
+    method.add_argument("--sample", action="store_true", help="sample captions (see --temperature, --seed)")
+    g.add_argument("--n-best", type=positive_int, default=_D.n_best, help="also report the next best captions")
+    g.add_argument("--max-len", type=positive_int, default=_D.max_len,
+                   help=f"maximum caption length in words (default {_D.max_len})")
+    g.add_argument("--length-penalty", type=float, default=_D.length_penalty,
+                   help="GNMT length normalisation alpha (default 0: raw log-prob sums)")
+    g.add_argument("--no-repeat-ngram", type=non_negative_int, default=_D.no_repeat_ngram,
+                   help=f"block repeated n-grams of this size (default {_D.no_repeat_ngram}; 0 = off)")
+    g.add_argument("--no-repeat-words", action="store_true",
+                   help="also block a second use of any content word ('a woman and a woman')")
+    g.add_argument("--allow-unk", action="store_true", help="let <unk> appear in captions (research use)")
+    g.add_argument("--temperature", type=positive_float, default=_D.temperature, help="sampling temperature")
+    g.add_argument("--top-k", type=non_negative_int, default=_D.top_k, help="sample from the k best words")
+    g.add_argument("--top-p", type=unit_interval, default=_D.top_p, help="nucleus sampling threshold")
+    g.add_argument("--seed", type=int, default=None, help="random seed for --sample")
+
+
+def decode_options(args: argparse.Namespace) -> dict:
+    """The DecodeConfig keywords the flags ask for (method None lets DecodeConfig pick greedy/beam)."""
+    names = {f.name for f in fields(DecodeConfig)}
+    options = {k: v for k, v in vars(args).items() if k in names and k != "method"}
+    options["method"] = "greedy" if args.greedy else "sample" if args.sample else None
+    if args.greedy or args.sample:
+        options["beam_size"] = 1
+    return options
