@@ -171,7 +171,8 @@ def test_cli_formats(tiny_run, folder, photos, capsys):
     assert _cli(tiny_run, [d, folder / "a" / "x.png", "--format", "jsonl", "--n-best", "2"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [Path(x["image"]).name for x in lines] == ["d.png", "x.png"]
-    assert set(lines[0]) >= {"image", "caption", "score"} and isinstance(lines[0]["score"], float)
+    assert set(lines[0]) >= {"image", "caption", "score", "truncated"} and isinstance(lines[0]["score"], float)
+    assert lines[0]["truncated"] is False
     assert "alternatives" in lines[0] or "alternatives" in lines[1]
     assert _cli(tiny_run, [d, "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
