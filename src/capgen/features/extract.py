@@ -132,7 +132,7 @@ def extract_features(
     # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
     if dist.rank != 0:
         dist.barrier()
-    enc = create_encoder(encoder)
+    enc = create_encoder(encoder, allow_import=True)  # `encoder` is the caller's (--encoder), not a file's
     runner = make_runner(enc, backend=backend, threads=threads)
     if dist.rank == 0:
         dist.barrier()

@@ -57,14 +57,21 @@ class Captioner:
         """Load a checkpoint (None = the bundled model) and rebuild its encoder.
 
         encoder: build the encoder with this name or 'package.module:factory' instead of the name
-          stored in the checkpoint (needed for your own encoders); its spec must still match.
+          stored in the checkpoint (needed for your own encoders); its spec must still match. Only
+          this argument may import code: the checkpoint's own name must be a registered encoder.
         """
         from capgen.checkpoint import load_checkpoint
         from capgen.encoders import create_encoder, make_runner
 
         path = bundled_model_path() if path is None else Path(path)
         ck = load_checkpoint(path)
-        enc = create_encoder(encoder or ck.encoder["name"])
+        if encoder is not None:
+            enc = create_encoder(encoder, allow_import=True)   # the caller's own choice
+        else:
+            try:
+                enc = create_encoder(ck.encoder.get("name"))    # from the file: registered names only
+            except CapgenError as e:
+                raise CapgenError(f"{path}: {e}") from None
         check_encoder_spec(enc.spec(), ck.encoder, path)
         return cls(ck.model, ck.vocab, enc, make_runner(enc, backend=backend), name=f"{ck.model.name} ({path.name})",
                    max_pixels=max_pixels)

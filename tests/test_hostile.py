@@ -1,0 +1,84 @@
+"""A hostile or unlucky user: forged files, escaping paths, concurrent writers, full disks, bad
+numbers. Every command answers with one line naming the problem, exit 2, no traceback, and leaves
+nothing behind that could later load as valid."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from capgen.checkpoint import read_payload, save_checkpoint
+from capgen.cli import main
+from capgen.errors import CapgenError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# A module whose factory leaves a mark: if it ever runs, a forged file made capgen import code.
+EVIL_MODULE = '''
+from pathlib import Path
+import os
+
+def run():
+    Path(os.environ["CAPGEN_EVIL_MARK"]).write_text("ran")
+'''
+
+
+def one_line_error(capsys, argv, *words) -> str:
+    """Run the CLI in-process; assert exit 2, one stderr line, no traceback; return the line."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, captured.err
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert "internal error" not in lines[0], lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def forged_checkpoint(tiny_run, tmp_path: Path, edit) -> Path:
+    """A copy of the tiny model's checkpoint with `edit(payload)` applied."""
+    payload = read_payload(tiny_run.checkpoints["show_tell"])
+    edit(payload)
+    path = tmp_path / "forged.pt"
+    save_checkpoint(path, payload)
+    return path
+
+
+# ---- 1: a file never makes capgen import code ----------------------------------------------------
+
+@pytest.fixture
+def evil(tmp_path, monkeypatch) -> Path:
+    mods = tmp_path / "evilmods"
+    mods.mkdir()
+    (mods / "capgen_evil.py").write_text(EVIL_MODULE)
+    monkeypatch.syspath_prepend(str(mods))
+    mark = tmp_path / "mark"
+    monkeypatch.setenv("CAPGEN_EVIL_MARK", str(mark))
+    sys.modules.pop("capgen_evil", None)
+    return mark
+
+
+@pytest.mark.parametrize("name", ["capgen_evil:run", "tempfile:mkdtemp", "sys:exit"])
+def test_checkpoint_cannot_name_an_import_path(tiny_run, tmp_path, capsys, evil, name):
+    from capgen import Captioner
+
+    ck = forged_checkpoint(tiny_run, tmp_path, lambda p: p["encoder"].update(name=name))
+    with pytest.raises(CapgenError, match="not registered"):
+        Captioner.from_pretrained(ck)
+    img = tmp_path / "x.png"
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(img)
+    one_line_error(capsys, ["caption", img, "--model", ck], "not registered", "--encoder")
+    assert not evil.exists() and "capgen_evil" not in sys.modules
+
+
+def test_own_encoder_flag_may_import(tiny_run, tmp_path):
+    """The user's own --encoder is trusted: that is how custom encoders are used."""
+    from capgen import Captioner
+
+    cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder)
+    assert cap.encoder.name == "tiny-test"
