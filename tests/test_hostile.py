@@ -82,3 +82,47 @@ def test_own_encoder_flag_may_import(tiny_run, tmp_path):
 
     cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder)
     assert cap.encoder.name == "tiny-test"
+
+
+# ---- 2: dataset paths stay inside the images folder --------------------------------------------
+
+def _csv_dataset(tmp_path: Path, rows: list[str]) -> Path:
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(data / f"{i}.png")
+    lines = ["image,caption"] + [f"{i}.png,a red square number {i}" for i in range(6)] + rows
+    (data / "caps.csv").write_text("\n".join(lines) + "\n")
+    return data / "caps.csv"
+
+
+@pytest.mark.parametrize("escape", ["../secret.png", "ABS", "link.png"])
+def test_dataset_paths_outside_the_root_are_refused(tmp_path, capsys, escape):
+    from PIL import Image
+
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (16, 16)).save(secret)
+    name = str(secret) if escape == "ABS" else escape
+    csv_path = _csv_dataset(tmp_path, [f"{name},a secret file"])
+    (csv_path.parent / "link.png").symlink_to(secret)
+    out = tmp_path / "prepared"
+    one_line_error(capsys, ["prepare", csv_path, "--out", out, "--min-count", "1"],
+                   "outside the images folder", "--allow-outside-root")
+    assert not out.exists()
+    assert main(["prepare", str(csv_path), "--out", str(out), "--min-count", "1", "--allow-outside-root"]) == 0
+    from capgen.data import PreparedDataset
+
+    assert any(r.image == name for r in PreparedDataset.load(out).records())
+
+
+def test_hand_edited_split_file_cannot_escape(prepared, capsys):
+    from capgen.data import PreparedDataset
+
+    path = prepared.root / "train.jsonl"
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace(prepared.split("train")[0].image, "../../../../etc/passwd")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CapgenError, match="outside the images folder"):
+        PreparedDataset.load(prepared.root)

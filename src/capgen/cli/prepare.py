@@ -20,6 +20,8 @@ def register(sub, parents) -> None:
     p.add_argument("--val-fraction", type=fraction, default=0.1, help="random split only (default 0.1)")
     p.add_argument("--test-fraction", type=fraction, default=0.1, help="random split only (default 0.1)")
     p.add_argument("--skip-missing", action="store_true", help="drop captions whose image file is missing")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image paths outside the images folder (absolute, '..', symlinks leading out)")
     p.set_defaults(func=run)
 
 
@@ -28,7 +30,8 @@ def run(args) -> int:
 
     ds = prepare_dataset(args.data, args.out, fmt=args.format, images=args.images, min_count=args.min_count,
                          max_vocab=args.max_vocab, seed=args.seed, val_fraction=args.val_fraction,
-                         test_fraction=args.test_fraction, skip_missing=args.skip_missing)
+                         test_fraction=args.test_fraction, skip_missing=args.skip_missing,
+                         allow_outside_root=args.allow_outside_root)
     m = ds.manifest
     splits = ", ".join(f"{s} {v['images']} images / {v['captions']} captions" for s, v in m["splits"].items())
     print(f"prepared {m['format']} dataset -> {ds.root}: {splits}; vocabulary {m['vocab_size']} words")
