@@ -126,3 +126,109 @@ def test_hand_edited_split_file_cannot_escape(prepared, capsys):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(CapgenError, match="outside the images folder"):
         PreparedDataset.load(prepared.root)
+
+
+# ---- 3, 4, 9, 13: the server -----------------------------------------------------------------------
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 40, 40)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def local_client(tiny_captioner):
+    from fastapi.testclient import TestClient
+
+    from capgen.serve import ServeSettings, create_app
+
+    with TestClient(create_app(tiny_captioner, ServeSettings(timeout=20)), base_url="http://127.0.0.1") as c:
+        yield c
+
+
+def test_nothing_the_server_sends_names_another_host(local_client):
+    import re
+
+    external = re.compile(r"https?://(?!127\.0\.0\.1|localhost)", re.I)
+    responses = [local_client.get(p) for p in ("/", "/health", "/openapi.json", "/docs", "/redoc",
+                                               "/docs/oauth2-redirect", "/nope", "/static/x.js")]
+    responses += [local_client.post("/caption", files={"files": ("a.png", _png_bytes(), "image/png")}),
+                  local_client.post("/caption", files={"files": ("a.txt", b"hello", "text/plain")}),
+                  local_client.post("/caption", content=b"x")]
+    for r in responses:
+        text = r.text + " ".join(f"{k}: {v}" for k, v in r.headers.items())
+        assert not external.search(text), (r.request.url, external.search(text))
+    assert local_client.get("/docs").status_code == 404 and local_client.get("/redoc").status_code == 404
+
+
+def test_foreign_host_header_is_refused(local_client):
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not reach the API."""
+    assert local_client.get("/health", headers={"host": "evil.example"}).status_code == 400
+    assert local_client.get("/health", headers={"host": "localhost:8000"}).status_code == 200
+
+
+def test_seventeen_files_is_413(local_client):
+    files = [("files", (f"{i}.png", _png_bytes(), "image/png")) for i in range(17)]
+    r = local_client.post("/caption", files=files)
+    assert r.status_code == 413 and "at most 16" in r.json()["error"]
+
+
+def test_slow_body_gets_408():
+    import asyncio
+
+    from capgen.serve.limits import BodyLimit
+
+    sent = []
+
+    async def app(scope, receive, send):  # never reached
+        raise AssertionError("the app saw a request whose body never arrived")
+
+    async def receive():
+        await asyncio.sleep(3600)  # a client that sends headers and then nothing
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "headers": [(b"content-length", b"10")]}
+    asyncio.run(BodyLimit(app, limit=100, read_timeout=0.05)(scope, receive, send))
+    assert sent[0]["status"] == 408 and b"not received" in sent[1]["body"]
+
+
+def test_worker_answers_every_waiting_job_on_close():
+    import threading
+    from concurrent.futures import wait
+
+    from capgen.serve.worker import ModelWorker, ServerBusy
+
+    release, started = threading.Event(), threading.Event()
+
+    class Blocking:
+        def decode_config(self, **options):
+            return options
+
+        def caption_loaded(self, images, config, batch_size):
+            started.set()
+            release.wait(10)
+            return list(images)
+
+    worker = ModelWorker(Blocking(), max_batch=1)
+    first = worker.submit(["a"], {"beam_size": 1})
+    assert started.wait(10)
+    waiting = [worker.submit([x], {"beam_size": 2}) for x in "bcd"]
+    closer = threading.Thread(target=worker.close)
+    closer.start()
+    try:
+        worker.submit(["late"], {"beam_size": 1})
+        late_refused = False
+    except ServerBusy:
+        late_refused = True
+    release.set()
+    closer.join(10)
+    assert late_refused and first.result(5) == ["a"]
+    done, not_done = wait(waiting, timeout=5)
+    assert not not_done
+    assert all(isinstance(f.exception(), ServerBusy) for f in waiting)
