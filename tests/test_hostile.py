@@ -232,3 +232,127 @@ def test_worker_answers_every_waiting_job_on_close():
     done, not_done = wait(waiting, timeout=5)
     assert not not_done
     assert all(isinstance(f.exception(), ServerBusy) for f in waiting)
+
+
+# ---- 5: one writer per folder; unwritten or damaged rows never load ---------------------------------
+
+SLOW_ENCODER_MODULE = '''
+import time
+import torch
+from capgen.encoders import GridEncoder, Preprocess
+
+
+class _Slow(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=8, stride=8)
+
+    def forward(self, x):
+        time.sleep(0.2)
+        return torch.relu(self.conv(x)) + 0.01
+
+
+def build():
+    return GridEncoder(_Slow(), Preprocess(size=32), name="slow-test", dim=8, grid_hw=(4, 4))
+'''
+
+
+def _python_env(*extra: Path) -> dict:
+    import os
+
+    import capgen
+
+    src = Path(capgen.__file__).resolve().parents[1]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), *map(str, extra)]), "OMP_NUM_THREADS": "1"}
+
+
+def test_two_extractions_into_one_folder(prepared, tmp_path, capsys, monkeypatch):
+    import subprocess
+    import time
+
+    from capgen.features import FeatureCache
+
+    mods = tmp_path / "slowmods"
+    mods.mkdir()
+    (mods / "capgen_slow_encoder.py").write_text(SLOW_ENCODER_MODULE)
+    monkeypatch.syspath_prepend(str(mods))
+    out = tmp_path / "feats"
+    cmd = [sys.executable, "-m", "capgen", "extract", str(prepared.root), "--out", str(out), "--encoder",
+           "capgen_slow_encoder:build", "--batch-size", "2", "--backend", "torch", "--threads", "1"]
+    first = subprocess.Popen(cmd, env=_python_env(mods), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("progress-*.json")):  # the first run is writing rows
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        one_line_error(capsys, cmd[3:] + ["--overwrite"], "another capgen process is writing this feature cache")
+        stdout, stderr = first.communicate(timeout=240)
+    finally:
+        first.kill()
+    assert first.returncode == 0, stderr
+    cache = FeatureCache.open(out)
+    cache.check(prepared, encoder="slow-test")
+    assert len(cache) == len(prepared.records())
+
+
+def _copy_feats(tiny_run, tmp_path: Path) -> Path:
+    import shutil
+
+    out = tmp_path / "feats"
+    shutil.copytree(tiny_run.root / "feats", out)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["zero", "nan"])
+def test_unwritten_or_nan_pooled_rows_never_load(tiny_run, tmp_path, damage):
+    import numpy as np
+
+    from capgen.features import FeatureCache
+
+    out = _copy_feats(tiny_run, tmp_path)
+    pooled = np.load(out / "pooled.npy", mmap_mode="r+")
+    pooled[3:7] = 0 if damage == "zero" else np.nan
+    pooled.flush()
+    del pooled
+    with pytest.raises(CapgenError, match="4 of .* never written or are not finite"):
+        FeatureCache.open(out)
+
+
+def test_nan_grid_features_are_a_named_error(tiny_run, tmp_path, capsys):
+    import numpy as np
+
+    out = _copy_feats(tiny_run, tmp_path)
+    grid = np.load(out / "grid.npy", mmap_mode="r+")
+    grid[0, 0, 0] = np.nan
+    grid.flush()
+    del grid
+    one_line_error(capsys, ["train", "--data", tiny_run.prepared.root, "--features", out, "--model", "show_tell",
+                            "--out", tmp_path / "run", "--set", "epochs=1"], "NaN or infinite")
+    assert not list((tmp_path / "run").glob("*.pt"))
+
+
+def test_a_second_training_into_a_run_folder_is_refused(tiny_run, tmp_path, capsys):
+    from capgen.io import folder_lock
+
+    run = tmp_path / "run"
+    with folder_lock(run, "training run"):  # as a running `capgen train` holds it
+        one_line_error(capsys, ["train", "--data", tiny_run.prepared.root, "--features", tiny_run.root / "feats",
+                                "--model", "show_tell", "--out", run, "--set", "epochs=1"],
+                       "another capgen process is writing this training run")
+        assert [p.name for p in run.iterdir()] == [".lock"]
+
+
+@pytest.mark.parametrize("meta_edit", [lambda m: m.pop("images"), lambda m: m.update(images=[1, 2]),
+                                       lambda m: m["encoder"].update(grid="9x9")])
+def test_malformed_cache_meta_is_a_named_error(tiny_run, tmp_path, meta_edit):
+    import json
+
+    from capgen.features import FeatureCache
+
+    out = _copy_feats(tiny_run, tmp_path)
+    meta = json.loads((out / "meta.json").read_text())
+    meta_edit(meta)
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CapgenError, match="malformed feature cache metadata"):
+        FeatureCache.open(out)

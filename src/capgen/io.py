@@ -80,6 +80,9 @@ def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     from capgen.errors import CapgenError
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CapgenError(f"{path}: exists and is not a directory; choose another folder")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -91,5 +94,8 @@ def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         yield path
     finally:
+        if created and [p.name for p in path.iterdir()] == [".lock"]:  # the writer failed before writing
+            (path / ".lock").unlink()
+            path.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -7,6 +7,7 @@ the shared memory-mapped arrays; rank 0 merges the progress records and seals th
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections import deque
@@ -20,9 +21,9 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import FORMAT_VERSION, JOB, META, read_json
+from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, read_json, unwritten_rows
 from capgen.images import load_image
-from capgen.io import write_json
+from capgen.io import folder_lock, write_json
 from capgen.parallel import dist_info
 
 DTYPES = ("float16", "float32")
@@ -47,14 +48,21 @@ def _same_job(a: dict, b: dict) -> list[str]:
     return [k for k in ("encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
 
 
+def _clear(out: Path) -> None:
+    """Empty FEATURES but keep its .lock: removing the locked file would let a second writer in."""
+    for p in out.iterdir():
+        if p.name != LOCK:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
-    """Create or validate FEATURES on rank 0. Returns 'complete', 'resume' or 'new'."""
+    """Create or validate FEATURES on rank 0 (which holds its lock). Returns 'complete', 'resume' or 'new'."""
     if out.exists() and not out.is_dir():
         raise FeatureCacheError(f"{out}: exists and is not a directory")
     for marker in (META, JOB):
         if out.is_dir() and (out / marker).is_file():
             if overwrite:
-                shutil.rmtree(out)
+                _clear(out)
                 break
             old = read_json(out / marker, "feature cache metadata")
             diff = _same_job(old, job)
@@ -64,10 +72,10 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
                     f"with different {', '.join(diff)} (encoder {old.get('encoder', {}).get('name')}, "
                     f"{len(old.get('images', []))} images); use another --out or --overwrite")
             return "complete" if marker == META else "resume"
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
             raise FeatureCacheError(f"{out}: directory exists and is not a feature cache; choose another --out")
-        shutil.rmtree(out)
+        _clear(out)
     out.mkdir(parents=True, exist_ok=True)
     n, enc = len(job["images"]), job["encoder"]
     hw = enc["grid"][0] * enc["grid"][1]
@@ -128,7 +136,18 @@ def extract_features(
     records = dataset.records(split)
     if not records:
         raise CapgenError(f"{dataset.root}: split {split!r} has no images")
+    if out.exists() and not out.is_dir():
+        raise FeatureCacheError(f"{out}: exists and is not a directory")
+    # One writer per cache: a second extract (even with --overwrite) into a cache being filled would
+    # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
+    with folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext():
+        return _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype,
+                        strict, overwrite, threads, progress)
 
+
+def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype, strict,
+             overwrite, threads, progress) -> ExtractResult:
+    """extract_features' work, with rank 0 holding the cache's lock."""
     # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
     if dist.rank != 0:
         dist.barrier()
@@ -187,6 +206,10 @@ def extract_features(
                     ok.append(i)
             if ok:
                 pooled, grid = runner(np.stack(arrays))  # (B, dim), (B, H*W, dim) float32
+                if not (np.isfinite(pooled).all() and np.isfinite(grid).all()):
+                    raise FeatureCacheError(f"encoder {enc.name} gave NaN or infinite features for "
+                                            f"{names[ok[0]]} ... (batch of {len(ok)}); the cache keeps the "
+                                            f"rows done so far")
                 idx = np.asarray(ok)
                 pooled_mm[idx] = pooled.astype(dtype)
                 grid_mm[idx] = grid.astype(dtype)
@@ -209,6 +232,10 @@ def extract_features(
         if missing:
             raise FeatureCacheError(f"{out}: {len(missing)} images were not extracted (e.g. {missing[0]}); "
                                     f"run again to resume")
+        blank = unwritten_rows(np.load(out / "pooled.npy", mmap_mode="r"), sorted(done))
+        if blank:  # counted as done but never written: refuse to seal (check() would refuse it too)
+            raise FeatureCacheError(f"{out}: {len(blank)} rows counted as extracted were never written (e.g. "
+                                    f"{names[blank[0]]}); extract again with --overwrite")
         meta = {**job, "failed": failed, "complete": True, "backend": runner.backend,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(out / META, meta)  # the cache is valid from here on
