@@ -30,7 +30,8 @@ def one_line_error(capsys, argv, *words) -> str:
     """Run the CLI in-process; assert exit 2, one stderr line, no traceback; return the line."""
     code = main([str(a) for a in argv])
     captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
+    # progress bars (tqdm, "\r"-separated, with "%|") are not messages
+    lines = [line for line in captured.err.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
     assert code == 2, captured.err
     assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
     assert "internal error" not in lines[0], lines[0]
@@ -356,3 +357,79 @@ def test_malformed_cache_meta_is_a_named_error(tiny_run, tmp_path, meta_edit):
     (out / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CapgenError, match="malformed feature cache metadata"):
         FeatureCache.open(out)
+
+
+# ---- 6: a full disk is a message, and the output is valid or absent ---------------------------------
+
+def _enospc(*args, **kwargs):
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_extract_on_a_full_disk(prepared, tiny_encoder, tmp_path, capsys, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "posix_fallocate", _enospc)
+    out = tmp_path / "feats"
+    line = one_line_error(capsys, ["extract", prepared.root, "--out", out, "--encoder", tiny_encoder,
+                                   "--backend", "torch"], "no space left on device writing", "pooled.npy", "MB")
+    assert "needs ~" in line
+    assert not out.exists()
+
+
+def test_prepare_on_a_full_disk(synth_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    from capgen.data import vocab
+
+    monkeypatch.setattr(vocab, "write_json", _enospc, raising=False)
+    real_dumps = json.dumps
+    calls = {"n": 0}
+
+    def dumps(*a, **kw):  # the disk fills while the split files are written
+        calls["n"] += 1
+        if calls["n"] > 5:
+            _enospc()
+        return real_dumps(*a, **kw)
+
+    monkeypatch.setattr("capgen.data.prepared.json.dumps", dumps)
+    out = tmp_path / "prepared"
+    one_line_error(capsys, ["prepare", synth_dir, "--out", out, "--min-count", "1"],
+                   "no space left on device writing", str(out))
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
+
+
+def test_train_on_a_full_disk_keeps_the_last_valid_checkpoint(tiny_run, tmp_path, capsys, monkeypatch):
+    """torch.save reports a full disk as RuntimeError('[enforce fail at inline_container.cc] ...')."""
+    import shutil
+    from collections import namedtuple
+
+    from capgen.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    base = ["train", "--data", tiny_run.prepared.root, "--features", tiny_run.root / "feats", "--model",
+            "show_tell", "--out", run, "--set", "model.embed_dim=16", "--set", "model.hidden_dim=16",
+            "--set", "batch_size=8", "--set", "warmup_steps=1"]
+    assert main([str(a) for a in base + ["--set", "epochs=1"]]) == 0
+    capsys.readouterr()
+    before = (run / "best.pt").read_bytes()
+    real_save = torch.save
+
+    def full_disk_save(obj, f, *a, **kw):
+        real_save(obj, f, *a, **kw)
+        Path(f).write_bytes(Path(f).read_bytes()[:100])  # what a full disk leaves
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9, 0))
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("epochs: 1", "epochs: 2"))
+    one_line_error(capsys, base[:5] + ["--out", run, "--resume"], "no space left on device writing", ".pt")
+    assert (run / "best.pt").read_bytes() == before
+    monkeypatch.undo()
+    load_checkpoint(run / "best.pt")
+    load_checkpoint(run / "last.pt")
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

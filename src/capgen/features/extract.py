@@ -23,7 +23,7 @@ from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
 from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, read_json, unwritten_rows
 from capgen.images import load_image
-from capgen.io import folder_lock, write_json
+from capgen.io import folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
 
 DTYPES = ("float16", "float32")
@@ -79,10 +79,16 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
     out.mkdir(parents=True, exist_ok=True)
     n, enc = len(job["images"]), job["encoder"]
     hw = enc["grid"][0] * enc["grid"][1]
-    # Sparse files of the final size; rows are filled in place.
-    for name, shape in (("pooled.npy", (n, enc["dim"])), ("grid.npy", (n, hw, enc["dim"]))):
-        np.lib.format.open_memmap(out / name, mode="w+", dtype=job["dtype"], shape=shape).flush()
-    write_json(out / JOB, job)  # after the arrays: job.json means "ready to fill"
+    # Files of the final size, rows filled in place. Their blocks are reserved now: a memory-mapped
+    # write to a sparse file on a full disk is a SIGBUS, not an error we could report.
+    try:
+        for name, shape in (("pooled.npy", (n, enc["dim"])), ("grid.npy", (n, hw, enc["dim"]))):
+            np.lib.format.open_memmap(out / name, mode="w+", dtype=job["dtype"], shape=shape).flush()
+            preallocate(out / name)
+        write_json(out / JOB, job)  # after the arrays: job.json means "ready to fill"
+    except BaseException:
+        _clear(out)  # nothing half-made stays behind
+        raise
     return "new"
 
 
@@ -161,6 +167,8 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
            "split": split, "images": [r.image for r in records]}
     state = _prepare_out(out, job, overwrite) if dist.rank == 0 else ""
     if dist.rank == 0 and state == "resume":
+        for name in ("pooled.npy", "grid.npy"):  # a cache begun by an older capgen may still be sparse
+            preallocate(out / name)
         _consolidate_progress(out)
     state = dist.broadcast(state)
     if state == "complete":
