@@ -433,3 +433,29 @@ def test_train_on_a_full_disk_keeps_the_last_valid_checkpoint(tiny_run, tmp_path
     load_checkpoint(run / "best.pt")
     load_checkpoint(run / "last.pt")
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---- 8: loading from several threads leaves the process alone ---------------------------------------
+
+def test_loading_efficientnet_from_threads_keeps_stdout(capsys):
+    import threading
+
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from capgen.encoders.efficientnet import load_efficientnet_lite
+
+    stdout = sys.stdout
+    errors = []
+
+    def load():
+        try:
+            load_efficientnet_lite("efficientnet-lite0")
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and sys.stdout is stdout
+    assert "Loaded pretrained" not in capsys.readouterr().out
