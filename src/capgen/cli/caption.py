@@ -6,7 +6,7 @@ import csv
 import json
 import sys
 
-from capgen.cli.types import positive_int
+from capgen.cli.types import finite_float, non_negative_int, out_dir, positive_int
 
 FORMATS = ("text", "jsonl", "csv")
 # More images than this get a progress bar on stderr.
@@ -27,15 +27,15 @@ def register(sub, parents) -> None:
     method.add_argument("--sample", action="store_true", help="sample captions (see --temperature, --seed)")
     p.add_argument("--n-best", type=positive_int, default=1, help="also report the next best captions")
     p.add_argument("--max-len", type=positive_int, default=20, help="maximum caption length in words")
-    p.add_argument("--no-repeat-ngram", type=int, default=3,
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, default=3,
                    help="block repeated n-grams of this size (default 3; 0 = off)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (--sample)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (--sample)")
+    p.add_argument("--temperature", type=finite_float, default=1.0, help="sampling temperature (--sample)")
+    p.add_argument("--top-p", type=finite_float, default=1.0, help="nucleus sampling threshold (--sample)")
     p.add_argument("--seed", type=int, default=None, help="random seed for --sample")
     p.add_argument("--format", default="text", choices=FORMATS,
                    help="text (path<TAB>caption), jsonl or csv, on stdout (default text)")
-    p.add_argument("--annotate", metavar="DIR", help="write each photo with its caption drawn on it into DIR")
-    p.add_argument("--attention", metavar="DIR",
+    p.add_argument("--annotate", metavar="DIR", type=out_dir, help="write each photo with its caption drawn on it into DIR")
+    p.add_argument("--attention", metavar="DIR", type=out_dir,
                    help="write a per-word attention figure per photo into DIR (attention models only)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     p.set_defaults(func=run)

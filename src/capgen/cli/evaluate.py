@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.cli.types import positive_int
+from capgen.cli.types import finite_float, non_negative_int, out_dir, positive_int
 
 
 def register(sub, parents) -> None:
@@ -14,7 +14,7 @@ def register(sub, parents) -> None:
     p.add_argument("--data", required=True, metavar="PREPARED")
     p.add_argument("--features", required=True, metavar="FEATURES")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for predictions.json and metrics.json")
+    p.add_argument("--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json")
     add_decode_args(p)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java start-up takes ~15 s)")
     p.add_argument("--any-vocab", action="store_true", help="allow a dataset prepared with another vocabulary")
@@ -24,8 +24,8 @@ def register(sub, parents) -> None:
 def add_decode_args(p) -> None:
     p.add_argument("--beam-size", type=positive_int, default=3, help="beam width (1 = greedy; default 3)")
     p.add_argument("--max-len", type=positive_int, default=20, help="maximum caption length in words")
-    p.add_argument("--length-penalty", type=float, default=0.0, help="GNMT length normalisation alpha")
-    p.add_argument("--no-repeat-ngram", type=int, default=0, help="block repeated n-grams of this size")
+    p.add_argument("--length-penalty", type=finite_float, default=0.0, help="GNMT length normalisation alpha")
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, default=0, help="block repeated n-grams of this size")
 
 
 def decode_config(args):

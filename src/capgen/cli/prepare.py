@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.cli.types import fraction, positive_int
+from capgen.cli.types import fraction, out_dir, positive_int
 
 
 def register(sub, parents) -> None:
@@ -10,7 +10,7 @@ def register(sub, parents) -> None:
                        description="Read Flickr8k/30k, Karpathy JSON, COCO captions, Kaggle, CSV or JSON "
                                    "Lines captions; write splits, normalised captions and the vocabulary.")
     p.add_argument("data", metavar="DATA", help="dataset folder or caption file")
-    p.add_argument("--out", required=True, metavar="PREPARED", help="output folder")
+    p.add_argument("--out", required=True, metavar="PREPARED", type=out_dir, help="output folder")
     p.add_argument("--format", default="auto",
                    choices=["auto", "flickr", "karpathy", "coco", "kaggle", "csv", "jsonl"])
     p.add_argument("--images", metavar="DIR", help="folder of the images (default: found beside DATA)")
@@ -38,4 +38,7 @@ def run(args) -> int:
     if m["dropped"]["not_in_any_split"] or m["dropped"]["missing_image_files"]:
         print(f"dropped: {m['dropped']['not_in_any_split']} images in no split, "
               f"{m['dropped']['missing_image_files']} missing image files")
+    if m["duplicate_captions"]:
+        print(f"note: {m['duplicate_captions']} captions repeat another caption of the same image word for word "
+              f"(kept, as in the benchmarks' reference sets)")
     return 0

@@ -30,3 +30,15 @@ positive_float = _checked(float, lambda v: v > 0, "a positive number")
 fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 finite_float = _checked(float, lambda v: True, "a finite number")
 port = _checked(int, lambda v: 1 <= v <= 65535, "a port number in [1, 65535]")
+
+
+def out_dir(text: str) -> str:
+    """An output folder: missing (it is created) or a folder, never an existing file."""
+    from pathlib import Path
+
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r}, which is a file")
+    return text
+
+
+out_dir.__name__ = "an output folder"

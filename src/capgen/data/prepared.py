@@ -108,6 +108,9 @@ def prepare_dataset(
         "seed": seed,
         "allow_outside_root": allow_outside_root,
         "dropped": {"not_in_any_split": raw.not_in_split, "missing_image_files": len(missing)},
+        # Kept, not dropped: the benchmarks' reference sets hold them too (Flickr8k has 10), and
+        # metrics must match the published protocol. `capgen prepare` reports the count.
+        "duplicate_captions": sum(len(r.captions) - len(set(r.captions)) for r in raw.records.values()),
     }
     with atomic_dir(out, replace_if=MANIFEST) as tmp:
         for s, items in by_split.items():
