@@ -656,3 +656,14 @@ def test_folders_take_what_single_files_take(tmp_path):
     Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "a.avif")
     load_image(tmp_path / "a.avif")
     assert is_image_file("x.AVIF") and expand_paths([tmp_path]) == [tmp_path / "a.avif"]
+
+
+def test_serve_on_a_taken_port_is_one_line(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        one_line_error(capsys, ["serve", "--port", port], "cannot listen on 127.0.0.1:")
+    one_line_error(capsys, ["serve", "--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid")

@@ -35,6 +35,7 @@ def run(args) -> int:
     from capgen.inference import Captioner
     from capgen.serve import ServeSettings, create_app
 
+    _check_can_listen(args.host, args.port)  # before the model loads: a taken port is a one-line error
     max_pixels = args.max_pixels or MAX_PIXELS
     hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
     settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pixels=max_pixels, timeout=args.timeout,
@@ -49,3 +50,17 @@ def run(args) -> int:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5,
                 limit_concurrency=128)
     return 0
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    import socket
+
+    from capgen.errors import CapgenError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        with socket.socket(infos[0][0], socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            s.bind(infos[0][4])
+    except OSError as e:
+        raise CapgenError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
