@@ -49,6 +49,15 @@ def _manifest_without_images_dir(ctx) -> Path:
     return root
 
 
+def _prepared_with_vocab(ctx, text: str) -> Path:
+    import shutil
+
+    root = ctx.tmp / "prep-bad-vocab"
+    shutil.copytree(ctx.prepared, root)
+    (root / "vocab.json").write_text(text)
+    return root
+
+
 def _meta_without_images(ctx) -> Path:
     import json
     import shutil
@@ -110,6 +119,11 @@ BAD_INPUTS = {
     # extract
     "manifest without images_dir": (lambda c: ["extract", _manifest_without_images_dir(c), "--out", c.tmp / "f"],
                                     ["images_dir"]),
+    "vocab.json words are numbers": (lambda c: ["extract", _prepared_with_vocab(c, '{"itos": [1, 2, 3]}'),
+                                                 "--out", c.tmp / "f"], ["vocabulary", "strings"]),
+    "vocab.json min_count is a list": (lambda c: ["extract", _prepared_with_vocab(
+        c, '{"itos": ["<pad>", "<start>", "<end>", "<unk>"], "min_count": [1]}'), "--out", c.tmp / "f"],
+        ["min_count"]),
     "extract --out is a file": (lambda c: ["extract", c.prepared, "--out", _a_file(c)], ["is a file"]),
     # train: YAML shapes, ranges, damaged caches
     "yaml model_config list": (lambda c: _train(c, "--config", _yaml(c.tmp, "model_config: [1, 2]\n")),

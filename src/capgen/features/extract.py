@@ -97,8 +97,12 @@ def _read_progress(out: Path) -> tuple[set[int], dict[str, str]]:
     failed: dict[str, str] = {}
     for p in sorted(out.glob("progress-*.json")):
         d = read_json(p, "extraction progress")
-        done.update(d.get("done", []))
-        failed.update(d.get("failed", {}))
+        rows, bad = d.get("done", []), d.get("failed", {})
+        if not (isinstance(rows, list) and all(isinstance(i, int) for i in rows) and isinstance(bad, dict)):
+            raise FeatureCacheError(f"{p}: malformed progress file (expected 'done' row numbers and 'failed'); "
+                                    f"extract again with --overwrite")
+        done.update(rows)
+        failed.update(bad)
     return done, failed
 
 
