@@ -172,7 +172,7 @@ def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        if created and [p.name for p in path.iterdir()] == [".lock"]:  # the writer failed before writing
+        if created and path.is_dir() and [p.name for p in path.iterdir()] == [".lock"]:  # failed before writing
             (path / ".lock").unlink()
             path.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
