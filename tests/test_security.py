@@ -138,6 +138,8 @@ def test_nothing_the_server_sends_names_another_host(local_client):
         text = r.text + " ".join(f"{k}: {v}" for k, v in r.headers.items())
         assert not external.search(text), (r.request.url, external.search(text))
     assert local_client.get("/docs").status_code == 404 and local_client.get("/redoc").status_code == 404
+    for link in re.findall(r'href="(/[^"]*)"', local_client.get("/").text):  # the page links nothing dead
+        assert local_client.get(link).status_code == 200, link
 
 
 def test_foreign_host_header_is_refused(local_client):

@@ -29,7 +29,7 @@ from capgen.serve.worker import ModelWorker, ServerBusy
 
 FIELD = "files"
 
-# /caption takes a hand-parsed multipart body (for precise errors); describe it for /docs.
+# /caption takes a hand-parsed multipart body (for precise errors); describe it in /openapi.json.
 _CAPTION_BODY = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": [FIELD],
