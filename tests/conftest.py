@@ -137,3 +137,35 @@ def run_torchrun(args: list[str], env: dict, timeout: float):
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(capsys, argv, *words) -> str:
+    """Run `capgen.cli.main` in-process; assert exit 2, one stderr line, no traceback; return the line."""
+    from capgen.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse rejects a value: also one line, exit 2
+        code = e.code
+    captured = capsys.readouterr()
+    # progress bars (tqdm, "\r"-separated, with "%|") are not messages
+    lines = [line for line in captured.err.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+    assert code == 2, captured.err
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert "internal error" not in lines[0], lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def csv_dataset(tmp_path: Path, rows: list[str]) -> Path:
+    """DATA/caps.csv over six small PNGs, plus `rows` (image,caption lines)."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(6):
+        Image.new("RGB", (16, 16), (i * 40, 0, 0)).save(data / f"{i}.png")
+    lines = ["image,caption"] + [f"{i}.png,a red square number {i}" for i in range(6)] + rows
+    (data / "caps.csv").write_text("\n".join(lines) + "\n")
+    return data / "caps.csv"

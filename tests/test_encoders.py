@@ -231,7 +231,7 @@ CUSTOM_MODULE = """
 def test_custom_encoder_by_import_path_runs_on_torch(tmp_path, monkeypatch):
     (tmp_path / "my_tiny_encoder.py").write_text(textwrap.dedent(CUSTOM_MODULE))
     monkeypatch.syspath_prepend(str(tmp_path))
-    enc = create_encoder("my_tiny_encoder:factory")
+    enc = create_encoder("my_tiny_encoder:factory", allow_import=True)
     assert isinstance(enc, GridEncoder) and not enc.training
     assert enc.dim == 8 and enc.grid_hw == (8, 8)
     runner = make_runner(enc, backend="auto", cache_dir=tmp_path)
@@ -241,11 +241,11 @@ def test_custom_encoder_by_import_path_runs_on_torch(tmp_path, monkeypatch):
     np.testing.assert_allclose(pooled, grid.mean(axis=1), rtol=1e-5, atol=1e-6)
 
     with pytest.raises(EncoderError, match="ImageEncoder"):
-        create_encoder("my_tiny_encoder:not_an_encoder")
+        create_encoder("my_tiny_encoder:not_an_encoder", allow_import=True)
     with pytest.raises(EncoderError, match="no callable"):
-        create_encoder("my_tiny_encoder:missing")
+        create_encoder("my_tiny_encoder:missing", allow_import=True)
     with pytest.raises(EncoderError, match="cannot import"):
-        create_encoder("no_such_module_xyz:factory")
+        create_encoder("no_such_module_xyz:factory", allow_import=True)
 
 
 def test_grid_encoder_probe_keeps_batchnorm_stats():

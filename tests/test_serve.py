@@ -31,7 +31,7 @@ def jpeg(size=(48, 40)) -> bytes:
 @pytest.fixture(scope="module")
 def client(tiny_captioner):
     app = create_app(tiny_captioner, ServeSettings(max_upload_mb=0.5, max_pixels=1_000_000, timeout=20))
-    with fastapi_testclient.TestClient(app) as c:
+    with fastapi_testclient.TestClient(app, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -63,7 +63,7 @@ def test_page_is_self_contained(client):
         assert bad not in page, bad
     # every script and stylesheet is inline
     assert not re.search(r"<script[^>]*\bsrc=", page) and not re.search(r"<link[^>]*stylesheet", page)
-    assert client.get("/docs").status_code == 200 and "/caption" in client.get("/openapi.json").text
+    assert "/caption" in client.get("/openapi.json").text
 
 
 def test_caption_one_and_several(client):
@@ -166,7 +166,7 @@ def test_timeout_gives_504_and_the_server_recovers(tiny_run):
 
     slow.caption_loaded = sleepy
     app = create_app(slow, ServeSettings(timeout=0.2))
-    with fastapi_testclient.TestClient(app) as c:
+    with fastapi_testclient.TestClient(app, base_url="http://localhost") as c:
         assert "longer than" in _error(c.post("/caption", files={"files": ("a.png", png())}), 504)
         slow.caption_loaded = real
         time.sleep(0.6)  # the abandoned job finishes in the model thread

@@ -251,4 +251,4 @@ def test_self_critical_bad_starts(prepared, features, tmp_path, capsys):
     assert main(base + ["--init", str(xe.best_checkpoint), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
     assert "another vocabulary" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "b").exists()  # nothing half-written
+    assert not (tmp_path / "b").exists() or [p.name for p in (tmp_path / "b").iterdir()] == [".lock"]

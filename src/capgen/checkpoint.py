@@ -67,13 +67,42 @@ def read_payload(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:  # open first: an unreadable file is not a corrupt one
+            payload = torch.load(f, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e})") from None
     except Exception as e:  # torch raises many types (EOFError, KeyError, UnpicklingError...) for bad files
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        if "weights only load failed" in str(e).lower():  # the file holds pickled code or objects
+            raise CheckpointError(f"{path}: refused: it holds pickled objects or code beyond weights and plain "
+                                  f"data, which capgen never loads (weights_only=True)") from None
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {first})") from None
     if not isinstance(payload, dict) or payload.get("capgen_checkpoint") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a capgen checkpoint (version {FORMAT_VERSION})")
+    _check_types(payload, path)
     return payload
+
+
+# Field -> (type, what it should be); checked on read so a forged or damaged file fails by name.
+_FIELDS = {"model_name": (str, "a model name"), "model_config": (dict, "a mapping"),
+           "vocab_size": (int, "an integer"), "feature_dim": (int, "an integer"), "num_regions": (int, "an integer"),
+           "vocab": (dict, "a vocabulary mapping"), "encoder": (dict, "an encoder spec mapping"),
+           "meta": (dict, "a mapping"), "state_dict": (dict, "a mapping of name -> tensor")}
+
+
+def _check_types(payload: dict, path: Path) -> None:
+    for key, (kind, what) in _FIELDS.items():
+        if key not in payload:
+            continue  # a missing field is reported where it is needed ("checkpoint lacks ...")
+        value = payload[key]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CheckpointError(f"{path}: field {key!r} must be {what}, got {type(value).__name__}")
+    state = payload.get("state_dict", {})
+    bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: field 'state_dict' must map names to tensors ({bad!r} does not)")
+    if "encoder" in payload and not isinstance(payload["encoder"].get("name"), str):
+        raise CheckpointError(f"{path}: field 'encoder' must name its encoder (a string 'name')")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -93,6 +122,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model.load_state_dict(state)
     except KeyError as e:
         raise CheckpointError(f"{path}: checkpoint lacks {e.args[0]!r}") from None
+    except CapgenError as e:  # the vocabulary or model config inside is malformed
+        raise CheckpointError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(e).splitlines()[0][:160]})") from None
     return Checkpoint(model.eval(), vocab, payload["encoder"], payload.get("meta", {}))

@@ -28,3 +28,7 @@ class EncoderError(CapgenError):
 
 class FeatureCacheError(CapgenError):
     """A feature cache is missing, incomplete, or does not match the dataset or model."""
+
+
+class DiskFullError(CapgenError):
+    """The disk filled up while writing an output; the output is left absent or at its last valid version."""

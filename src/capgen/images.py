@@ -20,15 +20,29 @@ from capgen.errors import ImageLoadError
 # Larger images are refused before decoding (decompression bombs). 64 Mpx covers any camera photo.
 MAX_PIXELS = 64_000_000
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
+# The rule for folders and globs: photo formats by extension, including the newer phone formats
+# (AVIF, HEIC/HEIF) exactly when this Pillow build can open them, so a folder picks up the same
+# files that load one by one. A file named explicitly is always tried, whatever its extension.
+_PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_NEWER_PHOTO_EXTENSIONS = {".avif", ".heic", ".heif"}
+
+
+def _openable(extensions: set[str]) -> set[str]:
+    Image.init()
+    registered = Image.registered_extensions()  # extension -> format, for every plugin (HEIC: pillow-heif)
+    return {e for e in extensions if registered.get(e) in Image.OPEN}
+
+
+IMAGE_EXTENSIONS = frozenset(_PHOTO_EXTENSIONS | _openable(_NEWER_PHOTO_EXTENSIONS))
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """Whether folders and globs take this file (see the rule above; asked at call time, so a HEIF
+    plugin registered after import counts)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in _PHOTO_EXTENSIONS or (suffix in _NEWER_PHOTO_EXTENSIONS and bool(_openable({suffix})))
 
 
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:

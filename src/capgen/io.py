@@ -1,7 +1,12 @@
-"""Atomic file writing: a crash never leaves a half-written file that loads as valid."""
+"""Atomic file writing: a crash never leaves a half-written file that loads as valid.
+
+A full disk is reported as `DiskFullError` ("no space left on device writing X (needs ~N MB)"),
+and the half-written temporary is removed, so the previous version of X (if any) stays valid.
+"""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -12,12 +17,52 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _disk_full_error(path: Path, needs: int | None = None, at_least: bool = False):
+    from capgen.errors import DiskFullError
+
+    try:
+        free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
+    except OSError:
+        free = None
+    need = (f"needs {'more than ' if at_least else ''}~{max(needs / 2**20, 0.1):.1f} MB" if needs
+            else "needs more space")
+    have = f", {free / 2**20:.1f} MB free" if free is not None else ""
+    return DiskFullError(f"no space left on device writing {path} ({need}{have}); free some space and run "
+                         f"the same command again")
+
+
+def is_disk_full(e: BaseException, where: Path | None = None) -> bool:
+    """ENOSPC/EDQUOT, or torch's write failure (torch.save reports a full disk as a RuntimeError
+    "[enforce fail at inline_container.cc] unexpected pos") when `where` has under 1 MB free."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(e, RuntimeError) and where is not None and (
+            "inline_container" in str(e) or "PytorchStreamWriter" in str(e)):
+        try:
+            return shutil.disk_usage(where).free < 2**20
+        except OSError:
+            return False
+    return False
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise (_disk_full_error(path) if is_disk_full(e) else e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -26,9 +71,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as e:
+        if not is_disk_full(e, path.parent):
+            raise
+        written = _size(tmp_path)
+        tmp_path.unlink(missing_ok=True)
+        raise _disk_full_error(path, written, at_least=True) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def preallocate(path: Path, what: Path | None = None) -> None:
+    """Reserve the blocks of a (sparse) file now, so that writes through a memory map can never hit
+    a full disk later: the kernel answers that with SIGBUS, which kills the process without a word."""
+    size = path.stat().st_size
+    with open(path, "rb+") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as e:
+            if is_disk_full(e):
+                raise _disk_full_error(what or path, size) from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            # A file system without fallocate: the best we can do is compare with the free space.
+            if shutil.disk_usage(path.parent).free < size:
+                raise _disk_full_error(what or path, size) from None
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
@@ -52,9 +120,19 @@ def atomic_dir(path: str | os.PathLike, replace_if: str | None = None) -> Iterat
         if any(path.iterdir()) and not (replace_if and (path / replace_if).exists()):
             raise CapgenError(f"{path}: directory exists and is not empty; choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise (_disk_full_error(path) if is_disk_full(e) else e) from None
+    try:
+        try:
+            yield tmp
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            written = _size(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _disk_full_error(path, written, at_least=True) from None
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -80,6 +158,9 @@ def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     from capgen.errors import CapgenError
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CapgenError(f"{path}: exists and is not a directory; choose another folder")
+    created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -91,5 +172,8 @@ def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
     try:
         yield path
     finally:
+        if created and path.is_dir() and [p.name for p in path.iterdir()] == [".lock"]:  # failed before writing
+            (path / ".lock").unlink()
+            path.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -64,6 +64,12 @@ def _run(args) -> int:
     except Exception as e:  # a bug, not bad input: still one line unless --debug
         if args.debug:
             raise
+        from capgen.io import is_disk_full
+
+        if is_disk_full(e):  # a write outside capgen.io's helpers (logs, figures): name the file
+            print(f"capgen {args.command}: error: no space left on device writing "
+                  f"{getattr(e, 'filename', None) or 'an output file'}", file=sys.stderr)
+            return 2
         print(f"capgen {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the "
               f"traceback)", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ import json
 import sys
 
 from capgen.cli.decoding import add_decode_args, decode_options
-from capgen.cli.types import positive_int
+from capgen.cli.types import out_dir, positive_int
 
 FORMATS = ("text", "jsonl", "csv")
 # More images than this get a progress bar on stderr.
@@ -25,8 +25,8 @@ def register(sub, parents) -> None:
     add_decode_args(p)
     p.add_argument("--format", default="text", choices=FORMATS,
                    help="text (path<TAB>caption), jsonl or csv, on stdout (default text)")
-    p.add_argument("--annotate", metavar="DIR", help="write each photo with its caption drawn on it into DIR")
-    p.add_argument("--attention", metavar="DIR",
+    p.add_argument("--annotate", metavar="DIR", type=out_dir, help="write each photo with its caption drawn on it into DIR")
+    p.add_argument("--attention", metavar="DIR", type=out_dir,
                    help="write a per-word attention figure per photo into DIR (attention models only)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
     p.set_defaults(func=run)

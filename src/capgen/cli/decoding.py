@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from capgen.cli.types import non_negative_int, positive_float, positive_int, unit_interval
+from capgen.cli.types import finite_float, non_negative_int, positive_float, positive_int, unit_interval
 from capgen.decoding import MAX_BEAM, DecodeConfig
 
 _D = DecodeConfig()
@@ -22,7 +22,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-best", type=positive_int, default=_D.n_best, help="also report the next best captions")
     g.add_argument("--max-len", type=positive_int, default=_D.max_len,
                    help=f"maximum caption length in words (default {_D.max_len})")
-    g.add_argument("--length-penalty", type=float, default=_D.length_penalty,
+    g.add_argument("--length-penalty", type=finite_float, default=_D.length_penalty,
                    help="GNMT length normalisation alpha (default 0: raw log-prob sums)")
     g.add_argument("--no-repeat-ngram", type=non_negative_int, default=_D.no_repeat_ngram,
                    help=f"block repeated n-grams of this size (default {_D.no_repeat_ngram}; 0 = off)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from capgen.cli.decoding import add_decode_args, decode_options
+from capgen.cli.types import out_dir
 
 
 def register(sub, parents) -> None:
@@ -15,7 +16,7 @@ def register(sub, parents) -> None:
     p.add_argument("--data", required=True, metavar="PREPARED")
     p.add_argument("--features", required=True, metavar="FEATURES")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for predictions.json and metrics.json")
+    p.add_argument("--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json")
     add_decode_args(p)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java start-up takes ~15 s)")
     p.add_argument("--any-vocab", action="store_true", help="allow a dataset prepared with another vocabulary")

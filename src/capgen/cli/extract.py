@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from capgen.cli.types import non_negative_int, positive_int
+from capgen.cli.types import non_negative_int, out_dir, positive_int
 
 
 def register(sub, parents) -> None:
@@ -14,7 +14,7 @@ def register(sub, parents) -> None:
                                    "grid features. Interrupted runs resume where they stopped. Under "
                                    "torchrun --nproc_per_node N the images are sharded across ranks.")
     p.add_argument("prepared", metavar="PREPARED", help="folder written by capgen prepare")
-    p.add_argument("--out", required=True, metavar="FEATURES", help="feature cache folder")
+    p.add_argument("--out", required=True, metavar="FEATURES", type=out_dir, help="feature cache folder")
     p.add_argument("--encoder", default="efficientnet-lite2",
                    help="encoder name (efficientnet-lite2, efficientnet-lite0), 'module:factory' for your "
                         "own, or 'timm:MODEL' with capgen[timm] (default efficientnet-lite2)")

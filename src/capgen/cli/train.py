@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from capgen.cli.types import out_dir
+
 
 def register(sub, parents) -> None:
     p = sub.add_parser("train", parents=parents, help="train a captioning model on cached features",
@@ -13,7 +15,7 @@ def register(sub, parents) -> None:
     p.add_argument("--data", required=True, metavar="PREPARED", help="folder written by capgen prepare")
     p.add_argument("--features", required=True, metavar="FEATURES", help="folder written by capgen extract")
     p.add_argument("--model", help="show_tell, show_attend_tell or transformer (default: the config's)")
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder (checkpoints, logs, curves)")
+    p.add_argument("--out", required=True, metavar="RUN", type=out_dir, help="run folder (checkpoints, logs, curves)")
     p.add_argument("--config", metavar="YAML", help="run config file (see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting: model.hidden_dim=512, epochs=10 (repeatable)")

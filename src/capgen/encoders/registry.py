@@ -1,4 +1,9 @@
-"""Encoders by name: registered factories, "package.module:factory" and "timm:MODEL"."""
+"""Encoders by name: registered factories, "package.module:factory" and "timm:MODEL".
+
+"module:factory" imports a module and calls a function, so it is only honoured when the caller says
+the name is trusted (`allow_import=True`: the user's own --encoder flag). Names read from files
+(checkpoints, caches, configs) are never trusted: a checkpoint naming "os:abort" must not run it.
+"""
 
 from __future__ import annotations
 
@@ -30,16 +35,26 @@ def list_encoders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_encoder(name: str) -> ImageEncoder:
-    """Build an encoder by name, in eval mode with gradients enabled (fine-tuning may follow)."""
+def create_encoder(name: str, allow_import: bool = False) -> ImageEncoder:
+    """Build an encoder by name, in eval mode with gradients enabled (fine-tuning may follow).
+
+    allow_import: accept "package.module:factory" (imports and calls user code). Pass True only for
+    a name the user typed (e.g. --encoder), never for one read from a file.
+    """
+    if not isinstance(name, str):
+        raise EncoderError(f"encoder name: expected a string, got {type(name).__name__}")
     if name.startswith("timm:"):
         from capgen.encoders.timm_encoder import create_timm_encoder
 
         encoder = create_timm_encoder(name[len("timm:") :])
     elif name in _REGISTRY:
         encoder = _REGISTRY[name]()
-    elif ":" in name:
+    elif ":" in name and allow_import:
         encoder = _from_import_path(name)
+    elif ":" in name:
+        raise EncoderError(
+            f"encoder {name!r} is not registered ({', '.join(list_encoders())}); 'module:factory' "
+            "encoders are only built from your own --encoder flag, never from a name stored in a file")
     else:
         raise EncoderError(
             f"unknown encoder {name!r}; expected one of {list_encoders()}, "

@@ -6,9 +6,12 @@ FEATURES/
   grid.npy            (N, H*W, dim)
   progress-r{k}.json  rows rank k has finished (and images that failed); rewritten after each batch
   meta.json           written last, atomically: its presence means the cache is complete
+  .lock               flock held by the one extraction writing here (a second one is refused)
 
 Rows are written into memory-mapped .npy files and flushed *before* the progress file names them,
 so a killed run loses at most the batch in flight, and an incomplete cache never loads as valid.
+A row the progress files count as done but that was never written reads as all zeros (the arrays
+start sparse); no real image gives an all-zero pooled vector, so sealing and opening check for them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from capgen.errors import FeatureCacheError
 
-JOB, META = "job.json", "meta.json"
+JOB, META, LOCK = "job.json", "meta.json", ".lock"
 FORMAT_VERSION = 1
 
 
@@ -33,6 +36,32 @@ def read_json(path: Path, what: str) -> dict:
     if not isinstance(obj, dict):
         raise FeatureCacheError(f"{path}: expected a JSON object ({what})")
     return obj
+
+
+def unwritten_rows(pooled: np.ndarray, rows, chunk: int = 4096) -> list[int]:
+    """Those of `rows` whose pooled vector is all zeros (never written) or not finite (damaged)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    bad: list[int] = []
+    for start in range(0, len(rows), chunk):
+        r = rows[start:start + chunk]
+        block = np.asarray(pooled[r], dtype=np.float32)        # (n, dim)
+        blank = ~np.isfinite(block).all(axis=1) | ~block.any(axis=1)
+        bad.extend(int(i) for i in r[blank])
+    return bad
+
+
+def check_meta(meta: dict, where: Path) -> None:
+    """The fields the cache relies on, with their types; a hand-edited meta.json fails here, by name."""
+    enc = meta.get("encoder")
+    ok = (isinstance(meta.get("images"), list) and all(isinstance(i, str) for i in meta["images"])
+          and isinstance(meta.get("failed", {}), dict)
+          and isinstance(enc, dict) and isinstance(enc.get("name"), str)
+          and isinstance(enc.get("dim"), int) and enc["dim"] > 0
+          and isinstance(enc.get("grid"), list) and len(enc["grid"]) == 2
+          and all(isinstance(g, int) and g > 0 for g in enc["grid"]))
+    if not ok:
+        raise FeatureCacheError(f"{where}: malformed feature cache metadata (expected 'images' (names), "
+                                f"'failed' and 'encoder' with name, dim and grid [h, w]); extract again")
 
 
 class FeatureCache:
@@ -57,6 +86,7 @@ class FeatureCache:
         meta = read_json(root / META, "feature cache metadata")
         if meta.get("capgen_features") != FORMAT_VERSION or not meta.get("complete"):
             raise FeatureCacheError(f"{root / META}: not a complete capgen feature cache of version {FORMAT_VERSION}")
+        check_meta(meta, root / META)
         try:
             pooled = np.load(root / "pooled.npy", mmap_mode="r")
             grid = np.load(root / "grid.npy", mmap_mode="r")
@@ -67,6 +97,12 @@ class FeatureCache:
         if pooled.shape != (n, enc["dim"]) or grid.shape != want_grid:
             raise FeatureCacheError(f"{root}: arrays have shapes {pooled.shape} and {grid.shape}, expected "
                                     f"{(n, enc['dim'])} and {want_grid}; the cache is damaged, extract again")
+        failed = set(meta.get("failed", {}))
+        bad = unwritten_rows(pooled, [i for i, name in enumerate(meta["images"]) if name not in failed])
+        if bad:
+            raise FeatureCacheError(f"{root}: {len(bad)} of {n} feature rows were never written or are not finite "
+                                    f"(e.g. {meta['images'][bad[0]]}); the cache is damaged, extract again "
+                                    f"with --overwrite")
         return cls(root, meta, pooled, grid)
 
     @property

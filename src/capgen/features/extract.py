@@ -7,6 +7,7 @@ the shared memory-mapped arrays; rank 0 merges the progress records and seals th
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections import deque
@@ -20,9 +21,9 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import FORMAT_VERSION, JOB, META, read_json
+from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, read_json, unwritten_rows
 from capgen.images import load_image
-from capgen.io import write_json
+from capgen.io import folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
 
 DTYPES = ("float16", "float32")
@@ -47,14 +48,21 @@ def _same_job(a: dict, b: dict) -> list[str]:
     return [k for k in ("encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
 
 
+def _clear(out: Path) -> None:
+    """Empty FEATURES but keep its .lock: removing the locked file would let a second writer in."""
+    for p in out.iterdir():
+        if p.name != LOCK:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
-    """Create or validate FEATURES on rank 0. Returns 'complete', 'resume' or 'new'."""
+    """Create or validate FEATURES on rank 0 (which holds its lock). Returns 'complete', 'resume' or 'new'."""
     if out.exists() and not out.is_dir():
         raise FeatureCacheError(f"{out}: exists and is not a directory")
     for marker in (META, JOB):
         if out.is_dir() and (out / marker).is_file():
             if overwrite:
-                shutil.rmtree(out)
+                _clear(out)
                 break
             old = read_json(out / marker, "feature cache metadata")
             diff = _same_job(old, job)
@@ -64,17 +72,23 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
                     f"with different {', '.join(diff)} (encoder {old.get('encoder', {}).get('name')}, "
                     f"{len(old.get('images', []))} images); use another --out or --overwrite")
             return "complete" if marker == META else "resume"
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
             raise FeatureCacheError(f"{out}: directory exists and is not a feature cache; choose another --out")
-        shutil.rmtree(out)
+        _clear(out)
     out.mkdir(parents=True, exist_ok=True)
     n, enc = len(job["images"]), job["encoder"]
     hw = enc["grid"][0] * enc["grid"][1]
-    # Sparse files of the final size; rows are filled in place.
-    for name, shape in (("pooled.npy", (n, enc["dim"])), ("grid.npy", (n, hw, enc["dim"]))):
-        np.lib.format.open_memmap(out / name, mode="w+", dtype=job["dtype"], shape=shape).flush()
-    write_json(out / JOB, job)  # after the arrays: job.json means "ready to fill"
+    # Files of the final size, rows filled in place. Their blocks are reserved now: a memory-mapped
+    # write to a sparse file on a full disk is a SIGBUS, not an error we could report.
+    try:
+        for name, shape in (("pooled.npy", (n, enc["dim"])), ("grid.npy", (n, hw, enc["dim"]))):
+            np.lib.format.open_memmap(out / name, mode="w+", dtype=job["dtype"], shape=shape).flush()
+            preallocate(out / name)
+        write_json(out / JOB, job)  # after the arrays: job.json means "ready to fill"
+    except BaseException:
+        _clear(out)  # nothing half-made stays behind
+        raise
     return "new"
 
 
@@ -83,8 +97,12 @@ def _read_progress(out: Path) -> tuple[set[int], dict[str, str]]:
     failed: dict[str, str] = {}
     for p in sorted(out.glob("progress-*.json")):
         d = read_json(p, "extraction progress")
-        done.update(d.get("done", []))
-        failed.update(d.get("failed", {}))
+        rows, bad = d.get("done", []), d.get("failed", {})
+        if not (isinstance(rows, list) and all(isinstance(i, int) for i in rows) and isinstance(bad, dict)):
+            raise FeatureCacheError(f"{p}: malformed progress file (expected 'done' row numbers and 'failed'); "
+                                    f"extract again with --overwrite")
+        done.update(rows)
+        failed.update(bad)
     return done, failed
 
 
@@ -128,11 +146,22 @@ def extract_features(
     records = dataset.records(split)
     if not records:
         raise CapgenError(f"{dataset.root}: split {split!r} has no images")
+    if out.exists() and not out.is_dir():
+        raise FeatureCacheError(f"{out}: exists and is not a directory")
+    # One writer per cache: a second extract (even with --overwrite) into a cache being filled would
+    # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
+    with folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext():
+        return _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype,
+                        strict, overwrite, threads, progress)
 
+
+def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype, strict,
+             overwrite, threads, progress) -> ExtractResult:
+    """extract_features' work, with rank 0 holding the cache's lock."""
     # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
     if dist.rank != 0:
         dist.barrier()
-    enc = create_encoder(encoder)
+    enc = create_encoder(encoder, allow_import=True)  # `encoder` is the caller's (--encoder), not a file's
     runner = make_runner(enc, backend=backend, threads=threads)
     if dist.rank == 0:
         dist.barrier()
@@ -142,6 +171,8 @@ def extract_features(
            "split": split, "images": [r.image for r in records]}
     state = _prepare_out(out, job, overwrite) if dist.rank == 0 else ""
     if dist.rank == 0 and state == "resume":
+        for name in ("pooled.npy", "grid.npy"):  # a cache begun by an older capgen may still be sparse
+            preallocate(out / name)
         _consolidate_progress(out)
     state = dist.broadcast(state)
     if state == "complete":
@@ -187,6 +218,10 @@ def extract_features(
                     ok.append(i)
             if ok:
                 pooled, grid = runner(np.stack(arrays))  # (B, dim), (B, H*W, dim) float32
+                if not (np.isfinite(pooled).all() and np.isfinite(grid).all()):
+                    raise FeatureCacheError(f"encoder {enc.name} gave NaN or infinite features for "
+                                            f"{names[ok[0]]} ... (batch of {len(ok)}); the cache keeps the "
+                                            f"rows done so far")
                 idx = np.asarray(ok)
                 pooled_mm[idx] = pooled.astype(dtype)
                 grid_mm[idx] = grid.astype(dtype)
@@ -209,6 +244,10 @@ def extract_features(
         if missing:
             raise FeatureCacheError(f"{out}: {len(missing)} images were not extracted (e.g. {missing[0]}); "
                                     f"run again to resume")
+        blank = unwritten_rows(np.load(out / "pooled.npy", mmap_mode="r"), sorted(done))
+        if blank:  # counted as done but never written: refuse to seal (check() would refuse it too)
+            raise FeatureCacheError(f"{out}: {len(blank)} rows counted as extracted were never written (e.g. "
+                                    f"{names[blank[0]]}); extract again with --overwrite")
         meta = {**job, "failed": failed, "complete": True, "backend": runner.backend,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(out / META, meta)  # the cache is valid from here on

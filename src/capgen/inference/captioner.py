@@ -58,7 +58,8 @@ class Captioner:
         """Load a checkpoint (None = the bundled model; several paths = an ensemble) and rebuild its encoder.
 
         encoder: build the encoder with this name or 'package.module:factory' instead of the name
-          stored in the checkpoint (needed for your own encoders); its spec must still match.
+          stored in the checkpoint (needed for your own encoders); its spec must still match. Only
+          this argument may import code: the checkpoint's own name must be a registered encoder.
         """
         from capgen.checkpoint import load_checkpoints
         from capgen.encoders import create_encoder, make_runner
@@ -66,7 +67,13 @@ class Captioner:
         paths = [bundled_model_path()] if path is None else \
             [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
         ck = load_checkpoints(paths)
-        enc = create_encoder(encoder or ck.encoder["name"])
+        if encoder is not None:
+            enc = create_encoder(encoder, allow_import=True)   # the caller's own choice
+        else:
+            try:
+                enc = create_encoder(ck.encoder.get("name"))    # from the file: registered names only
+            except CapgenError as e:
+                raise CapgenError(f"{paths[0]}: {e}") from None
         check_encoder_spec(enc.spec(), ck.encoder, paths[0])
         return cls(ck.model, ck.vocab, enc, make_runner(enc, backend=backend),
                    name=f"{ck.model.name} ({', '.join(p.name for p in paths)})", max_pixels=max_pixels)

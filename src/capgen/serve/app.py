@@ -1,4 +1,6 @@
-"""The HTTP app: `create_app(captioner, settings)` -> FastAPI. Routes: / (page), /health, /caption, /docs.
+"""The HTTP app: `create_app(captioner, settings)` -> FastAPI. Routes: / (page), /health, /caption,
+/openapi.json. The interactive /docs and /redoc pages are off: FastAPI loads them from CDNs, and
+nothing this server sends may make a browser fetch from another host.
 
 The request path is the Captioner's pipeline: uploads are checked and decoded (uploads.py), queued
 to the one model thread (worker.py), and results serialised with `CaptionResult.to_dict`. Nothing
@@ -17,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from capgen import __version__
 from capgen.errors import CapgenError
@@ -26,7 +29,7 @@ from capgen.serve.worker import ModelWorker, ServerBusy
 
 FIELD = "files"
 
-# /caption takes a hand-parsed multipart body (for precise errors); describe it for /docs.
+# /caption takes a hand-parsed multipart body (for precise errors); describe it in /openapi.json.
 _CAPTION_BODY = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": [FIELD],
@@ -51,9 +54,11 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
         worker.close()
 
     app = FastAPI(title="capgen", version=__version__, description="Image captioning: POST photos to /caption.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.captioner, app.state.settings, app.state.worker = captioner, settings, worker
-    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, read_timeout=settings.read_timeout)
+    if "*" not in settings.allowed_hosts:  # added last = runs first: a foreign Host header gets nothing
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     _add_error_handlers(app)
     page = resources.files("capgen.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -95,6 +100,8 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
     try:
         form = await request.form(max_files=settings.max_files, max_fields=32)
     except HTTPException as e:  # starlette's own parse errors (too many files, malformed body)
+        if str(e.detail).startswith("Too many files"):
+            raise UploadError(413, f"too many files; at most {settings.max_files} per request") from None
         raise UploadError(400 if e.status_code >= 500 else e.status_code, f"malformed upload: {e.detail}") from None
     except Exception as e:  # noqa: BLE001  python-multipart raises its own types for broken bodies
         raise UploadError(400, f"malformed multipart body ({type(e).__name__})") from None

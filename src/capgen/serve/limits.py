@@ -1,8 +1,10 @@
-"""Server settings, and the request-body size limit enforced before any parsing."""
+"""Server settings, and the request-body size and time limits enforced before any parsing."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from dataclasses import dataclass
 
 from capgen.images import MAX_PIXELS
@@ -17,6 +19,24 @@ class ServeSettings:
     max_batch: int = 8               # images per model call (micro-batching across requests)
     max_queue: int = 64              # waiting requests before answering 503
     max_beam_size: int = 10
+    read_timeout: float = 30.0       # seconds a client may take to send its whole request body (408 after)
+    # Host headers answered (DNS rebinding: a web page on evil.example resolving to 127.0.0.1 must
+    # not reach the API); ("*",) accepts any.
+    allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+
+    def __post_init__(self) -> None:
+        from capgen.errors import CapgenError
+
+        for key in ("max_upload_mb", "timeout", "read_timeout"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise CapgenError(f"server setting {key}: expected a positive finite number, got {value!r}")
+        for key in ("max_pixels", "max_files", "max_batch", "max_queue", "max_beam_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CapgenError(f"server setting {key}: expected a positive integer, got {value!r}")
+        if not self.allowed_hosts or not all(isinstance(h, str) and h for h in self.allowed_hosts):
+            raise CapgenError(f"server setting allowed_hosts: expected host names, got {self.allowed_hosts!r}")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -24,16 +44,19 @@ class ServeSettings:
 
 
 class BodyLimit:
-    """ASGI middleware: answer 413 when a request body exceeds `limit` bytes.
+    """ASGI middleware: answer 413 when a request body exceeds `limit` bytes, 408 when it takes
+    longer than `read_timeout` seconds to arrive.
 
-    The declared Content-Length is checked first; a body without one (chunked) is read up to the
-    limit, then replayed to the app. Either way the multipart parser never sees an oversize body,
+    The declared Content-Length is checked first; then the body is read up to the limit, against
+    one deadline for the whole body (a client trickling a byte at a time cannot hold a connection
+    open forever), and replayed to the app. So the multipart parser never sees an oversize body,
     and a client cannot fill the disk or memory by streaming.
     """
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, limit: int, read_timeout: float = 30.0):
         self.app = app
         self.limit = limit
+        self.read_timeout = read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -47,10 +70,14 @@ class BodyLimit:
                 return await _json(send, 400, "invalid Content-Length header")
             if too_big:
                 return await _json(send, 413, self._message())
-            return await self.app(scope, receive, send)
         chunks, total = [], 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_timeout
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                return await _json(send, 408, f"request body not received within {self.read_timeout:g} s")
             if message["type"] == "http.disconnect":
                 return
             body = message.get("body", b"")

@@ -39,11 +39,14 @@ class ModelWorker:
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._held: list[Job] = []      # jobs taken from the queue that did not fit the last batch
         self._stopping = False
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="capgen-model", daemon=True)
         self._thread.start()
 
     def submit(self, images: list, options: dict) -> Future:
         """Queue images for captioning; the Future gives a list of CaptionResult in order."""
+        if self._closed:
+            raise ServerBusy("server shutting down; try again shortly")
         job = Job(images, tuple(sorted(options.items())))
         try:
             self._queue.put_nowait(job)
@@ -56,8 +59,24 @@ class ModelWorker:
         return self._queue.qsize() + len(self._held)
 
     def close(self) -> None:
-        self._queue.put(None)
+        """Finish the batch in hand, then answer every job still waiting with ServerBusy (503), so
+        no request is left to wait for its timeout."""
+        self._closed = True
+        self._queue.put(None)  # wakes the thread if it waits for work
         self._thread.join(timeout=5)
+
+    def _fail_waiting(self) -> None:
+        waiting, self._held = self._held, []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                waiting.append(job)
+        for job in waiting:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ServerBusy("server shutting down; try again shortly"))
 
     def _next(self, block: bool) -> Job | None:
         if self._held:
@@ -65,7 +84,13 @@ class ModelWorker:
         return self._queue.get() if block else self._queue.get_nowait()
 
     def _run(self) -> None:
-        while not self._stopping:
+        try:
+            self._serve()
+        finally:
+            self._fail_waiting()  # whatever is left when the loop ends gets an answer
+
+    def _serve(self) -> None:
+        while not self._stopping and not self._closed:
             job = self._next(block=True)
             if job is None:
                 return

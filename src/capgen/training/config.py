@@ -44,17 +44,41 @@ class TrainConfig:
     threads: int = 0                 # torch threads (0 = torch's default)
     save_every_steps: int = 0        # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
 
+    # ---- range checks (types and finiteness are config_from_dict's) --------------------------------
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ConfigError naming the first setting out of range: a run that cannot train (epochs=0,
+        batch_size=-3) must fail before it starts, not claim success with a checkpoint never written."""
+        ranges = {  # key: (test, expected)
+            "epochs": (lambda v: v >= 1, "an integer >= 1"),
+            "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+            "lr": (lambda v: v > 0, "a number > 0"),
+            "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+            "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+            "min_lr_ratio": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+            "grad_clip": (lambda v: v >= 0, "a number >= 0 (0 = off)"),
+            "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            "max_caption_len": (lambda v: v >= 1, "an integer >= 1"),
+            "patience": (lambda v: v >= 0, "an integer >= 0 (0 = never stop early)"),
+            "val_beam_size": (lambda v: v >= 1, "an integer >= 1"),
+            "val_max_len": (lambda v: v >= 1, "an integer >= 1"),
+            "val_images": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
+            "threads": (lambda v: v >= 0, "an integer >= 0 (0 = torch's default)"),
+            "save_every_steps": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+            "scst_samples": (lambda v: v >= 2, "an integer >= 2 (the baseline is the other samples' mean)"),
+            "scst_max_len": (lambda v: v >= 1, "an integer >= 1"),
+        }
+        for key, (ok, expected) in ranges.items():
+            value = getattr(self, key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+                raise ConfigError(f"train config {key}: expected {expected}, got {value!r}")
         if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+            raise ConfigError(f"train config objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "scst" and not self.init:
             raise ConfigError("objective scst starts from a trained model: pass --init RUN/best.pt "
                               "(a cross-entropy checkpoint)")
-        if self.scst_samples < 2:
-            raise ConfigError(f"scst_samples must be >= 2 (the baseline is the other samples' mean), "
-                              f"got {self.scst_samples}")
-        if self.scst_max_len < 1:
-            raise ConfigError(f"scst_max_len must be >= 1, got {self.scst_max_len}")
 
 
 @dataclass
@@ -113,6 +137,10 @@ def load_run_config(path: str | Path | None = None, sets: list[str] | None = Non
         if unknown:
             raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; expected model, model_config, train")
     where = str(path) if path else "config"
+    for key, kind in (("model", str), ("model_config", dict), ("train", dict)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            what = "a model name" if kind is str else "a mapping of key: value"
+            raise ConfigError(f"{where}: '{key}' must be {what}, got {data[key]!r}")
     name = model or data.get("model") or RunConfig.model
     model_cfg = dict(data.get("model_config") or {})
     train_cfg = dict(data.get("train") or {})

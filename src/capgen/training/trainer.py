@@ -31,6 +31,7 @@ from capgen.parallel import dist_info
 from capgen.training.config import RunConfig, with_init
 from capgen.training.data import CaptionPairs
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
+from capgen.training.lock import run_folder_locked
 from capgen.training.validate import validate
 
 
@@ -107,6 +108,7 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     return None
 
 
+@run_folder_locked
 def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str | Path, resume: bool = False,
           progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train into run folder `out` (see the module docstring).

@@ -1,0 +1,244 @@
+"""A hostile or unlucky user: a table of bad inputs through every command. Each gives one line naming
+the problem, exit 2, no traceback, and leaves nothing behind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from capgen.checkpoint import read_payload, save_checkpoint
+from capgen.cli import main
+from capgen.errors import CapgenError
+from conftest import csv_dataset, one_line_error
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def forged_checkpoint(tiny_run, tmp_path: Path, edit) -> Path:
+    """A copy of the tiny model's checkpoint with `edit(payload)` applied."""
+    payload = read_payload(tiny_run.checkpoints["show_tell"])
+    edit(payload)
+    path = tmp_path / "forged.pt"
+    save_checkpoint(path, payload)
+    return path
+
+
+# ---- 10, 11, 13: a table of bad inputs through every command ---------------------------------------
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def _yaml(tmp: Path, text: str) -> Path:
+    return _write(tmp / "cfg.yaml", text)
+
+
+def _manifest_without_images_dir(ctx) -> Path:
+    import json
+    import shutil
+
+    root = ctx.tmp / "prep-no-images-dir"
+    shutil.copytree(ctx.prepared, root)
+    m = json.loads((root / "manifest.json").read_text())
+    del m["images_dir"]
+    (root / "manifest.json").write_text(json.dumps(m))
+    return root
+
+
+def _prepared_with_vocab(ctx, text: str) -> Path:
+    import shutil
+
+    root = ctx.tmp / "prep-bad-vocab"
+    shutil.copytree(ctx.prepared, root)
+    (root / "vocab.json").write_text(text)
+    return root
+
+
+def _meta_without_images(ctx) -> Path:
+    import json
+    import shutil
+
+    root = ctx.tmp / "feats-no-images"
+    shutil.copytree(ctx.feats, root)
+    m = json.loads((root / "meta.json").read_text())
+    del m["images"]
+    (root / "meta.json").write_text(json.dumps(m))
+    return root
+
+
+def _bad_checkpoint(ctx, **fields) -> Path:
+    payload = read_payload(ctx.ckpt)
+    payload.update(fields)
+    path = ctx.tmp / "bad.pt"
+    save_checkpoint(path, payload)
+    return path
+
+
+class Payload:  # an arbitrary class: unpickling it would run code named by the file
+    pass
+
+
+def _pickled_checkpoint(ctx) -> Path:
+    path = ctx.tmp / "pickled.pt"
+    torch.save({"capgen_checkpoint": 1, "x": Payload()}, path)
+    return path
+
+
+def _train(ctx, *extra):
+    return ["train", "--data", ctx.prepared, "--features", ctx.feats, "--out", ctx.tmp / "run", *extra]
+
+
+def _evaluate(ctx, ckpt, *extra):
+    return ["evaluate", ckpt, "--data", ctx.prepared, "--features", ctx.feats, "--no-meteor", *extra]
+
+
+def _a_file(ctx) -> Path:
+    return _write(ctx.tmp / "a-file", "not a folder")
+
+
+BAD_INPUTS = {
+    # prepare: schema checks for every caption file
+    "coco id is a list": (lambda c: ["prepare", _write(c.tmp / "captions_x.json",
+                          '{"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": []}'), "--out",
+                          c.tmp / "p"], ["images[0]", "'id'"]),
+    "coco image_id is a dict": (lambda c: ["prepare", _write(c.tmp / "captions_x.json",
+                                '{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": '
+                                '[{"image_id": {}, "caption": "a"}]}'), "--out", c.tmp / "p"], ["annotations[0]"]),
+    "karpathy sentences not a list": (lambda c: ["prepare", _write(c.tmp / "dataset_x.json",
+                                      '{"images": [{"filename": "a.jpg", "split": "train", "sentences": 3}]}'),
+                                      "--out", c.tmp / "p"], ["images[0]", "sentences"]),
+    "header-only csv": (lambda c: ["prepare", _write(c.tmp / "caps.csv", "image,caption\n"), "--out", c.tmp / "p"],
+                        ["no captions found"]),
+    "prepare --out is a file": (lambda c: ["prepare", c.prepared, "--out", _a_file(c)], ["is a file"]),
+    "val fraction nan": (lambda c: ["prepare", c.prepared, "--out", c.tmp / "p", "--val-fraction", "nan"],
+                         ["--val-fraction"]),
+    # extract
+    "manifest without images_dir": (lambda c: ["extract", _manifest_without_images_dir(c), "--out", c.tmp / "f"],
+                                    ["images_dir"]),
+    "vocab.json words are numbers": (lambda c: ["extract", _prepared_with_vocab(c, '{"itos": [1, 2, 3]}'),
+                                                 "--out", c.tmp / "f"], ["vocabulary", "strings"]),
+    "vocab.json min_count is a list": (lambda c: ["extract", _prepared_with_vocab(
+        c, '{"itos": ["<pad>", "<start>", "<end>", "<unk>"], "min_count": [1]}'), "--out", c.tmp / "f"],
+        ["min_count"]),
+    "extract --out is a file": (lambda c: ["extract", c.prepared, "--out", _a_file(c)], ["is a file"]),
+    # train: YAML shapes, ranges, damaged caches
+    "yaml model_config list": (lambda c: _train(c, "--config", _yaml(c.tmp, "model_config: [1, 2]\n")),
+                               ["model_config"]),
+    "yaml train number": (lambda c: _train(c, "--config", _yaml(c.tmp, "train: 5\n")), ["'train'"]),
+    "yaml model list": (lambda c: _train(c, "--config", _yaml(c.tmp, "model: [a]\n")), ["'model'"]),
+    "batch_size=0": (lambda c: _train(c, "--set", "batch_size=0"), ["batch_size", ">= 1"]),
+    "batch_size=-3": (lambda c: _train(c, "--set", "batch_size=-3"), ["batch_size"]),
+    "epochs=0": (lambda c: _train(c, "--set", "epochs=0"), ["epochs", ">= 1"]),
+    "lr=-1": (lambda c: _train(c, "--set", "lr=-1"), ["lr", "> 0"]),
+    "lr=nan": (lambda c: _train(c, "--set", "lr=nan"), ["lr", "finite"]),
+    "lr=inf": (lambda c: _train(c, "--set", "lr=inf"), ["lr", "finite"]),
+    "label_smoothing=2": (lambda c: _train(c, "--set", "label_smoothing=2"), ["label_smoothing"]),
+    "patience=-1": (lambda c: _train(c, "--set", "patience=-1"), ["patience"]),
+    "val_images=-1": (lambda c: _train(c, "--set", "val_images=-1"), ["val_images"]),
+    "warmup_steps=-1": (lambda c: _train(c, "--set", "warmup_steps=-1"), ["warmup_steps"]),
+    "threads=-1": (lambda c: _train(c, "--set", "threads=-1"), ["threads"]),
+    "save_every_steps=-1": (lambda c: _train(c, "--set", "save_every_steps=-1"), ["save_every_steps"]),
+    "cache meta without images": (lambda c: ["train", "--data", c.prepared, "--features", _meta_without_images(c),
+                                             "--out", c.tmp / "run"], ["malformed feature cache metadata"]),
+    "train --out is a file": (lambda c: ["train", "--data", c.prepared, "--features", c.feats, "--out", _a_file(c)],
+                              ["is a file"]),
+    # evaluate: checkpoints of the wrong shape
+    "evaluate --out is a file": (lambda c: _evaluate(c, c.ckpt, "--out", _a_file(c)), ["is a file"]),
+    "checkpoint vocab is a list": (lambda c: _evaluate(c, _bad_checkpoint(c, vocab=[1]), "--out", c.tmp / "e"),
+                                   ["'vocab'"]),
+    "checkpoint encoder is a string": (lambda c: _evaluate(c, _bad_checkpoint(c, encoder="x"), "--out", c.tmp / "e"),
+                                       ["'encoder'"]),
+    "checkpoint model_config is a list": (lambda c: _evaluate(c, _bad_checkpoint(c, model_config=[1]), "--out",
+                                                              c.tmp / "e"), ["'model_config'"]),
+    "checkpoint state_dict holds ints": (lambda c: _evaluate(c, _bad_checkpoint(c, state_dict={"w": 1}), "--out",
+                                                             c.tmp / "e"), ["'state_dict'"]),
+    "checkpoint vocab_size is text": (lambda c: _evaluate(c, _bad_checkpoint(c, vocab_size="9"), "--out",
+                                                          c.tmp / "e"), ["'vocab_size'"]),
+    "checkpoint with pickled objects": (lambda c: _evaluate(c, _pickled_checkpoint(c), "--out", c.tmp / "e"),
+                                        ["refused", "weights_only"]),
+    # caption
+    "--annotate is a file": (lambda c: ["caption", c.image, "--model", c.ckpt, "--annotate", _a_file(c)],
+                             ["--annotate", "is a file"]),
+    "--attention is a file": (lambda c: ["caption", c.image, "--model", c.ckpt, "--attention", _a_file(c)],
+                              ["--attention", "is a file"]),
+    "--temperature nan": (lambda c: ["caption", c.image, "--temperature", "nan"], ["--temperature"]),
+    "checkpoint encoder without name": (lambda c: ["caption", c.image, "--model",
+                                                   _bad_checkpoint(c, encoder={"dim": 8})], ["'encoder'"]),
+    # serve: every number checked before anything starts
+    "serve --max-upload-mb inf": (lambda c: ["serve", "--max-upload-mb", "inf"], ["--max-upload-mb"]),
+    "serve --port 70000": (lambda c: ["serve", "--port", "70000"], ["--port", "65535"]),
+    "serve --port 0": (lambda c: ["serve", "--port", "0"], ["--port"]),
+    "serve --timeout nan": (lambda c: ["serve", "--timeout", "nan"], ["--timeout"]),
+    # synth
+    "synth into a file": (lambda c: ["synth", _a_file(c)], ["is a file"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_table(case, tiny_run, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    ctx = SimpleNamespace(tmp=tmp_path, prepared=tiny_run.prepared.root, feats=tiny_run.root / "feats",
+                          ckpt=tiny_run.checkpoints["show_tell"], image=tmp_path / "photo.png")
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(ctx.image)
+    make_argv, words = BAD_INPUTS[case]
+    argv = make_argv(ctx)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    one_line_error(capsys, argv, *words)
+    assert sorted(p for p in tmp_path.rglob("*")) == before, "the failed command left files behind"
+
+
+def test_unreadable_checkpoint_is_not_called_corrupt(tiny_run, monkeypatch):
+    import capgen.checkpoint as checkpoint
+
+    def denied(*a, **kw):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(checkpoint, "open", denied, raising=False)
+    with pytest.raises(CapgenError, match="cannot read the checkpoint \\(Permission denied\\)"):
+        checkpoint.read_payload(tiny_run.checkpoints["show_tell"])
+
+
+def test_epochs_zero_claims_nothing(tiny_run, tmp_path, capsys):
+    """It used to exit 0 and print '-> RUN/best.pt', a file never written."""
+    one_line_error(capsys, ["train", "--data", tiny_run.prepared.root, "--features", tiny_run.root / "feats",
+                            "--out", tmp_path / "run", "--set", "epochs=0"], "epochs")
+    assert "best.pt" not in capsys.readouterr().out and not (tmp_path / "run").exists()
+
+
+def test_duplicate_captions_are_reported(tmp_path, capsys):
+    csv_path = csv_dataset(tmp_path, ["0.png,a red square number 0", "0.png,a red square number 0"])
+    assert main(["prepare", str(csv_path), "--out", str(tmp_path / "p"), "--min-count", "1"]) == 0
+    assert "note: 2 captions repeat another caption" in capsys.readouterr().out
+
+
+def test_folders_take_what_single_files_take(tmp_path):
+    """One rule: a folder picks up a photo format exactly when a file of it loads on its own."""
+    from PIL import Image
+
+    from capgen.images import is_image_file, load_image
+    from capgen.inference.files import expand_paths
+
+    Image.init()
+    if "AVIF" not in Image.SAVE:
+        pytest.skip("this Pillow cannot write AVIF")
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "a.avif")
+    load_image(tmp_path / "a.avif")
+    assert is_image_file("x.AVIF") and expand_paths([tmp_path]) == [tmp_path / "a.avif"]
+
+
+def test_serve_on_a_taken_port_is_one_line(capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        one_line_error(capsys, ["serve", "--port", port], "cannot listen on 127.0.0.1:")
+    one_line_error(capsys, ["serve", "--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid")
