@@ -267,6 +267,10 @@ def test_worker_answers_every_waiting_job_on_close():
     waiting = [worker.submit([x], {"beam_size": 2}) for x in "bcd"]
     closer = threading.Thread(target=worker.close)
     closer.start()
+    for _ in range(10_000):  # the closer thread has begun closing (no race with the late submit)
+        if worker.closed:
+            break
+        threading.Event().wait(0.001)
     try:
         worker.submit(["late"], {"beam_size": 1})
         late_refused = False

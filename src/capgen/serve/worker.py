@@ -58,6 +58,11 @@ class ModelWorker:
     def pending(self) -> int:
         return self._queue.qsize() + len(self._held)
 
+    @property
+    def closed(self) -> bool:
+        """close() has begun: new jobs are refused."""
+        return self._closed
+
     def close(self) -> None:
         """Finish the batch in hand, then answer every job still waiting with ServerBusy (503), so
         no request is left to wait for its timeout."""
