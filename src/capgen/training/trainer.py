@@ -152,9 +152,9 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         partial = (r["partial_loss_sum"], r["partial_steps"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
-    train_feats = Features.load(cache, data.split("train"))
+    train_feats = Features.load(cache, data.split("train"), memory_mb=tc.feature_memory_mb)
     val_records = data.split("val")[: tc.val_images or None]
-    val_feats = Features.load(cache, val_records) if dist.rank == 0 else None
+    val_feats = Features.load(cache, val_records, memory_mb=tc.feature_memory_mb) if dist.rank == 0 else None
     writer = _tensorboard(out / "tb") if dist.rank == 0 else None
 
     def save_last(ep: int, step_in_epoch: int, loss_sum: float = 0.0, steps: int = 0) -> None:

@@ -1,0 +1,52 @@
+"""Growing past one machine: streamed features, few images per rank, multi-node torchrun."""
+
+import numpy as np
+import pytest
+import torch
+
+from capgen.features import FeatureCache, Features, extract_features
+from capgen.features.split import StreamFeatures, split_megabytes
+from capgen.training import load_run_config, train
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture
+def features(prepared, tiny_encoder, tmp_path):
+    extract_features(prepared, tmp_path / "feats", encoder=tiny_encoder, progress=False)
+    return FeatureCache.open(tmp_path / "feats")
+
+
+def test_streamed_batches_equal_ram_batches(prepared, features):
+    records = prepared.split("train")
+    ram, stream = Features.load(features, records), Features.load(features, records, memory_mb=0)
+    assert isinstance(ram, Features) and isinstance(stream, StreamFeatures)
+    assert Features.load(features, records, memory_mb=int(split_megabytes(features, len(records))) + 1).__class__ \
+        is Features
+    for rows in (torch.arange(len(records)), torch.tensor([5, 0, 3, 3, 17]), torch.tensor([2])):
+        for a, b in zip(ram.batch(rows), stream.batch(rows)):
+            assert a.dtype == b.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_truncated_cache_file_is_a_clear_error(prepared, features):
+    stream = Features.load(features, prepared.split("train"), memory_mb=0)
+    grid = features.root / "grid.npy"
+    with open(grid, "r+b") as f:
+        f.truncate(grid.stat().st_size // 2)
+    with pytest.raises(Exception, match="truncated"):
+        stream.batch(torch.arange(len(stream)))
+
+
+def test_streaming_trains_the_same_model(prepared, features, tmp_path):
+    sets = ["model.d_model=32", "model.num_layers=1", "model.num_heads=2", "model.ff_dim=64", "epochs=2",
+            "batch_size=4", "warmup_steps=2"]
+    ram = train(load_run_config(None, sets, "transformer"), prepared, features, tmp_path / "ram", progress=False)
+    stream = train(load_run_config(None, sets + ["feature_memory_mb=0"], "transformer"), prepared, features,
+                   tmp_path / "stream", progress=False)
+    for a, b in zip(ram.history, stream.history):
+        assert a["train_loss"] == b["train_loss"] and a["CIDEr"] == b["CIDEr"]
+    wa = torch.load(ram.best_checkpoint, weights_only=True)["state_dict"]
+    wb = torch.load(stream.best_checkpoint, weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert np.isfinite(ram.history[-1]["train_loss"])
