@@ -50,3 +50,42 @@ def test_streaming_trains_the_same_model(prepared, features, tmp_path):
     wb = torch.load(stream.best_checkpoint, weights_only=True)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert np.isfinite(ram.history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("n_images,world,batch", [(3, 2, 4), (5, 2, 4), (7, 3, 2), (2, 2, 16), (9, 1, 16)])
+def test_every_rank_gets_the_same_number_of_batches(prepared, n_images, world, batch):
+    """DDP all-reduces once per step: a rank with fewer batches than the others hangs them all."""
+    from capgen.training.data import CaptionPairs
+
+    pairs = CaptionPairs(prepared.split("train")[:n_images], prepared.vocab, 10)
+    per_rank = [pairs.epoch_batches(0, 0, batch, rank, world) for rank in range(world)]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) >= 1
+    images = [set(pairs.image_rows[b].tolist()) for bs in per_rank for b in bs]
+    assert all(images) and sum(map(len, images)) == len(set().union(*images))  # no image twice in a step
+
+
+def test_fewer_images_than_ranks_is_a_clear_error(prepared):
+    from capgen.errors import CapgenError
+    from capgen.training.data import CaptionPairs
+
+    pairs = CaptionPairs(prepared.split("train")[:1], prepared.vocab, 10)
+    with pytest.raises(CapgenError, match="1 images, fewer than the 2 processes"):
+        pairs.epoch_batches(0, 0, 16, 1, 2)
+
+
+def test_a_rendezvous_that_never_completes_times_out_with_a_message(tmp_path, prepared):
+    """Rank 0 of 2 started alone: the CLI says so and exits 2 instead of waiting forever."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "WORLD_SIZE": "2", "RANK": "0",
+           "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "CAPGEN_DIST_TIMEOUT": "2"}
+    proc = subprocess.run([sys.executable, "-m", "capgen", "extract", str(prepared.root), "--out",
+                           str(tmp_path / "f")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "could not join the process group at 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
