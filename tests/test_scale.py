@@ -89,3 +89,57 @@ def test_a_rendezvous_that_never_completes_times_out_with_a_message(tmp_path, pr
                            str(tmp_path / "f")], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "could not join the process group at 127.0.0.1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _two_nodes(args: list[str], tmp_path, timeout: float = 300):
+    """`torchrun --nnodes 2 --node-rank {0,1}` on this machine: two launchers, one worker each, meeting
+    at a c10d rendezvous on 127.0.0.1 as two machines would at the first one's address."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--node-rank", str(k), "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", "capgen-test", *args],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+             for k in (0, 1)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-6000:]
+    return outs
+
+
+@pytest.mark.slow
+def test_two_nodes_train_and_bulk_caption(prepared, features, tiny_encoder, tmp_path):
+    import json
+
+    from capgen.data import prepare_dataset
+    from capgen.data.synthetic import make_synthetic_dataset
+
+    # a training split of 3 images over 2 ranks: smaller batches, never a hang
+    few = prepare_dataset(make_synthetic_dataset(tmp_path / "few", n_images=5, seed=2), tmp_path / "fewp", min_count=1)
+    assert len(few.split("train")) == 3
+    extract_features(few, tmp_path / "fewf", encoder=tiny_encoder, progress=False)
+    _two_nodes(["-m", "capgen", "train", "--data", str(few.root), "--features", str(tmp_path / "fewf"), "--model",
+                "show_tell", "--out", str(tmp_path / "run"), "--set", "epochs=1", "--set", "batch_size=4",
+                "--set", "model.embed_dim=16", "--set", "model.hidden_dim=32", "--set", "feature_memory_mb=0"],
+               tmp_path)
+    assert (tmp_path / "run" / "best.pt").is_file()
+    photos = str(prepared.root.parent / "synth")
+    _two_nodes(["-m", "capgen", "caption", photos, "--model", str(tmp_path / "run" / "best.pt"), "--encoder",
+                tiny_encoder, "--greedy", "--out", str(tmp_path / "caps.jsonl")], tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "caps.jsonl").read_text().splitlines()]
+    assert len(lines) == len({d["image"] for d in lines}) == 30
+    assert not list(tmp_path.glob("caps.jsonl.*part*"))   # parts merged and removed
