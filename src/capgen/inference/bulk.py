@@ -9,6 +9,7 @@ kill is detected and cut off (that image is captioned again). Beside OUT:
                    reported (and the new list is captioned)
   OUT.errors       images that could not be read, one JSON line each ({"image", "error"}); rewritten
                    at the end of every run (failed images are retried by the next run)
+  OUT.lock         held (flock) by the running job: a second job on the same OUT is refused
   OUT.part{k}      under torchrun, rank k's lines (and OUT.errors.part{k}); rank 0 merges them into OUT
                    at the end, and at the start of a rerun if a run died before merging
 Results are never held in memory; the set of done paths is (~100 bytes per image).
