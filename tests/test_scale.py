@@ -122,7 +122,7 @@ def _two_nodes(args: list[str], tmp_path, timeout: float = 300):
 
 
 @pytest.mark.slow
-def test_two_nodes_train_and_bulk_caption(prepared, features, tiny_encoder, tmp_path):
+def test_two_nodes_extract_train_and_bulk_caption(prepared, features, tiny_encoder, tmp_path):
     import json
 
     from capgen.data import prepare_dataset
@@ -131,7 +131,9 @@ def test_two_nodes_train_and_bulk_caption(prepared, features, tiny_encoder, tmp_
     # a training split of 3 images over 2 ranks: smaller batches, never a hang
     few = prepare_dataset(make_synthetic_dataset(tmp_path / "few", n_images=5, seed=2), tmp_path / "fewp", min_count=1)
     assert len(few.split("train")) == 3
-    extract_features(few, tmp_path / "fewf", encoder=tiny_encoder, progress=False)
+    _two_nodes(["-m", "capgen", "extract", str(few.root), "--out", str(tmp_path / "fewf"), "--encoder", tiny_encoder,
+                "--batch-size", "2"], tmp_path)
+    assert len(FeatureCache.open(tmp_path / "fewf")) == 5
     _two_nodes(["-m", "capgen", "train", "--data", str(few.root), "--features", str(tmp_path / "fewf"), "--model",
                 "show_tell", "--out", str(tmp_path / "run"), "--set", "epochs=1", "--set", "batch_size=4",
                 "--set", "model.embed_dim=16", "--set", "model.hidden_dim=32", "--set", "feature_memory_mb=0"],
