@@ -88,6 +88,7 @@ def test_cli_bulk_mode(tiny_run, photos, tmp_path, capsys):
                  tiny_run.encoder, "--out", str(out), "--greedy"])
     err = capsys.readouterr().err
     assert code == 1 and "10 captioned" in err and "1 failed" in err and len(_lines(out)) == 10
+    assert f"failed {photos / 'broken.jpg'}" in err
     code = main(["caption", str(photos), "--model", str(tiny_run.checkpoints["show_tell"]), "--encoder",
                  tiny_run.encoder, "--out", str(tmp_path / "c.txt")])
     assert code == 2 and "must end in .jsonl or .csv" in capsys.readouterr().err

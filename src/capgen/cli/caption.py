@@ -93,6 +93,8 @@ def _bulk(args, captioner, config) -> int:
     res = caption_to_file(captioner, args.paths, args.out, config, None if args.format == "text" else args.format,
                           batch_size=args.batch_size)
     if int(os.environ.get("RANK", "0")) == 0:
+        for path, reason in list(res.failed.items())[:10]:
+            print(f"capgen caption: failed {path}: {reason}", file=sys.stderr)
         print(f"capgen caption: {res.captioned} captioned ({res.images_per_s:.1f} images/s), {res.skipped} already "
               f"in {res.out}, {len(res.failed)} failed" + (f" (listed in {res.out}.errors)" if res.failed else ""),
               file=sys.stderr)
