@@ -5,7 +5,7 @@
 
 Runs `--steps` training steps of the model in `--config` (default configs/flickr8k_transformer.yaml)
 over the first batches of epoch 0, exactly as `capgen train` builds them (CaptionPairs.epoch_batches,
-Features.load, masked_loss, AdamW), one torch thread. Reports captions/s over the steps (after one
+Features.load, the cross-entropy objective, AdamW), one torch thread. Reports captions/s over the steps (after one
 warm-up step; also per CPU second of
 this process, which a busy shared machine disturbs less than wall time), the seconds to load the features and to the first step, the time spent reading
 features, and the process's peak RSS (VmHWM). Run one mode per process so RSS figures are its own.
@@ -29,7 +29,8 @@ from capgen.features import FeatureCache, Features
 from capgen.models import create_model
 from capgen.training import load_run_config
 from capgen.training.data import CaptionPairs
-from capgen.training.trainer import masked_loss
+from capgen.training.objectives import Batch, CrossEntropy
+from capgen.training.trainer import param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,8 @@ def main() -> None:
     model = create_model(cfg.model, vocab_size=len(data.vocab), feature_dim=enc["dim"],
                          num_regions=enc["grid"][0] * enc["grid"][1], overrides=cfg.model_config)
     pairs = CaptionPairs(data.split("train"), data.vocab, tc.max_caption_len)
-    optim = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optim = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
+    objective = CrossEntropy(data.vocab, tc.label_smoothing)
     t0 = time.perf_counter()
     feats = Features.load(cache, data.split("train"), memory_mb=None if a.mode == "ram" else 0)
     load_s = time.perf_counter() - t0
@@ -87,8 +89,7 @@ def main() -> None:
         t = time.perf_counter()
         pooled, grid = feats.batch(rows)
         read_s += time.perf_counter() - t
-        out = model(pooled, grid, cap, image_index)
-        loss = masked_loss(out["logits"], cap[:, 1:], data.vocab.pad_id, tc.label_smoothing) + out["aux_loss"]
+        loss, _ = objective(model, model, Batch(pooled, grid, image_index, cap, []))
         optim.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
