@@ -252,3 +252,15 @@ def test_self_critical_bad_starts(prepared, features, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "another vocabulary" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists() or [p.name for p in (tmp_path / "b").iterdir()] == [".lock"]
+
+
+def test_runs_from_before_a_new_setting_still_resume(prepared, features, tmp_path):
+    """config.yaml written before a TrainConfig field existed: the missing key takes its default."""
+    cfg = _cfg("show_tell", "epochs=1")
+    train(cfg, prepared, features, tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    del saved["train"]["scst_samples"]
+    path.write_text(yaml.safe_dump(saved))
+    res = train(cfg, prepared, features, tmp_path / "run", resume=True, progress=False)  # finished: no-op
+    assert [h["epoch"] for h in res.history] == [1]

@@ -11,6 +11,8 @@ import atexit
 import os
 from dataclasses import dataclass
 
+from capgen.errors import CapgenError
+
 
 @dataclass
 class DistInfo:
@@ -58,15 +60,45 @@ class DistInfo:
         return float(t.item()) / self.world_size
 
 
+# Seconds a rank waits for the others: to join the process group, and at any collective (so it also
+# bounds how long rank 0 may validate while the others wait). torch's own default is 30 minutes.
+TIMEOUT_ENV, DEFAULT_TIMEOUT_S = "CAPGEN_DIST_TIMEOUT", 1800.0
+
+
+def dist_timeout_s() -> float:
+    text = os.environ.get(TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise CapgenError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return value
+
+
 def dist_info() -> DistInfo:
-    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1)."""
+    """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
+
+    A group that does not assemble within CAPGEN_DIST_TIMEOUT seconds (a node never started, a
+    wrong address) raises CapgenError naming the address, instead of hanging.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    import datetime
+
     import torch.distributed as td
 
     if not td.is_initialized():
-        td.init_process_group("gloo")
+        timeout = dist_timeout_s()
+        try:
+            td.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
+        except td.DistError as e:
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise CapgenError(
+                f"rank {os.environ.get('RANK', '?')} of {world} could not join the process group at {where} "
+                f"within {timeout:g} s ({str(e).splitlines()[0][:200]}); start every node with the same "
+                f"--nnodes and --rdzv-endpoint, or raise {TIMEOUT_ENV}") from None
         atexit.register(shutdown_distributed)  # library callers that never call it themselves
     return DistInfo(td.get_rank(), td.get_world_size())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 
 from capgen.cli.decoding import add_decode_args, decode_options
@@ -29,6 +30,10 @@ def register(sub, parents) -> None:
     p.add_argument("--attention", metavar="DIR", type=out_dir,
                    help="write a per-word attention figure per photo into DIR (attention models only)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default 16)")
+    p.add_argument("--out", metavar="FILE.jsonl|FILE.csv",
+                   help="bulk mode: append to FILE as images finish, one line per image with its path (in "
+                        "completion order, not input order); a rerun skips images already in FILE; bad files "
+                        "go to FILE.errors; shards across ranks under torchrun")
     p.set_defaults(func=run)
 
 
@@ -52,6 +57,8 @@ def run(args) -> int:
 
     captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend)
     config = captioner.decode_config(**decode_options(args), return_attention=bool(args.attention))
+    if args.out:
+        return _bulk(args, captioner, config)
     paths = expand_paths(args.paths)
     write = _writer(args.format, sys.stdout)
     names = UniqueNames(), UniqueNames()
@@ -75,6 +82,23 @@ def run(args) -> int:
     if failed:
         print(f"capgen caption: {failed} of {len(paths)} inputs failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _bulk(args, captioner, config) -> int:
+    from capgen.errors import CapgenError
+    from capgen.inference.bulk import caption_to_file
+
+    if args.annotate or args.attention:
+        raise CapgenError("--out writes captions only; run --annotate/--attention without --out")
+    res = caption_to_file(captioner, args.paths, args.out, config, None if args.format == "text" else args.format,
+                          batch_size=args.batch_size)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for path, reason in list(res.failed.items())[:10]:
+            print(f"capgen caption: failed {path}: {reason}", file=sys.stderr)
+        print(f"capgen caption: {res.captioned} captioned ({res.images_per_s:.1f} images/s), {res.skipped} already "
+              f"in {res.out}, {len(res.failed)} failed" + (f" (listed in {res.out}.errors)" if res.failed else ""),
+              file=sys.stderr)
+    return 1 if res.failed else 0
 
 
 def _writer(fmt: str, out):

@@ -43,6 +43,7 @@ class TrainConfig:
     val_images: int = 0              # 0 = the whole val split
     threads: int = 0                 # torch threads (0 = torch's default)
     save_every_steps: int = 0        # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
+    feature_memory_mb: int = 2048    # per split: larger float16 features stream from disk (0 = always stream)
 
     # ---- range checks (types and finiteness are config_from_dict's) --------------------------------
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ import torch
 
 from capgen.data.prepared import ImageRecord
 from capgen.data.vocab import Vocabulary
+from capgen.errors import CapgenError
 
 
 class CaptionPairs:
@@ -39,15 +40,21 @@ class CaptionPairs:
                       world: int = 1) -> list[torch.Tensor]:
         """This rank's batches (pair indices) for `epoch`: images in an order fixed by (seed, epoch),
         so a resumed run sees exactly the batches the uninterrupted run would have."""
+        n_images = len(self.pairs_of_image)
+        if n_images < max(world, 1):
+            raise CapgenError(f"the training split has {n_images} images, fewer than the {world} processes: "
+                              f"every rank needs one; use fewer (torchrun --nproc-per-node, --nnodes)")
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(self.pairs_of_image), generator=g).tolist()
-        per_step = images_per_batch * world
-        n = len(order) // per_step * per_step or len(order)  # equal batch counts on every rank
+        order = torch.randperm(n_images, generator=g).tolist()
+        # Smaller batches when the split cannot fill one per rank: every rank must take the same number
+        # of steps (a rank without batches would leave the others waiting in DDP's all-reduce forever).
+        per_step = min(images_per_batch, n_images // world) * world
+        n = n_images // per_step * per_step
         batches = []
         for i in range(0, n, per_step):
-            images = order[i + rank * images_per_batch : i + (rank + 1) * images_per_batch]
-            if images:
-                batches.append(torch.tensor([p for img in images for p in self.pairs_of_image[img]]))
+            per_rank = per_step // world
+            images = order[i + rank * per_rank : i + (rank + 1) * per_rank]
+            batches.append(torch.tensor([p for img in images for p in self.pairs_of_image[img]]))
         return batches
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

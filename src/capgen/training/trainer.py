@@ -28,7 +28,7 @@ from capgen.features import FeatureCache, Features
 from capgen.io import write_json
 from capgen.models import create_model
 from capgen.parallel import dist_info
-from capgen.training.config import RunConfig, with_init
+from capgen.training.config import RunConfig, load_run_config, with_init
 from capgen.training.data import CaptionPairs
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
 from capgen.training.lock import run_folder_locked
@@ -93,7 +93,9 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     if resume:
         if not last.is_file():
             raise CapgenError(f"{out}: nothing to resume (no last.pt); start without --resume")
-        saved = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else None
+        # Read back through the typed config, so settings added since the run began take their
+        # defaults instead of making every older run un-resumable.
+        saved = load_run_config(cfg_path).to_dict() if cfg_path.is_file() else None
         if saved != cfg.to_dict():
             raise CapgenError(f"{out}/config.yaml differs from the requested config; resume with the run's own "
                               f"config (omit --config/--set) or train into a new --out")
@@ -154,9 +156,9 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         partial = (r["partial_loss_sum"], r["partial_steps"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
-    train_feats = Features.load(cache, data.split("train"))
+    train_feats = Features.load(cache, data.split("train"), memory_mb=tc.feature_memory_mb)
     val_records = data.split("val")[: tc.val_images or None]
-    val_feats = Features.load(cache, val_records) if dist.rank == 0 else None
+    val_feats = Features.load(cache, val_records, memory_mb=tc.feature_memory_mb) if dist.rank == 0 else None
     writer = _tensorboard(out / "tb") if dist.rank == 0 else None
 
     def save_last(ep: int, step_in_epoch: int, loss_sum: float = 0.0, steps: int = 0) -> None:

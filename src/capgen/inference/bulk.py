@@ -1,0 +1,311 @@
+"""Bulk captioning into a file that survives kills and reruns: `capgen caption PHOTOS/ --out captions.jsonl`.
+
+OUT (.jsonl or .csv) gets one line per captioned image, *with the image path on every line*, in
+completion order (not input order). Lines are appended and flushed as each image finishes, so a kill -9
+loses at most the batch in flight. A rerun skips every path already in OUT; a last line cut short by a
+kill is detected and cut off (that image is captioned again). Beside OUT:
+  OUT.job.json     the job: model, decoding settings, format, working folder, and a fingerprint of the
+                   input list; a rerun with another model or settings is refused, changed inputs are
+                   reported (and the new list is captioned)
+  OUT.errors       images that could not be read, one JSON line each ({"image", "error"}); rewritten
+                   at the end of every run (failed images are retried by the next run)
+  OUT.lock         held (flock) by the running job: a second job on the same OUT is refused
+  OUT.part{k}      under torchrun, rank k's lines (and OUT.errors.part{k}); rank 0 merges them into OUT
+                   at the end, and at the start of a rerun if a run died before merging
+Results are never held in memory; the set of done paths is (~100 bytes per image).
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from capgen.errors import CapgenError, ImageLoadError
+from capgen.inference.files import caption_paths, expand_paths
+from capgen.inference.result import CaptionResult
+from capgen.io import write_json
+from capgen.parallel import dist_info
+
+FORMATS = ("jsonl", "csv")
+CSV_HEADER = ["image", "caption", "score", "alternatives"]
+
+
+@dataclass
+class BulkResult:
+    out: Path
+    inputs: int                      # image files found
+    captioned: int                   # by this run (all ranks)
+    skipped: int                     # already in OUT from earlier runs
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)   # what was repaired or changed since the last run
+
+    @property
+    def images_per_s(self) -> float:
+        return self.captioned / self.seconds if self.seconds > 0 else 0.0
+
+
+def output_format(out: Path, fmt: str | None = None) -> str:
+    """jsonl or csv: from `fmt`, else from OUT's suffix."""
+    fmt = fmt or out.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise CapgenError(f"{out}: bulk output must end in .jsonl or .csv (or pass --format jsonl/csv)")
+    return fmt
+
+
+def format_line(fmt: str, path: str, res: CaptionResult) -> str:
+    if fmt == "jsonl":
+        return json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False) + "\n"
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(
+        [path, res.caption, f"{res.score:.4f}", " | ".join(c for c, _ in res.alternatives)])
+    return buf.getvalue()
+
+
+def _line_path(fmt: str, line: str) -> str | None:
+    """The image path of one complete line; None for the CSV header; ValueError when unparsable."""
+    if fmt == "jsonl":
+        obj = json.loads(line)
+        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str):
+            raise ValueError("no image field")
+        return obj["image"]
+    row = next(csv.reader([line]))
+    if row == CSV_HEADER:
+        return None
+    if len(row) != len(CSV_HEADER):
+        raise ValueError(f"{len(row)} columns")
+    return row[0]
+
+
+def repair_tail(path: Path) -> bool:
+    """Cut a last line without its newline (a write cut short by a kill). True if something was cut."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return False
+        size, pos, chunk = f.seek(0, os.SEEK_END), 0, 1 << 16
+        end = size
+        while end > 0:  # find the last newline, reading backwards
+            start = max(0, end - chunk)
+            f.seek(start)
+            i = f.read(end - start).rfind(b"\n")
+            if i >= 0:
+                pos = start + i + 1
+                break
+            end = start
+        f.truncate(pos)
+    return True
+
+
+def read_done(path: Path, fmt: str) -> Iterator[str]:
+    """Paths of the complete lines of an output (or part) file; a damaged line is a CapgenError."""
+    if not path.is_file():
+        return
+    with open(path, encoding="utf-8", newline="") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                p = _line_path(fmt, line)
+            except (ValueError, StopIteration, json.JSONDecodeError) as e:
+                raise CapgenError(f"{path}: line {n} is not a capgen {fmt} caption line ({e}); is this file "
+                                  f"another program's output? choose another --out") from None
+            if p is not None:
+                yield p
+
+
+def _fingerprint(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.encode("utf-8", "surrogateescape") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _part(out: Path, rank: int, errors: bool = False) -> Path:
+    return out.with_name(f"{out.name}{'.errors' if errors else ''}.part{rank}")
+
+
+def _merge_parts(out: Path, fmt: str, done: set[str]) -> int:
+    """Append the lines of leftover OUT.part* files not yet in OUT, then delete the parts (idempotent:
+    a crash in between only means the next merge skips lines already there)."""
+    merged = 0
+    parts = sorted(p for p in out.parent.glob(f"{out.name}.part*") if p.name[len(out.name) + 5:].isdigit())
+    if not parts:
+        return 0
+    with open(out, "a", encoding="utf-8", newline="") as dst:
+        if fmt == "csv" and dst.tell() == 0:
+            dst.write(",".join(CSV_HEADER) + "\n")
+        for part in parts:
+            repair_tail(part)
+            with open(part, encoding="utf-8", newline="") as src:
+                for line in src:
+                    p = _line_path(fmt, line)
+                    if p is not None and p not in done:
+                        dst.write(line)
+                        done.add(p)
+                        merged += 1
+        dst.flush()
+        os.fsync(dst.fileno())
+    for part in parts:
+        part.unlink()
+    return merged
+
+
+def _check_job(out: Path, job: dict, old: dict | None, done: set[str], inputs: set[str]) -> list[str]:
+    """Refuse other settings; describe changed inputs."""
+    if old is None:
+        return []
+    for key in ("model", "decode", "format", "cwd"):
+        if old.get(key) != job.get(key):
+            raise CapgenError(f"{out}: was written with another {key} ({old.get(key)!r}, now {job.get(key)!r}); "
+                              f"rerun with the same settings or choose another --out")
+    if old.get("fingerprint") == job["fingerprint"]:
+        return []
+    gone = sum(1 for p in done if p not in inputs)
+    return [f"the inputs changed since this job started ({old.get('count')} files then, {job['count']} now): "
+            f"{gone} captioned files are no longer among the inputs (their lines stay in {out.name}); "
+            f"new files are captioned"]
+
+
+class _JobLock:
+    """flock on OUT.job.json's lock file: one bulk job per OUT at a time (dropped when the process dies)."""
+
+    def __init__(self, out: Path):
+        self.fd = os.open(out.with_name(out.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise CapgenError(f"{out}: another capgen caption job is writing it; wait for it or choose "
+                              f"another --out") from None
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config=None, fmt: str | None = None,
+                    batch_size: int = 16, progress: bool = True,
+                    log: Callable[[str], None] | None = None) -> BulkResult:
+    """Caption every image under `inputs` (files, folders, globs) into OUT; see the module docstring.
+
+    Under torchrun each rank captions every world_size-th remaining image; rank 0 merges the parts.
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    fmt = output_format(out, fmt)
+    config = config if config is not None else captioner.decode_config()
+    dist = dist_info()
+    log = log or (lambda msg: tqdm.write(f"capgen caption: {msg}", file=sys.stderr))
+    expanded = expand_paths(inputs)
+    paths = [os.fspath(p) for p in expanded if not isinstance(p, ImageLoadError)]
+    missing = {e.path: e.reason for e in expanded if isinstance(e, ImageLoadError)}
+    del expanded
+    job = {"capgen_bulk": 1, "model": captioner.name, "decode": _decode_dict(config), "format": fmt,
+           "cwd": os.getcwd(), "inputs": list(map(str, inputs)), "count": len(paths),
+           "fingerprint": _fingerprint(paths)}
+    job_path = out.with_name(out.name + ".job.json")
+
+    lock, notes, done = None, [], set()
+    if dist.rank == 0:  # rank 0 owns OUT, the job file and the merge
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = _JobLock(out)
+        if out.exists() and not job_path.is_file():
+            raise CapgenError(f"{out}: exists and was not written by capgen caption --out (no {job_path.name}); "
+                              f"choose another --out")
+        old = json.loads(job_path.read_text(encoding="utf-8")) if job_path.is_file() else None
+        if repair_tail(out):
+            notes.append(f"{out.name}: cut its last line, left incomplete by an interrupted run")
+        done = set(read_done(out, fmt))
+        notes += _check_job(out, job, old, done, set(paths))
+        merged = _merge_parts(out, fmt, done)
+        if merged:
+            notes.append(f"merged {merged} lines left in part files by an interrupted run")
+        for stale in out.parent.glob(f"{out.name}.errors.part*"):
+            stale.unlink()  # their images were not captioned: they are retried below
+        write_json(job_path, job)
+    notes = dist.broadcast(notes)
+    try:
+        dist.barrier()
+        if dist.rank != 0:
+            done = set(read_done(out, fmt))
+        todo = [p for p in paths if p not in done]
+        skipped = len(paths) - len(todo)
+        del paths
+        mine = todo[dist.rank :: dist.world_size] if dist.active else todo
+        target = _part(out, dist.rank) if dist.active else out
+        err_target = _part(out, dist.rank, errors=True)
+        for note in notes if dist.rank == 0 else []:
+            log(note)
+        failed: dict[str, str] = dict(missing) if dist.rank == 0 else {}
+        bar = tqdm(total=len(todo), unit="img", desc="caption", file=sys.stderr, dynamic_ncols=True,
+                   disable=not progress or dist.rank != 0, smoothing=0.05)
+        start, mine_done = time.perf_counter(), 0
+        with open(target, "a", encoding="utf-8", newline="") as f, \
+                open(err_target, "a", encoding="utf-8") as ferr:
+            if fmt == "csv" and target == out and f.tell() == 0:
+                f.write(",".join(CSV_HEADER) + "\n")
+            for n, (path, res) in enumerate(caption_paths(captioner, mine, config, batch_size=batch_size), 1):
+                if isinstance(res, ImageLoadError):
+                    failed[path] = res.reason
+                    ferr.write(json.dumps({"image": path, "error": res.reason}, ensure_ascii=False) + "\n")
+                    ferr.flush()
+                else:
+                    f.write(format_line(fmt, path, res))
+                    mine_done += 1
+                if n % batch_size == 0 or n == len(mine):
+                    f.flush()  # in the kernel: a kill -9 of this process loses nothing written so far
+                    bar.update(min(len(todo), n * dist.world_size) - bar.n)  # rank 0 speaks for all
+        bar.close()
+        seconds = time.perf_counter() - start
+        captioned = dist.all_reduce_sum(mine_done)
+        dist.barrier()
+        if dist.rank == 0:
+            if dist.active:
+                _merge_parts(out, fmt, set(read_done(out, fmt)))
+            failed = _merge_errors(out, failed, dist.world_size)
+        failed = dist.broadcast(failed)
+        dist.barrier()
+    finally:
+        if lock is not None:
+            lock.release()
+    return BulkResult(out, job["count"], captioned, skipped, failed, seconds, notes)
+
+
+def _merge_errors(out: Path, failed: dict[str, str], world: int) -> dict[str, str]:
+    """All ranks' failures -> OUT.errors (rewritten; removed when nothing failed)."""
+    for rank in range(world):
+        part = _part(out, rank, errors=True)
+        if part.is_file():
+            repair_tail(part)
+            for line in part.read_text(encoding="utf-8").splitlines():
+                d = json.loads(line)
+                failed[d["image"]] = d["error"]
+            part.unlink()
+    errors = out.with_name(out.name + ".errors")
+    if failed:
+        from capgen.io import atomic_path
+
+        with atomic_path(errors) as tmp:
+            tmp.write_text("".join(json.dumps({"image": p, "error": r}, ensure_ascii=False) + "\n"
+                                   for p, r in failed.items()), encoding="utf-8")
+    else:
+        errors.unlink(missing_ok=True)
+    return failed
+
+
+def _decode_dict(config) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool, type(None)))} \
+        if is_dataclass(config) else {"repr": repr(config)}
