@@ -231,7 +231,7 @@ def test_study_from_other_space_or_data_is_refused(prepared, features, tmp_path,
     err = capsys.readouterr().err
     assert "made for another --space" in err and "other.yaml" in err and len(err.strip().splitlines()) == 1
 
-    data2 = prepare_dataset(synth_dir, tmp_path / "prepared2", min_count=3)  # another vocabulary
+    data2 = prepare_dataset(synth_dir, tmp_path / "prepared2", min_count=1, seed=7)  # other splits
     assert main(_cli(data2, features, space, study_dir, "--trials", "2")) == 2
     err = capsys.readouterr().err
     assert "--data" in err and "prepared2" in err and "--space" not in err

@@ -71,7 +71,8 @@ def fingerprint(data, cache, space, base) -> dict:
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    return {"data": digest([data.vocab.itos, data.manifest.get("splits")]),
+    splits = {s: [r.image for r in data.split(s)] for s in ("train", "val")}
+    return {"data": digest([data.vocab.itos, splits]),
             "features": digest([cache.encoder_spec, len(cache)]),
             "space": space.fingerprint(),
             "base config": digest(base.to_dict()),

@@ -46,8 +46,11 @@ def open_study(study_dir: Path, space: Space, base: RunConfig, data, cache, opts
     # constant_liar: parallel workers do not all sample next to the same running trial
     sampler = optuna.samplers.TPESampler(seed=opts.seed + opts.worker_index, constant_liar=True,
                                          n_startup_trials=opts.startup_trials)
-    study = optuna.create_study(storage=storage, study_name=opts.study_name, direction="maximize",
-                                sampler=sampler, pruner=_pruner(opts), load_if_exists=True)
+    try:  # load first: creating appends to the journal even when the study exists
+        study = optuna.load_study(study_name=opts.study_name, storage=storage, sampler=sampler, pruner=_pruner(opts))
+    except KeyError:
+        study = optuna.create_study(storage=storage, study_name=opts.study_name, direction="maximize",
+                                    sampler=sampler, pruner=_pruner(opts), load_if_exists=True)
     check_fingerprint(study, study_dir, fingerprint(data, cache, space, base))
     if opts.baseline and not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial(point, user_attrs={"baseline": True})
