@@ -97,6 +97,9 @@ def check_fingerprint(study, study_dir: Path, fp: dict) -> None:
     if differs:
         raise StudyError(f"{study_dir}: this study was made for another {'; '.join(differs)}; use the same "
                          f"inputs to continue it, or choose another --study")
+    if not (study_dir / STUDY_JSON).is_file():  # another machine's folder for a shared --storage study
+        study_dir.mkdir(parents=True, exist_ok=True)
+        write_json(study_dir / STUDY_JSON, {"study_name": study.study_name, "fingerprint": fp})
 
 
 def fail_dead_trials(study) -> list:
@@ -114,6 +117,7 @@ def fail_dead_trials(study) -> list:
             continue  # another machine's worker, or one that has not locked its folder yet
         try:
             with folder_lock(run_dir, "tuning trial"):
+                # Optuna's public API only finishes trials of this process: use the storage directly.
                 study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         except CapgenError:
