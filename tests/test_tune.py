@@ -176,6 +176,7 @@ def test_crashing_trial_is_recorded_as_failed_and_the_study_goes_on(prepared, fe
     assert "| FAIL |" in write_report(study, tmp_path / "study")[0]
 
 
+@pytest.mark.slow
 def test_killed_tune_continues_without_losing_a_trial(prepared, features, tmp_path):
     space = _space_file(tmp_path, {**TINY_SPACE, "train.epochs": 4})
     study_dir = tmp_path / "study"
@@ -205,6 +206,7 @@ def test_killed_tune_continues_without_losing_a_trial(prepared, features, tmp_pa
     assert sum(t.state == TrialState.COMPLETE for t in after.trials) == 3
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(prepared, features, tmp_path, capsys):
     space = _space_file(tmp_path, {**TINY_SPACE, "train.epochs": 1})
     assert main(_cli(prepared, features, space, tmp_path / "study", "--trials", "4", "--workers", "2")) == 0

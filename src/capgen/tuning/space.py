@@ -170,10 +170,10 @@ def parse_space(raw: dict, base_model: str, source: str = "space") -> Space:
             raise ConfigError(f"unknown key {key!r}; expected model, train.KEY, model_config.KEY or MODEL.KEY "
                               f"(MODEL one of {', '.join(list_models())})")
         for cls in owners:
-            hints = {f.name: f for f in dataclasses.fields(cls)}
-            if name not in hints:
+            names = {f.name for f in dataclasses.fields(cls)}
+            if name not in names:
                 raise ConfigError(f"unknown key {key!r}: {cls.__name__} has no {name!r}; valid keys: "
-                                  f"{', '.join(sorted(hints))}")
+                                  f"{', '.join(sorted(names))}")
         dims[str(key)] = _dim(str(key), spec, typing.get_type_hints(owners[0])[name], _coercer(owners, name))
     return Space(dims, source)
 
