@@ -141,7 +141,10 @@ def fixed_model(path: str | Path) -> str | None:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return None
-    return raw.get("model") if isinstance(raw, dict) and isinstance(raw.get("model"), str) else None
+    from capgen.models import list_models
+
+    model = raw.get("model") if isinstance(raw, dict) else None
+    return model if model in list_models() else None
 
 
 def parse_space(raw: dict, base_model: str, source: str = "space") -> Space:
