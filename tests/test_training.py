@@ -264,3 +264,23 @@ def test_runs_from_before_a_new_setting_still_resume(prepared, features, tmp_pat
     path.write_text(yaml.safe_dump(saved))
     res = train(cfg, prepared, features, tmp_path / "run", resume=True, progress=False)  # finished: no-op
     assert [h["epoch"] for h in res.history] == [1]
+
+
+def test_self_critical_scores_the_distribution_it_samples_from(prepared, features, tmp_path):
+    """A model that puts its mass on <unk> (never sampled): the policy log-probs of the samples are
+    those of the renormalised, rule-masked distribution, so no gradient can park mass on <unk>."""
+    from capgen.training.objectives import Batch, SelfCritical
+
+    xe = train(_cfg("show_tell", "epochs=1"), prepared, features, tmp_path / "xe", progress=False)
+    model = load_checkpoint(xe.best_checkpoint).model
+    with torch.no_grad():
+        model.head.bias[prepared.vocab.unk_id] = 30.0
+    obj = SelfCritical(prepared.vocab, prepared.split("train"), samples=3, max_len=6)
+    recs = prepared.split("train")[:2]
+    ids = [r.image for r in recs]
+    b = Batch(torch.from_numpy(features.pooled(ids)), torch.from_numpy(features.grid(ids)),
+              torch.tensor([0, 1]), torch.zeros(2, 3, dtype=torch.long), ids)
+    loss, logs = obj(model, model, b)
+    assert torch.isfinite(loss)
+    # with <unk> (e^30) counted, every sampled token would have NLL ~30; renormalised it is small
+    assert logs["entropy"] < 10
