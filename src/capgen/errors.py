@@ -28,3 +28,7 @@ class EncoderError(CapgenError):
 
 class FeatureCacheError(CapgenError):
     """A feature cache is missing, incomplete, or does not match the dataset or model."""
+
+
+class TagsError(CapgenError):
+    """Object tags cannot be computed: no classifier head, or a malformed tag word file."""
