@@ -32,7 +32,7 @@ def run(args) -> int:
 
     max_pixels = args.max_pixels or MAX_PIXELS
     captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend,
-                                          max_pixels=max_pixels)
+                                          max_pixels=max_pixels, tag_words=args.tag_words)
     app = create_app(captioner, ServeSettings(max_upload_mb=args.max_upload_mb, max_pixels=max_pixels,
                                               timeout=args.timeout))
     print(f"capgen serve: {captioner.name} on http://{args.host}:{args.port}/ (Ctrl-C to stop)")

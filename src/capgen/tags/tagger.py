@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from capgen.encoders.base import ImageEncoder, LinearHead
 from capgen.errors import TagsError
 from capgen.tags.words import WordMap
+
+if TYPE_CHECKING:  # tags stay importable without torch; encoders are only passed in
+    from capgen.encoders.base import ImageEncoder, LinearHead
 
 # A tag is shown when its word's summed probability reaches this.
 DEFAULT_THRESHOLD = 0.1
