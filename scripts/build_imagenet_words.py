@@ -74,14 +74,14 @@ hair dryer|phone|handkerchief|hard drive|harmonica|harp|combine|axe|holster|tele
 bar|carriage|hourglass|ipod|iron|pumpkin|jeans|jeep|shirt|puzzle|rickshaw|joystick|kimono|knee pads|knot
 lab coat|ladle|lamp|laptop|lawn mower|lens cap|letter opener|library|boat|lighter|limo|ship|lipstick|shoes
 lotion|speaker|magnifying glass|sawmill|compass|bag|mailbox|jersey|swimsuit|manhole|maracas|xylophone|mask
-matches|maypole|maze|measuring cup|cabinet|stones|microphone|microwave|uniform|can|van|skirt|van|missile
+matches|maypole|maze|measuring cup|cabinet|stones|microphone|microwave|uniform|can|van|skirt|van|rocket
 mittens|bowl|trailer|car|modem|monastery|monitor|moped|mortar|graduation cap|mosque|net|scooter|bicycle
 tent|mouse|mousetrap|truck|muzzle|nail|neck brace|necklace|pacifier|laptop|obelisk|oboe|ocarina|speedometer
 oil filter|organ|oscilloscope|skirt|cart|oxygen mask|package|paddle|paddle wheel|lock|paintbrush|pajamas
 palace|pan flute|paper towel|parachute|parallel bars|bench|parking meter|train|patio|payphone|pedestal
 pencil case|pencil sharpener|perfume|dish|copier|guitar pick|helmet|fence|truck|pier|piggy bank|bottle
 pillow|ping pong ball|pinwheel|ship|pitcher||planetarium|bag|dish rack|plow|plunger|camera|pole|police van
-poncho|pool table|bottle|plant|pottery wheel|drill|rug|printer|prison|missile|projector|puck|punching bag
+poncho|pool table|bottle|plant|pottery wheel|drill|rug|printer|prison|rocket|projector|puck|punching bag
 purse|quill|quilt|race car|racket|radiator|radio|satellite dish|barrel|rv|fishing reel|camera|refrigerator
 remote|restaurant|gun|rifle|rocking chair|rotisserie|eraser|ball|ruler|sneakers|safe|safety pin|salt shaker
 sandals|sarong|saxophone|sword|scale|school bus|sailboat|scoreboard|monitor|screw|screwdriver|seat belt

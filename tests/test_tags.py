@@ -106,6 +106,18 @@ def test_class_probabilities_are_summed_per_word_then_thresholded():
         TagConfig(threshold=1.5)
 
 
+def test_tiny_class_probabilities_do_not_add_up_to_a_tag():
+    wm = WordMap.from_lines([f"{i}\tbreed {i}\tdog" for i in range(100)] + ["100\tplate\tplate"])
+    probs = np.full((1, 101), 0.002)
+    probs[0, 100] = 0.8                        # 100 dog classes at 0.002 each: 0.2 of noise
+    assert word_probabilities(probs, wm)[0].tolist() == pytest.approx([0.2, 0.8])
+    assert word_probabilities(probs, wm, class_floor=0.005)[0].tolist() == pytest.approx([0.0, 0.8])
+    logits = np.log(probs)
+    tagger = Tagger(LinearHead(np.zeros((101, 2), np.float32), logits[0].astype(np.float32), "toy"), wm)
+    assert [t.word for t in tagger(np.zeros((1, 2), np.float32))[0]] == ["plate"]
+    assert [t.word for t in tagger(np.zeros((1, 2), np.float32), TagConfig(class_floor=0.0))[0]] == ["plate", "dog"]
+
+
 def test_softmax_is_stable_and_sums_to_one():
     p = softmax(np.array([[1000.0, 1000.0, -1000.0], [0.0, 0.0, 0.0]]))
     np.testing.assert_allclose(p.sum(axis=1), 1.0)

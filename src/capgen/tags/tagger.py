@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # tags stay importable without torch; encoders are only passe
 # A tag is shown when its word's summed probability reaches this.
 DEFAULT_THRESHOLD = 0.1
 DEFAULT_TOP_K = 5
+# Class probabilities below this are noise and are not summed into their word. Without it the 121
+# dog classes' leftovers alone reach "dog" >= 0.1 on 16% of the Flickr8k test photos nobody calls a
+# dog (3% with the floor, while 90% instead of 94% of the dog photos keep "dog" >= 0.1).
+DEFAULT_CLASS_FLOOR = 0.005
 
 
 @dataclass(frozen=True)
@@ -34,16 +38,20 @@ class Tag:
 
 @dataclass(frozen=True)
 class TagConfig:
-    """How many tags to keep: the `top_k` most likely words whose probability is >= `threshold`."""
+    """How many tags to keep: the `top_k` most likely words whose probability is >= `threshold`;
+    a word's probability sums its classes' probabilities that are >= `class_floor`."""
 
     top_k: int = DEFAULT_TOP_K
     threshold: float = DEFAULT_THRESHOLD
+    class_floor: float = DEFAULT_CLASS_FLOOR
 
     def __post_init__(self):
         if self.top_k < 1:
             raise TagsError(f"tags: expected a positive number of tags, got {self.top_k}")
         if not 0.0 <= self.threshold <= 1.0:
             raise TagsError(f"tag threshold: expected a probability in [0, 1], got {self.threshold}")
+        if not 0.0 <= self.class_floor < 1.0:
+            raise TagsError(f"tag class floor: expected a probability in [0, 1), got {self.class_floor}")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -53,12 +61,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def word_probabilities(class_probs: np.ndarray, words: WordMap) -> np.ndarray:
-    """(B, num_classes) class probabilities -> (B, num_words): each word sums the classes mapped to it."""
+def word_probabilities(class_probs: np.ndarray, words: WordMap, class_floor: float = 0.0) -> np.ndarray:
+    """(B, num_classes) class probabilities -> (B, num_words): each word sums the classes mapped to it
+    whose probability is >= class_floor."""
     if class_probs.shape[1] != words.num_classes:
         raise TagsError(f"{words.source}: lists {words.num_classes} classes, the classifier has "
                         f"{class_probs.shape[1]}")
-    return class_probs @ words.matrix().astype(np.float64)  # (B, W)
+    return _sum_per_word(class_probs, words.matrix().astype(np.float64), class_floor)
+
+
+def _sum_per_word(class_probs: np.ndarray, matrix: np.ndarray, class_floor: float) -> np.ndarray:
+    return np.where(class_probs >= class_floor, class_probs, 0.0) @ matrix  # (B, C) @ (C, W) -> (B, W)
 
 
 def top_tags(word_probs: np.ndarray, words: WordMap, config: TagConfig) -> list[list[Tag]]:
@@ -80,13 +93,14 @@ class Tagger:
         self.head, self.words = head, words
         self._matrix = words.matrix().astype(np.float64)   # (C, W)
 
-    def word_probs(self, pooled: np.ndarray) -> np.ndarray:
+    def word_probs(self, pooled: np.ndarray, class_floor: float = DEFAULT_CLASS_FLOOR) -> np.ndarray:
         """(B, dim) pooled features -> (B, num_words) word probabilities (rows sum to <= 1)."""
-        return softmax(self.head.logits(pooled)) @ self._matrix  # (B, W)
+        return _sum_per_word(softmax(self.head.logits(pooled)), self._matrix, class_floor)  # (B, W)
 
     def __call__(self, pooled: np.ndarray, config: TagConfig | None = None) -> list[list[Tag]]:
         """Per image, the confident tag words with probabilities (what decoding can consume)."""
-        return top_tags(self.word_probs(pooled), self.words, config or TagConfig())
+        config = config or TagConfig()
+        return top_tags(self.word_probs(pooled, config.class_floor), self.words, config)
 
 
 def make_tagger(encoder: ImageEncoder, words: str | Path | WordMap | None = None) -> Tagger:
