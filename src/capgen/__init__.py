@@ -6,6 +6,7 @@ Library layout (the file list is the architecture):
   capgen.encoders  image encoders by name (registry), preprocessing, ONNX Runtime backend
   capgen.features  the feature cache (extract once, load with checks)
   capgen.inference caption your own photos (`Captioner`), attention figures
+  capgen.tags      object tags: the encoder's classifier head -> plain caption words
   capgen.serve     the HTTP server and web page over a Captioner
   capgen.cli       the `capgen` command, a thin layer over the above
 """

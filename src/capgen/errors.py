@@ -32,3 +32,7 @@ class FeatureCacheError(CapgenError):
 
 class DiskFullError(CapgenError):
     """The disk filled up while writing an output; the output is left absent or at its last valid version."""
+
+
+class TagsError(CapgenError):
+    """Object tags cannot be computed: no classifier head, or a malformed tag word file."""

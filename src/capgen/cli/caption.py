@@ -8,7 +8,7 @@ import os
 import sys
 
 from capgen.cli.decoding import add_decode_args, decode_options
-from capgen.cli.types import out_dir, positive_int
+from capgen.cli.types import out_dir, positive_int, probability
 
 FORMATS = ("text", "jsonl", "csv")
 # More images than this get a progress bar on stderr.
@@ -24,6 +24,12 @@ def register(sub, parents) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     add_model_args(p)
     add_decode_args(p)
+    p.add_argument("--tags", action="store_true",
+                   help="also print object tags from the encoder's ImageNet classifier, e.g. 'cat 0.85'; "
+                        "text: appended after a tab, jsonl/csv: a 'tags' field")
+    p.add_argument("--n-tags", type=positive_int, default=5, metavar="K", help="at most K tags per photo (default 5)")
+    p.add_argument("--tag-threshold", type=probability, default=0.1,
+                   help="only tags whose probability is at least this (default 0.1)")
     p.add_argument("--format", default="text", choices=FORMATS,
                    help="text (path<TAB>caption), jsonl or csv, on stdout (default text)")
     p.add_argument("--annotate", metavar="DIR", type=out_dir, help="write each photo with its caption drawn on it into DIR")
@@ -46,6 +52,8 @@ def add_model_args(p) -> None:
                    help="build the encoder as NAME or 'module:factory' (for your own encoders; it must "
                         "match the checkpoint's)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="encoder engine")
+    p.add_argument("--tag-words", metavar="TSV",
+                   help="class -> word file for tags (default: the bundled assets/imagenet_words.tsv)")
 
 
 def run(args) -> int:
@@ -55,17 +63,21 @@ def run(args) -> int:
     from capgen.inference import (Captioner, UniqueNames, caption_paths, expand_paths, save_annotated,
                                   save_attention_figure)
 
-    captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend)
+    captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend,
+                                          tag_words=args.tag_words)
+    tags = captioner.tag_config(args.n_tags if args.tags else 0, args.tag_threshold)
+    if tags and captioner.tags_error:  # captions still come; say once why tags do not
+        print(f"capgen caption: {captioner.tags_error}", file=sys.stderr)
     config = captioner.decode_config(**decode_options(args), return_attention=bool(args.attention))
     if args.out:
         return _bulk(args, captioner, config)
     paths = expand_paths(args.paths)
-    write = _writer(args.format, sys.stdout)
+    write = _writer(args.format, sys.stdout, with_tags=bool(tags) and captioner.tagger is not None)
     names = UniqueNames(), UniqueNames()
     failed = 0
     bar = tqdm(total=len(paths), unit="img", desc="caption", file=sys.stderr,
                disable=len(paths) <= _PROGRESS_MIN, dynamic_ncols=True)
-    for path, res in caption_paths(captioner, paths, config, batch_size=args.batch_size):
+    for path, res in caption_paths(captioner, paths, config, batch_size=args.batch_size, tags=tags):
         bar.update(1)
         if isinstance(res, ImageLoadError):
             failed += 1
@@ -101,14 +113,15 @@ def _bulk(args, captioner, config) -> int:
     return 1 if res.failed else 0
 
 
-def _writer(fmt: str, out):
+def _writer(fmt: str, out, with_tags: bool = False):
     """A function (path, CaptionResult) -> None writing one record, flushed so output streams."""
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(["image", "caption", "score", "alternatives"])
+        w.writerow(["image", "caption", "score", "alternatives", *(["tags"] if with_tags else [])])
 
         def write(path, res):
-            w.writerow([path, res.caption, f"{res.score:.4f}", " | ".join(c for c, _ in res.alternatives)])
+            tags = [" | ".join(f"{t.word} {t.p:.2f}" for t in res.tags or [])] if with_tags else []
+            w.writerow([path, res.caption, f"{res.score:.4f}", " | ".join(c for c, _ in res.alternatives), *tags])
             out.flush()
     elif fmt == "jsonl":
         def write(path, res):
@@ -116,6 +129,7 @@ def _writer(fmt: str, out):
             out.flush()
     else:
         def write(path, res):
-            out.write(f"{path}\t{res.caption}\n")
+            tags = f"\t{', '.join(f'{t.word} {t.p:.2f}' for t in res.tags or [])}" if with_tags else ""
+            out.write(f"{path}\t{res.caption}{tags}\n")
             out.flush()
     return write

@@ -41,7 +41,7 @@ def run(args) -> int:
     settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pixels=max_pixels, timeout=args.timeout,
                              read_timeout=args.read_timeout, allowed_hosts=hosts)  # checked before the model loads
     captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend,
-                                          max_pixels=max_pixels)
+                                          max_pixels=max_pixels, tag_words=args.tag_words)
     app = create_app(captioner, settings)
     print(f"capgen serve: {captioner.name} on http://{args.host}:{args.port}/ (Ctrl-C to stop; answering Host "
           f"{', '.join(hosts)})")

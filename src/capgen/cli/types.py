@@ -43,3 +43,4 @@ def out_dir(text: str) -> str:
 
 
 out_dir.__name__ = "an output folder"
+probability = _checked(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")

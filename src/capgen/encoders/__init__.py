@@ -3,10 +3,11 @@
     enc = create_encoder("efficientnet-lite2")
     x = torch.stack([enc.preprocess(load_image(p)) for p in paths])  # (B, 3, S, S)
     pooled, grid = enc(x)                                             # (B, dim), (B, H*W, dim)
+    logits = enc.classifier().logits(pooled.numpy())                  # (B, 1000) ImageNet; None: no head
     runner = make_runner(enc)                                          # fast numpy inference (ONNX)
 """
 
-from capgen.encoders.base import GridEncoder, ImageEncoder, pool_grid
+from capgen.encoders.base import GridEncoder, ImageEncoder, LinearHead, pool_grid
 from capgen.encoders.preprocess import Preprocess
 from capgen.encoders.registry import create_encoder, list_encoders, register_encoder
 
@@ -21,6 +22,7 @@ __all__ = [
     "EncoderRunner",
     "GridEncoder",
     "ImageEncoder",
+    "LinearHead",
     "Preprocess",
     "count_flops",
     "create_encoder",

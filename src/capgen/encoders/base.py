@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import nn
 
 from capgen.encoders.preprocess import Preprocess
 from capgen.errors import EncoderError
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """A classification head on the pooled vector: logits = pooled @ weight.T + bias.
+
+    Kept as numpy so logits cost one small matmul on the pooled features every runner (torch or
+    ONNX) already returns; no second network pass and no change to exported graphs.
+    """
+
+    weight: np.ndarray   # (num_classes, dim) float32
+    bias: np.ndarray     # (num_classes,) float32
+    labels: str          # which label set the classes index, e.g. "imagenet-1k"
+
+    @classmethod
+    def from_linear(cls, fc: nn.Linear, labels: str) -> "LinearHead":
+        bias = fc.bias if fc.bias is not None else torch.zeros(fc.out_features)
+        return cls(fc.weight.detach().cpu().float().numpy().copy(), bias.detach().cpu().float().numpy().copy(), labels)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.weight.shape[0])
+
+    def logits(self, pooled: np.ndarray) -> np.ndarray:
+        """(B, dim) -> (B, num_classes) float32."""
+        return np.asarray(pooled, dtype=np.float32) @ self.weight.T + self.bias  # (B, C)
 
 
 class ImageEncoder(nn.Module):
@@ -50,6 +79,13 @@ class ImageEncoder(nn.Module):
             "grid": list(self.grid_hw),
         }
 
+    def classifier(self) -> LinearHead | None:
+        """The pretrained classification head over the pooled vector, or None when there is none.
+
+        Object tags (capgen.tags) need it; encoders without one still caption, without tags.
+        """
+        return None
+
     def features_module(self) -> nn.Module:
         """A module mapping x (B, 3, S, S) -> grid map (B, dim, H, W), e.g. for export."""
         return _GridMap(self)
@@ -73,7 +109,11 @@ class _GridMap(nn.Module):
 
 
 class GridEncoder(ImageEncoder):
-    """Wraps a user's own module that maps images (B, 3, S, S) to a grid (B, C, H, W); pooled = spatial mean."""
+    """Wraps a user's own module that maps images (B, 3, S, S) to a grid (B, C, H, W); pooled = spatial mean.
+
+    head: optionally the backbone's classifier over that pooled vector (a LinearHead, or an
+      nn.Linear with `labels` naming its classes), which gives object tags; without it, no tags.
+    """
 
     def __init__(
         self,
@@ -82,6 +122,8 @@ class GridEncoder(ImageEncoder):
         name: str,
         dim: int | None = None,
         grid_hw: tuple[int, int] | None = None,
+        head: LinearHead | nn.Linear | None = None,
+        labels: str = "imagenet-1k",
     ):
         if dim is None or grid_hw is None:
             shape = _probe_output_shape(module, preprocess.size, name)
@@ -89,6 +131,13 @@ class GridEncoder(ImageEncoder):
             grid_hw = (shape[2], shape[3]) if grid_hw is None else grid_hw
         super().__init__(name, preprocess, dim, grid_hw)
         self.module = module
+        self.head = LinearHead.from_linear(head, labels) if isinstance(head, nn.Linear) else head
+        if self.head is not None and self.head.weight.shape[1] != self.dim:
+            raise EncoderError(f"encoder {name}: head takes {self.head.weight.shape[1]} features, "
+                               f"the grid has {self.dim}")
+
+    def classifier(self) -> LinearHead | None:
+        return self.head
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)  # (B, C, H, W)

@@ -12,7 +12,7 @@ import importlib
 import torch
 from torch import nn
 
-from capgen.encoders.base import ImageEncoder
+from capgen.encoders.base import ImageEncoder, LinearHead
 from capgen.encoders.preprocess import Preprocess
 from capgen.encoders.registry import register_encoder
 from capgen.errors import EncoderError
@@ -36,6 +36,11 @@ class EfficientNetLite(ImageEncoder):
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.extract_features(x)  # (B, 1280, H, W)
+
+    def classifier(self) -> LinearHead:
+        """The ImageNet-1k head: the model's `forward` is extract_features -> spatial mean -> dropout
+        (identity in eval) -> `_fc`, so `_fc` applied to our pooled vector gives the same logits."""
+        return LinearHead.from_linear(self.model._fc, labels="imagenet-1k")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits (B, 1000); proves the pretrained weights are loaded."""

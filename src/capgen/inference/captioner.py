@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from PIL import Image
 from capgen.errors import CapgenError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.inference.result import CaptionResult
+from capgen.tags import DEFAULT_THRESHOLD, Tag, TagConfig
 
 # Where the model shipped with the package lives (package data; may be absent in an install).
 BUNDLED_MODEL = "assets/captioner.pt"
@@ -36,12 +38,15 @@ class Captioner:
         cap = Captioner.from_pretrained("runs/transformer/best.pt")
         cap.caption("photo.jpg").caption             # 'a dog runs on the grass'
         cap.caption(["a.jpg", "b.jpg"], n_best=3)     # list of CaptionResult
+        cap.caption("photo.jpg", tags=5).tags         # [Tag('cat', 0.85), ...] from the encoder's head
 
     Not thread-safe: the model and encoder runner hold shared state; the server runs one Captioner
     in a single worker thread.
     """
 
-    def __init__(self, model, vocab, encoder, runner, name: str = "", max_pixels: int = MAX_PIXELS):
+    def __init__(self, model, vocab, encoder, runner, name: str = "", max_pixels: int = MAX_PIXELS,
+                 tagger=None, tags_error: str | None = None):
+        """tagger: a capgen.tags.Tagger, or None with `tags_error` saying why there are no tags."""
         from capgen.decoding import TokenIds
 
         self.model = model.eval()
@@ -51,18 +56,26 @@ class Captioner:
         self.runner = runner
         self.name = name or model.name
         self.max_pixels = max_pixels
+        self.tagger = tagger
+        self.tags_error = None if tagger is not None else (tags_error or "tags unavailable: no tagger given")
 
     @classmethod
     def from_pretrained(cls, path: str | Path | Sequence[str | Path] | None = None, encoder: str | None = None,
-                        backend: str = "auto", max_pixels: int = MAX_PIXELS) -> "Captioner":
+                        backend: str = "auto", max_pixels: int = MAX_PIXELS,
+                        tag_words: str | Path | None = None) -> "Captioner":
         """Load a checkpoint (None = the bundled model; several paths = an ensemble) and rebuild its encoder.
 
         encoder: build the encoder with this name or 'package.module:factory' instead of the name
           stored in the checkpoint (needed for your own encoders); its spec must still match. Only
           this argument may import code: the checkpoint's own name must be a registered encoder.
+        tag_words: a class -> word file for tags (None = the bundled ImageNet one). Without a
+          classifier head, or with a malformed file, captioning still works; `tags_error` says why
+          there are no tags.
         """
         from capgen.checkpoint import load_checkpoints
         from capgen.encoders import create_encoder, make_runner
+        from capgen.errors import TagsError
+        from capgen.tags import make_tagger
 
         paths = [bundled_model_path()] if path is None else \
             [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
@@ -75,8 +88,14 @@ class Captioner:
             except CapgenError as e:
                 raise CapgenError(f"{paths[0]}: {e}") from None
         check_encoder_spec(enc.spec(), ck.encoder, paths[0])
+        tagger, tags_error = None, None
+        try:
+            tagger = make_tagger(enc, tag_words)
+        except TagsError as e:
+            tags_error = str(e)
         return cls(ck.model, ck.vocab, enc, make_runner(enc, backend=backend),
-                   name=f"{ck.model.name} ({', '.join(p.name for p in paths)})", max_pixels=max_pixels)
+                   name=f"{ck.model.name} ({', '.join(p.name for p in paths)})", max_pixels=max_pixels,
+                   tagger=tagger, tags_error=tags_error)
 
     # ---- properties the CLI and the server ask about ------------------------------------------------
     @property
@@ -91,7 +110,8 @@ class Captioner:
         """What /health reports."""
         return {"model": self.name, "architecture": self.model.name, "encoder": self.encoder.name,
                 "vocab_size": len(self.vocab), "supports_attention": self.supports_attention,
-                "grid": list(self.grid_hw)}
+                "grid": list(self.grid_hw), "tags": self.tagger is not None,
+                **({"tags_error": self.tags_error} if self.tags_error else {})}
 
     # ---- the pipeline -----------------------------------------------------------------------------
     def load(self, image: ImageSource, name: str | None = None) -> Image.Image:
@@ -125,27 +145,48 @@ class Captioner:
                              alternatives=[(" ".join(self.vocab.decode(x.tokens)), float(x.score)) for x in hyps[1:]],
                              attention=attention, image_size=image.size, truncated=best.truncated)
 
-    def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
-                **options) -> CaptionResult | list[CaptionResult]:
+    def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16, tags: int = 0,
+                tag_threshold: float = DEFAULT_THRESHOLD, **options) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list of them.
 
         options: DecodeConfig fields (beam_size, method, n_best, max_len, no_repeat_ngram,
         temperature, seed, return_attention, ...), with DecodeConfig's defaults.
+        tags: also return up to this many object tags (`CaptionResult.tags`) with probability >=
+          `tag_threshold`; without a tagger this warns once with `tags_error` and tags stay None.
         Raises ImageLoadError for the first unreadable image; `caption_paths` skips bad files instead.
         """
         config = self.decode_config(**options)
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        results = self.caption_loaded([self.load(i) for i in items], config, batch_size)
+        tag_config = self.tag_config(tags, tag_threshold)
+        if tag_config and self.tags_error:
+            warnings.warn(self.tags_error, RuntimeWarning, stacklevel=2)
+        results = self.caption_loaded([self.load(i) for i in items], config, batch_size, tags=tag_config)
         return results[0] if single else results
+
+    def tag_config(self, tags: int = 0, tag_threshold: float = DEFAULT_THRESHOLD) -> TagConfig | None:
+        """None when no tags are asked for (tags == 0); TagsError for bad values."""
+        return TagConfig(top_k=tags, threshold=tag_threshold) if tags else None
+
+    def tag(self, images: Sequence[ImageSource], config: TagConfig | None = None) -> list[list[Tag]]:
+        """Images -> per image, the confident tag words with probabilities (no captioning).
+        Raises TagsError when this captioner has no tagger."""
+        from capgen.errors import TagsError
+
+        if self.tagger is None:
+            raise TagsError(self.tags_error)
+        pooled, _ = self.encode(images)
+        return self.tagger(pooled, config)
 
     def caption_paths(self, paths: Sequence[str | Path], batch_size: int = 16, **options):
         """Files, folders (recursive) and globs -> iterator of (path, CaptionResult or ImageLoadError),
         in input order; bad or missing files are yielded as errors and the rest still captioned.
-        `options` are those of `caption` (beam_size, n_best, return_attention, ...)."""
+        `options` are those of `caption` (beam_size, n_best, return_attention, tags, ...)."""
         from capgen.inference.files import caption_paths, expand_paths
 
-        return caption_paths(self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size)
+        tags = self.tag_config(options.pop("tags", 0), options.pop("tag_threshold", DEFAULT_THRESHOLD))
+        return caption_paths(self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size,
+                             tags=tags)
 
     def decode_config(self, **options):
         """`DecodeConfig(**options)`, the one builder every caller shares; attention on a model without
@@ -157,8 +198,10 @@ class Captioner:
                               "model (show_attend_tell or transformer)")
         return DecodeConfig(**options)
 
-    def caption_loaded(self, images: Sequence[Image.Image], config, batch_size: int = 16) -> list[CaptionResult]:
-        """Already loaded RGB images -> results, encoded and decoded `batch_size` images at a time."""
+    def caption_loaded(self, images: Sequence[Image.Image], config, batch_size: int = 16,
+                       tags: TagConfig | None = None) -> list[CaptionResult]:
+        """Already loaded RGB images -> results, encoded and decoded `batch_size` images at a time.
+        With `tags` and a tagger, each result also carries its tags (from the same pooled features)."""
         if batch_size < 1:
             raise CapgenError(f"batch_size must be >= 1, got {batch_size}")
         results: list[CaptionResult] = []
@@ -166,7 +209,11 @@ class Captioner:
             chunk = images[i:i + batch_size]
             pooled, grid = self.runner(self.preprocess(chunk))   # (B, dim), (B, H*W, dim)
             hyps = self.forward(pooled, grid, config)
-            results.extend(self.postprocess(h, img) for h, img in zip(hyps, chunk))
+            chunk_results = [self.postprocess(h, img) for h, img in zip(hyps, chunk)]
+            if tags is not None and self.tagger is not None:
+                for res, image_tags in zip(chunk_results, self.tagger(pooled, tags)):
+                    res.tags = image_tags
+            results.extend(chunk_results)
         return results
 
 

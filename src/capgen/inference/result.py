@@ -20,6 +20,8 @@ class CaptionResult:
       None when not requested or the model does not attend.
     image_size: (width, height) of the loaded, upright image.
     truncated: the caption was cut at the length limit (the model would have gone on).
+    tags: object words from the encoder's classifier with probabilities (capgen.tags.Tag), most
+      likely first, when asked for and available; None otherwise.
     """
 
     caption: str
@@ -29,10 +31,13 @@ class CaptionResult:
     attention: np.ndarray | None = None
     image_size: tuple[int, int] = (0, 0)
     truncated: bool = False
+    tags: list | None = None
 
     def to_dict(self, attention: bool = False) -> dict:
         """JSON-ready dict: caption, score, alternatives (if any), attention payload (if asked and present)."""
         d: dict = {"caption": self.caption, "score": _score(self.score), "truncated": self.truncated}
+        if self.tags is not None:
+            d["tags"] = [t.to_dict() for t in self.tags]
         if self.alternatives:
             d["alternatives"] = [{"caption": c, "score": _score(s)} for c, s in self.alternatives]
         if attention and self.attention is not None:

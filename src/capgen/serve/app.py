@@ -4,7 +4,8 @@ nothing this server sends may make a browser fetch from another host.
 
 The request path is the Captioner's pipeline: uploads are checked and decoded (uploads.py), queued
 to the one model thread (worker.py), and results serialised with `CaptionResult.to_dict`. Nothing
-here depends on the model type; attention is offered when the captioner says it supports it.
+here depends on the model type; attention is offered when the captioner says it supports it, and
+object tags (`tags=K`) when it has a tagger.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from capgen import __version__
 from capgen.errors import CapgenError
+from capgen.tags import DEFAULT_THRESHOLD, TagConfig
 from capgen.serve.limits import BodyLimit, ServeSettings
 from capgen.serve.uploads import UploadError, read_image
 from capgen.serve.worker import ModelWorker, ServerBusy
 
 FIELD = "files"
+MAX_TAGS = 20
 
 # /caption takes a hand-parsed multipart body (for precise errors); describe it in /openapi.json.
 _CAPTION_BODY = {
@@ -39,6 +42,10 @@ _CAPTION_BODY = {
         {"name": "beam_size", "in": "query", "schema": {"type": "integer", "default": 3, "minimum": 1}},
         {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": 1, "minimum": 1}},
         {"name": "attention", "in": "query", "schema": {"type": "boolean", "default": False}},
+        {"name": "tags", "in": "query", "description": "up to this many object tags per image (0 = none)",
+         "schema": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_TAGS}},
+        {"name": "tag_threshold", "in": "query", "description": "minimum tag probability",
+         "schema": {"type": "number", "default": DEFAULT_THRESHOLD, "minimum": 0, "maximum": 1}},
     ],
 }
 
@@ -78,15 +85,18 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
         images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
         if options["return_attention"] and not captioner.supports_attention:
             raise UploadError(422, f"attention: this model ({captioner.info()['architecture']}) has no attention")
+        warnings = [captioner.tags_error] if options["tags"] and captioner.tags_error else []
         future = worker.submit(images, options)
         try:
             results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout)
         except asyncio.TimeoutError:
             future.cancel()  # if still queued, the worker skips it
             raise UploadError(504, f"captioning took longer than {settings.timeout:g} s; try again") from None
-        return JSONResponse({"results": [
-            {"filename": name, **res.to_dict(attention=options["return_attention"])}
-            for (name, _), res in zip(form_items, results)]})
+        body = {"results": [{"filename": name, **res.to_dict(attention=options["return_attention"])}
+                            for (name, _), res in zip(form_items, results)]}
+        if warnings:  # e.g. tags asked for but the encoder has no classifier: captions still come
+            body["warnings"] = warnings
+        return JSONResponse(body)
 
     return app
 
@@ -125,7 +135,10 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
     attention = value("attention", "false").lower()
     if attention not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
         raise UploadError(422, f"attention: expected true or false, got {attention!r}")
-    options = {"beam_size": beam_size, "n_best": n_best, "return_attention": attention in ("true", "1", "yes", "on")}
+    n_tags = _int(value("tags", "0"), "tags", 0, MAX_TAGS)
+    threshold = _float(value("tag_threshold", str(DEFAULT_THRESHOLD)), "tag_threshold", 0.0, 1.0)
+    options = {"beam_size": beam_size, "n_best": n_best, "return_attention": attention in ("true", "1", "yes", "on"),
+               "tags": TagConfig(top_k=n_tags, threshold=threshold) if n_tags else None}
     return items, options
 
 
@@ -136,6 +149,16 @@ def _int(text: str, name: str, lo: int, hi: int) -> int:
         raise UploadError(422, f"{name}: expected an integer, got {text!r}") from None
     if not lo <= v <= hi:
         raise UploadError(422, f"{name}: expected an integer in [{lo}, {hi}], got {v}")
+    return v
+
+
+def _float(text: str, name: str, lo: float, hi: float) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UploadError(422, f"{name}: expected a number, got {text!r}") from None
+    if not lo <= v <= hi:  # also refuses nan
+        raise UploadError(422, f"{name}: expected a number in [{lo:g}, {hi:g}], got {text}")
     return v
 
 

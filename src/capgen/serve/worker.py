@@ -123,9 +123,11 @@ class ModelWorker:
         if not batch:
             return
         try:
-            config = self.captioner.decode_config(**dict(batch[0].options))
+            options = dict(batch[0].options)
+            tags = options.pop("tags", None)  # a TagConfig or None; the rest configures decoding
+            config = self.captioner.decode_config(**options)
             images = [img for j in batch for img in j.images]
-            results = self.captioner.caption_loaded(images, config, batch_size=self.max_batch)
+            results = self.captioner.caption_loaded(images, config, batch_size=self.max_batch, tags=tags)
         except Exception as e:  # noqa: BLE001  reported to every waiting request, never kills the thread
             for j in batch:
                 j.future.set_exception(e)
