@@ -169,3 +169,14 @@ def csv_dataset(tmp_path: Path, rows: list[str]) -> Path:
     lines = ["image,caption"] + [f"{i}.png,a red square number {i}" for i in range(6)] + rows
     (data / "caps.csv").write_text("\n".join(lines) + "\n")
     return data / "caps.csv"
+
+
+def forged_checkpoint(tiny_run, tmp_path: Path, edit) -> Path:
+    """A copy of the tiny model's checkpoint with `edit(payload)` applied (for hostile-input tests)."""
+    from capgen.checkpoint import read_payload, save_checkpoint
+
+    payload = read_payload(tiny_run.checkpoints["show_tell"])
+    edit(payload)
+    path = tmp_path / "forged.pt"
+    save_checkpoint(path, payload)
+    return path

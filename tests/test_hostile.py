@@ -16,15 +16,6 @@ from conftest import csv_dataset, one_line_error
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def forged_checkpoint(tiny_run, tmp_path: Path, edit) -> Path:
-    """A copy of the tiny model's checkpoint with `edit(payload)` applied."""
-    payload = read_payload(tiny_run.checkpoints["show_tell"])
-    edit(payload)
-    path = tmp_path / "forged.pt"
-    save_checkpoint(path, payload)
-    return path
-
-
 # ---- 10, 11, 13: a table of bad inputs through every command ---------------------------------------
 
 def _write(path: Path, text: str) -> Path:

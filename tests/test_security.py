@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from capgen.checkpoint import read_payload, save_checkpoint
 from capgen.cli import main
 from capgen.errors import CapgenError
-from conftest import csv_dataset, one_line_error
+from conftest import csv_dataset, forged_checkpoint, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,15 +22,6 @@ import os
 def run():
     Path(os.environ["CAPGEN_EVIL_MARK"]).write_text("ran")
 '''
-
-
-def forged_checkpoint(tiny_run, tmp_path: Path, edit) -> Path:
-    """A copy of the tiny model's checkpoint with `edit(payload)` applied."""
-    payload = read_payload(tiny_run.checkpoints["show_tell"])
-    edit(payload)
-    path = tmp_path / "forged.pt"
-    save_checkpoint(path, payload)
-    return path
 
 
 

@@ -3,7 +3,6 @@
 import io
 import re
 import threading
-import time
 
 import pytest
 from PIL import Image

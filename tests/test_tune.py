@@ -14,7 +14,6 @@ from optuna.trial import TrialState
 import capgen.training.trainer as trainer_mod
 import capgen.tuning.study as study_mod
 from capgen.cli import main
-from capgen.config import ConfigError
 from capgen.features import FeatureCache, extract_features
 from capgen.training import load_run_config
 from capgen.tuning import TuneOptions, open_study, parse_space, run_worker
