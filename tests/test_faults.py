@@ -256,7 +256,7 @@ def test_worker_answers_every_waiting_job_on_close():
         def decode_config(self, **options):
             return options
 
-        def caption_loaded(self, images, config, batch_size):
+        def caption_loaded(self, images, config, batch_size, **kw):
             started.set()
             release.wait(10)
             return list(images)

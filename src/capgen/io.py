@@ -147,19 +147,34 @@ def atomic_dir(path: str | os.PathLike, replace_if: str | None = None) -> Iterat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# Folders this process holds with allow_nested=True, with how many holders. flock locks belong to an
+# open file, so a second open+flock of the same .lock from this process would refuse its own holder:
+# a tuning trial locks its run folder, then `train` locks it again.
+_HELD: dict[str, int] = {}
+
+
 @contextmanager
-def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
+def folder_lock(path: str | os.PathLike, what: str, allow_nested: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on folder `path` (created if missing) while its writer runs.
 
-    A second writer gets a one-line CapgenError instead of silently interleaving its writes. The
-    lock is an flock on PATH/.lock: the kernel drops it when the process dies, so a killed run
-    never leaves a stale lock behind.
+    A second writer gets a one-line CapgenError instead of silently interleaving its writes.
+    allow_nested: this process's own writers may lock the folder again inside this one (a tuning
+    trial runs `train` in the run folder it holds). The lock is an flock on PATH/.lock: the kernel
+    drops it when the process dies, so a killed run never leaves a stale lock behind.
     """
     from capgen.errors import CapgenError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CapgenError(f"{path}: exists and is not a directory; choose another folder")
+    key = str(path.resolve())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+        return
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
     fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
@@ -169,9 +184,12 @@ def folder_lock(path: str | os.PathLike, what: str) -> Iterator[Path]:
         os.close(fd)
         raise CapgenError(f"{path}: another capgen process is writing this {what}; wait for it to finish "
                           f"or choose another folder") from None
+    if allow_nested:
+        _HELD[key] = 1
     try:
         yield path
     finally:
+        _HELD.pop(key, None)
         if created and path.is_dir() and [p.name for p in path.iterdir()] == [".lock"]:  # failed before writing
             (path / ".lock").unlink()
             path.rmdir()

@@ -103,7 +103,7 @@ def run_trial(study, trial, space: Space, base: RunConfig, data, cache, study_di
 
     run_dir = study_dir / "trials" / str(trial.number)
     t0 = time.perf_counter()
-    with folder_lock(run_dir, "tuning trial"):
+    with folder_lock(run_dir, "tuning trial", allow_nested=True):  # `train` locks it again inside
         # After the lock: another worker seeing these attrs and a free lock knows this worker died.
         for k, v in {"host": HOST, "worker": worker_id(), "run_dir": str(run_dir)}.items():
             trial.set_user_attr(k, v)
