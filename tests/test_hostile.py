@@ -28,16 +28,20 @@ def _yaml(tmp: Path, text: str) -> Path:
     return _write(tmp / "cfg.yaml", text)
 
 
-def _manifest_without_images_dir(ctx) -> Path:
+def _copy_without_key(src: Path, dst: Path, file: str, key: str) -> Path:
+    """A copy of folder `src` whose JSON `file` lacks `key`."""
     import json
     import shutil
 
-    root = ctx.tmp / "prep-no-images-dir"
-    shutil.copytree(ctx.prepared, root)
-    m = json.loads((root / "manifest.json").read_text())
-    del m["images_dir"]
-    (root / "manifest.json").write_text(json.dumps(m))
-    return root
+    shutil.copytree(src, dst)
+    m = json.loads((dst / file).read_text())
+    del m[key]
+    (dst / file).write_text(json.dumps(m))
+    return dst
+
+
+def _manifest_without_images_dir(ctx) -> Path:
+    return _copy_without_key(ctx.prepared, ctx.tmp / "prep-no-images-dir", "manifest.json", "images_dir")
 
 
 def _prepared_with_vocab(ctx, text: str) -> Path:
@@ -50,15 +54,7 @@ def _prepared_with_vocab(ctx, text: str) -> Path:
 
 
 def _meta_without_images(ctx) -> Path:
-    import json
-    import shutil
-
-    root = ctx.tmp / "feats-no-images"
-    shutil.copytree(ctx.feats, root)
-    m = json.loads((root / "meta.json").read_text())
-    del m["images"]
-    (root / "meta.json").write_text(json.dumps(m))
-    return root
+    return _copy_without_key(ctx.feats, ctx.tmp / "feats-no-images", "meta.json", "images")
 
 
 def _bad_checkpoint(ctx, **fields) -> Path:
