@@ -107,17 +107,6 @@ def _parse_value(text: str):
         return text
 
 
-def with_init(cfg: RunConfig) -> RunConfig:
-    """With train.init set, the model and its config are the init checkpoint's (its weights are
-    loaded by the trainer); without it, cfg as it is."""
-    if not cfg.train.init:
-        return cfg
-    from capgen.checkpoint import read_payload
-
-    payload = read_payload(cfg.train.init)
-    return RunConfig(payload["model_name"], dict(payload["model_config"]), cfg.train)
-
-
 def load_run_config(path: str | Path | None = None, sets: list[str] | None = None,
                     model: str | None = None) -> RunConfig:
     """Defaults <- YAML file <- --model <- --set overrides, validated against the dataclasses."""

@@ -22,13 +22,14 @@ from tqdm.auto import tqdm
 
 from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, read_resume, save_checkpoint,
                                training_payload)
+from capgen.config import config_to_dict
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
 from capgen.features import FeatureCache, Features
 from capgen.io import write_json
 from capgen.models import create_model
 from capgen.parallel import dist_info
-from capgen.training.config import RunConfig, load_run_config, with_init
+from capgen.training.config import RunConfig, load_run_config
 from capgen.training.data import CaptionPairs
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
 from capgen.training.lock import run_folder_locked
@@ -126,8 +127,9 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     for split in ("train", "val"):
         cache.check(data, split)
     vocab, enc = data.vocab, cache.encoder_spec
-    cfg = with_init(cfg)
     init = _init_model(tc.init, vocab, enc) if tc.init else None
+    if init is not None:  # the architecture is the init checkpoint's, whatever the config named
+        cfg = RunConfig(init.name, config_to_dict(init.config), tc)
     state = _prepare_run_dir(out, cfg, resume) if dist.rank == 0 else None
     state = dist.broadcast(state)
 
@@ -156,7 +158,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         partial = (r["partial_loss_sum"], r["partial_steps"])
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
-    train_feats = Features.load(cache, data.split("train"), memory_mb=tc.feature_memory_mb)
+    train_feats = Features.load(cache, train_records, memory_mb=tc.feature_memory_mb)
     val_records = data.split("val")[: tc.val_images or None]
     val_feats = Features.load(cache, val_records, memory_mb=tc.feature_memory_mb) if dist.rank == 0 else None
     writer = _tensorboard(out / "tb") if dist.rank == 0 else None
