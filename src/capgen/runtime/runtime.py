@@ -118,10 +118,13 @@ class Runtime:
         V = self.step_session.get_outputs()[0].shape[-1]
         if V != len(self.vocab):
             raise ExportError(f"{d / fmt.VOCAB}: {len(self.vocab)} words, but {fmt.STEP} predicts {V}")
+        # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
         names = {i.name for i in self.step_session.get_inputs()}
         wanted = {"tokens"} | {f"state.{k}" for k in self.state_keys} | {f"memory.{k}" for k in self.memory_keys}
-        if names != wanted:
+        if "tokens" not in names or not names <= wanted:
             raise ExportError(f"{d / fmt.STEP}: its inputs do not match {fmt.MODEL} (another model's graph?)")
+        self._step_state = [k for k in self.state_keys if f"state.{k}" in names]
+        self._step_memory = [k for k in self.memory_keys if f"memory.{k}" in names]
         outs = {o.name: o.shape for o in self.encoder.get_outputs()}
         x = self.encoder.get_inputs()[0].shape
         grid = encoder.get("grid") or [0, 0]
@@ -133,9 +136,9 @@ class Runtime:
                 isinstance(g, int) and g != e for k in expected for g, e in zip(got[k], expected[k])):
             raise ExportError(f"{d / fmt.ENCODER}: not the encoder {fmt.MODEL} describes "
                               f"({encoder.get('name')}, input {expected['x']}, dim {encoder.get('dim')}, grid {grid})")
-        init_names = {i.name for i in self.init.get_inputs()}
-        if init_names != {"pooled", "grid"}:
-            raise ExportError(f"{d / fmt.INIT}: expected inputs pooled and grid, got {sorted(init_names)}")
+        self._init_inputs = [i.name for i in self.init.get_inputs()]
+        if not set(self._init_inputs) <= {"pooled", "grid"}:
+            raise ExportError(f"{d / fmt.INIT}: expected inputs pooled and grid, got {sorted(self._init_inputs)}")
 
     # ---- the pipeline ------------------------------------------------------------------------------
     def decode_config(self, **options) -> DecodeConfig:
@@ -160,14 +163,15 @@ class Runtime:
         return pooled, grid
 
     def _step(self, tokens: np.ndarray, state: Arrays, memory: Arrays) -> tuple[np.ndarray, Arrays]:
-        feed = {"tokens": tokens, **{f"state.{k}": v for k, v in state.items()},
-                **{f"memory.{k}": v for k, v in memory.items()}}
+        feed = {"tokens": tokens, **{f"state.{k}": state[k] for k in self._step_state},
+                **{f"memory.{k}": memory[k] for k in self._step_memory}}
         logp, *new = self.step_session.run(self._step_outputs, feed)
         return logp, dict(zip(self.state_keys, new))
 
     def decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig) -> list[list[Hypothesis]]:
         """Features -> per image, hypotheses best first."""
-        outs = self.init.run(None, {"pooled": pooled, "grid": grid})
+        features = {"pooled": pooled, "grid": grid}
+        outs = self.init.run(None, {k: features[k] for k in self._init_inputs})
         names = [o.name for o in self.init.get_outputs()]
         values = dict(zip(names, outs))
         memory = {k: values[f"memory.{k}"] for k in self.memory_keys}
