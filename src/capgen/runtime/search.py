@@ -65,10 +65,10 @@ def _block_ngrams(logp: np.ndarray, history: np.ndarray, length: int, n: int) ->
     """In place: -inf for every token that would complete an n-gram already in the row."""
     if n <= 0 or length < n:
         return
-    hist = history[:, :length]                                             # (R, L)
-    grams = np.lib.stride_tricks.sliding_window_view(hist, n, axis=1)      # (R, L-n+1, n)
-    prefix = hist[:, length - (n - 1):]                                    # (R, n-1)
-    match = (grams[:, :, :-1] == prefix[:, None, :]).all(axis=-1)          # (R, L-n+1)
+    starts = np.arange(length - n + 1)                                     # (G,) every n-gram's start
+    grams = history[:, starts[:, None] + np.arange(n)]                     # (R, G, n)
+    prefix = history[:, length - (n - 1):length]                           # (R, n-1) the current context
+    match = (grams[:, :, :-1] == prefix[:, None, :]).all(axis=-1)          # (R, G)
     rows, cols = np.nonzero(match)
     logp[rows, grams[rows, cols, -1]] = NEG_INF
 
