@@ -43,7 +43,8 @@ def _transformer(tiny_run, tmp: Path, name: str, **overrides) -> Path:
 def checkpoints(tiny_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export-ckpts")
     return {**tiny_run.checkpoints, "transformer": _transformer(tiny_run, tmp, "transformer"),
-            "transformer_learned": _transformer(tiny_run, tmp, "learned", positions="learned", max_positions=24)}
+            "transformer_learned": _transformer(tiny_run, tmp, "learned", positions="learned", max_positions=24),
+            "ensemble": [tiny_run.checkpoints["show_tell"], tiny_run.checkpoints["show_attend_tell"]]}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,8 @@ def exports(tiny_run, checkpoints, tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     out = {}
     for name, ckpt in checkpoints.items():
-        assert main(["export", str(ckpt), "--out", str(root / name), "--encoder", tiny_run.encoder]) == 0
+        paths = [str(p) for p in (ckpt if isinstance(ckpt, list) else [ckpt])]
+        assert main(["export", *paths, "--out", str(root / name), "--encoder", tiny_run.encoder]) == 0
         out[name] = root / name
     return out
 
@@ -62,7 +64,7 @@ def photos(tiny_run):
     return [str(r.path) for r in tiny_run.prepared.records()[:8]]
 
 
-@pytest.mark.parametrize("name", ["show_tell", "show_attend_tell", "transformer", "transformer_learned"])
+@pytest.mark.parametrize("name", ["show_tell", "show_attend_tell", "transformer", "transformer_learned", "ensemble"])
 def test_runtime_captions_equal_torch_captions(name, tiny_run, checkpoints, exports, photos):
     captioner = Captioner.from_pretrained(checkpoints[name], encoder=tiny_run.encoder, backend="onnx")
     rt = Runtime(exports[name], threads=1)

@@ -183,6 +183,8 @@ class Runtime:
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
                 **options) -> Caption | list[Caption]:
         """Caption one image (path, bytes or PIL image) or a list; options are DecodeConfig fields."""
+        if batch_size < 1:
+            raise ExportError(f"batch_size must be >= 1, got {batch_size}")
         config = self.decode_config(**options)
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
