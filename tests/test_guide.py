@@ -12,7 +12,7 @@ import torch
 from capgen import Captioner
 from capgen.cli import main
 from capgen.data.vocab import Vocabulary
-from capgen.decoding import DecodeConfig, DecodeError, decode
+from capgen.decoding import DecodeConfig, DecodeError, beam, decode
 from capgen.tags import Guidance, Guide, Tag, WordMap
 from conftest import one_line_error
 from test_decoding import MODELS, brute_force, sharp
@@ -39,15 +39,20 @@ def test_required_words_appear_and_other_images_are_untouched(name):
     assert [7 in greedy[0][0].tokens, 8 in greedy[1][0].tokens, 9 in greedy[2][0].tokens] == [True, True, True]
 
 
+@pytest.mark.parametrize("early_words", [1, 3])
 @pytest.mark.parametrize("name", MODELS)
-def test_wide_constrained_beam_finds_the_best_caption_with_the_word(name):
+def test_wide_constrained_beam_finds_the_best_caption_with_the_word(name, early_words, monkeypatch):
+    """Exhaustive search (beam 32 >= every candidate) returns the caption with word 5 that is best by
+    its score plus EARLY_BONUS when 5 is among its first `early_words` words, with its own score."""
+    monkeypatch.setattr(beam, "EARLY_WORDS", early_words)
     model = sharp(name, 6).eval()
-    for seed in range(2):
+    for seed in range(3):
         pooled, grid = features(1, seed=seed)
-        expected = [(t, s) for t, s in brute_force(model, pooled, grid, [3, 4, 5], 3, 0.0) if 5 in t]
+        with_5 = [(t, s) for t, s in brute_force(model, pooled, grid, [3, 4, 5], 3, 0.0) if 5 in t]
+        tokens, score = max(with_5, key=lambda x: x[1] + beam.EARLY_BONUS * (x[0].index(5) < early_words))
         hyp = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0),
                      include=[{5}])[0][0]
-        assert hyp.tokens == expected[0][0] and hyp.score == pytest.approx(expected[0][1], abs=1e-4)
+        assert hyp.tokens == tokens and hyp.score == pytest.approx(score, abs=1e-4)
 
 
 def test_an_impossible_word_still_gives_a_caption_with_its_own_score():
