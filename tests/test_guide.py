@@ -50,7 +50,8 @@ def test_wide_constrained_beam_finds_the_best_caption_with_the_word(name, early_
         pooled, grid = features(1, seed=seed)
         with_5 = [(t, s) for t, s in brute_force(model, pooled, grid, [3, 4, 5], 3, 0.0) if 5 in t]
         tokens, score = max(with_5, key=lambda x: x[1] + beam.EARLY_BONUS * (x[0].index(5) < early_words))
-        hyp = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0),
+        hyp = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0,
+                                                  no_repeat_words=False),
                      include=[{5}])[0][0]
         assert hyp.tokens == tokens and hyp.score == pytest.approx(score, abs=1e-4)
 

@@ -26,8 +26,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="GNMT length normalisation alpha (default 0: raw log-prob sums)")
     g.add_argument("--no-repeat-ngram", type=non_negative_int, default=_D.no_repeat_ngram,
                    help=f"block repeated n-grams of this size (default {_D.no_repeat_ngram}; 0 = off)")
-    g.add_argument("--no-repeat-words", action="store_true",
-                   help="also block a second use of any content word ('a woman and a woman')")
+    repeat = g.add_mutually_exclusive_group()
+    repeat.add_argument("--no-repeat-words", dest="no_repeat_words", action="store_true", default=_D.no_repeat_words,
+                        help="block a second use of any content word, 'a woman and a woman' (the default)")
+    repeat.add_argument("--repeat-words", dest="no_repeat_words", action="store_false",
+                        help="let content words repeat (only --no-repeat-ngram blocks repeats)")
     g.add_argument("--allow-unk", action="store_true", help="let <unk> appear in captions (research use)")
     g.add_argument("--temperature", type=positive_float, default=_D.temperature, help="sampling temperature")
     g.add_argument("--top-k", type=non_negative_int, default=_D.top_k, help="sample from the k best words")
