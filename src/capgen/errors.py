@@ -36,3 +36,8 @@ class DiskFullError(CapgenError):
 
 class TagsError(CapgenError):
     """Object tags cannot be computed: no classifier head, or a malformed tag word file."""
+
+
+class ExportError(CapgenError):
+    """A checkpoint cannot be exported for capgen.runtime, or an exported folder is incomplete,
+    damaged or mismatched (the message names the file)."""

@@ -1,4 +1,5 @@
-"""Decoding settings, the vocabulary's token ids that decoding needs, and results."""
+"""Decoding settings, the vocabulary's token ids that decoding needs, and results (no torch: the
+torch-free capgen.runtime builds the same DecodeConfig and TokenIds)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from capgen.data.vocab import Vocabulary
+# The rules live in torch-free rules.py, shared with capgen.runtime; re-exported for old imports.
+from capgen.decoding.rules import BAD_ENDINGS, FUNCTION_WORDS, MAX_BEAM, METHODS  # noqa: F401
 from capgen.errors import CapgenError
-
-METHODS = ("greedy", "sample", "beam")
-# Beam search holds beam_size rows per image for every step; past this, memory grows with no gain.
-MAX_BEAM = 32
-
-# A caption never ends on these: articles, prepositions, conjunctions, possessives, auxiliaries
-# ("... standing in front of a"). <end> is not allowed after them.
-BAD_ENDINGS = frozenset(
-    "a an the of in on at to for from with by and or but as into onto over under near while his her "
-    "their its is are was were be".split())
-# Words that may repeat in a caption ("a dog and a cat"); with `no_repeat_words` every other word
-# may appear only once ("a woman and a woman" is blocked).
-FUNCTION_WORDS = BAD_ENDINGS | frozenset(
-    "it they he she them there that which who one two three four other another each some up down out "
-    "off through together very front back side top next".split())
 
 
 class DecodeError(CapgenError):

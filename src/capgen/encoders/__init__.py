@@ -8,7 +8,7 @@
 """
 
 from capgen.encoders.base import GridEncoder, ImageEncoder, LinearHead, pool_grid
-from capgen.encoders.preprocess import Preprocess
+from capgen.preprocess import Preprocess
 from capgen.encoders.registry import create_encoder, list_encoders, register_encoder
 
 # Imported for its @register_encoder side effect; keep after the registry import.

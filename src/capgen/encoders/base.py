@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from capgen.encoders.preprocess import Preprocess
+from capgen.preprocess import Preprocess
 from capgen.errors import EncoderError
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from capgen.encoders.base import ImageEncoder, LinearHead
-from capgen.encoders.preprocess import Preprocess
+from capgen.preprocess import Preprocess
 from capgen.encoders.registry import register_encoder
 from capgen.errors import EncoderError
 

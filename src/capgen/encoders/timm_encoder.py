@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from capgen.encoders.base import GridEncoder, ImageEncoder
-from capgen.encoders.preprocess import Preprocess
+from capgen.preprocess import Preprocess
 from capgen.errors import EncoderError
 
 _OFFLINE_HINT = "use the offline encoder 'efficientnet-lite2' instead"

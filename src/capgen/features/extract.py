@@ -117,7 +117,7 @@ def _consolidate_progress(out: Path) -> None:
 
 def _load(rec: ImageRecord, preprocess) -> np.ndarray | ImageLoadError:
     try:
-        return preprocess(load_image(rec.path, name=rec.image)).numpy()
+        return preprocess.array(load_image(rec.path, name=rec.image))
     except ImageLoadError as e:
         return e
 

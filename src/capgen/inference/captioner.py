@@ -122,7 +122,7 @@ class Captioner:
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
         """RGB images -> (B, 3, S, S) float32 with the encoder's own transform (as in extraction)."""
-        return np.stack([self.encoder.preprocess(img).numpy() for img in images])
+        return np.stack([self.encoder.preprocess.array(img) for img in images])
 
     def encode(self, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray]:
         """Images -> pooled (B, dim), grid (B, H*W, dim) float32: the features a feature cache holds."""

@@ -1,0 +1,35 @@
+"""The decoding rules as plain data and arithmetic, with no torch: the word lists and the length
+penalty. `capgen.decoding` (torch) and `capgen.runtime` (numpy) both apply these, so the two paths
+cannot drift apart; only the array code that applies them exists twice.
+
+What every search enforces at step t (t words emitted so far), in this order:
+  - at t == max_len only <end> may come (a caption still running is cut and pays for ending there);
+  - <pad> and <start> never; <unk> only with allow_unk;
+  - no <end> at t == 0 (no empty caption), and none right after a word of BAD_ENDINGS;
+  - at t == max_len - 1 no word of BAD_ENDINGS (<end> must be able to follow the last word);
+  - no token completing an n-gram (n = no_repeat_ngram) already in the caption;
+  - with no_repeat_words, no second use of a word outside FUNCTION_WORDS.
+"""
+
+from __future__ import annotations
+
+METHODS = ("greedy", "sample", "beam")
+# Beam search holds beam_size rows per image for every step; past this, memory grows with no gain.
+MAX_BEAM = 32
+
+# A caption never ends on these: articles, prepositions, conjunctions, possessives, auxiliaries
+# ("... standing in front of a"). <end> is not allowed after them.
+BAD_ENDINGS = frozenset(
+    "a an the of in on at to for from with by and or but as into onto over under near while his her "
+    "their its is are was were be".split())
+# Words that may repeat in a caption ("a dog and a cat"); with `no_repeat_words` every other word
+# may appear only once ("a woman and a woman" is blocked).
+FUNCTION_WORDS = BAD_ENDINGS | frozenset(
+    "it they he she them there that which who one two three four other another each some up down out "
+    "off through together very front back side top next".split())
+
+
+def length_normalised(score, length, alpha: float):
+    """GNMT length normalisation of a beam score: score / ((5 + length) / 6) ** alpha (alpha 0 = raw
+    sum). Works on floats, numpy arrays and torch tensors alike."""
+    return score / ((5.0 + length) / 6.0) ** alpha

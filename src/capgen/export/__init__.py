@@ -1,0 +1,77 @@
+"""`capgen export`: a checkpoint -> a folder that capgen.runtime runs with no torch (format in
+capgen/runtime/folder.py).
+
+    export_checkpoint("runs/transformer/best.pt", "exported/", DecodeConfig(beam_size=3))
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from capgen.decoding.config import DecodeConfig
+from capgen.errors import EncoderError, ExportError
+from capgen.io import atomic_dir, write_json
+from capgen.runtime import folder as fmt
+
+
+def export_checkpoint(paths: str | Path | Sequence[str | Path], out: str | Path,
+                      config: DecodeConfig | None = None, encoder: str | None = None) -> dict:
+    """Export checkpoint(s) (several: an ensemble) to `out`; returns what export_captioner returns."""
+    from capgen.inference import Captioner
+
+    try:
+        # The Captioner's own way to its encoder ONNX: whatever it runs (fine-tuned blocks included)
+        # is what gets exported.
+        captioner = Captioner.from_pretrained(paths, encoder=encoder, backend="onnx")
+    except EncoderError as e:
+        raise ExportError(f"the encoder cannot run in ONNX Runtime, so the runtime cannot express this "
+                          f"checkpoint: {e}") from None
+    return export_captioner(captioner, out, config)
+
+
+def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = None) -> dict:
+    """Write the exported folder atomically (nothing half-written loads). Returns a summary:
+    {"files": {name: bytes}, "step_max_diff": |log-prob| difference ONNX vs torch}."""
+    from capgen.export.graphs import export_decoder, set_metadata, verify_decoder
+
+    config = config if config is not None else DecodeConfig()
+    if config.method == "sample":
+        raise ExportError("the runtime decodes greedy or beam search; export without --sample")
+    model = captioner.model
+    limit = _max_len_limit(model)
+    if limit is not None and config.max_len > limit:
+        raise ExportError(f"model {model.name} has learned positions for at most {limit} words; export "
+                          f"with --max-len {limit} or less")
+    encoder_onnx = getattr(captioner.runner, "path", None)
+    if encoder_onnx is None:
+        raise ExportError(f"encoder {captioner.encoder.name}: runs with the {captioner.runner.backend} backend, "
+                          "not ONNX Runtime, so the runtime cannot express it")
+    with atomic_dir(out, replace_if=fmt.MANIFEST) as tmp:
+        shutil.copyfile(encoder_onnx, tmp / fmt.ENCODER)
+        iface = export_decoder(model, tmp / fmt.INIT, tmp / fmt.STEP)
+        diff = verify_decoder(model, tmp / fmt.INIT, tmp / fmt.STEP, iface)
+        write_json(tmp / fmt.VOCAB, captioner.vocab.to_dict(), indent=None)
+        set_metadata(tmp / fmt.STEP, {fmt.VOCAB_HASH_KEY: fmt.sha256_file(tmp / fmt.VOCAB)})
+        saved = {k: v for k, v in asdict(config).items() if k != "return_attention"}
+        write_json(tmp / fmt.DECODING, saved)
+        write_json(tmp / fmt.MODEL, {"architecture": model.name, "source": captioner.name,
+                                     "encoder": captioner.encoder.spec(), "vocab_size": len(captioner.vocab),
+                                     "memory": iface["memory"], "state": iface["state"],
+                                     "max_len_limit": limit, "step_max_diff": diff})
+        manifest = fmt.manifest_for(tmp)
+        write_json(tmp / fmt.MANIFEST, manifest)   # last: it marks the folder complete
+    return {"files": {k: v["bytes"] for k, v in manifest["files"].items()}, "step_max_diff": diff}
+
+
+def _max_len_limit(model) -> int | None:
+    """Most words a model with learned positions can decode (max_len + 1 steps fit max_positions)."""
+    members = getattr(model, "members", [model])
+    limits = [m.config.max_positions - 1 for m in members
+              if getattr(getattr(m, "config", None), "positions", None) == "learned"]
+    return min(limits) if limits else None
+
+
+__all__ = ["export_captioner", "export_checkpoint"]

@@ -1,0 +1,156 @@
+"""The decoder as two ONNX graphs, written once against the CaptionModel interface (every model,
+ensembles included): init (pooled, grid -> memory, state) and one step
+(tokens, state, memory -> log-probs, state). The K/V cache (transformer) or RNN state travels as
+graph inputs and outputs; dimensions that grow per word (the cache length) stay dynamic.
+
+Each export is checked against torch over a few steps, so a model whose step does not trace
+faithfully (Python control flow on tensor values) is refused instead of giving other captions.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from capgen.errors import ExportError
+from capgen.models.base import CaptionModel, State
+
+OPSET = 17
+# Largest |log-prob| difference ONNX Runtime vs torch accepted at export (measured ~1e-5).
+TOLERANCE = 1e-3
+
+
+class _Init(nn.Module):
+    def __init__(self, model: CaptionModel, memory_keys: list[str], state_keys: list[str]):
+        super().__init__()
+        self.model, self.memory_keys, self.state_keys = model, memory_keys, state_keys
+
+    def forward(self, pooled: Tensor, grid: Tensor) -> tuple[Tensor, ...]:
+        memory = self.model.init_memory(pooled, grid)
+        state = self.model.init_state(memory)
+        return tuple(memory[k] for k in self.memory_keys) + tuple(state[k] for k in self.state_keys)
+
+
+class _Step(nn.Module):
+    def __init__(self, model: CaptionModel, memory_keys: list[str], state_keys: list[str]):
+        super().__init__()
+        self.model, self.memory_keys, self.state_keys = model, memory_keys, state_keys
+
+    def forward(self, tokens: Tensor, *flat: Tensor) -> tuple[Tensor, ...]:
+        n = len(self.state_keys)
+        state = dict(zip(self.state_keys, flat[:n]))
+        memory = dict(zip(self.memory_keys, flat[n:]))
+        logp, new_state, _ = self.model.step(tokens, state, memory)  # attention is not exported
+        return (logp,) + tuple(new_state[k] for k in self.state_keys)
+
+
+def _example(model: CaptionModel, batch: int = 2) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(0)
+    pooled = torch.randn(batch, model.feature_dim, generator=g)                       # (B, D)
+    grid = torch.randn(batch, model.num_regions, model.feature_dim, generator=g)      # (B, N, D)
+    return pooled, grid
+
+
+def export_decoder(model: CaptionModel, init_path: Path, step_path: Path) -> dict:
+    """Write both graphs; returns their interface: memory and state key lists (in graph order)."""
+    model.eval()
+    pooled, grid = _example(model)
+    with torch.no_grad():  # not inference_mode: its tensors cannot be traced into a graph
+        memory = model.init_memory(pooled, grid)
+        state0 = model.init_state(memory)
+        tokens = torch.full((pooled.shape[0],), 1, dtype=torch.long)
+        _, state1, _ = model.step(tokens, state0, memory)
+        _, state2, _ = model.step(tokens, state1, memory)
+    memory_keys, state_keys = sorted(memory), sorted(state0)
+    if sorted(state1) != state_keys:
+        raise ExportError(f"{model.name}: step returns state keys {sorted(state1)}, init_state {state_keys}")
+    # A state dimension that changes from one word to the next (the K/V cache length) stays dynamic.
+    growing = {k: [i for i in range(1, state1[k].dim()) if state1[k].shape[i] != state2[k].shape[i]]
+               for k in state_keys}
+
+    def axes(prefix: str, key: str, dims: list[int]) -> dict:
+        return {0: "batch", **{i: f"{key}_len{i}{prefix}" for i in dims}}
+
+    init_out = [f"memory.{k}" for k in memory_keys] + [f"state.{k}" for k in state_keys]
+    init_axes = {"pooled": {0: "batch"}, "grid": {0: "batch"},
+                 **{name: {0: "batch"} for name in init_out[:len(memory_keys)]},
+                 **{f"state.{k}": axes("", k, growing[k]) for k in state_keys}}
+    _export(_Init(model, memory_keys, state_keys), (pooled, grid), init_path, ["pooled", "grid"], init_out,
+            init_axes, model.name)
+
+    step_in = ["tokens"] + [f"state.{k}" for k in state_keys] + [f"memory.{k}" for k in memory_keys]
+    step_out = ["logp"] + [f"new_state.{k}" for k in state_keys]   # ONNX names are unique: "new_"
+    step_axes = {"tokens": {0: "batch"}, "logp": {0: "batch"},
+                 **{f"state.{k}": axes("", k, growing[k]) for k in state_keys},
+                 **{f"new_state.{k}": axes("_next", k, growing[k]) for k in state_keys},
+                 **{f"memory.{k}": {0: "batch"} for k in memory_keys}}
+    example = (tokens, *[state1[k] for k in state_keys], *[memory[k] for k in memory_keys])
+    _export(_Step(model, memory_keys, state_keys), example, step_path, step_in, step_out, step_axes, model.name)
+    return {"memory": memory_keys, "state": state_keys}
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            dynamic_axes: dict, name: str) -> None:
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # The legacy exporter warns about its deprecation and about traced shape checks; not actionable.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module.eval(), args, str(path), opset_version=OPSET, dynamo=False,
+                              input_names=inputs, output_names=outputs, dynamic_axes=dynamic_axes)
+    except Exception as e:
+        raise ExportError(f"model {name}: the decoder cannot be exported to ONNX, so the runtime cannot "
+                          f"express it ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+
+
+def set_metadata(path: Path, values: dict[str, str]) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    for key, value in values.items():
+        entry = m.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(m, str(path))
+
+
+def verify_decoder(model: CaptionModel, init_path: Path, step_path: Path, iface: dict, steps: int = 6) -> float:
+    """Max |log-prob| difference ONNX Runtime vs torch over `steps` steps (random words) on random
+    features (batch 3); ExportError when above TOLERANCE."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    init = ort.InferenceSession(str(init_path), opts, providers=["CPUExecutionProvider"])
+    step = ort.InferenceSession(str(step_path), opts, providers=["CPUExecutionProvider"])
+    pooled, grid = _example(model, batch=3)
+    g = torch.Generator().manual_seed(1)
+    mk, sk = iface["memory"], iface["state"]
+    features = {"pooled": pooled.numpy(), "grid": grid.numpy()}
+    # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
+    values = dict(zip([o.name for o in init.get_outputs()],
+                      init.run(None, {i.name: features[i.name] for i in init.get_inputs()})))
+    step_inputs = {i.name for i in step.get_inputs()}
+    memory_o = {k: values[f"memory.{k}"] for k in mk}
+    state_o = {k: values[f"state.{k}"] for k in sk}
+    worst = 0.0
+    with torch.inference_mode():
+        memory: State = model.init_memory(pooled, grid)
+        state: State = model.init_state(memory)
+        tokens = torch.full((3,), 1, dtype=torch.long)
+        for _ in range(steps):
+            ref, state, _ = model.step(tokens, state, memory)
+            feed = {"tokens": tokens.numpy(), **{f"state.{k}": v for k, v in state_o.items()},
+                    **{f"memory.{k}": v for k, v in memory_o.items()}}
+            out = step.run(["logp"] + [f"new_state.{k}" for k in sk],
+                           {k: v for k, v in feed.items() if k in step_inputs})
+            state_o = dict(zip(sk, out[1:]))
+            diff = float(np.abs(out[0] - ref.numpy()).max()) if out[0].shape == tuple(ref.shape) else float("inf")
+            worst = max(worst, diff)
+            tokens = torch.randint(0, model.vocab_size, (3,), generator=g)  # varied words, not just argmax
+    if not worst < TOLERANCE:
+        raise ExportError(f"model {model.name}: the ONNX decoder step differs from torch by {worst:.3g} "
+                          f"(expected < {TOLERANCE}), so the runtime cannot express this model")
+    return worst

@@ -1,0 +1,55 @@
+"""python -m capgen.runtime DIR IMAGES...: caption image files with an exported folder (no torch).
+
+Prints `path<TAB>caption` (or JSON lines). Bad input: one line naming the file, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from capgen.errors import CapgenError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m capgen.runtime",
+                                description="Caption images with a folder written by `capgen export`, "
+                                            "using only onnxruntime, numpy and pillow.")
+    p.add_argument("folder", metavar="DIR", help="the exported folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    method = p.add_mutually_exclusive_group()
+    method.add_argument("--beam-size", type=int, help="beam width (default: the export's decoding settings)")
+    method.add_argument("--greedy", action="store_true", help="greedy decoding")
+    p.add_argument("--max-len", type=int, help="maximum caption length in words (default: the export's)")
+    p.add_argument("--n-best", type=int, help="also report the next best captions (jsonl)")
+    p.add_argument("--format", choices=("text", "jsonl"), default="text")
+    p.add_argument("--threads", type=int, help="encoder threads (default: all cores)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = p.parse_args(argv)
+    options = {k: v for k, v in (("beam_size", 1 if args.greedy else args.beam_size), ("max_len", args.max_len),
+                                 ("n_best", args.n_best)) if v is not None}
+    try:
+        from capgen.runtime import Runtime
+
+        rt = Runtime(args.folder, threads=args.threads)
+        if "beam_size" in options and "n_best" not in options:
+            options["n_best"] = 1
+        results = rt.caption(list(args.images), batch_size=args.batch_size, **options)
+    except CapgenError as e:
+        if args.debug:
+            raise
+        print(f"capgen.runtime: error: {e}", file=sys.stderr)
+        return e.exit_code
+    for path, res in zip(args.images, results):
+        if args.format == "jsonl":
+            print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False))
+        else:
+            print(f"{path}\t{res.caption}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""`Runtime`: caption photos with an exported folder, using only onnxruntime, numpy and pillow.
+
+Same pipeline as capgen's Captioner (the one image loader, the encoder's own transform, the
+encoder, then greedy or beam search under the same rules), with no torch anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from capgen.data.vocab import Vocabulary
+from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
+from capgen.errors import CapgenError, ExportError
+from capgen.images import MAX_PIXELS, ImageSource, load_image
+from capgen.preprocess import Preprocess
+from capgen.runtime import folder as fmt
+from capgen.runtime.search import Arrays, beam_search, greedy_search, hypotheses
+
+
+@dataclass
+class Caption:
+    """One image's caption: text, score (as in capgen's CaptionResult), the next best captions."""
+
+    caption: str
+    score: float
+    tokens: list[str]
+    truncated: bool = False
+    alternatives: list[tuple[str, float]] | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ORT threads spin by default and would steal the cores from the next session's work.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+class Runtime:
+    """An exported captioner (`capgen export CHECKPOINT --out DIR`).
+
+        rt = Runtime("exported/")
+        rt.caption(["a.jpg", "b.jpg"])            # [Caption('a dog runs on the grass', ...), ...]
+        rt.caption("a.jpg", beam_size=1).caption  # greedy
+
+    threads: ONNX Runtime threads for the encoder (default: all cores); the decoder step is a few
+      small matrices per word, for which one thread is fastest.
+    """
+
+    def __init__(self, folder: str | Path, threads: int | None = None, decoder_threads: int = 1,
+                 verify: bool = True, max_pixels: int = MAX_PIXELS):
+        self.folder = fmt.check_folder(folder, verify=verify)
+        d = self.folder
+        self.vocab = self._vocab(d / fmt.VOCAB)
+        info = fmt.read_json(d / fmt.MODEL, "the exported model description")
+        self.architecture = fmt.field(info, "architecture", str, d / fmt.MODEL)
+        self.memory_keys = fmt.field(info, "memory", list, d / fmt.MODEL)
+        self.state_keys = fmt.field(info, "state", list, d / fmt.MODEL)
+        self.max_len_limit = info.get("max_len_limit")
+        encoder = fmt.field(info, "encoder", dict, d / fmt.MODEL)
+        try:
+            self.preprocess = Preprocess.from_dict(encoder.get("preprocess"))
+        except CapgenError as e:
+            raise ExportError(f"{d / fmt.MODEL}: encoder {e}") from None
+        self.defaults = self._decoding(d / fmt.DECODING)
+        self.ids = TokenIds.from_vocab(self.vocab)
+        self.max_pixels = max_pixels
+        threads = threads or os.cpu_count() or 1
+        self.encoder = _session(d / fmt.ENCODER, threads)
+        self.init = _session(d / fmt.INIT, decoder_threads)
+        self.step_session = _session(d / fmt.STEP, decoder_threads)
+        self._check_graphs(encoder)
+        self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
+
+    # ---- loading, with checks that name the file ---------------------------------------------------
+    @staticmethod
+    def _vocab(path: Path) -> Vocabulary:
+        try:
+            return Vocabulary.from_dict(fmt.read_json(path, "a vocabulary"))
+        except CapgenError as e:
+            raise ExportError(f"{path}: {e}") from None
+
+    @staticmethod
+    def _decoding(path: Path) -> dict:
+        saved = fmt.read_json(path, "the decoding settings")
+        known = {f.name for f in fields(DecodeConfig)}
+        if not isinstance(saved, dict) or set(saved) - known:
+            raise ExportError(f"{path}: expected an object of DecodeConfig fields, got "
+                              f"{sorted(set(saved) - known) if isinstance(saved, dict) else type(saved).__name__}")
+        try:
+            DecodeConfig(**saved)
+        except (CapgenError, TypeError) as e:
+            raise ExportError(f"{path}: {e}") from None
+        return saved
+
+    def _check_graphs(self, encoder: dict) -> None:
+        d = self.folder
+        meta = self.step_session.get_modelmeta().custom_metadata_map
+        if meta.get(fmt.VOCAB_HASH_KEY) != fmt.sha256_file(d / fmt.VOCAB):
+            raise ExportError(f"{d / fmt.VOCAB}: not the vocabulary {fmt.STEP} was exported with "
+                              f"({len(self.vocab)} words); export again")
+        V = self.step_session.get_outputs()[0].shape[-1]
+        if V != len(self.vocab):
+            raise ExportError(f"{d / fmt.VOCAB}: {len(self.vocab)} words, but {fmt.STEP} predicts {V}")
+        # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
+        names = {i.name for i in self.step_session.get_inputs()}
+        wanted = {"tokens"} | {f"state.{k}" for k in self.state_keys} | {f"memory.{k}" for k in self.memory_keys}
+        if "tokens" not in names or not names <= wanted:
+            raise ExportError(f"{d / fmt.STEP}: its inputs do not match {fmt.MODEL} (another model's graph?)")
+        self._step_state = [k for k in self.state_keys if f"state.{k}" in names]
+        self._step_memory = [k for k in self.memory_keys if f"memory.{k}" in names]
+        outs = {o.name: o.shape for o in self.encoder.get_outputs()}
+        x = self.encoder.get_inputs()[0].shape
+        grid = encoder.get("grid") or [0, 0]
+        # The exporter leaves some output dims symbolic; compare the ones it fixed.
+        expected = {"x": [3, self.preprocess.size, self.preprocess.size],
+                    "grid": [grid[0] * grid[1], encoder.get("dim")]}
+        got = {"x": list(x[1:]), "grid": list(outs.get("grid", [None] * 3)[1:])}
+        if set(outs) != {"pooled", "grid"} or any(
+                isinstance(g, int) and g != e for k in expected for g, e in zip(got[k], expected[k])):
+            raise ExportError(f"{d / fmt.ENCODER}: not the encoder {fmt.MODEL} describes "
+                              f"({encoder.get('name')}, input {expected['x']}, dim {encoder.get('dim')}, grid {grid})")
+        self._init_inputs = [i.name for i in self.init.get_inputs()]
+        if not set(self._init_inputs) <= {"pooled", "grid"}:
+            raise ExportError(f"{d / fmt.INIT}: expected inputs pooled and grid, got {sorted(self._init_inputs)}")
+
+    # ---- the pipeline ------------------------------------------------------------------------------
+    def decode_config(self, **options) -> DecodeConfig:
+        """The export's decoding settings updated by `options` (DecodeConfig fields)."""
+        if options.get("return_attention"):
+            raise ExportError("the runtime returns captions only; attention maps need capgen caption --attention")
+        merged = {**self.defaults, "return_attention": False, **options}
+        if "method" not in options and ("beam_size" in options or "n_best" in options):
+            merged["method"] = None          # picked again from beam_size / n_best, as DecodeConfig does
+        cfg = DecodeConfig(**merged)
+        if cfg.method == "sample":
+            raise ExportError("the runtime decodes greedy or beam search; sampling needs capgen caption --sample")
+        if self.max_len_limit is not None and cfg.max_len > self.max_len_limit:
+            raise ExportError(f"max_len {cfg.max_len}: this {self.architecture} model has learned positions for "
+                              f"at most {self.max_len_limit} words")
+        return cfg
+
+    def encode(self, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray]:
+        """Images -> pooled (B, D), grid (B, N, D) float32."""
+        x = np.stack([self.preprocess.array(load_image(i, max_pixels=self.max_pixels)) for i in images])
+        pooled, grid = self.encoder.run(["pooled", "grid"], {"x": x})
+        return pooled, grid
+
+    def _step(self, tokens: np.ndarray, state: Arrays, memory: Arrays) -> tuple[np.ndarray, Arrays]:
+        feed = {"tokens": tokens, **{f"state.{k}": state[k] for k in self._step_state},
+                **{f"memory.{k}": memory[k] for k in self._step_memory}}
+        logp, *new = self.step_session.run(self._step_outputs, feed)
+        return logp, dict(zip(self.state_keys, new))
+
+    def decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig) -> list[list[Hypothesis]]:
+        """Features -> per image, hypotheses best first."""
+        features = {"pooled": pooled, "grid": grid}
+        outs = self.init.run(None, {k: features[k] for k in self._init_inputs})
+        names = [o.name for o in self.init.get_outputs()]
+        values = dict(zip(names, outs))
+        memory = {k: values[f"memory.{k}"] for k in self.memory_keys}
+        state = {k: values[f"state.{k}"] for k in self.state_keys}
+        search = beam_search if config.method == "beam" else greedy_search
+        found = search(self._step, memory, state, self.ids, config, len(self.vocab))
+        return hypotheses(found, config.n_best)
+
+    def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
+                **options) -> Caption | list[Caption]:
+        """Caption one image (path, bytes or PIL image) or a list; options are DecodeConfig fields."""
+        if batch_size < 1:
+            raise ExportError(f"batch_size must be >= 1, got {batch_size}")
+        config = self.decode_config(**options)
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        results = []
+        for i in range(0, len(items), batch_size):
+            pooled, grid = self.encode(items[i:i + batch_size])
+            results.extend(self._result(h) for h in self.decode(pooled, grid, config))
+        return results[0] if single else results
+
+    def _result(self, hyps: list[Hypothesis]) -> Caption:
+        if not hyps:
+            return Caption("", float("-inf"), [], alternatives=[])
+        words = self.vocab.decode(hyps[0].tokens)
+        return Caption(" ".join(words), hyps[0].score, words, hyps[0].truncated,
+                       [(" ".join(self.vocab.decode(h.tokens)), h.score) for h in hyps[1:]])

@@ -1,0 +1,218 @@
+"""`capgen export` and the torch-free `capgen.runtime`: same captions as the torch path, no torch
+imported, and damaged or mismatched export folders refused by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from capgen import Captioner
+from capgen.checkpoint import model_payload, read_payload, save_checkpoint
+from capgen.cli import main
+from capgen.data.vocab import Vocabulary
+from capgen.errors import ExportError
+from capgen.models import create_model
+from capgen.runtime import Runtime
+from capgen.runtime import folder as fmt
+from tests.conftest import one_line_error
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _transformer(tiny_run, tmp: Path, name: str, **overrides) -> Path:
+    """A tiny transformer (random weights) over the tiny encoder's features, saved as a checkpoint."""
+    payload = read_payload(tiny_run.checkpoints["show_tell"])
+    vocab = Vocabulary.from_dict(payload["vocab"])
+    torch.manual_seed(0)
+    model = create_model("transformer", len(vocab), payload["feature_dim"], payload["num_regions"],
+                         overrides={"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, **overrides})
+    path = tmp / f"{name}.pt"
+    save_checkpoint(path, model_payload(model, vocab, payload["encoder"]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_run, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export-ckpts")
+    return {**tiny_run.checkpoints, "transformer": _transformer(tiny_run, tmp, "transformer"),
+            "transformer_learned": _transformer(tiny_run, tmp, "learned", positions="learned", max_positions=24),
+            "ensemble": [tiny_run.checkpoints["show_tell"], tiny_run.checkpoints["show_attend_tell"]]}
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_run, checkpoints, tmp_path_factory):
+    """Every model exported once through the CLI: {model: folder}."""
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for name, ckpt in checkpoints.items():
+        paths = [str(p) for p in (ckpt if isinstance(ckpt, list) else [ckpt])]
+        assert main(["export", *paths, "--out", str(root / name), "--encoder", tiny_run.encoder]) == 0
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos(tiny_run):
+    return [str(r.path) for r in tiny_run.prepared.records()[:8]]
+
+
+@pytest.mark.parametrize("name", ["show_tell", "show_attend_tell", "transformer", "transformer_learned", "ensemble"])
+def test_runtime_captions_equal_torch_captions(name, tiny_run, checkpoints, exports, photos):
+    captioner = Captioner.from_pretrained(checkpoints[name], encoder=tiny_run.encoder, backend="onnx")
+    rt = Runtime(exports[name], threads=1)
+    info = json.loads((exports[name] / fmt.MODEL).read_text())
+    assert info["architecture"] == name.split("_learned")[0] and info["step_max_diff"] < 1e-4
+    for options in ({"beam_size": 1}, {"beam_size": 3}, {"beam_size": 3, "n_best": 3, "length_penalty": 0.7},
+                    {"beam_size": 1, "no_repeat_words": True, "max_len": 5}):
+        ref = captioner.caption(photos, **options)
+        got = rt.caption(photos, **options)
+        assert [r.caption for r in got] == [r.caption for r in ref], options
+        assert [r.truncated for r in got] == [r.truncated for r in ref], options
+        assert [r.score for r in got] == pytest.approx([r.score for r in ref], abs=1e-4)
+        assert [a for r in got for a, _ in r.alternatives] == [a for r in ref for a, _ in r.alternatives]
+
+
+def test_step_graphs_match_torch_steps(checkpoints, exports):
+    """Feed the ONNX step its own state for several words: log-probs equal torch's to 1e-4."""
+    from capgen.checkpoint import load_checkpoint
+    from capgen.export.graphs import verify_decoder
+
+    for name in ("show_tell", "show_attend_tell", "transformer"):
+        model = load_checkpoint(checkpoints[name]).model
+        rt = Runtime(exports[name])
+        iface = {"memory": rt.memory_keys, "state": rt.state_keys}
+        assert verify_decoder(model, exports[name] / fmt.INIT, exports[name] / fmt.STEP, iface, steps=8) < 1e-4
+
+
+def test_runtime_never_imports_torch(exports, photos, tiny_run, checkpoints):
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from capgen.runtime.__main__ import main\n"
+            "rc = main([sys.argv[1], *sys.argv[2:], '--format', 'jsonl'])\n"
+            "assert sys.modules['torch'] is None and not any(m.startswith('torch.') for m in sys.modules)\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(exports["transformer"]), *photos[:3]],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    got = [json.loads(line)["caption"] for line in done.stdout.splitlines()]
+    captioner = Captioner.from_pretrained(checkpoints["transformer"], encoder=tiny_run.encoder)
+    assert got == [r.caption for r in captioner.caption(photos[:3])]
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _runtime_error(capsys, folder: Path, photo: str, *words) -> str:
+    from capgen.runtime.__main__ import main as runtime_main
+
+    code = runtime_main([str(folder), photo])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
+def test_damaged_export_folders_are_refused_naming_the_file(exports, photos, tmp_path, capsys):
+    good = exports["show_tell"]
+    tampered = _copy(good, tmp_path / "tampered")
+    data = bytearray((tampered / fmt.STEP).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tampered / fmt.STEP).write_bytes(bytes(data))
+    _runtime_error(capsys, tampered, photos[0], "decoder_step.onnx", "differs from the manifest")
+
+    missing = _copy(good, tmp_path / "missing")
+    (missing / fmt.VOCAB).unlink()
+    _runtime_error(capsys, missing, photos[0], "vocab.json", "missing")
+
+    truncated = _copy(good, tmp_path / "truncated")
+    (truncated / fmt.ENCODER).write_bytes((truncated / fmt.ENCODER).read_bytes()[:100])
+    _runtime_error(capsys, truncated, photos[0], "encoder.onnx")
+
+    unfinished = _copy(good, tmp_path / "unfinished")
+    (unfinished / fmt.MANIFEST).unlink()
+    _runtime_error(capsys, unfinished, photos[0], "manifest.json", "missing")
+
+
+def test_wrong_vocabulary_or_graph_is_refused_even_with_a_rewritten_manifest(exports, photos, tmp_path, capsys):
+    """Someone swaps in another export's file and regenerates manifest.json to match."""
+    from capgen.io import write_json
+
+    swapped = _copy(exports["show_tell"], tmp_path / "vocab")
+    vocab = json.loads((swapped / fmt.VOCAB).read_text())
+    vocab["itos"][4], vocab["itos"][5] = vocab["itos"][5], vocab["itos"][4]   # same size, other words
+    write_json(swapped / fmt.VOCAB, vocab, indent=None)
+    write_json(swapped / fmt.MANIFEST, fmt.manifest_for(swapped))
+    _runtime_error(capsys, swapped, photos[0], "vocab.json", "not the vocabulary")
+
+    other = _copy(exports["show_tell"], tmp_path / "graph")
+    (other / fmt.STEP).write_bytes((exports["show_attend_tell"] / fmt.STEP).read_bytes())
+    write_json(other / fmt.MANIFEST, fmt.manifest_for(other))
+    line = _runtime_error(capsys, other, photos[0])
+    assert "vocab.json" in line or "decoder_step.onnx" in line, line
+
+
+def test_checkpoints_the_runtime_cannot_express_are_refused(tiny_run, checkpoints, tmp_path, capsys,
+                                                             monkeypatch):
+    # Learned positions cover fewer words than the decoding settings ask for.
+    short = _transformer(tiny_run, tmp_path, "short", positions="learned", max_positions=8)
+    one_line_error(capsys, ["export", short, "--out", tmp_path / "a", "--encoder", tiny_run.encoder],
+                   "learned positions", "--max-len 7")
+    # Sampling is not a search the runtime runs.
+    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", tmp_path / "b", "--encoder",
+                            tiny_run.encoder, "--sample"], "greedy or beam")
+    # An encoder whose graph cannot be traced (numpy inside its forward): ONNX would compute constants.
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "capgen_untraceable_encoder.py").write_text(
+        "import torch\nfrom capgen_tiny_session_encoder import build as tiny\n"
+        "class _Numpy(torch.nn.Module):\n"
+        "    def __init__(self, inner):\n        super().__init__(); self.inner = inner\n"
+        "    def forward(self, x):\n        return torch.from_numpy(self.inner(x).detach().numpy() ** 2)\n"
+        "def build():\n    enc = tiny(); enc.module = _Numpy(enc.module); return enc\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", tmp_path / "c", "--encoder",
+                            "capgen_untraceable_encoder:build"], "encoder", "cannot express")
+    # A decoder step with Python control flow on tensor values: traced once, it would decode wrongly.
+    from capgen.export import export_captioner
+
+    captioner = Captioner.from_pretrained(checkpoints["show_tell"], encoder=tiny_run.encoder, backend="onnx")
+    step = captioner.model.step
+
+    def branchy(tokens, state, memory):
+        logp, new, att = step(tokens, state, memory)
+        return (logp if int(tokens[0]) == 1 else logp.roll(1, dims=-1)), new, att  # traced with 1s
+
+    monkeypatch.setattr(captioner.model, "step", branchy)
+    with pytest.raises(ExportError, match="cannot express"):
+        export_captioner(captioner, tmp_path / "d")
+    assert not any((tmp_path / n).exists() for n in "abcd")
+
+
+def test_export_replaces_only_an_earlier_export(tiny_run, checkpoints, exports, tmp_path, capsys):
+    target = _copy(exports["show_tell"], tmp_path / "again")
+    assert main(["export", str(checkpoints["show_attend_tell"]), "--out", str(target), "--encoder",
+                 tiny_run.encoder, "--beam-size", "2"]) == 0
+    capsys.readouterr()
+    assert json.loads((target / fmt.MODEL).read_text())["architecture"] == "show_attend_tell"
+    assert json.loads((target / fmt.DECODING).read_text())["beam_size"] == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", other, "--encoder", tiny_run.encoder],
+                   "not empty")
+    assert (other / "notes.txt").read_text() == "mine"
