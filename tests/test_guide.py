@@ -17,7 +17,7 @@ from capgen.tags import Guidance, Guide, Tag, WordMap
 from conftest import one_line_error
 from test_decoding import MODELS, brute_force, sharp
 from test_models import IDS, features
-from test_tags import HEADED, photo
+from test_tags import headed, photo  # noqa: F401 (headed is a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -130,20 +130,17 @@ SQUARE_TSV = "0\tbox\tsquare\n1\tcrate\tsquare\n2\tbeagle\tdog\n3\tvelvet\t\n"
 
 
 @pytest.fixture(scope="module")
-def square_words(tiny_run, tmp_path_factory):
-    root = tmp_path_factory.mktemp("guided")
-    (root / "capgen_tiny_guided_encoder.py").write_text(HEADED)
-    (root / "words.tsv").write_text(SQUARE_TSV)
-    mp = pytest.MonkeyPatch()
-    mp.syspath_prepend(str(root))
-    yield root / "words.tsv"
-    mp.undo()
+def square_words(headed):
+    """The headed tiny encoder (test_tags) with a word file whose likeliest word the model knows."""
+    path = headed / "square.tsv"
+    path.write_text(SQUARE_TSV)
+    return path
 
 
 @pytest.fixture(scope="module")
 def guided_captioner(tiny_run, square_words):
     return Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"],
-                                     encoder="capgen_tiny_guided_encoder:build_headed", tag_words=square_words)
+                                     encoder="capgen_tiny_headed_encoder:build_headed", tag_words=square_words)
 
 
 def test_captioner_guides_by_default_when_confident(guided_captioner, tiny_run):
@@ -169,7 +166,7 @@ def test_captioner_without_a_head_is_never_guided(tiny_captioner, tiny_run):
 
 def test_cli_guide_options(tiny_run, square_words, capsys):
     base = ["caption", str(photo(tiny_run)), "--model", str(tiny_run.checkpoints["show_attend_tell"]),
-            "--encoder", "capgen_tiny_guided_encoder:build_headed", "--tag-words", str(square_words),
+            "--encoder", "capgen_tiny_headed_encoder:build_headed", "--tag-words", str(square_words),
             "--format", "jsonl"]
     assert main(base) == 0
     line = json.loads(capsys.readouterr().out)
