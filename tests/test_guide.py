@@ -13,7 +13,8 @@ from capgen import Captioner
 from capgen.cli import main
 from capgen.data.vocab import Vocabulary
 from capgen.decoding import DecodeConfig, DecodeError, beam, decode
-from capgen.tags import Guidance, Guide, Tag, WordMap
+from capgen.errors import TagsError
+from capgen.tags import Guidance, Guide, GuideConfig, Tag, WordMap
 from conftest import one_line_error
 from test_decoding import MODELS, brute_force, sharp
 from test_models import IDS, features
@@ -93,13 +94,18 @@ def test_known_words_are_required_as_they_are_and_new_ones_get_the_nearest_known
     ball = guide.plans["ball"]
     assert ball.stand_in in ("circle", "square") and ball.include == (VOCAB.stoi[ball.stand_in],)
     assert guide.unplaceable == ("qzxvw",)
-    g = guide.plan([Tag("ball", 0.8), Tag("circle", 0.1)], threshold=0.5)
+    g = guide.plan([Tag("ball", 0.8), Tag("circle", 0.1)], 0.5)
     assert g == Guidance(Tag("ball", 0.8), ball.include, ball.stand_in)
     assert g.to_dict() == {"word": "ball", "p": 0.8, "stand_in": ball.stand_in}
-    assert guide.plan([Tag("ball", 0.4)], threshold=0.5) is None           # not confident
-    assert guide.plan([Tag("qzxvw", 0.9), Tag("square", 0.6)], threshold=0.5).tag.word == "square"
-    with pytest.raises(Exception, match="guide threshold: expected a probability in \\(0, 1\\], got 0"):
-        guide.plan([Tag("ball", 0.8)], threshold=0)
+    assert guide.plan([Tag("ball", 0.4)], 0.5) is None                     # not confident
+    assert guide.plan([Tag("qzxvw", 0.9), Tag("square", 0.6)], 0.5).tag.word == "square"
+    # a word the model lacks can have its own, lower bar; a known word keeps the higher one
+    low = GuideConfig(threshold=0.5, novel_threshold=0.2)
+    assert guide.plan([Tag("square", 0.35), Tag("ball", 0.3)], low).tag.word == "ball"
+    assert guide.plan([Tag("square", 0.35), Tag("ball", 0.1)], low) is None
+    assert guide.plan([Tag("square", 0.35)], GuideConfig(threshold=0.3, novel_threshold=0.9)).tag.word == "square"
+    with pytest.raises(TagsError, match="guide novel threshold: expected a probability in \\(0, 1\\], got 0"):
+        GuideConfig(0.5, 0)
 
 
 def test_no_known_word_to_stand_in_says_so():
@@ -181,7 +187,7 @@ def test_cli_guide_options(tiny_run, square_words, capsys):
 
 def test_evaluate_guide_needs_a_classifier_head(tiny_run, tmp_path, capsys):
     argv = ["evaluate", str(tiny_run.checkpoints["show_tell"]), "--data", str(tiny_run.prepared.root),
-            "--features", str(tiny_run.cache.root), "--out", str(tmp_path / "ev"), "--no-meteor", "--guide", "0.5"]
+            "--features", str(tiny_run.cache.root), "--out", str(tmp_path / "ev"), "--no-meteor", "--guide"]
     one_line_error(capsys, argv, "tiny")
     assert not (tmp_path / "ev" / "predictions.json").exists()
 

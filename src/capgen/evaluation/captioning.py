@@ -10,19 +10,19 @@ from capgen.data.prepared import ImageRecord
 from capgen.data.vocab import Vocabulary
 from capgen.decoding import DecodeConfig, TokenIds, decode
 from capgen.features import FeatureCache, Features
-from capgen.tags import Guidance, Guide, TagConfig, make_tagger
+from capgen.tags import Guidance, Guide, GuideConfig, TagConfig, make_tagger
 
 
 def tag_guidance(encoder_name: str, vocab: Vocabulary, cache: FeatureCache, records: list[ImageRecord],
-                 threshold: float) -> list[Guidance | None]:
+                 config: GuideConfig) -> list[Guidance | None]:
     """Per record, the confident tag its caption must contain (or None), from the cached pooled
     features through the encoder's classifier head: the same guidance `capgen caption` applies."""
     from capgen.encoders import create_encoder
 
     tagger = make_tagger(create_encoder(encoder_name))
     guide = Guide.build(vocab, tagger.words)
-    tags = tagger(cache.pooled([r.image for r in records]), TagConfig(top_k=3, threshold=threshold))
-    return [guide.plan(t, threshold) for t in tags]
+    tags = tagger(cache.pooled([r.image for r in records]), TagConfig(top_k=5, threshold=config.lowest))
+    return [guide.plan(t, config) for t in tags]
 
 
 def caption_records(model, records: list[ImageRecord], feats: Features, vocab: Vocabulary, config: DecodeConfig,

@@ -15,7 +15,7 @@ from capgen.evaluation.stats import caption_stats
 from capgen.evaluation.captioning import caption_records, tag_guidance
 from capgen.features import FeatureCache, Features
 from capgen.io import write_json
-from capgen.tags import Guide
+from capgen.tags import Guide, GuideConfig
 
 
 @dataclass
@@ -28,10 +28,10 @@ class EvalResult:
 def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data: PreparedDataset,
                         cache: FeatureCache, split: str, decode_config: DecodeConfig,
                         out: str | Path | None = None, meteor: bool = True, any_vocab: bool = False,
-                        guide: float | None = None) -> EvalResult:
+                        guide: GuideConfig | None = None) -> EvalResult:
     """Decode `split` with one checkpoint (or several, as an ensemble) and score it; metrics also hold
-    caption_stats (mean length, distinct words, repetition, truncation). `guide`: a tag guidance
-    threshold (as `capgen caption` applies by default); None = the model alone, as benchmarks are."""
+    caption_stats (mean length, distinct words, repetition, truncation). `guide`: tag guidance (as
+    `capgen caption` applies by default); None = the model alone, as benchmarks are."""
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     ckpt = load_checkpoints(paths)
     checkpoint = paths[0] if len(paths) == 1 else paths
@@ -54,7 +54,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data: Pre
                              {r.image: list(r.raw) for r in records}, official=True, meteor=meteor)
     metrics.update(caption_stats(words, [h.truncated for h in best]))
     if guide is not None:
-        metrics["guided"] = {"threshold": guide, "images": sum(g is not None for g in guidance),
+        metrics["guided"] = {**guide.to_dict(), "images": sum(g is not None for g in guidance),
                              "stand_ins": sum(g is not None and g.stand_in is not None for g in guidance)}
     metrics.update({"split": split, "images": len(records),
                     "checkpoint": [str(p) for p in checkpoint] if isinstance(checkpoint, list) else str(checkpoint),

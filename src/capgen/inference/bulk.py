@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import caption_paths, expand_paths
-from capgen.tags import DEFAULT_GUIDE_THRESHOLD
+from capgen.tags import GuideConfig
 from capgen.inference.result import CaptionResult
 from capgen.io import write_json
 from capgen.parallel import dist_info
@@ -197,9 +197,9 @@ class _JobLock:
 def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config=None, fmt: str | None = None,
                     batch_size: int = 16, progress: bool = True,
                     log: Callable[[str], None] | None = None,
-                    guide: float | None = DEFAULT_GUIDE_THRESHOLD) -> BulkResult:
+                    guide: GuideConfig | float | None = GuideConfig()) -> BulkResult:
     """Caption every image under `inputs` (files, folders, globs) into OUT; see the module docstring.
-    `guide`: the tag guidance threshold, or None for none (see Captioner.caption).
+    `guide`: when tags guide the captions, or None (see Captioner.caption).
 
     Under torchrun each rank captions every world_size-th remaining image; rank 0 merges the parts.
     """

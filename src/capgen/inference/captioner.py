@@ -18,7 +18,7 @@ from PIL import Image
 from capgen.errors import CapgenError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.inference.result import CaptionResult
-from capgen.tags import DEFAULT_GUIDE_THRESHOLD, DEFAULT_THRESHOLD, Guidance, Tag, TagConfig
+from capgen.tags import DEFAULT_THRESHOLD, Guidance, GuideConfig, Tag, TagConfig
 
 # Where the model shipped with the package lives (package data; may be absent in an install).
 BUNDLED_MODEL = "assets/captioner.pt"
@@ -135,19 +135,18 @@ class Captioner:
         include = [g.include if g else None for g in guidance] if any(guidance) else None
         return decode(self.model, pooled, grid, self.ids, config, include=include)
 
-    def guidance(self, pooled: np.ndarray, config, threshold: float | None = DEFAULT_GUIDE_THRESHOLD
+    def guidance(self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
                  ) -> list[Guidance | None]:
-        """Per image, the confident tag its caption must contain, or None (no tagger, guidance off
-        with threshold None, sampling, or no tag reaches the threshold)."""
-        if threshold is None or self.tagger is None or config.method == "sample":
+        """Per image, the confident tag its caption must contain, or None (no tagger, guide None,
+        sampling, or no tag confident enough)."""
+        guide = GuideConfig.of(guide)
+        if guide is None or self.tagger is None or config.method == "sample":
             return [None] * len(pooled)
         from capgen.tags import Guide
-        from capgen.tags.guide import check_threshold
 
-        check_threshold(threshold)
         if self._guide is None:
             self._guide = Guide.build(self.vocab, self.tagger.words)
-        return [self._guide.plan(t, threshold) for t in self.tagger(pooled, TagConfig(top_k=3, threshold=threshold))]
+        return [self._guide.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
 
     def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided
@@ -169,7 +168,7 @@ class Captioner:
                              attention=attention, image_size=image.size, truncated=best.truncated, guided=used)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16, tags: int = 0,
-                tag_threshold: float = DEFAULT_THRESHOLD, guide: float | None = DEFAULT_GUIDE_THRESHOLD,
+                tag_threshold: float = DEFAULT_THRESHOLD, guide: GuideConfig | float | None = GuideConfig(),
                 **options) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list of them.
 
@@ -177,9 +176,10 @@ class Captioner:
         temperature, seed, return_attention, ...), with DecodeConfig's defaults.
         tags: also return up to this many object tags (`CaptionResult.tags`) with probability >=
           `tag_threshold`; without a tagger this warns once with `tags_error` and tags stay None.
-        guide: when the top tag's probability reaches this, the caption must contain its word (a
-          word the model never learned is placed through a stand-in; `CaptionResult.guided` says
-          which). None turns guidance off; it is also off for sampling and without a tagger.
+        guide: when a tag is this confident (a GuideConfig, or one probability for every word), the
+          caption must contain its word (a word the model never learned is placed through a
+          stand-in; `CaptionResult.guided` says which). None turns guidance off; it is also off
+          for sampling and without a tagger.
         Raises ImageLoadError for the first unreadable image; `caption_paths` skips bad files instead.
         """
         config = self.decode_config(**options)
@@ -213,7 +213,7 @@ class Captioner:
         from capgen.inference.files import caption_paths, expand_paths
 
         tags = self.tag_config(options.pop("tags", 0), options.pop("tag_threshold", DEFAULT_THRESHOLD))
-        guide = options.pop("guide", DEFAULT_GUIDE_THRESHOLD)
+        guide = options.pop("guide", GuideConfig())
         return caption_paths(self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size,
                              tags=tags, guide=guide)
 
@@ -228,11 +228,11 @@ class Captioner:
         return DecodeConfig(**options)
 
     def caption_loaded(self, images: Sequence[Image.Image], config, batch_size: int = 16,
-                       tags: TagConfig | None = None, guide: float | None = DEFAULT_GUIDE_THRESHOLD
+                       tags: TagConfig | None = None, guide: GuideConfig | float | None = GuideConfig()
                        ) -> list[CaptionResult]:
         """Already loaded RGB images -> results, encoded and decoded `batch_size` images at a time.
         With `tags` and a tagger, each result also carries its tags (from the same pooled features);
-        `guide` is the tag guidance threshold (see `caption`)."""
+        `guide`: when tags guide the caption (see `caption`)."""
         if batch_size < 1:
             raise CapgenError(f"batch_size must be >= 1, got {batch_size}")
         results: list[CaptionResult] = []

@@ -1,7 +1,7 @@
 """Tag-guided captions: a confident object tag becomes a word the caption must contain.
 
     guide = Guide.build(vocab, tagger.words)          # once per model: a plan for every tag word
-    g = guide.plan(tags, threshold=0.5)               # per image: Guidance, or None (no confident tag)
+    g = guide.plan(tags, GuideConfig())               # per image: Guidance, or None (no confident tag)
     hyps = decode(model, pooled, grid, ids, config, include=[g.include if g else None, ...])
     words, source = Guide.render(vocab.decode(hyps[0][0].tokens), g)
 
@@ -26,14 +26,44 @@ from capgen.errors import TagsError
 from capgen.tags.tagger import Tag
 from capgen.tags.words import WordMap
 
-# The top tag guides the caption when its probability reaches this. Picked on the Flickr8k val
-# split (BENCHMARKS.md, "Tag-guided captions"): high enough that in-domain captions keep their CIDEr.
+# A tag guides the caption when its probability reaches this. Picked on the Flickr8k val split
+# (BENCHMARKS.md, "Tag-guided captions"): high enough that in-domain captions keep their CIDEr.
 DEFAULT_GUIDE_THRESHOLD = 0.5
 # Stand-ins come from the vocabulary's most frequent words (ids are frequency ranks): a word the
 # model rarely emitted is one it does not know how to place.
 STAND_IN_RANK = 1500
 _VOWELS = "aeiou"
 _SINGULAR_S = frozenset("tennis canvas gas lens chassis iris atlas axis mantis".split())
+
+
+@dataclass(frozen=True)
+class GuideConfig:
+    """When a tag guides the caption: its probability reaches `threshold` for a word the model knows
+    (the model's own choice already weighs the image), or `novel_threshold` for a word it never
+    learned (the tag is then the only evidence; a lower bar names more novel objects)."""
+
+    threshold: float = DEFAULT_GUIDE_THRESHOLD
+    novel_threshold: float = DEFAULT_GUIDE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "novel_threshold"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise TagsError(f"guide {name.replace('_', ' ')}: expected a probability in (0, 1], got {value}")
+
+    @classmethod
+    def of(cls, guide: "GuideConfig | float | None") -> "GuideConfig | None":
+        """None (no guidance), a GuideConfig, or one probability for both kinds of word."""
+        if guide is None or isinstance(guide, GuideConfig):
+            return guide
+        return cls(float(guide), float(guide))
+
+    @property
+    def lowest(self) -> float:
+        return min(self.threshold, self.novel_threshold)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "novel_threshold": self.novel_threshold}
 
 
 @dataclass(frozen=True)
@@ -97,14 +127,15 @@ class Guide:
                           "guide captions; their tags are still shown", RuntimeWarning, stacklevel=2)
         return cls(plans, unplaceable)
 
-    def plan(self, tags: Sequence[Tag], threshold: float = DEFAULT_GUIDE_THRESHOLD) -> Guidance | None:
-        """The most probable tag at or above `threshold` that has a plan, as a Guidance."""
-        check_threshold(threshold)
+    def plan(self, tags: Sequence[Tag], config: GuideConfig | float | None = None) -> Guidance | None:
+        """The most probable of `tags` (most probable first) that has a plan and reaches its
+        threshold under `config` (default GuideConfig()), as a Guidance."""
+        config = GuideConfig.of(config) or GuideConfig()
         for tag in tags:
-            if tag.p < threshold:
+            if tag.p < config.lowest:
                 return None
             plan = self.plans.get(tag.word)
-            if plan is not None:
+            if plan is not None and tag.p >= (config.novel_threshold if plan.stand_in else config.threshold):
                 return Guidance(tag, plan.include, plan.stand_in)
         return None
 
@@ -134,9 +165,6 @@ class Guide:
         return out, source
 
 
-def check_threshold(threshold: float) -> None:
-    if not 0.0 < threshold <= 1.0:
-        raise TagsError(f"guide threshold: expected a probability in (0, 1], got {threshold}")
 
 
 def _listed(words: Sequence[str], most: int = 5) -> str:
