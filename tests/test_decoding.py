@@ -66,12 +66,13 @@ def test_beam_search_equals_brute_force(name, alpha):
         expected = brute_force(model, pooled, grid, [3, 4, 5], max_len, alpha)
         # 32 >= the 27 candidates of the longest step: nothing is pruned, so the 5 best must match exactly.
         hyps = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, n_best=5, max_len=max_len, allow_unk=True,
-                                                             length_penalty=alpha, no_repeat_ngram=0))[0]
+                                                             length_penalty=alpha, no_repeat_ngram=0,
+                                                             no_repeat_words=False))[0]
         assert [h.tokens for h in hyps] == [t for t, _ in expected[:5]]
         assert [h.score for h in hyps] == pytest.approx([s for _, s in expected[:5]], abs=1e-4)
         # A small beam finds the best caption's score or a worse one, never a better one.
         small = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=2, max_len=max_len, length_penalty=alpha,
-                                                              allow_unk=True, no_repeat_ngram=0))[0][0]
+                                                              allow_unk=True, no_repeat_ngram=0, no_repeat_words=False))[0][0]
         assert small.score <= expected[0][1] + 1e-4
 
 

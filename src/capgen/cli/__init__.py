@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from capgen import __version__
@@ -51,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    if not args.debug:  # a warning is one line like an error, without the source line Python adds
+        warnings.formatwarning = lambda message, *_, **__: f"capgen {args.command}: warning: {message}\n"
     try:
         return int(args.func(args) or 0)
     except CapgenError as e:

@@ -7,8 +7,9 @@ import json
 import os
 import sys
 
-from capgen.cli.decoding import add_decode_args, decode_options
+from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
 from capgen.cli.types import out_dir, positive_int, probability
+from capgen.tags.guide import GuideConfig
 
 FORMATS = ("text", "jsonl", "csv")
 # More images than this get a progress bar on stderr.
@@ -30,6 +31,7 @@ def register(sub, parents) -> None:
     p.add_argument("--n-tags", type=positive_int, default=5, metavar="K", help="at most K tags per photo (default 5)")
     p.add_argument("--tag-threshold", type=probability, default=0.1,
                    help="only tags whose probability is at least this (default 0.1)")
+    add_guide_args(p, default=GuideConfig())
     p.add_argument("--format", default="text", choices=FORMATS,
                    help="text (path<TAB>caption), jsonl or csv, on stdout (default text)")
     p.add_argument("--annotate", metavar="DIR", type=out_dir, help="write each photo with its caption drawn on it into DIR")
@@ -77,7 +79,8 @@ def run(args) -> int:
     failed = 0
     bar = tqdm(total=len(paths), unit="img", desc="caption", file=sys.stderr,
                disable=len(paths) <= _PROGRESS_MIN, dynamic_ncols=True)
-    for path, res in caption_paths(captioner, paths, config, batch_size=args.batch_size, tags=tags):
+    guide = guide_config(args)
+    for path, res in caption_paths(captioner, paths, config, batch_size=args.batch_size, tags=tags, guide=guide):
         bar.update(1)
         if isinstance(res, ImageLoadError):
             failed += 1
@@ -103,7 +106,7 @@ def _bulk(args, captioner, config) -> int:
     if args.annotate or args.attention:
         raise CapgenError("--out writes captions only; run --annotate/--attention without --out")
     res = caption_to_file(captioner, args.paths, args.out, config, None if args.format == "text" else args.format,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, guide=guide_config(args))
     if int(os.environ.get("RANK", "0")) == 0:
         for path, reason in list(res.failed.items())[:10]:
             print(f"capgen caption: failed {path}: {reason}", file=sys.stderr)

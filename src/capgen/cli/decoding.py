@@ -1,13 +1,16 @@
 """The decoding flags shared by `capgen caption` and `capgen evaluate`; their defaults are
-DecodeConfig's, so every entry point decodes the same way unless told otherwise."""
+DecodeConfig's (and GuideConfig's for tag guidance), so every entry point decodes the same way
+unless told otherwise."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
 
-from capgen.cli.types import finite_float, non_negative_int, positive_float, positive_int, unit_interval
+from capgen.cli.types import (finite_float, non_negative_int, positive_float, positive_int, probability,
+                              unit_interval)
 from capgen.decoding import MAX_BEAM, DecodeConfig
+from capgen.tags.guide import GuideConfig
 
 _D = DecodeConfig()
 
@@ -26,8 +29,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="GNMT length normalisation alpha (default 0: raw log-prob sums)")
     g.add_argument("--no-repeat-ngram", type=non_negative_int, default=_D.no_repeat_ngram,
                    help=f"block repeated n-grams of this size (default {_D.no_repeat_ngram}; 0 = off)")
-    g.add_argument("--no-repeat-words", action="store_true",
-                   help="also block a second use of any content word ('a woman and a woman')")
+    repeat = g.add_mutually_exclusive_group()
+    repeat.add_argument("--no-repeat-words", dest="no_repeat_words", action="store_true", default=_D.no_repeat_words,
+                        help="block a second use of any content word, 'a woman and a woman' (the default)")
+    repeat.add_argument("--repeat-words", dest="no_repeat_words", action="store_false",
+                        help="let content words repeat (only --no-repeat-ngram blocks repeats)")
     g.add_argument("--allow-unk", action="store_true", help="let <unk> appear in captions (research use)")
     g.add_argument("--temperature", type=positive_float, default=_D.temperature, help="sampling temperature")
     g.add_argument("--top-k", type=non_negative_int, default=_D.top_k, help="sample from the k best words")
@@ -43,3 +49,26 @@ def decode_options(args: argparse.Namespace) -> dict:
     if args.greedy or args.sample:
         options["beam_size"] = 1
     return options
+
+
+def add_guide_args(p, default: GuideConfig | None) -> None:
+    """--guide-threshold / --novel-guide-threshold (and --no-guide when guidance is on by default)."""
+    on = default is not None
+    d = default or GuideConfig()
+    p.add_argument("--guide-threshold", type=probability, default=d.threshold, metavar="P",
+                   help=f"{'' if on else 'with --guide: '}a tag this probable makes the caption name it (default "
+                        f"{d.threshold}); jsonl says which in 'guided'")
+    p.add_argument("--novel-guide-threshold", type=probability, default=d.novel_threshold, metavar="P",
+                   help=f"the same for a word the model never learned (default {d.novel_threshold})")
+    if on:
+        p.add_argument("--no-guide", action="store_true", help="captions from the model alone, without tag guidance")
+    else:
+        p.add_argument("--guide", action="store_true", help="tag guidance as in capgen caption (default: off, "
+                                                            "the model alone)")
+
+
+def guide_config(args) -> GuideConfig | None:
+    """The GuideConfig the flags ask for, or None without guidance."""
+    if getattr(args, "no_guide", False) or not getattr(args, "guide", True):
+        return None
+    return GuideConfig(args.guide_threshold, args.novel_guide_threshold)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.cli.decoding import add_decode_args, decode_options
+from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
 from capgen.cli.types import out_dir
 
 
@@ -18,6 +18,7 @@ def register(sub, parents) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json")
     add_decode_args(p)
+    add_guide_args(p, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java start-up takes ~15 s)")
     p.add_argument("--any-vocab", action="store_true", help="allow a dataset prepared with another vocabulary")
     p.set_defaults(func=run)
@@ -33,11 +34,15 @@ def run(args) -> int:
     cache = FeatureCache.open(args.features)
     config = DecodeConfig(**decode_options(args))
     res = evaluate_checkpoint(args.checkpoints, data, cache, args.split, config, out=args.out,
-                              meteor=not args.no_meteor, any_vocab=args.any_vocab)
+                              meteor=not args.no_meteor, any_vocab=args.any_vocab, guide=guide_config(args))
     m = res.metrics
     print(f"{args.split}: {m['images']} images, {config.method} (beam {config.beam_size}), tokenizer {m['tokenizer']}, "
           f"decoded in {res.seconds:.1f} s")
     print(metrics_table(m))
+    if "guided" in m:
+        g = m["guided"]
+        print(f"tag guidance (p >= {g['threshold']}, novel words {g['novel_threshold']}): {g['images']} of {m['images']} captions, "
+              f"{g['stand_ins']} through a stand-in word")
     for note in m["notes"]:
         print(f"note: {note}")
     print(f"-> {args.out}/predictions.json, {args.out}/metrics.json")

@@ -25,24 +25,27 @@ class Found:
 
 
 class _Pool:
-    """The K best finished captions of each image, best first: scores are length-normalised."""
+    """The K best finished captions of each image, best first: scores are length-normalised and
+    ranked by score + offset (the offset of a caption's beam group; 0 without constraints)."""
 
     def __init__(self, B: int, K: int, L: int, pad: int, device: torch.device):
         self.found = Found(torch.full((B, K, L), pad, dtype=torch.long, device=device),
                            torch.zeros(B, K, dtype=torch.long, device=device),
                            torch.full((B, K), NEG_INF, device=device),
                            torch.zeros(B, K, dtype=torch.bool, device=device), None)
+        self.keys = torch.full((B, K), NEG_INF, device=device)
 
     @property
     def worst_score(self) -> Tensor:
-        return self.found.scores[:, -1]                                   # (B,)
+        return self.keys[:, -1]                                           # (B,)
 
-    def add(self, scores: Tensor, words: Tensor, lengths: Tensor, truncated: Tensor,
+    def add(self, scores: Tensor, offsets: Tensor, words: Tensor, lengths: Tensor, truncated: Tensor,
             attention: Tensor | None) -> None:
         """Merge candidates (B, C) (-inf = none) and keep the K best per image."""
         f = self.found
         K = f.scores.shape[1]
-        f.scores, idx = torch.cat([f.scores, scores], dim=1).topk(K, dim=1)  # (B, K)
+        self.keys, idx = torch.cat([self.keys, scores + offsets], dim=1).topk(K, dim=1)  # (B, K)
+        f.scores = torch.cat([f.scores, scores], dim=1).gather(1, idx)
         f.words = _gather(torch.cat([f.words, words], dim=1), idx)
         f.lengths = torch.cat([f.lengths, lengths], dim=1).gather(1, idx)
         f.truncated = torch.cat([f.truncated, truncated], dim=1).gather(1, idx)
@@ -57,7 +60,19 @@ def _gather(x: Tensor, idx: Tensor) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), idx]
 
 
-def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig) -> Found:
+# Tag guidance (include=) ranks a caption by its group: one without any required word pays
+# UNMET_PENALTY (so it comes only when blocking makes every such word impossible), and one that names
+# the word among its first EARLY_WORDS words gains EARLY_BONUS: "a cat is sitting on a ramp" (-12.3)
+# beats "a man is sitting on a cat" (-11.4), while "a man is sitting on a tripod" (-8.4) still beats
+# "a tripod is sitting on a camera" (-13.9). The object of a photo is usually its subject, but a model
+# trained on Flickr8k puts a person first; the bonus is what being the subject is worth.
+UNMET_PENALTY = 1.0e4
+EARLY_WORDS = 3
+EARLY_BONUS = 2.0
+
+
+def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig,
+                include: Tensor | None = None) -> Found:
     """K = beam_size captions per image, best first.
 
     Alive beams are ranked by raw log-prob sums; finished captions by the length-normalised score.
@@ -65,72 +80,101 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     (so beam_size 1 is exactly greedy). An image stops once it has K finished captions that no
     alive beam can beat. Beams still alive after max_len words get one last step where only <end>
     may come (Constraints), so every caption ends and a cut one pays for it.
+
+    include (B, V) bool: constrained beam search (Anderson et al. 2017) with one disjunctive
+    constraint per image, "the caption contains one of these words". Each such image keeps three
+    groups of K beams: without a required word yet, with one named late, with one named among the
+    first EARLY_WORDS words. A candidate moves up a group when it adds a required word; finished
+    captions are ranked with their group's offset (UNMET_PENALTY, 0, EARLY_BONUS) and keep their
+    own scores. An image whose row is all False is unconstrained: it only uses the middle group.
     """
     B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.max_len
     device = next(iter(memory.values())).device
-    memory, state = repeat_rows(memory, K), repeat_rows(state, K)         # rows b*K .. b*K+K-1
-    R = B * K
+    G = 1 if include is None else 3                                        # beam groups per image
+    GK = G * K
+    memory, state = repeat_rows(memory, GK), repeat_rows(state, GK)        # rows b*GK .. b*GK+GK-1
+    R = B * GK
     rules = Constraints(ids, cfg, model.vocab_size, device)
 
     def norm(score: Tensor, length: int) -> Tensor:
         return score / ((5.0 + length) / 6.0) ** cfg.length_penalty
 
     tokens = torch.full((R,), ids.start, dtype=torch.long, device=device)
-    # The K beams start identical; only the first may expand or it would be chosen K times.
-    beam_scores = torch.full((B, K), NEG_INF, device=device)
-    beam_scores[:, 0] = 0.0
-    history = torch.full((B, K, L), ids.pad, dtype=torch.long, device=device)  # words of each beam
-    att_history: Tensor | None = None                                      # (B, K, L, N)
+    # The K beams of a group start identical; only the first may expand or it would be chosen K times.
+    # Constrained images start in group 0 (no required word yet), the others in group 1 (nothing required).
+    beam_scores = torch.full((B, G, K), NEG_INF, device=device)
+    start_group = 0 if include is None else 1 - include.any(dim=1).long()  # (B,) or 0
+    beam_scores[torch.arange(B, device=device), start_group, 0] = 0.0
+    beam_scores = beam_scores.view(B, GK)
+    beam_group = torch.arange(G, device=device).repeat_interleave(K).expand(B, GK)  # (B, GK)
+    offset = torch.tensor([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], device=device)  # (G,)
+    history = torch.full((B, GK, L), ids.pad, dtype=torch.long, device=device)  # words of each beam
+    att_history: Tensor | None = None                                      # (B, GK, L, N)
     pool = _Pool(B, K, L, ids.pad, device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rank = torch.arange(2 * K, device=device)                               # (2K,)
-    row_offset = (torch.arange(B, device=device) * K).unsqueeze(1)          # (B, 1)
+    row_offset = (torch.arange(B, device=device) * GK).unsqueeze(1)         # (B, 1)
     no = torch.zeros(B, K, dtype=torch.bool, device=device)
+    every_beam = torch.arange(GK, device=device).expand(B, GK)
     for t in range(L + 1):
         raw, state, att = model.step(tokens, state, memory)               # (R, V), state, (R, N)
         logp = rules.apply(raw, t, tokens, history.view(R, L))
         V = logp.shape[-1]
         if cfg.return_attention and att is not None and att_history is None:
-            att_history = att.new_zeros(B, K, L, att.shape[-1])
+            att_history = att.new_zeros(B, GK, L, att.shape[-1])
+        cand = (beam_scores.view(R, 1) + logp).view(B, GK, V)             # (B, GK, V)
+        if G > 1:  # the group each candidate lands in: its beam's, or higher with a required word
+            level = include.long() * (2 if t < EARLY_WORDS else 1)        # (B, V)
+            target = torch.maximum(beam_group.unsqueeze(2), level.unsqueeze(1))  # (B, GK, V)
 
-        cand = (beam_scores.view(R, 1) + logp).view(B, K * V)             # (B, K*V)
-        # 2K candidates always hold K that are not <end>: each beam has only one <end>.
-        top_scores, top_idx = cand.topk(2 * K, dim=1)                     # (B, 2K)
-        top_beam, top_tok = top_idx // V, top_idx % V                     # (B, 2K)
-        is_end = top_tok == ids.end
-
-        # Finished now: <end> among the K best candidates, and beams with every token blocked.
-        ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K]) & ~done.unsqueeze(1)  # (B, K)
-        stuck = (torch.isinf(logp.max(dim=-1).values).view(B, K) & torch.isfinite(beam_scores)
-                 & ~done.unsqueeze(1))                                     # (B, K)
-        end_beam = top_beam[:, :K]
-        # At the forced last step a caption is cut when the model itself would have gone on.
-        cut = (raw.argmax(dim=-1) != ids.end).view(B, K).gather(1, end_beam) if rules.final(t) else no
-        fin_scores = torch.cat([torch.where(ended, norm(top_scores[:, :K], t), NEG_INF),
-                                torch.where(stuck, norm(beam_scores, t), NEG_INF)], dim=1)  # (B, 2K)
-        fin_beams = torch.cat([end_beam, torch.arange(K, device=device).expand(B, K)], dim=1)
-        pool.add(fin_scores, _gather(history, fin_beams), torch.full_like(fin_beams, t),
-                 torch.cat([cut, ~no], dim=1), None if att_history is None else _gather(att_history, fin_beams))
+        # Finished now: per group, <end> among its K best candidates; and beams with every token blocked.
+        fin_scores, fin_offsets, fin_beams, fin_cut, parents, words, scores = [], [], [], [], [], [], []
+        cut_all = (raw.argmax(dim=-1) != ids.end).view(B, GK) if rules.final(t) else None
+        for g in range(G):
+            in_g = cand if G == 1 else cand.masked_fill(target != g, NEG_INF)
+            # 2K candidates always hold K that are not <end>: only the group's K beams can end in it.
+            top_scores, top_idx = in_g.view(B, GK * V).topk(2 * K, dim=1)  # (B, 2K)
+            top_beam, top_tok = top_idx // V, top_idx % V                 # (B, 2K)
+            is_end = top_tok == ids.end
+            ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K]) & ~done.unsqueeze(1)  # (B, K)
+            end_beam = top_beam[:, :K]
+            fin_scores.append(torch.where(ended, norm(top_scores[:, :K], t), NEG_INF))
+            fin_offsets.append(offset[g].expand(B, K))
+            fin_beams.append(end_beam)
+            # At the forced last step a caption is cut when the model itself would have gone on.
+            fin_cut.append(cut_all.gather(1, end_beam) if cut_all is not None else no)
+            # Alive: the group's K best candidates that are not <end> (stable order by rank).
+            order = (rank + 2 * K * is_end.long()).argsort(dim=1)[:, :K]  # (B, K)
+            parents.append(top_beam.gather(1, order))
+            scores.append(top_scores.gather(1, order))
+            words.append(top_tok.gather(1, order))
+        stuck = (torch.isinf(logp.max(dim=-1).values).view(B, GK) & torch.isfinite(beam_scores)
+                 & ~done.unsqueeze(1))                                     # (B, GK)
+        fin_scores.append(torch.where(stuck, norm(beam_scores, t), NEG_INF))
+        fin_offsets.append(offset[beam_group])
+        fin_beams.append(every_beam)
+        fin_cut.append(torch.ones_like(stuck))
+        fin_beam = torch.cat(fin_beams, dim=1)
+        pool.add(torch.cat(fin_scores, dim=1), torch.cat(fin_offsets, dim=1), _gather(history, fin_beam),
+                 torch.full_like(fin_beam, t), torch.cat(fin_cut, dim=1),
+                 None if att_history is None else _gather(att_history, fin_beam))
         if rules.final(t):
             break
 
-        # Alive: the K best candidates that are not <end> (stable order by rank).
-        order = (rank + 2 * K * is_end.long()).argsort(dim=1)[:, :K]      # (B, K)
-        parent = top_beam.gather(1, order)                                 # (B, K)
-        beam_scores = top_scores.gather(1, order)                          # (B, K)
-        word = top_tok.gather(1, order)                                    # (B, K)
+        parent, beam_scores, word = torch.cat(parents, 1), torch.cat(scores, 1), torch.cat(words, 1)  # (B, GK)
         rows = (row_offset + parent).view(R)                               # (R,) flat parent rows
         state = select_rows(state, rows)
         history = _gather(history, parent)
         history[:, :, t] = word
         if att_history is not None:
             att_history = _gather(att_history, parent)
-            att_history[:, :, t] = att.index_select(0, rows).view(B, K, -1)
+            att_history[:, :, t] = att.index_select(0, rows).view(B, GK, -1)
         tokens = word.view(R)
 
-        # Future scores only fall, and the length penalty is largest at max_len: an upper bound.
-        best_possible = norm(beam_scores.max(dim=1).values, L)             # (B,)
-        done = done | (pool.worst_score >= best_possible)
+        # Future scores only fall, and the length penalty is largest at max_len: an upper bound
+        # (plus the best offset a beam can still reach).
+        reach = norm(beam_scores, L) + (offset[-1] if G > 1 else 0.0)
+        done = done | (pool.worst_score >= reach.max(dim=1).values)
         if bool(done.all()):
             break
     return pool.found

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from capgen.decoding.config import DecodeConfig, TokenIds
+from capgen.decoding.rules import token_masks
 
 State = dict[str, Tensor]
 
@@ -54,15 +55,8 @@ class Constraints:
 
     def __init__(self, ids: TokenIds, cfg: DecodeConfig, vocab_size: int, device: torch.device):
         self.ids, self.cfg = ids, cfg
-
-        def mask(tokens) -> Tensor:
-            m = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-            m[list(tokens)] = True
-            return m                                                      # (V,)
-
-        self.never = mask({ids.pad, ids.start} | (set() if cfg.allow_unk else {ids.unk}))
-        self.bad_end = mask(ids.bad_endings)
-        self.may_repeat = mask(ids.function_words)
+        self.never, self.bad_end, self.may_repeat = (torch.from_numpy(m).to(device)    # (V,) each
+                                                     for m in token_masks(ids, cfg, vocab_size))
 
     def final(self, t: int) -> bool:
         return t == self.cfg.max_len

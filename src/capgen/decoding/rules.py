@@ -13,6 +13,8 @@ What every search enforces at step t (t words emitted so far), in this order:
 
 from __future__ import annotations
 
+import numpy as np
+
 METHODS = ("greedy", "sample", "beam")
 # Beam search holds beam_size rows per image for every step; past this, memory grows with no gain.
 MAX_BEAM = 32
@@ -33,3 +35,16 @@ def length_normalised(score, length, alpha: float):
     """GNMT length normalisation of a beam score: score / ((5 + length) / 6) ** alpha (alpha 0 = raw
     sum). Works on floats, numpy arrays and torch tensors alike."""
     return score / ((5.0 + length) / 6.0) ** alpha
+
+
+def token_masks(ids, cfg, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(V,) bool masks for TokenIds `ids` under DecodeConfig `cfg`: the tokens never emitted
+    (<pad>, <start>, <unk> unless allowed), the words <end> may not follow, the words that may repeat."""
+
+    def mask(tokens) -> np.ndarray:
+        m = np.zeros(vocab_size, dtype=bool)
+        m[list(tokens)] = True
+        return m
+
+    never = mask({ids.pad, ids.start} | (set() if cfg.allow_unk else {ids.unk}))
+    return never, mask(ids.bad_endings), mask(ids.function_words)

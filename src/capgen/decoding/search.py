@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -15,7 +17,8 @@ from capgen.models.base import CaptionModel
 
 
 def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
-           config: DecodeConfig | None = None) -> list[list[Hypothesis]]:
+           config: DecodeConfig | None = None,
+           include: Sequence[Collection[int] | None] | None = None) -> list[list[Hypothesis]]:
     """Caption a batch of images: pooled (B, D), grid (B, N, D) -> per image, up to `n_best`
     hypotheses, best first. `ids` comes from `TokenIds.from_vocab(vocab)`.
 
@@ -23,6 +26,11 @@ def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
     gets are in `Constraints`: no <pad>/<start>, no <unk> unless allowed, no empty caption, no
     caption ending on "a"/"the"/"of"..., and a cut caption ranks below finished ones. Beam search
     can return fewer than n_best hypotheses only when blocking leaves fewer possible captions.
+
+    include: per image, word ids of which the caption must contain one (None or empty: no
+    constraint), e.g. an object tag's word (capgen.tags.Guide). Greedy and beam search only; greedy
+    becomes a beam of 1, which is the same search. A caption without one comes only when blocking
+    makes every such word impossible.
     """
     config = config if config is not None else DecodeConfig()
     if not isinstance(config, DecodeConfig):
@@ -31,6 +39,9 @@ def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
         raise DecodeError(f"decode: ids must be TokenIds (TokenIds.from_vocab(vocab)), got {type(ids).__name__}")
     config.validate()
     ids.check(model.vocab_size)
+    required = _include_mask(include, pooled.shape[0], model.vocab_size, config)
+    if required is not None and config.method == "greedy":
+        config = dataclasses.replace(config, method="beam", beam_size=1)
 
     param = next(model.parameters())
     pooled = torch.as_tensor(pooled).to(device=param.device, dtype=param.dtype)
@@ -44,12 +55,32 @@ def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
             memory = model.init_memory(pooled, grid)
             state = model.init_state(memory)
             if config.method == "beam":
-                found = beam_search(model, memory, state, ids, config)
+                found = beam_search(model, memory, state, ids, config,
+                                    None if required is None else required.to(param.device))
             else:
                 found = _sample_n(model, memory, state, ids, config)
     finally:
         model.train(was_training)
     return _hypotheses(found, config.n_best)
+
+
+def _include_mask(include, B: int, V: int, config: DecodeConfig) -> Tensor | None:
+    """Per-image required words -> (B, V) bool, or None when no image has any."""
+    if include is None:
+        return None
+    if len(include) != B:
+        raise DecodeError(f"decode: include needs one entry per image ({B}), got {len(include)}")
+    mask = torch.zeros(B, V, dtype=torch.bool)
+    for b, words in enumerate(include):
+        for w in words or ():
+            if not 0 <= int(w) < V:
+                raise DecodeError(f"decode: required word id {w} is outside the vocabulary (size {V})")
+            mask[b, int(w)] = True
+    if not mask.any():
+        return None
+    if config.method == "sample":
+        raise DecodeError("decode: required words (tag guidance) work with greedy and beam search, not sampling")
+    return mask
 
 
 def _sample_n(model, memory, state, ids: TokenIds, config: DecodeConfig) -> Found:

@@ -12,9 +12,10 @@ from capgen.data.prepared import PreparedDataset
 from capgen.decoding import DecodeConfig, Hypothesis
 from capgen.evaluation.metrics import METRIC_ORDER, score_captions
 from capgen.evaluation.stats import caption_stats
-from capgen.evaluation.captioning import caption_records
+from capgen.evaluation.captioning import caption_records, tag_guidance
 from capgen.features import FeatureCache, Features
 from capgen.io import write_json
+from capgen.tags import Guide, GuideConfig
 
 
 @dataclass
@@ -26,9 +27,11 @@ class EvalResult:
 
 def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data: PreparedDataset,
                         cache: FeatureCache, split: str, decode_config: DecodeConfig,
-                        out: str | Path | None = None, meteor: bool = True, any_vocab: bool = False) -> EvalResult:
+                        out: str | Path | None = None, meteor: bool = True, any_vocab: bool = False,
+                        guide: GuideConfig | None = None) -> EvalResult:
     """Decode `split` with one checkpoint (or several, as an ensemble) and score it; metrics also hold
-    caption_stats (mean length, distinct words, repetition, truncation)."""
+    caption_stats (mean length, distinct words, repetition, truncation). `guide`: tag guidance (as
+    `capgen caption` applies by default); None = the model alone, as benchmarks are."""
     paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
     ckpt = load_checkpoints(paths)
     checkpoint = paths[0] if len(paths) == 1 else paths
@@ -38,15 +41,21 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data: Pre
     cache.check(data, split, encoder=ckpt.encoder)
     records = data.split(split)
     start = time.perf_counter()
-    hyps = caption_records(ckpt.model, records, Features.load(cache, records), ckpt.vocab, decode_config)
+    guidance = (tag_guidance(ckpt.encoder.get("name"), ckpt.vocab, cache, records, guide) if guide is not None
+                else [None] * len(records))
+    hyps = caption_records(ckpt.model, records, Features.load(cache, records), ckpt.vocab, decode_config,
+                           guidance=guidance if guide is not None else None)
     # No hypothesis is possible only when blocking leaves none (tiny vocabularies): an empty caption.
     best = [(hyps[r.image] or [Hypothesis([], float("-inf"), truncated=True)])[0] for r in records]
-    predictions = [{"image_id": r.image, "caption": " ".join(ckpt.vocab.decode(h.tokens))}
-                   for r, h in zip(records, best)]
+    words = [Guide.render(ckpt.vocab.decode(h.tokens), g)[0] for h, g in zip(best, guidance)]
+    predictions = [{"image_id": r.image, "caption": " ".join(w)} for r, w in zip(records, words)]
     seconds = time.perf_counter() - start
     metrics = score_captions({p["image_id"]: p["caption"] for p in predictions},
                              {r.image: list(r.raw) for r in records}, official=True, meteor=meteor)
-    metrics.update(caption_stats([ckpt.vocab.decode(h.tokens) for h in best], [h.truncated for h in best]))
+    metrics.update(caption_stats(words, [h.truncated for h in best]))
+    if guide is not None:
+        metrics["guided"] = {**guide.to_dict(), "images": sum(g is not None for g in guidance),
+                             "stand_ins": sum(g is not None and g.stand_in is not None for g in guidance)}
     metrics.update({"split": split, "images": len(records),
                     "checkpoint": [str(p) for p in checkpoint] if isinstance(checkpoint, list) else str(checkpoint),
                     "decode": {k: v for k, v in vars(decode_config).items()}, "decode_seconds": seconds})

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import caption_paths, expand_paths
+from capgen.tags import GuideConfig
 from capgen.inference.result import CaptionResult
 from capgen.io import write_json
 from capgen.parallel import dist_info
@@ -195,8 +196,10 @@ class _JobLock:
 
 def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config=None, fmt: str | None = None,
                     batch_size: int = 16, progress: bool = True,
-                    log: Callable[[str], None] | None = None) -> BulkResult:
+                    log: Callable[[str], None] | None = None,
+                    guide: GuideConfig | float | None = GuideConfig()) -> BulkResult:
     """Caption every image under `inputs` (files, folders, globs) into OUT; see the module docstring.
+    `guide`: when tags guide the captions, or None (see Captioner.caption).
 
     Under torchrun each rank captions every world_size-th remaining image; rank 0 merges the parts.
     """
@@ -255,7 +258,8 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
                 open(err_target, "a", encoding="utf-8") as ferr:
             if fmt == "csv" and target == out and f.tell() == 0:
                 f.write(",".join(CSV_HEADER) + "\n")
-            for n, (path, res) in enumerate(caption_paths(captioner, mine, config, batch_size=batch_size), 1):
+            for n, (path, res) in enumerate(caption_paths(captioner, mine, config, batch_size=batch_size,
+                                                                guide=guide), 1):
                 if isinstance(res, ImageLoadError):
                     failed[path] = res.reason
                     ferr.write(json.dumps({"image": path, "error": res.reason}, ensure_ascii=False) + "\n")

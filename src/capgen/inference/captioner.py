@@ -18,7 +18,7 @@ from PIL import Image
 from capgen.errors import CapgenError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.inference.result import CaptionResult
-from capgen.tags import DEFAULT_THRESHOLD, Tag, TagConfig
+from capgen.tags import DEFAULT_THRESHOLD, Guidance, GuideConfig, Tag, TagConfig
 
 # Where the model shipped with the package lives (package data; may be absent in an install).
 BUNDLED_MODEL = "assets/captioner.pt"
@@ -39,6 +39,7 @@ class Captioner:
         cap.caption("photo.jpg").caption             # 'a dog runs on the grass'
         cap.caption(["a.jpg", "b.jpg"], n_best=3)     # list of CaptionResult
         cap.caption("photo.jpg", tags=5).tags         # [Tag('cat', 0.85), ...] from the encoder's head
+        cap.caption("photo.jpg", guide=None)          # no tag guidance (on by default; see capgen.tags.guide)
 
     Not thread-safe: the model and encoder runner hold shared state; the server runs one Captioner
     in a single worker thread.
@@ -58,6 +59,7 @@ class Captioner:
         self.max_pixels = max_pixels
         self.tagger = tagger
         self.tags_error = None if tagger is not None else (tags_error or "tags unavailable: no tagger given")
+        self._guide = None   # built on first use: it reads GloVe vectors for the words the model lacks
 
     @classmethod
     def from_pretrained(cls, path: str | Path | Sequence[str | Path] | None = None, encoder: str | None = None,
@@ -126,33 +128,58 @@ class Captioner:
         """Images -> pooled (B, dim), grid (B, H*W, dim) float32: the features a feature cache holds."""
         return self.runner(self.preprocess([self.load(i) for i in images]))
 
-    def forward(self, pooled: np.ndarray, grid: np.ndarray, config) -> list:
+    def forward(self, pooled: np.ndarray, grid: np.ndarray, config, guidance: Sequence[Guidance | None] = ()) -> list:
         """Features -> per image, a list of Hypothesis (best first); one batched decode call."""
         from capgen.decoding import decode
 
-        return decode(self.model, pooled, grid, self.ids, config)
+        include = [g.include if g else None for g in guidance] if any(guidance) else None
+        return decode(self.model, pooled, grid, self.ids, config, include=include)
 
-    def postprocess(self, hyps: list, image: Image.Image) -> CaptionResult:
-        """One image's hypotheses -> CaptionResult with words and (words, H, W) attention."""
+    def guidance(self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
+                 ) -> list[Guidance | None]:
+        """Per image, the confident tag its caption must contain, or None (no tagger, guide None,
+        sampling, or no tag confident enough)."""
+        guide = GuideConfig.of(guide)
+        if guide is None or self.tagger is None or config.method == "sample":
+            return [None] * len(pooled)
+        from capgen.tags import Guide
+
+        if self._guide is None:
+            self._guide = Guide.build(self.vocab, self.tagger.words)
+        return [self._guide.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
+
+    def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
+        """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided
+        caption's stand-in word is written as its tag word."""
+        from capgen.tags import Guide
+
         if not hyps:  # only possible when n-gram blocking leaves nothing; keep the output shape
             return CaptionResult("", float("-inf"), [], image_size=image.size)
         best, h, w = hyps[0], *self.grid_hw
-        words = self.vocab.decode(best.tokens)
+        words, source = Guide.render(self.vocab.decode(best.tokens), guided)
         attention = None
         if best.attention is not None:
-            attention = np.asarray(best.attention, dtype=np.float32).reshape(len(best.tokens), h, w)
+            attention = np.asarray(best.attention, dtype=np.float32)[source].reshape(len(words), h, w)
+        # Guided only when the word made it in (blocking can make it impossible).
+        used = guided if guided is not None and any(t in guided.include for t in best.tokens) else None
         return CaptionResult(caption=" ".join(words), score=float(best.score), tokens=words,
-                             alternatives=[(" ".join(self.vocab.decode(x.tokens)), float(x.score)) for x in hyps[1:]],
-                             attention=attention, image_size=image.size, truncated=best.truncated)
+                             alternatives=[(" ".join(Guide.render(self.vocab.decode(x.tokens), guided)[0]),
+                                            float(x.score)) for x in hyps[1:]],
+                             attention=attention, image_size=image.size, truncated=best.truncated, guided=used)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16, tags: int = 0,
-                tag_threshold: float = DEFAULT_THRESHOLD, **options) -> CaptionResult | list[CaptionResult]:
+                tag_threshold: float = DEFAULT_THRESHOLD, guide: GuideConfig | float | None = GuideConfig(),
+                **options) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list of them.
 
         options: DecodeConfig fields (beam_size, method, n_best, max_len, no_repeat_ngram,
         temperature, seed, return_attention, ...), with DecodeConfig's defaults.
         tags: also return up to this many object tags (`CaptionResult.tags`) with probability >=
           `tag_threshold`; without a tagger this warns once with `tags_error` and tags stay None.
+        guide: when a tag is this confident (a GuideConfig, or one probability for every word), the
+          caption must contain its word (a word the model never learned is placed through a
+          stand-in; `CaptionResult.guided` says which). None turns guidance off; it is also off
+          for sampling and without a tagger.
         Raises ImageLoadError for the first unreadable image; `caption_paths` skips bad files instead.
         """
         config = self.decode_config(**options)
@@ -161,7 +188,8 @@ class Captioner:
         tag_config = self.tag_config(tags, tag_threshold)
         if tag_config and self.tags_error:
             warnings.warn(self.tags_error, RuntimeWarning, stacklevel=2)
-        results = self.caption_loaded([self.load(i) for i in items], config, batch_size, tags=tag_config)
+        results = self.caption_loaded([self.load(i) for i in items], config, batch_size, tags=tag_config,
+                                      guide=guide)
         return results[0] if single else results
 
     def tag_config(self, tags: int = 0, tag_threshold: float = DEFAULT_THRESHOLD) -> TagConfig | None:
@@ -185,8 +213,9 @@ class Captioner:
         from capgen.inference.files import caption_paths, expand_paths
 
         tags = self.tag_config(options.pop("tags", 0), options.pop("tag_threshold", DEFAULT_THRESHOLD))
+        guide = options.pop("guide", GuideConfig())
         return caption_paths(self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size,
-                             tags=tags)
+                             tags=tags, guide=guide)
 
     def decode_config(self, **options):
         """`DecodeConfig(**options)`, the one builder every caller shares; attention on a model without
@@ -199,17 +228,20 @@ class Captioner:
         return DecodeConfig(**options)
 
     def caption_loaded(self, images: Sequence[Image.Image], config, batch_size: int = 16,
-                       tags: TagConfig | None = None) -> list[CaptionResult]:
+                       tags: TagConfig | None = None, guide: GuideConfig | float | None = GuideConfig()
+                       ) -> list[CaptionResult]:
         """Already loaded RGB images -> results, encoded and decoded `batch_size` images at a time.
-        With `tags` and a tagger, each result also carries its tags (from the same pooled features)."""
+        With `tags` and a tagger, each result also carries its tags (from the same pooled features);
+        `guide`: when tags guide the caption (see `caption`)."""
         if batch_size < 1:
             raise CapgenError(f"batch_size must be >= 1, got {batch_size}")
         results: list[CaptionResult] = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
             pooled, grid = self.runner(self.preprocess(chunk))   # (B, dim), (B, H*W, dim)
-            hyps = self.forward(pooled, grid, config)
-            chunk_results = [self.postprocess(h, img) for h, img in zip(hyps, chunk)]
+            guidance = self.guidance(pooled, config, guide)
+            hyps = self.forward(pooled, grid, config, guidance)
+            chunk_results = [self.postprocess(h, img, g) for h, img, g in zip(hyps, chunk, guidance)]
             if tags is not None and self.tagger is not None:
                 for res, image_tags in zip(chunk_results, self.tagger(pooled, tags)):
                     res.tags = image_tags

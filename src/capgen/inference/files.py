@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Sequence
 from capgen.errors import ImageLoadError
 from capgen.images import is_image_file
 from capgen.inference.result import CaptionResult
+from capgen.tags import GuideConfig
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -41,7 +42,7 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadEr
 
 
 def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoadError], config=None,
-                  batch_size: int = 16, workers: int = 2, tags=None
+                  batch_size: int = 16, workers: int = 2, tags=None, guide=GuideConfig()
                   ) -> Iterator[tuple[str, CaptionResult | ImageLoadError]]:
     """Yield (path, CaptionResult or ImageLoadError) for each path, in input order.
 
@@ -49,7 +50,7 @@ def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoa
     rest are captioned `batch_size` at a time (one batched encode + decode per batch). Images of the
     next batch are decoded in `workers` threads while the model runs on this one. `paths` may hold
     ImageLoadErrors from `expand_paths`; they are passed through in place. `tags`: a TagConfig to
-    also tag each image (see Captioner.caption_loaded).
+    also tag each image; `guide`: when tags guide the captions, or None (see Captioner.caption).
     """
     config = config if config is not None else captioner.decode_config()
     batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
@@ -70,7 +71,7 @@ def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoa
             if n + 1 < len(batches):
                 pending = pool.map(load, batches[n + 1])   # decode ahead while this batch runs
             good = [img for img in loaded if not isinstance(img, ImageLoadError)]
-            results = iter(captioner.caption_loaded(good, config, batch_size, tags=tags)) if good else iter(())
+            results = iter(captioner.caption_loaded(good, config, batch_size, tags=tags, guide=guide)) if good else iter(())
             for item, img in zip(batch, loaded):
                 name = item.path if isinstance(item, ImageLoadError) else os.fspath(item)
                 yield name, img if isinstance(img, ImageLoadError) else next(results)

@@ -22,6 +22,7 @@ class CaptionResult:
     truncated: the caption was cut at the length limit (the model would have gone on).
     tags: object words from the encoder's classifier with probabilities (capgen.tags.Tag), most
       likely first, when asked for and available; None otherwise.
+    guided: the confident tag the caption was made to contain (capgen.tags.Guidance), or None.
     """
 
     caption: str
@@ -32,12 +33,15 @@ class CaptionResult:
     image_size: tuple[int, int] = (0, 0)
     truncated: bool = False
     tags: list | None = None
+    guided: object | None = None
 
     def to_dict(self, attention: bool = False) -> dict:
         """JSON-ready dict: caption, score, alternatives (if any), attention payload (if asked and present)."""
         d: dict = {"caption": self.caption, "score": _score(self.score), "truncated": self.truncated}
         if self.tags is not None:
             d["tags"] = [t.to_dict() for t in self.tags]
+        if self.guided is not None:
+            d["guided"] = self.guided.to_dict()
         if self.alternatives:
             d["alternatives"] = [{"caption": c, "score": _score(s)} for c, s in self.alternatives]
         if attention and self.attention is not None:

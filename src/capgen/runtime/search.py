@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
-from capgen.decoding.rules import length_normalised
+from capgen.decoding.rules import length_normalised, token_masks
 
 Arrays = dict[str, np.ndarray]
 # (tokens (R,), state, memory) -> (log-probs (R, V), new state)
@@ -26,15 +26,7 @@ class Rules:
 
     def __init__(self, ids: TokenIds, cfg: DecodeConfig, vocab_size: int):
         self.ids, self.cfg = ids, cfg
-
-        def mask(tokens) -> np.ndarray:
-            m = np.zeros(vocab_size, dtype=bool)
-            m[list(tokens)] = True
-            return m                                                      # (V,)
-
-        self.never = mask({ids.pad, ids.start} | (set() if cfg.allow_unk else {ids.unk}))
-        self.bad_end = mask(ids.bad_endings)
-        self.may_repeat = mask(ids.function_words)
+        self.never, self.bad_end, self.may_repeat = token_masks(ids, cfg, vocab_size)   # (V,) each
 
     def final(self, t: int) -> bool:
         return t == self.cfg.max_len

@@ -53,7 +53,8 @@ class SelfCritical:
         self.vocab, self.samples = vocab, samples
         self.ids = TokenIds.from_vocab(vocab)
         # The policy is the model itself: no n-gram blocking, only the rules every caption keeps.
-        self.sampling = DecodeConfig(method="sample", n_best=samples, max_len=max_len, no_repeat_ngram=0)
+        self.sampling = DecodeConfig(method="sample", n_best=samples, max_len=max_len, no_repeat_ngram=0,
+                                     no_repeat_words=False)
         self.cider = CiderD({r.image: [[*t, END] for t in r.tokens] for r in train_records})
 
     def __call__(self, ddp, model, b: Batch) -> tuple[Tensor, dict[str, float]]:

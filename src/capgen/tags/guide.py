@@ -1,0 +1,187 @@
+"""Tag-guided captions: a confident object tag becomes a word the caption must contain.
+
+    guide = Guide.build(vocab, tagger.words)          # once per model: a plan for every tag word
+    g = guide.plan(tags, GuideConfig())               # per image: Guidance, or None (no confident tag)
+    hyps = decode(model, pooled, grid, ids, config, include=[g.include if g else None, ...])
+    words, source = Guide.render(vocab.decode(hyps[0][0].tokens), g)
+
+A tag word the model knows is required as it is. A word it never saw in training ("bicycle" when
+no training caption had one) gets a stand-in: the in-vocabulary object word nearest to it in GloVe
+space ("cart"), which the decoder knows how to place in a sentence; the stand-in is then written as
+the tag word ("a man pushes a cart" -> "a man pushes a bicycle"). This is the constrained beam search
+of Anderson et al. (2017) with the new word's embedding replaced by its nearest known neighbour's,
+so it works with any trained model and needs no retraining.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from capgen.data.vocab import Vocabulary
+from capgen.errors import TagsError
+from capgen.tags.tagger import Tag
+from capgen.tags.words import WordMap
+
+# A tag guides the caption when its probability reaches this. Picked on the Flickr8k val split
+# (BENCHMARKS.md, "Tag-guided captions"): high enough that in-domain captions keep their CIDEr.
+DEFAULT_GUIDE_THRESHOLD = 0.5
+# Stand-ins come from the vocabulary's most frequent words (ids are frequency ranks): a word the
+# model rarely emitted is one it does not know how to place.
+STAND_IN_RANK = 1500
+_VOWELS = "aeiou"
+_SINGULAR_S = frozenset("tennis canvas gas lens chassis iris atlas axis mantis".split())
+
+
+@dataclass(frozen=True)
+class GuideConfig:
+    """When a tag guides the caption: its probability reaches `threshold` for a word the model knows
+    (the model's own choice already weighs the image), or `novel_threshold` for a word it never
+    learned (the tag is then the only evidence; a lower bar names more novel objects)."""
+
+    threshold: float = DEFAULT_GUIDE_THRESHOLD
+    novel_threshold: float = DEFAULT_GUIDE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "novel_threshold"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise TagsError(f"guide {name.replace('_', ' ')}: expected a probability in (0, 1], got {value}")
+
+    @classmethod
+    def of(cls, guide: "GuideConfig | float | None") -> "GuideConfig | None":
+        """None (no guidance), a GuideConfig, or one probability for both kinds of word."""
+        if guide is None or isinstance(guide, GuideConfig):
+            return guide
+        return cls(float(guide), float(guide))
+
+    @property
+    def lowest(self) -> float:
+        return min(self.threshold, self.novel_threshold)
+
+    def to_dict(self) -> dict:
+        return {"threshold": self.threshold, "novel_threshold": self.novel_threshold}
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """One image: the word ids of which the caption must contain one, and how to write them back."""
+
+    tag: Tag
+    include: tuple[int, ...]
+    stand_in: str | None = None     # the in-vocabulary word decoded in place of tag.word, if any
+
+    def to_dict(self) -> dict:
+        return {"word": self.tag.word, "p": round(self.tag.p, 4), **({"stand_in": self.stand_in} if self.stand_in else {})}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    include: tuple[int, ...]
+    stand_in: str | None
+
+
+class Guide:
+    """Tag words -> decoding constraints for one vocabulary. Build with `Guide.build`."""
+
+    def __init__(self, plans: dict[str, _Plan], unplaceable: Sequence[str] = ()):
+        self.plans, self.unplaceable = plans, tuple(unplaceable)
+
+    @classmethod
+    def build(cls, vocab: Vocabulary, words: WordMap) -> "Guide":
+        """A plan for every word of `words`. Words that are neither in the vocabulary nor in GloVe
+        (e.g. a typo in an edited mapping file) cannot guide: one warning names them, and their tags
+        are still shown."""
+        from capgen.models.glove import load_glove
+
+        plans: dict[str, _Plan] = {}
+        novel = []
+        for word in words.words:
+            if word in vocab.stoi:
+                plans[word] = _Plan(_with_plural(word, vocab), None)
+            else:
+                novel.append(word)
+        stand_ins = [w for w in words.words if w in vocab.stoi and vocab.stoi[w] < STAND_IN_RANK]
+        if novel and stand_ins:
+            known, found = load_glove(stand_ins)
+            stand_ins, known = [w for w, f in zip(stand_ins, found) if f], _unit(known[found])  # (S, 50)
+        no_vector = []
+        for word in novel:
+            vectors, ok = load_glove(word.split())
+            if not ok.all():
+                no_vector.append(word)
+            elif stand_ins:
+                best = stand_ins[int(np.argmax(known @ _unit(vectors.mean(axis=0, keepdims=True))[0]))]
+                plans[word] = _Plan((vocab.stoi[best],), best)
+        if no_vector:
+            warnings.warn(f"{words.source}: tag words {_listed(no_vector)} have no GloVe vector and are not in the "
+                          "model's vocabulary, so they cannot guide captions; their tags are still shown",
+                          RuntimeWarning, stacklevel=2)
+        unplaceable = [w for w in novel if w not in plans]
+        if novel and not stand_ins:
+            warnings.warn(f"{words.source}: no word of it is both in the model's vocabulary and in GloVe, so the words "
+                          f"the model lacks ({_listed(novel)}) have nothing to stand in for them and cannot "
+                          "guide captions; their tags are still shown", RuntimeWarning, stacklevel=2)
+        return cls(plans, unplaceable)
+
+    def plan(self, tags: Sequence[Tag], config: GuideConfig | float | None = None) -> Guidance | None:
+        """The most probable of `tags` (most probable first) that has a plan and reaches its
+        threshold under `config` (default GuideConfig()), as a Guidance."""
+        config = GuideConfig.of(config) or GuideConfig()
+        for tag in tags:
+            if tag.p < config.lowest:
+                return None
+            plan = self.plans.get(tag.word)
+            if plan is not None and tag.p >= (config.novel_threshold if plan.stand_in else config.threshold):
+                return Guidance(tag, plan.include, plan.stand_in)
+        return None
+
+    @staticmethod
+    def render(words: Sequence[str], guidance: Guidance | None) -> tuple[list[str], list[int]]:
+        """Decoded words with the stand-in written as the tag word and "a"/"an" fixed before it; also,
+        for each output word, the index of the decoded word it comes from (to keep attention rows)."""
+        out, source = list(words), list(range(len(words)))
+        if guidance is None:
+            return out, source
+        old, new = guidance.stand_in or guidance.tag.word, guidance.tag.word
+        out, source = [], []
+        for i, w in enumerate(words):
+            if w != old:
+                out.append(w)
+                source.append(i)
+                continue
+            if out and out[-1] in ("a", "an"):
+                if _is_plural(new):                          # "a skis" -> "skis"
+                    out.pop()
+                    source.pop()
+                else:
+                    out[-1] = "an" if new[0] in _VOWELS else "a"
+            for part in new.split():                         # "ball" -> "soccer ball"
+                out.append(part)
+                source.append(i)
+        return out, source
+
+
+
+
+def _listed(words: Sequence[str], most: int = 5) -> str:
+    return ", ".join(repr(w) for w in words[:most]) + (f" and {len(words) - most} more" if len(words) > most else "")
+
+
+def _with_plural(word: str, vocab: Vocabulary) -> tuple[int, ...]:
+    """The word's id, and its plural's when the vocabulary has it ("dog" or "dogs" both name a dog)."""
+    forms = [word, f"{word}s", f"{word}es"] if " " not in word else [word]
+    return tuple(vocab.stoi[f] for f in forms if f in vocab.stoi)
+
+
+def _is_plural(word: str) -> bool:
+    """English plural by its ending ("skis", "bubbles", "maracas"; not "bus", "glass", "canvas", "tennis")."""
+    last = word.split()[-1]
+    return last.endswith("s") and not last.endswith(("ss", "us")) and last not in _SINGULAR_S
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,193 @@
+"""Tag-guided captions: constrained beam search in the one decoder, stand-ins for words the model
+lacks, rendering, and the Captioner / CLI / evaluate plumbing."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from capgen import Captioner
+from capgen.cli import main
+from capgen.data.vocab import Vocabulary
+from capgen.decoding import DecodeConfig, DecodeError, beam, decode
+from capgen.errors import TagsError
+from capgen.tags import Guidance, Guide, GuideConfig, Tag, WordMap
+from conftest import one_line_error
+from test_decoding import MODELS, brute_force, sharp
+from test_models import IDS, features
+from test_tags import headed, photo  # noqa: F401 (headed is a fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ---- constrained beam search ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MODELS)
+def test_required_words_appear_and_other_images_are_untouched(name):
+    model = sharp(name, 20)
+    pooled, grid = features(3, seed=4)
+    cfg = DecodeConfig(beam_size=3, max_len=8)
+    free = decode(model, pooled, grid, IDS, cfg)
+    guided = decode(model, pooled, grid, IDS, cfg, include=[{7}, None, {9, 10}])
+    assert 7 in guided[0][0].tokens and {9, 10} & set(guided[2][0].tokens)
+    # the unconstrained image of the batch gets exactly its own caption
+    assert guided[1][0].tokens == free[1][0].tokens and guided[1][0].score == pytest.approx(free[1][0].score, abs=1e-5)
+    # greedy becomes a beam of one, which also satisfies the constraint
+    greedy = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=1, max_len=8), include=[{7}, {8}, {9}])
+    assert [7 in greedy[0][0].tokens, 8 in greedy[1][0].tokens, 9 in greedy[2][0].tokens] == [True, True, True]
+
+
+@pytest.mark.parametrize("early_words", [1, 3])
+@pytest.mark.parametrize("name", MODELS)
+def test_wide_constrained_beam_finds_the_best_caption_with_the_word(name, early_words, monkeypatch):
+    """Exhaustive search (beam 32 >= every candidate) returns the caption with word 5 that is best by
+    its score plus EARLY_BONUS when 5 is among its first `early_words` words, with its own score."""
+    monkeypatch.setattr(beam, "EARLY_WORDS", early_words)
+    model = sharp(name, 6).eval()
+    for seed in range(3):
+        pooled, grid = features(1, seed=seed)
+        with_5 = [(t, s) for t, s in brute_force(model, pooled, grid, [3, 4, 5], 3, 0.0) if 5 in t]
+        tokens, score = max(with_5, key=lambda x: x[1] + beam.EARLY_BONUS * (x[0].index(5) < early_words))
+        hyp = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0,
+                                                  no_repeat_words=False),
+                     include=[{5}])[0][0]
+        assert hyp.tokens == tokens and hyp.score == pytest.approx(score, abs=1e-4)
+
+
+def test_an_impossible_word_still_gives_a_caption_with_its_own_score():
+    model = sharp("show_tell", 20)
+    pooled, grid = features(1, seed=1)
+    cfg = DecodeConfig(beam_size=3, max_len=8)
+    free = decode(model, pooled, grid, IDS, cfg)[0][0]
+    hyp = decode(model, pooled, grid, IDS, cfg, include=[{IDS.unk}])[0][0]   # <unk> is never emitted
+    assert IDS.unk not in hyp.tokens and hyp.tokens == free.tokens and hyp.score == pytest.approx(free.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("include, message", [
+    ([{7}], "one entry per image (2), got 1"),
+    ([{7}, {99}], "required word id 99 is outside the vocabulary"),
+])
+def test_bad_required_words(include, message):
+    pooled, grid = features(2)
+    with pytest.raises(DecodeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        decode(sharp("show_tell", 20), pooled, grid, IDS, DecodeConfig(), include=include)
+    with pytest.raises(DecodeError, match="not sampling"):
+        decode(sharp("show_tell", 20), pooled, grid, IDS, DecodeConfig(method="sample"), include=[{7}, None])
+
+
+# ---- Guide: plans, stand-ins, rendering ----------------------------------------------------------------------
+
+VOCAB = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "red", "circle", "square", "circles", "on"])
+
+
+def words(*rows: str) -> WordMap:
+    return WordMap.from_lines([f"{i}\tclass {i}\t{w}" for i, w in enumerate(rows)], "toy.tsv")
+
+
+def test_known_words_are_required_as_they_are_and_new_ones_get_the_nearest_known_one():
+    with pytest.warns(RuntimeWarning, match=r"toy.tsv: tag words 'qzxvw' have no GloVe vector"):
+        guide = Guide.build(VOCAB, words("circle", "square", "ball", "qzxvw"))
+    assert guide.plans["circle"].include == (6, 8) and guide.plans["circle"].stand_in is None  # with its plural
+    ball = guide.plans["ball"]
+    assert ball.stand_in in ("circle", "square") and ball.include == (VOCAB.stoi[ball.stand_in],)
+    assert guide.unplaceable == ("qzxvw",)
+    g = guide.plan([Tag("ball", 0.8), Tag("circle", 0.1)], 0.5)
+    assert g == Guidance(Tag("ball", 0.8), ball.include, ball.stand_in)
+    assert g.to_dict() == {"word": "ball", "p": 0.8, "stand_in": ball.stand_in}
+    assert guide.plan([Tag("ball", 0.4)], 0.5) is None                     # not confident
+    assert guide.plan([Tag("qzxvw", 0.9), Tag("square", 0.6)], 0.5).tag.word == "square"
+    # a word the model lacks can have its own, lower bar; a known word keeps the higher one
+    low = GuideConfig(threshold=0.5, novel_threshold=0.2)
+    assert guide.plan([Tag("square", 0.35), Tag("ball", 0.3)], low).tag.word == "ball"
+    assert guide.plan([Tag("square", 0.35), Tag("ball", 0.1)], low) is None
+    assert guide.plan([Tag("square", 0.35)], GuideConfig(threshold=0.3, novel_threshold=0.9)).tag.word == "square"
+    with pytest.raises(TagsError, match="guide novel threshold: expected a probability in \\(0, 1\\], got 0"):
+        GuideConfig(0.5, 0)
+
+
+def test_no_known_word_to_stand_in_says_so():
+    with pytest.warns(RuntimeWarning, match="nothing to stand in for them"):
+        guide = Guide.build(VOCAB, words("ball", "apple"))
+    assert guide.plans == {} and guide.unplaceable == ("ball", "apple")
+
+
+@pytest.mark.parametrize("decoded, tag, stand_in, expected, source", [
+    ("a red circle on a square", "ball", "circle", "a red ball on a square", [0, 1, 2, 3, 4, 5]),
+    ("a circle on a square", "apple", "circle", "an apple on a square", [0, 1, 2, 3, 4]),
+    ("an circle", "ball", "circle", "a ball", [0, 1]),
+    ("a circle on a square", "skis", "circle", "skis on a square", [1, 2, 3, 4]),
+    ("a circle on a square", "soccer ball", "circle", "a soccer ball on a square", [0, 1, 1, 2, 3, 4]),
+    ("a square", "square", None, "a square", [0, 1]),
+    ("a apple", "apple", None, "an apple", [0, 1]),
+])
+def test_render(decoded, tag, stand_in, expected, source):
+    out, src = Guide.render(decoded.split(), Guidance(Tag(tag, 0.9), (6,), stand_in))
+    assert " ".join(out) == expected and src == source
+    assert Guide.render(decoded.split(), None) == (decoded.split(), list(range(len(decoded.split()))))
+
+
+# ---- Captioner, CLI, evaluate ------------------------------------------------------------------------------
+
+# The headed tiny encoder's probabilities are softmax(BIAS): the first two classes sum to 0.73.
+SQUARE_TSV = "0\tbox\tsquare\n1\tcrate\tsquare\n2\tbeagle\tdog\n3\tvelvet\t\n"
+
+
+@pytest.fixture(scope="module")
+def square_words(headed):
+    """The headed tiny encoder (test_tags) with a word file whose likeliest word the model knows."""
+    path = headed / "square.tsv"
+    path.write_text(SQUARE_TSV)
+    return path
+
+
+@pytest.fixture(scope="module")
+def guided_captioner(tiny_run, square_words):
+    return Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"],
+                                     encoder="capgen_tiny_headed_encoder:build_headed", tag_words=square_words)
+
+
+def test_captioner_guides_by_default_when_confident(guided_captioner, tiny_run):
+    images = [photo(tiny_run), tiny_run.prepared.split("test")[1].path]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "dog" has no stand-in in the synthetic vocabulary
+        guided = guided_captioner.caption(images, return_attention=True)
+        plain = guided_captioner.caption(images, guide=None, return_attention=True)
+        strict = guided_captioner.caption(images, guide=0.9)
+    for g, p, s in zip(guided, plain, strict):
+        assert "square" in g.tokens and g.guided.tag.word == "square" and g.to_dict()["guided"]["word"] == "square"
+        assert g.attention.shape[0] == len(g.tokens)
+        assert p.guided is None and "guided" not in p.to_dict() and s.guided is None
+        assert s.caption == p.caption
+    with pytest.raises(Exception, match="guide threshold"):
+        guided_captioner.caption(images[0], guide=1.5)
+
+
+def test_captioner_without_a_head_is_never_guided(tiny_captioner, tiny_run):
+    res = tiny_captioner.caption(photo(tiny_run))
+    assert res.guided is None and res.caption
+
+
+def test_cli_guide_options(tiny_run, square_words, capsys):
+    base = ["caption", str(photo(tiny_run)), "--model", str(tiny_run.checkpoints["show_attend_tell"]),
+            "--encoder", "capgen_tiny_headed_encoder:build_headed", "--tag-words", str(square_words),
+            "--format", "jsonl"]
+    assert main(base) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert "square" in line["caption"].split() and line["guided"]["word"] == "square"
+    assert main(base + ["--no-guide"]) == 0
+    assert "guided" not in json.loads(capsys.readouterr().out)
+    assert main(base + ["--guide-threshold", "0.95"]) == 0
+    assert "guided" not in json.loads(capsys.readouterr().out)
+    err = one_line_error(capsys, base + ["--guide-threshold", "7"], "--guide-threshold")
+    assert "probability" in err
+
+
+def test_evaluate_guide_needs_a_classifier_head(tiny_run, tmp_path, capsys):
+    argv = ["evaluate", str(tiny_run.checkpoints["show_tell"]), "--data", str(tiny_run.prepared.root),
+            "--features", str(tiny_run.cache.root), "--out", str(tmp_path / "ev"), "--no-meteor", "--guide"]
+    one_line_error(capsys, argv, "tiny")
+    assert not (tmp_path / "ev" / "predictions.json").exists()
+
