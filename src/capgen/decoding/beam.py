@@ -9,6 +9,7 @@ from torch import Tensor
 
 from capgen.decoding.common import NEG_INF, Constraints, State, repeat_rows, select_rows
 from capgen.decoding.config import DecodeConfig, TokenIds
+from capgen.decoding.rules import length_normalised
 from capgen.models.base import CaptionModel
 
 
@@ -97,7 +98,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     rules = Constraints(ids, cfg, model.vocab_size, device)
 
     def norm(score: Tensor, length: int) -> Tensor:
-        return score / ((5.0 + length) / 6.0) ** cfg.length_penalty
+        return length_normalised(score, length, cfg.length_penalty)
 
     tokens = torch.full((R,), ids.start, dtype=torch.long, device=device)
     # The K beams of a group start identical; only the first may expand or it would be chosen K times.
