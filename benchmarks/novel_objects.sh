@@ -3,13 +3,16 @@
 # and without tag guidance, and the per-object F1 / CIDEr / METEOR tables (README, "Objects Flickr8k
 # never showed"). Also the no-loss check: the full-data model with and without guidance.
 #
-#   bash benchmarks/novel_objects.sh DATA_DIR RUNS_DIR [GUIDE_THRESHOLD]
-#   e.g. bash benchmarks/novel_objects.sh ../shared/data/flickr8k runs 0.5
+#   bash benchmarks/novel_objects.sh DATA_DIR RUNS_DIR
+#   e.g. bash benchmarks/novel_objects.sh ../shared/data/flickr8k runs
+# Guidance uses capgen caption's default thresholds (0.5 for known words, 0.35 for novel ones);
+# pass others through GUIDE="--guide-threshold P --novel-guide-threshold Q".
 #
 # Steps already done are skipped (a prepared folder, a cache, a finished run), so a rerun continues.
 # Time on the 2-core CPU: extraction ~4 min, training ~1 h (8 epochs), each evaluation 1-2 min.
 set -euo pipefail
-data=${1:?flickr8k folder}; runs=${2:?output folder}; guide=${3:-0.5}
+data=${1:?flickr8k folder}; runs=${2:?output folder}
+read -r -a guide <<< "${GUIDE:-}"
 threads=${THREADS:-2}
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -24,7 +27,7 @@ capgen train --data "$runs/flickr8k-heldout" --features "$runs/flickr8k-lite2" -
     --out "$runs/heldout-transformer" --set epochs=8 --set threads="$threads" "${resume[@]}"
 # 3. test captions without and with guidance, and the per-object F1 table of each
 for mode in plain guided; do
-    extra=(); [ $mode = guided ] && extra=(--guide "$guide")
+    extra=(); [ $mode = guided ] && extra=(--guide "${guide[@]}")
     capgen evaluate "$runs/heldout-transformer/best.pt" --data "$runs/flickr8k-heldout" --features "$runs/flickr8k-lite2" \
         --split test --out "$runs/novel-$mode" "${extra[@]}"
     python "$here/novel_objects.py" --data "$runs/flickr8k" --predictions "$runs/novel-$mode/predictions.json" \
@@ -32,7 +35,7 @@ for mode in plain guided; do
 done
 # 4. no loss in domain: the bundled (full-data) model on the whole test split, without and with guidance
 for mode in plain guided; do
-    extra=(); [ $mode = guided ] && extra=(--guide "$guide")
+    extra=(); [ $mode = guided ] && extra=(--guide "${guide[@]}")
     capgen evaluate "$(python -c 'from capgen.inference.captioner import bundled_model_path as p; print(p())')" \
         --data "$runs/flickr8k" --features "$runs/flickr8k-lite2" --split test --out "$runs/full-$mode" "${extra[@]}"
 done
