@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.cli.caption import add_model_args
+from capgen.cli.caption import add_model_args, load_captioner
 from capgen.cli.types import port, positive_float, positive_int
 
 
@@ -36,7 +36,6 @@ def run(args) -> int:
     import uvicorn
 
     from capgen.images import MAX_PIXELS
-    from capgen.inference import Captioner
     from capgen.serve import ServeSettings, create_app
 
     _check_can_listen(args.host, args.port)  # before the model loads: a taken port is a one-line error
@@ -45,8 +44,7 @@ def run(args) -> int:
     settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pixels=max_pixels, timeout=args.timeout,
                              read_timeout=args.read_timeout, allowed_hosts=hosts, max_batch=args.max_batch,
                              max_queue=args.max_queue)  # checked before the model loads
-    captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend,
-                                          max_pixels=max_pixels, tag_words=args.tag_words)
+    captioner = load_captioner(args, max_pixels=max_pixels)
     app = create_app(captioner, settings)
     print(f"capgen serve: {captioner.name} on http://{args.host}:{args.port}/ (Ctrl-C to stop; answering Host "
           f"{', '.join(hosts)})")
