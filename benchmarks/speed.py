@@ -92,24 +92,26 @@ def quality(captions: dict, records) -> dict:
     return {"BLEU-4": 100 * s["BLEU-4"], "CIDEr": 100 * s["CIDEr"], "tokenizer": s.get("tokenizer")}
 
 
-def extraction(ds, precision: str, tmp: Path, gflop: float, peaks: dict) -> dict:
+def extraction(ds, precision: str, tmp: Path, gflop: float, peaks: dict, threads: int | None) -> dict:
     from capgen.features import extract_features
 
     res = extract_features(ds, tmp / f"feats-{precision}", encoder="efficientnet-lite2", split="test",
-                           backend="onnx", workers=2, precision=precision, progress=False)
+                           backend="onnx", workers=2, precision=precision, progress=False, threads=threads)
     ips = res.images_per_s
     return {"images": res.images, "images_per_s": ips, "gflop_per_s": gflop * ips,
             "share_fp32_peak": gflop * ips / peaks["fp32"], "share_bf16_peak": gflop * ips / peaks["bf16"]}
 
 
-def serve(precision: str, body: bytes, clients: list[int], requests: int, max_batch: int) -> dict:
+def serve(precision: str, body: bytes, clients: list[int], requests: int, max_batch: int,
+          threads: int | None) -> dict:
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "capgen", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--precision", precision, "--max-batch", str(max_batch)],
+                             "--precision", precision, "--max-batch", str(max_batch),
+                             *(["--threads", str(threads)] if threads else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url, out = f"http://127.0.0.1:{port}", {}
     try:
@@ -163,9 +165,14 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=30, help="latency calls")
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images (a quick check)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["latency", "batch", "extract", "serve"])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="compute threads everywhere, peaks included (default: all cores; 1 on a busy machine)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from capgen import Captioner
     from capgen.data import PreparedDataset
@@ -189,7 +196,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for p in args.precisions:
             row: dict = {}
-            cap = Captioner.from_pretrained(precision=p, calibration=calibration if p == "int8" else None)
+            cap = Captioner.from_pretrained(precision=p, calibration=calibration if p == "int8" else None,
+                                            threads=args.threads)
             row["precision"] = cap.info()["precision"]
             if "latency" not in args.skip:
                 row["latency"] = latency(cap, photo, args.calls)
@@ -207,13 +215,13 @@ def main(argv=None) -> int:
                       f"BLEU-4 {row['quality']['BLEU-4']:.2f}, CIDEr {row['quality']['CIDEr']:.2f}; feature error "
                       f"{row['batch'].get('feature_rel_error_vs_fp32', float('nan')):.4f}", flush=True)
             if "extract" not in args.skip and p != "bf16":  # bf16 leaves the ONNX encoder in fp32: as fp32
-                row["extract"] = extraction(ds, p, Path(tmp), gflop, peaks)
+                row["extract"] = extraction(ds, p, Path(tmp), gflop, peaks, args.threads)
                 e = row["extract"]
                 print(f"{p}: extraction {e['images_per_s']:.1f} img/s = {e['gflop_per_s']:.0f} GFLOP/s, "
                       f"{e['share_fp32_peak']:.0%} of fp32 peak, {e['share_bf16_peak']:.0%} of bf16 peak", flush=True)
             del cap
             if "serve" not in args.skip and p in (args.serve_precisions or args.precisions):
-                row["serve"] = serve(p, photo, args.clients, args.requests, args.max_batch)
+                row["serve"] = serve(p, photo, args.clients, args.requests, args.max_batch, args.threads)
             out["runs"][p] = row
             if args.json:  # after every precision: a long run that is stopped keeps what it measured
                 Path(args.json).write_text(json.dumps(out, indent=1))

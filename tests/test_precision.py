@@ -50,7 +50,8 @@ def test_int8_is_calibrated_once_then_cached_and_checked(tiny_encoder, tmp_path)
 def test_bf16_without_native_support_falls_back_to_fp32_with_a_warning(tiny_run, monkeypatch):
     monkeypatch.setattr(precision_module, "bf16_supported", lambda: False)
     with pytest.warns(RuntimeWarning, match="no native bf16"):
-        cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder, precision="bf16")
+        cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder, precision="bf16",
+                                        threads=1)
     assert cap.precision == "fp32" and cap.info()["precision"] == {"encoder": "fp32", "decoder": "fp32"}
 
 

@@ -54,6 +54,8 @@ def add_model_args(p) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="encoder engine")
     p.add_argument("--tag-words", metavar="TSV",
                    help="class -> word file for tags (default: the bundled assets/imagenet_words.tsv)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="compute threads (default: all cores; 1 on a machine busy with other jobs)")
     add_precision_args(p)
 
 
@@ -76,7 +78,8 @@ def load_captioner(args, **kw):
 
     calibration = expand_paths(args.calibration) if args.calibration else None
     return Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend, tag_words=args.tag_words,
-                                     precision=args.precision, calibration=calibration, **kw)
+                                     precision=args.precision, calibration=calibration, threads=args.threads,
+                                     **kw)
 
 
 def run(args) -> int:

@@ -69,7 +69,7 @@ class Captioner:
     def from_pretrained(cls, path: str | Path | Sequence[str | Path] | None = None, encoder: str | None = None,
                         backend: str = "auto", max_pixels: int = MAX_PIXELS,
                         tag_words: str | Path | None = None, precision: str = "fp32",
-                        calibration: Sequence[ImageSource] | None = None) -> "Captioner":
+                        calibration: Sequence[ImageSource] | None = None, threads: int | None = None) -> "Captioner":
         """Load a checkpoint (None = the bundled model; several paths = an ensemble) and rebuild its encoder.
 
         encoder: build the encoder with this name or 'package.module:factory' instead of the name
@@ -81,6 +81,8 @@ class Captioner:
         precision: "fp32" (default), "bf16" (the decoder, and a torch-backend encoder, under bf16
           autocast) or "int8" (the encoder quantized in ONNX Runtime; `calibration`: typical photos
           to calibrate it on, needed once per encoder, then cached). See capgen.encoders.precision.
+        threads: compute threads for the encoder and the decoder (default: all cores). On a machine
+          busy with other work, 1 thread avoids the stalls of oversubscribed thread pools.
         """
         from capgen.checkpoint import load_checkpoints
         from capgen.encoders import create_encoder, make_runner
@@ -106,7 +108,7 @@ class Captioner:
         calib = None
         if calibration is not None:
             calib = np.stack([enc.preprocess(load_image(i, max_pixels=max_pixels)).numpy() for i in calibration])
-        runner = make_runner(enc, backend=backend, precision=precision, calibration=calib)
+        runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
         return cls(ck.model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
                    max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision)
 
