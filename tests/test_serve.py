@@ -177,3 +177,84 @@ def test_timeout_gives_504_and_the_server_recovers(tiny_run):
         assert results[0].caption
         assert "no attention" in _error(c.post("/caption", files={"files": ("a.png", png())},
                                                params={"attention": "true"}), 422)
+
+
+def _gated_captioner(tiny_run):
+    """A real tiny captioner whose model calls wait for `gate`; `started` is set when one begins."""
+    cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder)
+    real, gate, started = cap.caption_loaded, threading.Event(), threading.Event()
+
+    def held(*a, **kw):
+        started.set()
+        gate.wait(60)
+        return real(*a, **kw)
+
+    cap.caption_loaded = held
+    return cap, gate, started
+
+
+def _wait_until(predicate) -> None:
+    for _ in range(20_000):  # no timing assertion: only waits for a state the test itself causes
+        if predicate():
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError("state never reached")
+
+
+def test_overload_gets_503_with_retry_after_and_the_server_recovers(tiny_run):
+    cap, gate, started = _gated_captioner(tiny_run)
+    app = create_app(cap, ServeSettings(max_batch=1, max_queue=1, timeout=60))
+    statuses = []
+
+    def post(c, name):
+        statuses.append(c.post("/caption", files={"files": (name, png(), "image/png")}).status_code)
+
+    with fastapi_testclient.TestClient(app, base_url="http://localhost") as c:
+        first = threading.Thread(target=post, args=(c, "a.png"))
+        first.start()
+        assert started.wait(60)          # the model is busy with the first request
+        second = threading.Thread(target=post, args=(c, "b.png"))
+        second.start()
+        _wait_until(lambda: app.state.worker.pending == 1)  # the second waits in the full queue
+        r = c.post("/caption", files={"files": ("c.png", png(), "image/png")})
+        assert "busy" in _error(r, 503)
+        assert int(r.headers["Retry-After"]) >= 1
+        gate.set()
+        first.join(60)
+        second.join(60)
+        assert statuses == [200, 200]    # the admitted requests are answered
+        _still_answers(c)                # and the overload leaves nothing behind
+
+
+def test_work_that_would_outlast_the_wait_limit_is_refused_at_once(monkeypatch):
+    from capgen.serve import worker as worker_module
+    from capgen.serve.worker import ModelWorker, ServerBusy
+
+    clock = [0.0]
+    monkeypatch.setattr(worker_module.time, "perf_counter", lambda: clock[0])
+    release, started = threading.Event(), threading.Event()
+
+    class TenSecondsPerImage:  # a fake model on a fake clock: each image "takes" 10 s
+        def decode_config(self, **options):
+            return options
+
+        def caption_loaded(self, images, config, batch_size, **kw):
+            started.set()
+            release.wait(60)
+            clock[0] += 10.0 * len(images)
+            return list(images)
+
+    worker = ModelWorker(TenSecondsPerImage(), max_batch=4, max_queue=100, max_wait=25.0)
+    release.set()
+    assert worker.submit(["a"], {}).result(60) == ["a"]   # measures the rate: 10 s per image
+    release.clear()
+    started.clear()
+    busy = worker.submit(["b", "c"], {})                  # 20 s of work: admitted
+    assert started.wait(60)
+    with pytest.raises(ServerBusy) as refused:            # 20 + 10 s > 25 s: refused, not left to time out
+        worker.submit(["d"], {})
+    assert refused.value.retry_after == 5
+    release.set()
+    assert busy.result(60) == ["b", "c"]
+    assert worker.submit(["e"], {}).result(60) == ["e"]   # drained: admitted again
+    worker.close()

@@ -56,17 +56,41 @@ def add_model_args(p) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="encoder engine")
     p.add_argument("--tag-words", metavar="TSV",
                    help="class -> word file for tags (default: the bundled assets/imagenet_words.tsv)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="compute threads (default: all cores; 1 on a machine busy with other jobs)")
+    add_precision_args(p)
+
+
+def add_precision_args(p, calibration: bool = True) -> None:
+    """--precision (and --calibration), shared by caption, serve and extract."""
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="fp32 (default); bf16: the decoder (and a --backend torch encoder) in bfloat16 where "
+                        "the CPU has it, else fp32 with a warning; int8: the encoder quantized in ONNX Runtime "
+                        "(faster, slightly different captions; see BENCHMARKS.md)")
+    if calibration:
+        p.add_argument("--calibration", metavar="PATH", nargs="+",
+                       help="with --precision int8: photos (files, folders, globs) to calibrate the int8 encoder "
+                            "on, needed once per encoder (then cached); `capgen extract --precision int8` "
+                            "calibrates on the training images instead")
+
+
+def load_captioner(args, **kw):
+    """The Captioner the model flags ask for (caption and serve)."""
+    from capgen.inference import Captioner, expand_paths
+
+    calibration = expand_paths(args.calibration) if args.calibration else None
+    return Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend, tag_words=args.tag_words,
+                                     precision=args.precision, calibration=calibration, threads=args.threads,
+                                     **kw)
 
 
 def run(args) -> int:
     from tqdm.auto import tqdm
 
     from capgen.errors import ImageLoadError
-    from capgen.inference import (Captioner, UniqueNames, caption_paths, expand_paths, save_annotated,
-                                  save_attention_figure)
+    from capgen.inference import UniqueNames, caption_paths, expand_paths, save_annotated, save_attention_figure
 
-    captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend,
-                                          tag_words=args.tag_words)
+    captioner = load_captioner(args)
     tags = captioner.tag_config(args.n_tags if args.tags else 0, args.tag_threshold)
     if tags and captioner.tags_error:  # captions still come; say once why tags do not
         print(f"capgen caption: {captioner.tags_error}", file=sys.stderr)

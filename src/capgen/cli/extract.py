@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from capgen.cli.caption import add_precision_args
 from capgen.cli.types import non_negative_int, out_dir, positive_int
 
 
@@ -25,6 +26,7 @@ def register(sub, parents) -> None:
                    help="inference engine: onnx (ONNX Runtime, fastest on CPU), torch, or auto")
     p.add_argument("--threads", type=positive_int, default=None, help="compute threads (default: all cores)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
+    add_precision_args(p, calibration=False)
     p.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
     p.set_defaults(func=run)
@@ -37,7 +39,8 @@ def run(args) -> int:
     ds = PreparedDataset.load(args.prepared)
     res = extract_features(ds, args.out, encoder=args.encoder, split=args.split, batch_size=args.batch_size,
                            workers=args.workers, backend=args.backend, dtype=args.dtype, strict=args.strict,
-                           overwrite=args.overwrite, threads=args.threads)
+                           overwrite=args.overwrite, threads=args.threads,
+                           precision=args.precision)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return 0
     if res.extracted == 0 and not res.failed:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.cli.caption import add_model_args
+from capgen.cli.caption import add_model_args, load_captioner
 from capgen.cli.types import port, positive_float, positive_int
 
 
@@ -20,6 +20,10 @@ def register(sub, parents) -> None:
                    help="pixels per image limit (default: the image loader's, 64,000,000)")
     p.add_argument("--timeout", type=positive_float, default=30.0,
                    help="seconds a request may wait for its caption before a 504 (default 30)")
+    p.add_argument("--max-batch", type=positive_int, default=8,
+                   help="images captioned together in one model call, gathered across requests (default 8)")
+    p.add_argument("--max-queue", type=positive_int, default=64,
+                   help="requests waiting for the model before new ones get 503 with Retry-After (default 64)")
     p.add_argument("--read-timeout", type=positive_float, default=30.0,
                    help="seconds a client may take to send its request body before a 408 (default 30)")
     p.add_argument("--allowed-hosts", default="127.0.0.1,localhost", metavar="HOSTS",
@@ -32,16 +36,15 @@ def run(args) -> int:
     import uvicorn
 
     from capgen.images import MAX_PIXELS
-    from capgen.inference import Captioner
     from capgen.serve import ServeSettings, create_app
 
     _check_can_listen(args.host, args.port)  # before the model loads: a taken port is a one-line error
     max_pixels = args.max_pixels or MAX_PIXELS
     hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip())
     settings = ServeSettings(max_upload_mb=args.max_upload_mb, max_pixels=max_pixels, timeout=args.timeout,
-                             read_timeout=args.read_timeout, allowed_hosts=hosts)  # checked before the model loads
-    captioner = Captioner.from_pretrained(args.model, encoder=args.encoder, backend=args.backend,
-                                          max_pixels=max_pixels, tag_words=args.tag_words)
+                             read_timeout=args.read_timeout, allowed_hosts=hosts, max_batch=args.max_batch,
+                             max_queue=args.max_queue)  # checked before the model loads
+    captioner = load_captioner(args, max_pixels=max_pixels)
     app = create_app(captioner, settings)
     print(f"capgen serve: {captioner.name} on http://{args.host}:{args.port}/ (Ctrl-C to stop; answering Host "
           f"{', '.join(hosts)})")

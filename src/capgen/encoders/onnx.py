@@ -20,6 +20,8 @@ from torch import nn
 
 from capgen.encoders.base import ImageEncoder, pool_grid
 from capgen.encoders.flops import count_flops  # noqa: F401  re-exported for benchmark code
+from capgen.encoders.precision import INT8_REFUSE, autocast, check_precision, int8_path, quantize_int8, \
+    relative_error, resolve_bf16
 from capgen.errors import EncoderError
 from capgen.io import atomic_path
 
@@ -35,6 +37,7 @@ class EncoderRunner(Protocol):
 
     spec: dict
     backend: str
+    precision: str  # what the encoder actually runs in: fp32, bf16 or int8
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -44,14 +47,15 @@ class TorchRunner:
 
     backend = "torch"
 
-    def __init__(self, encoder: ImageEncoder):
+    def __init__(self, encoder: ImageEncoder, precision: str = "fp32"):
         self.encoder = encoder.eval()
         self.spec = encoder.spec()
+        self.precision = precision  # fp32 or bf16 (autocast)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.precision):
             pooled, grid = self.encoder(torch.from_numpy(_as_input(x)))  # (B, dim), (B, H*W, dim)
-        return pooled.numpy(), grid.numpy()
+        return pooled.float().numpy(), grid.float().numpy()
 
 
 class OnnxRunner:
@@ -59,10 +63,11 @@ class OnnxRunner:
 
     backend = "onnx"
 
-    def __init__(self, session, spec: dict, path: Path):
+    def __init__(self, session, spec: dict, path: Path, precision: str = "fp32"):
         self.session = session
         self.spec = spec
         self.path = path
+        self.precision = precision
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pooled, grid = self.session.run(["pooled", "grid"], {"x": _as_input(x)})
@@ -74,28 +79,39 @@ def make_runner(
     backend: str = "auto",
     threads: int | None = None,
     cache_dir: str | Path | None = None,
+    precision: str = "fp32",
+    calibration: np.ndarray | None = None,
 ) -> EncoderRunner:
     """Inference runner for `encoder` (put in eval mode).
 
     backend "torch"; "onnx" (export to the cache, verify, else EncoderError); "auto" (ONNX for
     encoders known to export when onnxruntime is installed, torch otherwise or if ONNX fails).
+    precision (capgen.encoders.precision): "fp32"; "bf16" (torch backend only; the ONNX encoder stays
+    fp32, and a CPU without native bf16 falls back to fp32 with a warning); "int8" (ONNX Runtime
+    only). int8 uses the quantized model cached beside the fp32 export; `calibration`, preprocessed
+    real images (N, 3, S, S), (re)makes it. Without either, EncoderError says how to make one.
     """
     if backend not in BACKENDS:
         raise EncoderError(f"backend {backend!r}: expected one of {list(BACKENDS)}")
     if threads is not None and threads < 1:
         raise EncoderError(f"threads: expected a positive integer, got {threads}")
+    precision = resolve_bf16(check_precision(precision))
     encoder.eval()
     if threads:
         torch.set_num_threads(threads)  # also speeds up the torch check of the ONNX export
+    if precision == "int8":
+        if backend == "torch":
+            raise EncoderError("precision int8 runs the encoder in ONNX Runtime; use --backend onnx or auto")
+        return _int8_runner(encoder, threads, _cache_root(cache_dir), calibration)
     if backend == "torch" or (backend == "auto" and not (encoder.onnx_exportable and _has_onnxruntime())):
-        return TorchRunner(encoder)
+        return TorchRunner(encoder, precision)
     try:
         return _onnx_runner(encoder, threads, _cache_root(cache_dir))
     except EncoderError as e:
         if backend == "onnx":
             raise
         warnings.warn(f"{e}; falling back to the torch backend", RuntimeWarning, stacklevel=2)
-        return TorchRunner(encoder)
+        return TorchRunner(encoder, precision)
 
 
 def onnx_path(encoder: ImageEncoder, cache_dir: str | Path | None = None) -> Path:
@@ -142,8 +158,30 @@ def _export(encoder: ImageEncoder, path: Path) -> None:
         encoder.eval()
 
 
-def _load_verified(encoder: ImageEncoder, path: Path, threads: int | None) -> OnnxRunner:
-    """Open `path` and check it against torch on a small deterministic batch."""
+def _int8_runner(encoder: ImageEncoder, threads: int | None, cache_root: Path,
+                 calibration: np.ndarray | None) -> OnnxRunner:
+    fp32 = _onnx_runner(encoder, threads, cache_root)  # the verified float32 export it is made from
+    path = int8_path(fp32.path)
+    if calibration is not None:
+        quantize_int8(fp32.path, np.ascontiguousarray(calibration, dtype=np.float32))
+    elif not path.is_file():
+        raise EncoderError(f"precision int8: no int8 model of {encoder.name} in {path.parent} yet; make it once "
+                           "with `capgen extract PREPARED --precision int8` (calibrates on the training "
+                           "images) or pass --calibration with a folder of typical photos")
+    runner = OnnxRunner(_session(path, threads), encoder.spec(), path, precision="int8")
+    x = _check_batch(encoder)
+    try:
+        _, grid = runner(x)
+    except Exception as e:  # noqa: BLE001
+        raise EncoderError(f"{path}: int8 ONNX model fails to run ({type(e).__name__}); delete it to remake it") from None
+    err = relative_error(grid, TorchRunner(encoder)(x)[1])
+    if not err < INT8_REFUSE:
+        raise EncoderError(f"{path}: int8 grid is off by {err:.2f} relative to torch (expected < {INT8_REFUSE}); "
+                           "delete it and calibrate again")
+    return runner
+
+
+def _session(path: Path, threads: int | None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -155,13 +193,21 @@ def _load_verified(encoder: ImageEncoder, path: Path, threads: int | None) -> On
     # right after the encoder (measured: beam-3 captioning of one photo 105 ms -> see BENCHMARKS.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise EncoderError(f"{path}: cannot load ONNX model ({type(e).__name__})") from None
-    runner = OnnxRunner(session, encoder.spec(), path)
+
+
+def _check_batch(encoder: ImageEncoder) -> np.ndarray:
     s = encoder.preprocess.size
     g = torch.Generator().manual_seed(0)
-    x = (torch.rand(2, 3, s, s, generator=g) * 2 - 1).numpy()  # (2, 3, S, S) in the normalised range
+    return (torch.rand(2, 3, s, s, generator=g) * 2 - 1).numpy()  # (2, 3, S, S) in the normalised range
+
+
+def _load_verified(encoder: ImageEncoder, path: Path, threads: int | None) -> OnnxRunner:
+    """Open `path` and check it against torch on a small deterministic batch."""
+    runner = OnnxRunner(_session(path, threads), encoder.spec(), path)
+    x = _check_batch(encoder)
     try:
         _, grid = runner(x)
     except Exception as e:

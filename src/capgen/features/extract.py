@@ -135,8 +135,10 @@ def extract_features(
     overwrite: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> ExtractResult:
-    """Encode the images of `dataset` (one split, or all) into a feature cache at `out`."""
+    """Encode the images of `dataset` (one split, or all) into a feature cache at `out`.
+    precision: see capgen.encoders.precision; int8 is calibrated once on training images."""
     if dtype not in DTYPES:
         raise CapgenError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch_size < 1 or workers < 0:
@@ -152,23 +154,29 @@ def extract_features(
     # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
     with folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext():
         return _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype,
-                        strict, overwrite, threads, progress)
+                        strict, overwrite, threads, progress, precision)
 
 
 def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype, strict,
-             overwrite, threads, progress) -> ExtractResult:
+             overwrite, threads, progress, precision="fp32") -> ExtractResult:
     """extract_features' work, with rank 0 holding the cache's lock."""
     # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
     if dist.rank != 0:
         dist.barrier()
     enc = create_encoder(encoder, allow_import=True)  # `encoder` is the caller's (--encoder), not a file's
-    runner = make_runner(enc, backend=backend, threads=threads)
+    runner = make_runner(enc, backend=backend, threads=threads, precision=precision,
+                         calibration=_calibration(enc, dataset, precision, threads) if dist.rank == 0 else None)
     if dist.rank == 0:
         dist.barrier()
 
     job = {"capgen_features": FORMAT_VERSION, "encoder": enc.spec(), "dtype": dtype,
            "images_dir": dataset.manifest["images_dir"], "dataset": str(dataset.root.resolve()),
            "split": split, "images": [r.image for r in records]}
+    # Recorded so reduced-precision features never pass for fp32 ones (a runner that does not say
+    # its precision, e.g. a wrapper, is one from before precisions existed: fp32).
+    ran = getattr(runner, "precision", "fp32")
+    if ran != "fp32":
+        job["precision"] = ran
     state = _prepare_out(out, job, overwrite) if dist.rank == 0 else ""
     if dist.rank == 0 and state == "resume":
         for name in ("pooled.npy", "grid.npy"):  # a cache begun by an older capgen may still be sparse
@@ -256,3 +264,19 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
         (out / JOB).unlink(missing_ok=True)
     dist.barrier()
     return ExtractResult(out, len(names) - len(failed), extracted, failed, seconds, runner.backend)
+
+
+CALIBRATION_IMAGES = 64
+
+
+def _calibration(enc, dataset: PreparedDataset, precision: str, threads: int | None) -> np.ndarray | None:
+    """For int8 with no quantized model cached yet: CALIBRATION_IMAGES training images spread over
+    the split (fewer if the split is smaller), preprocessed as for extraction."""
+    from capgen.encoders.onnx import _cache_root, onnx_path
+    from capgen.encoders.precision import int8_path
+
+    if precision != "int8" or int8_path(onnx_path(enc, _cache_root(None))).is_file():
+        return None
+    records = dataset.records("train") or dataset.records()
+    step = max(1, len(records) // CALIBRATION_IMAGES)
+    return np.stack([enc.preprocess(load_image(r.path)).numpy() for r in records[::step][:CALIBRATION_IMAGES]])

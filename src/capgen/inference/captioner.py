@@ -46,10 +46,16 @@ class Captioner:
     """
 
     def __init__(self, model, vocab, encoder, runner, name: str = "", max_pixels: int = MAX_PIXELS,
-                 tagger=None, tags_error: str | None = None):
-        """tagger: a capgen.tags.Tagger, or None with `tags_error` saying why there are no tags."""
+                 tagger=None, tags_error: str | None = None, precision: str = "fp32"):
+        """tagger: a capgen.tags.Tagger, or None with `tags_error` saying why there are no tags.
+        precision: the decoder's, "fp32" or "bf16" (autocast; fp32 with a warning on a CPU without
+        native bf16); the encoder's is the runner's own (`runner.precision`)."""
         from capgen.decoding import TokenIds
+        from capgen.encoders.precision import resolve_bf16
 
+        if precision == "int8":
+            precision = "fp32"  # int8 is an encoder format; the decoder stays float32
+        self.precision = resolve_bf16(precision)
         self.model = model.eval()
         self.vocab = vocab
         self.ids = TokenIds.from_vocab(vocab)
@@ -64,7 +70,8 @@ class Captioner:
     @classmethod
     def from_pretrained(cls, path: str | Path | Sequence[str | Path] | None = None, encoder: str | None = None,
                         backend: str = "auto", max_pixels: int = MAX_PIXELS,
-                        tag_words: str | Path | None = None) -> "Captioner":
+                        tag_words: str | Path | None = None, precision: str = "fp32",
+                        calibration: Sequence[ImageSource] | None = None, threads: int | None = None) -> "Captioner":
         """Load a checkpoint (None = the bundled model; several paths = an ensemble) and rebuild its encoder.
 
         encoder: build the encoder with this name or 'package.module:factory' instead of the name
@@ -73,6 +80,11 @@ class Captioner:
         tag_words: a class -> word file for tags (None = the bundled ImageNet one). Without a
           classifier head, or with a malformed file, captioning still works; `tags_error` says why
           there are no tags.
+        precision: "fp32" (default), "bf16" (the decoder, and a torch-backend encoder, under bf16
+          autocast) or "int8" (the encoder quantized in ONNX Runtime; `calibration`: typical photos
+          to calibrate it on, needed once per encoder, then cached). See capgen.encoders.precision.
+        threads: compute threads for the encoder and the decoder (default: all cores). On a machine
+          busy with other work, 1 thread avoids the stalls of oversubscribed thread pools.
         """
         from capgen.checkpoint import load_checkpoints
         from capgen.encoders import create_encoder, make_runner
@@ -95,9 +107,12 @@ class Captioner:
             tagger = make_tagger(enc, tag_words)
         except TagsError as e:
             tags_error = str(e)
-        return cls(ck.model, ck.vocab, enc, make_runner(enc, backend=backend),
-                   name=f"{ck.model.name} ({', '.join(p.name for p in paths)})", max_pixels=max_pixels,
-                   tagger=tagger, tags_error=tags_error)
+        calib = None
+        if calibration is not None:
+            calib = np.stack([enc.preprocess(load_image(i, max_pixels=max_pixels)).numpy() for i in calibration])
+        runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
+        return cls(ck.model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
+                   max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision)
 
     # ---- properties the CLI and the server ask about ------------------------------------------------
     @property
@@ -113,6 +128,7 @@ class Captioner:
         return {"model": self.name, "architecture": self.model.name, "encoder": self.encoder.name,
                 "vocab_size": len(self.vocab), "supports_attention": self.supports_attention,
                 "grid": list(self.grid_hw), "tags": self.tagger is not None,
+                "precision": {"encoder": getattr(self.runner, "precision", "fp32"), "decoder": self.precision},
                 **({"tags_error": self.tags_error} if self.tags_error else {})}
 
     # ---- the pipeline -----------------------------------------------------------------------------
@@ -131,9 +147,11 @@ class Captioner:
     def forward(self, pooled: np.ndarray, grid: np.ndarray, config, guidance: Sequence[Guidance | None] = ()) -> list:
         """Features -> per image, a list of Hypothesis (best first); one batched decode call."""
         from capgen.decoding import decode
+        from capgen.encoders.precision import autocast
 
         include = [g.include if g else None for g in guidance] if any(guidance) else None
-        return decode(self.model, pooled, grid, self.ids, config, include=include)
+        with autocast(self.precision):
+            return decode(self.model, pooled, grid, self.ids, config, include=include)
 
     def guidance(self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
                  ) -> list[Guidance | None]:

@@ -53,7 +53,10 @@ _CAPTION_BODY = {
 def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
     """The server around one Captioner. The model runs in one background thread owned by the app."""
     settings = settings or ServeSettings()
-    worker = ModelWorker(captioner, max_batch=settings.max_batch, max_queue=settings.max_queue)
+    # A job that would wait longer than the request timeout is refused at once with 503 + Retry-After
+    # rather than left to run into a 504.
+    worker = ModelWorker(captioner, max_batch=settings.max_batch, max_queue=settings.max_queue,
+                         max_wait=settings.timeout)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -165,8 +168,8 @@ def _float(text: str, name: str, lo: float, hi: float) -> float:
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error is JSON {"error": "..."}; bad input never becomes a 500."""
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(UploadError)
     async def upload_error(request, e: UploadError):
@@ -174,7 +177,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServerBusy)
     async def busy(request, e: ServerBusy):
-        return error(503, str(e))
+        return error(503, str(e), {"Retry-After": str(e.retry_after)})
 
     @app.exception_handler(CapgenError)
     async def capgen_error(request, e: CapgenError):

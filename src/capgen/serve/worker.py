@@ -7,8 +7,10 @@ in this thread; request handlers wait on a Future.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -16,7 +18,11 @@ from capgen.errors import CapgenError
 
 
 class ServerBusy(CapgenError):
-    """The request queue is full."""
+    """The request queue is full, or would not be served in time: HTTP 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after  # whole seconds until the queue has likely drained
 
 
 @dataclass
@@ -31,13 +37,22 @@ class ModelWorker:
 
     Jobs waiting when the thread picks one up are merged into its batch when their options are
     equal, up to `max_batch` images, so simultaneous single-image requests cost one model call.
+
+    Admission control: a job is refused at once (ServerBusy -> 503 with Retry-After) when the queue
+    is full, or when the images already waiting would take longer than `max_wait` seconds at the
+    measured rate. A refused client retries later; an admitted one is normally answered in time, not
+    left to run into its timeout.
     """
 
-    def __init__(self, captioner, max_batch: int = 8, max_queue: int = 64):
+    def __init__(self, captioner, max_batch: int = 8, max_queue: int = 64, max_wait: float | None = None):
         self.captioner = captioner
         self.max_batch = max_batch
+        self.max_wait = max_wait
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
         self._held: list[Job] = []      # jobs taken from the queue that did not fit the last batch
+        self._images_waiting = 0        # images in queued or in-flight jobs (under _lock)
+        self._lock = threading.Lock()
+        self._seconds_per_image: float | None = None  # moving average over model calls; None until the first
         self._stopping = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="capgen-model", daemon=True)
@@ -48,11 +63,25 @@ class ModelWorker:
         if self._closed:
             raise ServerBusy("server shutting down; try again shortly")
         job = Job(images, tuple(sorted(options.items())))
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise ServerBusy("server busy: too many requests waiting; try again shortly") from None
+        with self._lock:
+            wait = self.estimated_wait(len(images))
+            if self.max_wait is not None and wait is not None and wait > self.max_wait and self._images_waiting:
+                raise ServerBusy(f"server busy: about {wait:.0f} s of work queued (limit {self.max_wait:g} s); "
+                                 "try again shortly", _retry_after(wait - self.max_wait))
+            try:
+                self._queue.put_nowait(job)
+            except queue.Full:
+                raise ServerBusy("server busy: too many requests waiting; try again shortly",
+                                 _retry_after(wait)) from None
+            self._images_waiting += len(images)
         return job.future
+
+    def estimated_wait(self, extra_images: int = 0) -> float | None:
+        """Seconds until `extra_images` more would be captioned, at the measured rate (None before
+        the first model call)."""
+        if self._seconds_per_image is None:
+            return None
+        return (self._images_waiting + extra_images) * self._seconds_per_image
 
     @property
     def pending(self) -> int:
@@ -79,6 +108,8 @@ class ModelWorker:
                 break
             if job is not None:
                 waiting.append(job)
+        with self._lock:
+            self._images_waiting -= sum(len(j.images) for j in waiting)
         for job in waiting:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(ServerBusy("server shutting down; try again shortly"))
@@ -118,6 +149,13 @@ class ModelWorker:
             self._process(batch)
 
     def _process(self, batch: list[Job]) -> None:
+        try:
+            self._run_batch(batch)
+        finally:
+            with self._lock:
+                self._images_waiting -= sum(len(j.images) for j in batch)
+
+    def _run_batch(self, batch: list[Job]) -> None:
         # A job whose request timed out was cancelled; skip it rather than spend the model on it.
         batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
         if not batch:
@@ -127,7 +165,11 @@ class ModelWorker:
             tags = options.pop("tags", None)  # a TagConfig or None; the rest configures decoding
             config = self.captioner.decode_config(**options)
             images = [img for j in batch for img in j.images]
+            start = time.perf_counter()
             results = self.captioner.caption_loaded(images, config, batch_size=self.max_batch, tags=tags)
+            per_image = (time.perf_counter() - start) / len(images)
+            old = self._seconds_per_image
+            self._seconds_per_image = per_image if old is None else 0.7 * old + 0.3 * per_image
         except Exception as e:  # noqa: BLE001  reported to every waiting request, never kills the thread
             for j in batch:
                 j.future.set_exception(e)
@@ -136,3 +178,8 @@ class ModelWorker:
         for j in batch:
             j.future.set_result(results[start:start + len(j.images)])
             start += len(j.images)
+
+
+def _retry_after(seconds: float | None) -> int:
+    """Retry-After in whole seconds, at least 1."""
+    return max(1, math.ceil(seconds)) if seconds is not None else 1
