@@ -191,3 +191,22 @@ def test_evaluate_guide_needs_a_classifier_head(tiny_run, tmp_path, capsys):
     one_line_error(capsys, argv, "tiny")
     assert not (tmp_path / "ev" / "predictions.json").exists()
 
+
+
+def test_server_guides_by_default(guided_captioner, tiny_run):
+    testclient = pytest.importorskip("fastapi.testclient")
+    from pathlib import Path
+
+    from capgen.serve import create_app
+
+    files = {"files": ("a.png", Path(photo(tiny_run)).read_bytes(), "image/png")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with testclient.TestClient(create_app(guided_captioner), base_url="http://localhost") as c:
+            res = c.post("/caption", files=files).json()["results"][0]
+            assert "square" in res["caption"].split() and res["guided"]["word"] == "square"
+            assert "guided" not in c.post("/caption?guide=false", files=files).json()["results"][0]
+            assert "guided" not in c.post("/caption?guide_threshold=0.95", files=files).json()["results"][0]
+            for bad in ("guide=maybe", "guide_threshold=0", "novel_guide_threshold=2"):
+                r = c.post(f"/caption?{bad}", files=files)
+                assert r.status_code == 422 and r.json()["error"].split(":")[0] in bad, bad

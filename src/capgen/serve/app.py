@@ -24,7 +24,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from capgen import __version__
 from capgen.errors import CapgenError
-from capgen.tags import DEFAULT_THRESHOLD, TagConfig
+from capgen.tags import DEFAULT_THRESHOLD, GuideConfig, TagConfig
 from capgen.serve.limits import BodyLimit, ServeSettings
 from capgen.serve.uploads import UploadError, read_image
 from capgen.serve.worker import ModelWorker, ServerBusy
@@ -46,6 +46,13 @@ _CAPTION_BODY = {
          "schema": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_TAGS}},
         {"name": "tag_threshold", "in": "query", "description": "minimum tag probability",
          "schema": {"type": "number", "default": DEFAULT_THRESHOLD, "minimum": 0, "maximum": 1}},
+        {"name": "guide", "in": "query", "description": "a confident tag's word must be in the caption",
+         "schema": {"type": "boolean", "default": True}},
+        {"name": "guide_threshold", "in": "query", "description": "tag probability that guides (known words)",
+         "schema": {"type": "number", "default": GuideConfig().threshold, "exclusiveMinimum": 0, "maximum": 1}},
+        {"name": "novel_guide_threshold", "in": "query",
+         "description": "tag probability that guides a word the model never learned",
+         "schema": {"type": "number", "default": GuideConfig().novel_threshold, "exclusiveMinimum": 0, "maximum": 1}},
     ],
 }
 
@@ -135,14 +142,24 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
 
     beam_size = _int(value("beam_size", "3"), "beam_size", 1, settings.max_beam_size)
     n_best = _int(value("n_best", "1"), "n_best", 1, beam_size)
-    attention = value("attention", "false").lower()
-    if attention not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-        raise UploadError(422, f"attention: expected true or false, got {attention!r}")
     n_tags = _int(value("tags", "0"), "tags", 0, MAX_TAGS)
     threshold = _float(value("tag_threshold", str(DEFAULT_THRESHOLD)), "tag_threshold", 0.0, 1.0)
-    options = {"beam_size": beam_size, "n_best": n_best, "return_attention": attention in ("true", "1", "yes", "on"),
-               "tags": TagConfig(top_k=n_tags, threshold=threshold) if n_tags else None}
+    guide = None
+    if _bool(value("guide", "true"), "guide"):
+        default = GuideConfig()
+        guide = GuideConfig(_float(value("guide_threshold", str(default.threshold)), "guide_threshold", 1e-9, 1.0),
+                            _float(value("novel_guide_threshold", str(default.novel_threshold)),
+                                   "novel_guide_threshold", 1e-9, 1.0))
+    options = {"beam_size": beam_size, "n_best": n_best, "return_attention": _bool(value("attention", "false"), "attention"),
+               "tags": TagConfig(top_k=n_tags, threshold=threshold) if n_tags else None, "guide": guide}
     return items, options
+
+
+def _bool(text: str, name: str) -> bool:
+    text = text.lower()
+    if text not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise UploadError(422, f"{name}: expected true or false, got {text!r}")
+    return text in ("true", "1", "yes", "on")
 
 
 def _int(text: str, name: str, lo: int, hi: int) -> int:

@@ -162,11 +162,13 @@ class ModelWorker:
             return
         try:
             options = dict(batch[0].options)
-            tags = options.pop("tags", None)  # a TagConfig or None; the rest configures decoding
+            tags = options.pop("tags", None)  # a TagConfig or None
+            guide = options.pop("guide", None)  # a GuideConfig or None; the rest configures decoding
             config = self.captioner.decode_config(**options)
             images = [img for j in batch for img in j.images]
             start = time.perf_counter()
-            results = self.captioner.caption_loaded(images, config, batch_size=self.max_batch, tags=tags)
+            results = self.captioner.caption_loaded(images, config, batch_size=self.max_batch, tags=tags,
+                                                    guide=guide)
             per_image = (time.perf_counter() - start) / len(images)
             old = self._seconds_per_image
             self._seconds_per_image = per_image if old is None else 0.7 * old + 0.3 * per_image
