@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, read_json, unwritten_rows
+from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, cache_kind, read_json, unwritten_rows
 from capgen.images import load_image
 from capgen.io import folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
@@ -45,7 +45,7 @@ class ExtractResult:
 
 def _same_job(a: dict, b: dict) -> list[str]:
     """Names of the settings in which two jobs differ."""
-    return [k for k in ("encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
+    return [k for k in ("kind", "encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
 
 
 def _clear(out: Path) -> None:
@@ -135,8 +135,13 @@ def extract_features(
     overwrite: bool = False,
     threads: int | None = None,
     progress: bool = True,
+    split_at: int | None = None,
 ) -> ExtractResult:
-    """Encode the images of `dataset` (one split, or all) into a feature cache at `out`."""
+    """Encode the images of `dataset` (one split, or all) into a feature cache at `out`.
+
+    split_at: store the activation entering the encoder's last `split_at` blocks instead of its final
+      grid (a cache of kind "block_input", for fine-tuning those blocks; see ImageEncoder.split).
+    """
     if dtype not in DTYPES:
         raise CapgenError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch_size < 1 or workers < 0:
@@ -152,21 +157,23 @@ def extract_features(
     # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
     with folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext():
         return _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype,
-                        strict, overwrite, threads, progress)
+                        strict, overwrite, threads, progress, split_at)
 
 
 def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype, strict,
-             overwrite, threads, progress) -> ExtractResult:
+             overwrite, threads, progress, split_at) -> ExtractResult:
     """extract_features' work, with rank 0 holding the cache's lock."""
     # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
     if dist.rank != 0:
         dist.barrier()
     enc = create_encoder(encoder, allow_import=True)  # `encoder` is the caller's (--encoder), not a file's
+    if split_at:
+        enc = enc.split(split_at)[0]   # its "grid" is the activation entering the last split_at blocks
     runner = make_runner(enc, backend=backend, threads=threads)
     if dist.rank == 0:
         dist.barrier()
 
-    job = {"capgen_features": FORMAT_VERSION, "encoder": enc.spec(), "dtype": dtype,
+    job = {"capgen_features": FORMAT_VERSION, "kind": cache_kind(enc.spec()), "encoder": enc.spec(), "dtype": dtype,
            "images_dir": dataset.manifest["images_dir"], "dataset": str(dataset.root.resolve()),
            "split": split, "images": [r.image for r in records]}
     state = _prepare_out(out, job, overwrite) if dist.rank == 0 else ""
