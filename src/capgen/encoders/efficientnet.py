@@ -27,16 +27,16 @@ _ARCHS = {
 class EfficientNetLite(ImageEncoder):
     """Grid = output of the 1x1 head conv (B, 1280, H, W), before the classifier's pooling.
 
-    size: input side; None = the arch's native size (tests build tiny variants with their own).
+    size, name: input side and registry name; None = the arch's own (tests build tiny variants).
     """
 
     onnx_exportable = True
 
-    def __init__(self, arch: str, model: nn.Module, size: int | None = None):
+    def __init__(self, arch: str, model: nn.Module, size: int | None = None, name: str | None = None):
         size = size or _ARCHS[arch][0]
         side = -(-size // 32)  # five stride-2 stages with "same" padding: ceil(size / 32)
         dim = model._conv_head.out_channels
-        super().__init__(arch, Preprocess(size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), dim, (side, side))
+        super().__init__(name or arch, Preprocess(size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)), dim, (side, side))
         self.model = model
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, cache_kind, read_json, unwritten_rows
+from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, cache_kind, kind_text, read_json, unwritten_rows
 from capgen.images import load_image
 from capgen.io import folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
@@ -69,7 +69,7 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
             if diff:
                 raise FeatureCacheError(
                     f"{out}: already holds {'features' if marker == META else 'an unfinished extraction'} "
-                    f"with different {', '.join(diff)} (encoder {old.get('encoder', {}).get('name')}, "
+                    f"with different {', '.join(diff)} ({kind_text(old.get('encoder') or {})}, "
                     f"{len(old.get('images', []))} images); use another --out or --overwrite")
             return "complete" if marker == META else "resume"
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
