@@ -1,6 +1,11 @@
 """One checkpoint file rebuilds the whole captioner: weights, model config, vocabulary and the encoder
 spec (name + preprocessing). Saved with torch.save of plain data; loaded with weights_only=True, so
 no pickled code ever runs. Written atomically.
+
+A model trained with the last encoder blocks (models/finetuned.py) stores the decoder as any
+checkpoint does, plus `encoder_top` = {"split_at": N, "state_dict": those blocks' weights}; its
+`encoder` spec is then that of the block input it reads ("split_at": N), so it only pairs with a
+feature cache of that kind. The Captioner loads the blocks into the full encoder for photos.
 """
 
 from __future__ import annotations
@@ -30,15 +35,34 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)   # metrics, train config, epoch...
 
 
+def _plain_state(module, half: bool) -> dict:
+    return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+            for k, v in module.state_dict().items()}
+
+
 def model_payload(model, vocab: Vocabulary, encoder: dict, meta: dict | None = None, half: bool = False) -> dict:
     from capgen.models import config_to_dict
+    from capgen.models.finetuned import FinetunedModel, decoder_of
 
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-             for k, v in model.state_dict().items()}
-    return {"capgen_checkpoint": FORMAT_VERSION, "model_name": model.name,
-            "model_config": config_to_dict(model.config), "vocab_size": model.vocab_size,
-            "feature_dim": model.feature_dim, "num_regions": model.num_regions,
-            "vocab": vocab.to_dict(), "encoder": encoder, "meta": meta or {}, "state_dict": state}
+    decoder = decoder_of(model)
+    payload = {"capgen_checkpoint": FORMAT_VERSION, "model_name": decoder.name,
+               "model_config": config_to_dict(decoder.config), "vocab_size": decoder.vocab_size,
+               "feature_dim": decoder.feature_dim, "num_regions": decoder.num_regions,
+               "vocab": vocab.to_dict(), "encoder": encoder, "meta": meta or {},
+               "state_dict": _plain_state(decoder, half)}
+    if isinstance(model, FinetunedModel):
+        payload["encoder_top"] = {"split_at": model.split_at, "state_dict": _plain_state(model.top, half)}
+    return payload
+
+
+def restore_weights(model, payload: dict) -> None:
+    """Load a payload's weights (decoder, and fine-tuned encoder blocks if any) into `model` built
+    for it, e.g. when resuming a run."""
+    from capgen.models.finetuned import FinetunedModel, decoder_of
+
+    decoder_of(model).load_state_dict(payload["state_dict"])
+    if isinstance(model, FinetunedModel):
+        model.top.load_state_dict(payload["encoder_top"]["state_dict"])
 
 
 def training_payload(model, vocab: Vocabulary, encoder: dict, meta: dict, resume: dict) -> dict:
@@ -103,6 +127,14 @@ def _check_types(payload: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: field 'state_dict' must map names to tensors ({bad!r} does not)")
     if "encoder" in payload and not isinstance(payload["encoder"].get("name"), str):
         raise CheckpointError(f"{path}: field 'encoder' must name its encoder (a string 'name')")
+    top = payload.get("encoder_top")
+    if top is not None:
+        n, state = (top.get("split_at"), top.get("state_dict")) if isinstance(top, dict) else (None, None)
+        if (type(n) is not int or n < 1 or not isinstance(state, dict)
+                or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+                or payload.get("encoder", {}).get("split_at") != n):
+            raise CheckpointError(f"{path}: field 'encoder_top' must hold 'split_at' (an integer >= 1, the same as "
+                                  f"the encoder spec's) and 'state_dict' (names -> tensors)")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -120,6 +152,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                              overrides=payload["model_config"], itos=vocab.itos)
         state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
         model.load_state_dict(state)
+        if "encoder_top" in payload:
+            model = _with_encoder_top(model, payload)
     except KeyError as e:
         raise CheckpointError(f"{path}: checkpoint lacks {e.args[0]!r}") from None
     except CapgenError as e:  # the vocabulary or model config inside is malformed
@@ -129,6 +163,22 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(e).splitlines()[0][:160]})") from None
     return Checkpoint(model.eval(), vocab, payload["encoder"], payload.get("meta", {}))
+
+
+def _with_encoder_top(decoder, payload: dict):
+    """The decoder behind its fine-tuned encoder blocks (a FinetunedModel); errors are prefixed with
+    the checkpoint's path by the caller."""
+    from capgen.models.finetuned import attach_top
+
+    spec, top = payload["encoder"], payload["encoder_top"]
+    model, stem_spec = attach_top(decoder, spec["name"], top["split_at"])
+    if stem_spec != spec:
+        diff = [k for k in sorted(set(spec) | set(stem_spec)) if spec.get(k) != stem_spec.get(k)]
+        raise CheckpointError(f"its encoder blocks do not fit {spec['name']} split at {top['split_at']} "
+                              f"blocks ({', '.join(diff)} differ)")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in top["state_dict"].items()}
+    model.top.load_state_dict(state)
+    return model
 
 
 def load_checkpoints(paths: Sequence[str | Path]) -> Checkpoint:

@@ -19,6 +19,9 @@ def register(sub, parents) -> None:
     p.add_argument("--encoder", default="efficientnet-lite2",
                    help="encoder name (efficientnet-lite2, efficientnet-lite0), 'module:factory' for your "
                         "own, or 'timm:MODEL' with capgen[timm] (default efficientnet-lite2)")
+    p.add_argument("--split-at", type=positive_int, default=None, metavar="N",
+                   help="store the activation entering the encoder's last N blocks instead of its final grid "
+                        "(for train.finetune_blocks=N; efficientnet-lite2: 208x9x9 for N <= 5)")
     p.add_argument("--split", choices=["train", "val", "test"], help="only this split (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--workers", type=non_negative_int, default=2, help="image decoding threads (default 2)")
@@ -40,7 +43,7 @@ def run(args) -> int:
     res = extract_features(ds, args.out, encoder=args.encoder, split=args.split, batch_size=args.batch_size,
                            workers=args.workers, backend=args.backend, dtype=args.dtype, strict=args.strict,
                            overwrite=args.overwrite, threads=args.threads,
-                           precision=args.precision)
+                           precision=args.precision, split_at=args.split_at)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
         return 0
     if res.extracted == 0 and not res.failed:

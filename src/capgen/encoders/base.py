@@ -86,6 +86,18 @@ class ImageEncoder(nn.Module):
         """
         return None
 
+    def split(self, n: int) -> tuple["ImageEncoder", nn.Module]:
+        """(stem, top) for fine-tuning the last `n` blocks from cached activations.
+
+        stem: an ImageEncoder whose grid is the activation entering the last `n` blocks (what a
+          `--split-at n` feature cache holds); its spec() adds "split_at": n.
+        top: maps that activation (B, C, h, w) to this encoder's feature map (B, dim, H, W), always
+          in eval mode (BatchNorm frozen). Both share this encoder's modules: loading weights into
+          `top` changes this encoder, which is how a fine-tuned checkpoint reaches ONNX export.
+        """
+        raise EncoderError(f"encoder {self.name} cannot be split into blocks; fine-tuning the top of the "
+                           f"encoder needs an EfficientNet-Lite encoder")
+
     def features_module(self) -> nn.Module:
         """A module mapping x (B, 3, S, S) -> grid map (B, dim, H, W), e.g. for export."""
         return _GridMap(self)

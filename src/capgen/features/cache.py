@@ -28,6 +28,22 @@ JOB, META, LOCK = "job.json", "meta.json", ".lock"
 FORMAT_VERSION = 1
 
 
+KINDS = ("grid", "block_input")
+
+
+def cache_kind(encoder_spec: dict) -> str:
+    """"grid" (the encoder's final grid) or "block_input" (the activation entering its last
+    `split_at` blocks, for fine-tuning them); older caches without the field are grids."""
+    return "block_input" if encoder_spec.get("split_at") else "grid"
+
+
+def kind_text(encoder_spec: dict) -> str:
+    """Words for what a cache of this encoder spec holds, for error messages."""
+    n = encoder_spec.get("split_at")
+    return (f"the activation entering the last {n} blocks of {encoder_spec.get('name')} (extract --split-at {n})"
+            if n else f"final-grid features of {encoder_spec.get('name')} (extract without --split-at)")
+
+
 def read_json(path: Path, what: str) -> dict:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
@@ -58,10 +74,13 @@ def check_meta(meta: dict, where: Path) -> None:
           and isinstance(enc, dict) and isinstance(enc.get("name"), str)
           and isinstance(enc.get("dim"), int) and enc["dim"] > 0
           and isinstance(enc.get("grid"), list) and len(enc["grid"]) == 2
-          and all(isinstance(g, int) and g > 0 for g in enc["grid"]))
+          and all(isinstance(g, int) and g > 0 for g in enc["grid"])
+          and (enc.get("split_at") is None or (type(enc["split_at"]) is int and enc["split_at"] > 0))
+          and meta.get("kind", "grid") == cache_kind(enc))
     if not ok:
         raise FeatureCacheError(f"{where}: malformed feature cache metadata (expected 'images' (names), "
-                                f"'failed' and 'encoder' with name, dim and grid [h, w]); extract again")
+                                f"'failed', 'encoder' with name, dim, grid [h, w] and optional split_at, and a 'kind' that "
+                                f"agrees with it); extract again")
 
 
 class FeatureCache:
@@ -110,6 +129,11 @@ class FeatureCache:
         return self.meta["encoder"]
 
     @property
+    def kind(self) -> str:
+        """"grid" or "block_input" (see cache_kind)."""
+        return cache_kind(self.meta["encoder"])
+
+    @property
     def encoder_name(self) -> str:
         return self.meta["encoder"]["name"]
 
@@ -127,7 +151,8 @@ class FeatureCache:
         """Raise FeatureCacheError saying exactly what differs between this cache and what is expected.
 
         `dataset` is a PreparedDataset, `split` one of its splits (all when None), `encoder` the
-        encoder name or full spec the model was trained with.
+        encoder name or full spec the model was trained with (a fine-tuned model's spec names the
+        block input it takes: "split_at").
         """
         if encoder is not None:
             name = encoder if isinstance(encoder, str) else encoder["name"]
@@ -135,6 +160,9 @@ class FeatureCache:
                 raise FeatureCacheError(f"{self.root}: features were extracted with {self.encoder_name}, "
                                         f"but {name} is expected; extract with --encoder {name}")
             if isinstance(encoder, dict):
+                if encoder.get("split_at") != self.encoder_spec.get("split_at"):
+                    raise FeatureCacheError(f"{self.root}: holds {kind_text(self.encoder_spec)}, but the model "
+                                            f"takes {kind_text(encoder)}")
                 for key in ("preprocess", "dim", "grid"):
                     if encoder.get(key) != self.encoder_spec.get(key):
                         raise FeatureCacheError(

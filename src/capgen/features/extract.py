@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, read_json, unwritten_rows
+from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, cache_kind, kind_text, read_json, unwritten_rows
 from capgen.images import load_image
 from capgen.io import folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
@@ -45,7 +45,7 @@ class ExtractResult:
 
 def _same_job(a: dict, b: dict) -> list[str]:
     """Names of the settings in which two jobs differ."""
-    return [k for k in ("encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
+    return [k for k in ("kind", "encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
 
 
 def _clear(out: Path) -> None:
@@ -69,7 +69,7 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
             if diff:
                 raise FeatureCacheError(
                     f"{out}: already holds {'features' if marker == META else 'an unfinished extraction'} "
-                    f"with different {', '.join(diff)} (encoder {old.get('encoder', {}).get('name')}, "
+                    f"with different {', '.join(diff)} ({kind_text(old.get('encoder') or {})}, "
                     f"{len(old.get('images', []))} images); use another --out or --overwrite")
             return "complete" if marker == META else "resume"
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
@@ -136,9 +136,14 @@ def extract_features(
     threads: int | None = None,
     progress: bool = True,
     precision: str = "fp32",
+    split_at: int | None = None,
 ) -> ExtractResult:
     """Encode the images of `dataset` (one split, or all) into a feature cache at `out`.
-    precision: see capgen.encoders.precision; int8 is calibrated once on training images."""
+
+    precision: see capgen.encoders.precision; int8 is calibrated once on training images.
+    split_at: store the activation entering the encoder's last `split_at` blocks instead of its final
+      grid (a cache of kind "block_input", for fine-tuning those blocks; see ImageEncoder.split).
+    """
     if dtype not in DTYPES:
         raise CapgenError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch_size < 1 or workers < 0:
@@ -154,22 +159,24 @@ def extract_features(
     # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
     with folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext():
         return _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype,
-                        strict, overwrite, threads, progress, precision)
+                        strict, overwrite, threads, progress, precision, split_at)
 
 
 def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype, strict,
-             overwrite, threads, progress, precision="fp32") -> ExtractResult:
+             overwrite, threads, progress, precision="fp32", split_at=None) -> ExtractResult:
     """extract_features' work, with rank 0 holding the cache's lock."""
     # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
     if dist.rank != 0:
         dist.barrier()
     enc = create_encoder(encoder, allow_import=True)  # `encoder` is the caller's (--encoder), not a file's
+    if split_at:
+        enc = enc.split(split_at)[0]   # its "grid" is the activation entering the last split_at blocks
     runner = make_runner(enc, backend=backend, threads=threads, precision=precision,
                          calibration=_calibration(enc, dataset, precision, threads) if dist.rank == 0 else None)
     if dist.rank == 0:
         dist.barrier()
 
-    job = {"capgen_features": FORMAT_VERSION, "encoder": enc.spec(), "dtype": dtype,
+    job = {"capgen_features": FORMAT_VERSION, "kind": cache_kind(enc.spec()), "encoder": enc.spec(), "dtype": dtype,
            "images_dir": dataset.manifest["images_dir"], "dataset": str(dataset.root.resolve()),
            "split": split, "images": [r.image for r in records]}
     # Recorded so reduced-precision features never pass for fp32 ones (a runner that does not say

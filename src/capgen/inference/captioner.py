@@ -101,7 +101,7 @@ class Captioner:
                 enc = create_encoder(ck.encoder.get("name"))    # from the file: registered names only
             except CapgenError as e:
                 raise CapgenError(f"{paths[0]}: {e}") from None
-        check_encoder_spec(enc.spec(), ck.encoder, paths[0])
+        model = with_checkpoint_encoder(enc, ck, paths[0])
         tagger, tags_error = None, None
         try:
             tagger = make_tagger(enc, tag_words)
@@ -111,7 +111,7 @@ class Captioner:
         if calibration is not None:
             calib = np.stack([enc.preprocess(load_image(i, max_pixels=max_pixels)).numpy() for i in calibration])
         runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
-        return cls(ck.model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
+        return cls(model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
                    max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision)
 
     # ---- properties the CLI and the server ask about ------------------------------------------------
@@ -265,6 +265,28 @@ class Captioner:
                     res.tags = image_tags
             results.extend(chunk_results)
         return results
+
+
+def with_checkpoint_encoder(enc, ck, path: Path):
+    """Check `enc` against checkpoint `ck` and give it the checkpoint's fine-tuned encoder blocks, if
+    any; returns the model that decodes `enc`'s features. This is the one place a checkpoint's
+    encoder weights reach the encoder, so every runner built from `enc` afterwards (the ONNX export
+    included: its cache file is keyed by the weights) computes the fine-tuned features."""
+    from capgen.models.ensemble import EnsembleModel
+    from capgen.models.finetuned import FinetunedModel
+
+    model = ck.model
+    if isinstance(model, EnsembleModel) and any(isinstance(m, FinetunedModel) for m in model.members):
+        raise CapgenError(f"{path}: an ensemble with fine-tuned encoder blocks decodes from a feature cache only "
+                          f"(capgen evaluate); caption photos with one fine-tuned checkpoint at a time")
+    if not isinstance(model, FinetunedModel):
+        check_encoder_spec(enc.spec(), ck.encoder, path)
+        return model
+    stem, top = enc.split(model.split_at)
+    check_encoder_spec(stem.spec(), ck.encoder, path)
+    top.load_state_dict(model.top.state_dict())   # into enc's own modules (shared with `top`)
+    enc.eval()
+    return model.decoder
 
 
 def check_encoder_spec(built: dict, stored: dict, path: Path) -> None:

@@ -43,6 +43,8 @@ class TrainConfig:
     val_images: int = 0              # 0 = the whole val split
     threads: int = 0                 # torch threads (0 = torch's default)
     save_every_steps: int = 0        # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
+    finetune_blocks: int = 0         # also train the encoder's last N blocks (needs capgen extract --split-at N)
+    encoder_lr: float = 5e-5         # peak lr of those blocks (the decoder's is lr)
     feature_memory_mb: int = 2048    # per split: larger float16 features stream from disk (0 = always stream)
 
     # ---- range checks (types and finiteness are config_from_dict's) --------------------------------
@@ -70,6 +72,8 @@ class TrainConfig:
             "save_every_steps": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
             "scst_samples": (lambda v: v >= 2, "an integer >= 2 (the baseline is the other samples' mean)"),
             "scst_max_len": (lambda v: v >= 1, "an integer >= 1"),
+            "finetune_blocks": (lambda v: v >= 0, "an integer >= 0 (0 = encoder frozen)"),
+            "encoder_lr": (lambda v: v > 0, "a number > 0"),
         }
         for key, (ok, expected) in ranges.items():
             value = getattr(self, key)

@@ -20,17 +20,18 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, read_resume, save_checkpoint,
-                               training_payload)
+from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, read_resume, restore_weights,
+                               save_checkpoint, training_payload)
 from capgen.config import config_to_dict
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
 from capgen.features import FeatureCache, Features
 from capgen.io import write_json
-from capgen.models import create_model
+from capgen.models.finetuned import decoder_of
 from capgen.parallel import dist_info
 from capgen.training.config import RunConfig, load_run_config
 from capgen.training.data import CaptionPairs
+from capgen.training.finetune import build_model
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
 from capgen.training.lock import run_folder_locked
 from capgen.training.validate import validate
@@ -54,16 +55,25 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, encoder_lr: float | None = None) -> list[dict]:
     """AdamW groups as nanoGPT's configure_optimizers: decay the matrices of linear/recurrent layers,
-    never biases, norms, embeddings or position tables (decaying those only shrinks them toward 0)."""
-    decay, no_decay = [], []
+    never biases, norms, embeddings or position tables (decaying those only shrinks them toward 0).
+    Fine-tuned encoder blocks (a FinetunedModel's `top`) get groups of their own at `encoder_lr`:
+    pretrained weights move less than a decoder's."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_embedding = "embedding" in name or name.endswith("region_pos")
-        (decay if p.dim() >= 2 and not is_embedding else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups.setdefault((name.startswith("top."), p.dim() >= 2 and not is_embedding), []).append(p)
+    # Decoder groups first and always both, in the order older runs' optimizer states have.
+    out = [{"params": groups.get((False, decay), []), "weight_decay": weight_decay if decay else 0.0}
+           for decay in (True, False)]
+    for decay in (True, False):
+        if (True, decay) in groups:
+            out.append({"params": groups[(True, decay)], "weight_decay": weight_decay if decay else 0.0,
+                        **({"lr": encoder_lr} if encoder_lr is not None else {})})
+    return out
 
 
 @contextmanager
@@ -127,30 +137,29 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     for split in ("train", "val"):
         cache.check(data, split)
     vocab, enc = data.vocab, cache.encoder_spec
-    init = _init_model(tc.init, vocab, enc) if tc.init else None
+    init = _init_checkpoint(tc.init, vocab) if tc.init else None
     if init is not None:  # the architecture is the init checkpoint's, whatever the config named
-        cfg = RunConfig(init.name, config_to_dict(init.config), tc)
+        arch = decoder_of(init.model)
+        cfg = RunConfig(arch.name, config_to_dict(arch.config), tc)
+    torch.manual_seed(tc.seed)
+    # Checks the cache's kind against finetune_blocks and --init before the run folder is touched.
+    model = build_model(cfg.model, cfg.model_config, vocab, cache, tc.finetune_blocks, init, tc.init)
     state = _prepare_run_dir(out, cfg, resume) if dist.rank == 0 else None
     state = dist.broadcast(state)
-
-    torch.manual_seed(tc.seed)
-    model = init if init is not None else create_model(cfg.model, vocab_size=len(vocab), feature_dim=enc["dim"],
-                                 num_regions=enc["grid"][0] * enc["grid"][1], overrides=cfg.model_config,
-                                 itos=vocab.itos)
     train_records = data.split("train")
     pairs = CaptionPairs(train_records, vocab, tc.max_caption_len)
     objective = (SelfCritical(vocab, train_records, tc.scst_samples, tc.scst_max_len) if tc.objective == "scst"
                  else CrossEntropy(vocab, tc.label_smoothing))
     steps_per_epoch = len(pairs.epoch_batches(0, tc.seed, tc.batch_size, dist.rank, dist.world_size))
     total = steps_per_epoch * tc.epochs
-    optim = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
+    optim = torch.optim.AdamW(param_groups(model, tc.weight_decay, tc.encoder_lr), lr=tc.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
     epoch, skip, history, best = 0, 0, [], {"epoch": -1, "CIDEr": -1.0}
     partial = (0.0, 0)  # loss sum and steps of an epoch interrupted part-way
     if state is not None:
         r = state["resume"]
-        model.load_state_dict(state["state_dict"])
+        restore_weights(model, state)
         optim.load_state_dict(r["optimizer"])
         sched.load_state_dict(r["scheduler"])
         torch.set_rng_state(r["rng"])
@@ -252,16 +261,13 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     return TrainResult(out, out / "best.pt", best["epoch"], best, history, time.perf_counter() - start, stopped_early)
 
 
-def _init_model(path: str, vocab, encoder: dict):
-    """The model of checkpoint `path`, which must fit this dataset's vocabulary and features."""
+def _init_checkpoint(path: str, vocab):
+    """Checkpoint `path`, which must fit this dataset's vocabulary (its features: build_model checks)."""
     ck = load_checkpoint(path)
     if ck.vocab.itos != vocab.itos:
         raise CheckpointError(f"{path}: trained on another vocabulary ({len(ck.vocab)} words) than this dataset "
                               f"({len(vocab)} words); --init needs a checkpoint trained on the same prepared data")
-    if ck.encoder != encoder:
-        raise CheckpointError(f"{path}: trained on features of {ck.encoder.get('name')}, but the feature cache "
-                              f"holds {encoder.get('name')} features (or another preprocessing)")
-    return ck.model.train()
+    return ck
 
 
 def _tensorboard(path: Path):
