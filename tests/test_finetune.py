@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import one_line_error
+from test_training import _StopAfter
 
 import capgen.training.trainer as trainer_mod
 from capgen.checkpoint import load_checkpoint
@@ -121,16 +122,6 @@ def test_joint_training_moves_the_blocks_resumes_exactly_and_checkpoints_them(pr
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
 
 
-class _StopAfter(dict):
-    """Acts like the Ctrl-C flag: reads True after `n` checks."""
-
-    def __init__(self, n):
-        super().__init__(stop=False)
-        self.n = n
-
-    def __getitem__(self, key):
-        self.n -= 1
-        return self.n < 0
 
 
 def test_encoder_lr_applies_to_the_blocks_only(prepared, caches, tmp_path):

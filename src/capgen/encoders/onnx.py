@@ -184,16 +184,11 @@ def _int8_runner(encoder: ImageEncoder, threads: int | None, cache_root: Path,
 def _session(path: Path, threads: int | None):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or os.cpu_count() or 1
-    # Measured on 2 cores: sequential execution beats ORT_PARALLEL / inter_op=2 (~92 vs ~45 img/s).
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # ORT's idle threads spin by default and then steal the cores from the torch decoder that runs
-    # right after the encoder (measured: beam-3 captioning of one photo 105 ms -> see BENCHMARKS.md).
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from capgen.ort import session_options
+
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(threads or os.cpu_count() or 1),
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:
         raise EncoderError(f"{path}: cannot load ONNX model ({type(e).__name__})") from None
 

@@ -39,15 +39,10 @@ class Caption:
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle ORT threads spin by default and would steal the cores from the next session's work.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from capgen.ort import session_options
+
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise ExportError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:120]})") from None
 
