@@ -11,28 +11,23 @@ import torch
 
 from capgen.cli import main
 from capgen.errors import CapgenError
-from conftest import one_line_error
+from conftest import TINY_ENCODER_MODULE, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- 5: one writer per folder; unwritten or damaged rows never load ---------------------------------
 
-SLOW_ENCODER_MODULE = '''
+# The tiny test encoder, 0.2 s per batch: slow enough to run two extractions at once.
+SLOW_ENCODER_MODULE = TINY_ENCODER_MODULE + '''
+
 import time
-import torch
-from capgen.encoders import GridEncoder, Preprocess
 
 
-class _Slow(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 8, kernel_size=8, stride=8)
-
+class _Slow(_Tiny):
     def forward(self, x):
         time.sleep(0.2)
-        return torch.relu(self.conv(x)) + 0.01
+        return super().forward(x) + 0.01
 
 
 def build():

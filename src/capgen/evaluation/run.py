@@ -44,7 +44,7 @@ def evaluate_checkpoint(checkpoint: str | Path | Sequence[str | Path], data: Pre
     guidance = (tag_guidance(ckpt.encoder.get("name"), ckpt.vocab, cache, records, guide) if guide is not None
                 else [None] * len(records))
     hyps = caption_records(ckpt.model, records, Features.load(cache, records), ckpt.vocab, decode_config,
-                           guidance=guidance if guide is not None else None)
+                           guidance=guidance)
     # No hypothesis is possible only when blocking leaves none (tiny vocabularies): an empty caption.
     best = [(hyps[r.image] or [Hypothesis([], float("-inf"), truncated=True)])[0] for r in records]
     words = [Guide.render(ckpt.vocab.decode(h.tokens), g)[0] for h, g in zip(best, guidance)]

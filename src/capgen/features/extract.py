@@ -286,4 +286,4 @@ def _calibration(enc, dataset: PreparedDataset, precision: str, threads: int | N
         return None
     records = dataset.records("train") or dataset.records()
     step = max(1, len(records) // CALIBRATION_IMAGES)
-    return np.stack([enc.preprocess(load_image(r.path)).numpy() for r in records[::step][:CALIBRATION_IMAGES]])
+    return np.stack([enc.preprocess.array(load_image(r.path)) for r in records[::step][:CALIBRATION_IMAGES]])

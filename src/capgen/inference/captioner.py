@@ -109,7 +109,7 @@ class Captioner:
             tags_error = str(e)
         calib = None
         if calibration is not None:
-            calib = np.stack([enc.preprocess(load_image(i, max_pixels=max_pixels)).numpy() for i in calibration])
+            calib = np.stack([enc.preprocess.array(load_image(i, max_pixels=max_pixels)) for i in calibration])
         runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
         return cls(model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
                    max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision)
