@@ -83,7 +83,7 @@ def test_runtime_captions_equal_torch_captions(name, tiny_run, checkpoints, expo
 def test_step_graphs_match_torch_steps(checkpoints, exports):
     """Feed the ONNX step its own state for several words: log-probs equal torch's to 1e-4."""
     from capgen.checkpoint import load_checkpoint
-    from capgen.export.graphs import verify_decoder
+    from capgen.models.onnx import verify_decoder
 
     for name in ("show_tell", "show_attend_tell", "transformer"):
         model = load_checkpoint(checkpoints[name]).model

@@ -33,8 +33,9 @@ def test_required_words_appear_and_other_images_are_untouched(name):
     free = decode(model, pooled, grid, IDS, cfg)
     guided = decode(model, pooled, grid, IDS, cfg, include=[{7}, None, {9, 10}])
     assert 7 in guided[0][0].tokens and {9, 10} & set(guided[2][0].tokens)
-    # the unconstrained image of the batch gets exactly its own caption
-    assert guided[1][0].tokens == free[1][0].tokens and guided[1][0].score == pytest.approx(free[1][0].score, abs=1e-5)
+    # the unconstrained image of the batch gets exactly its own caption (decoded apart from the guided
+    # ones, so only the float rounding of another batch size may differ)
+    assert guided[1][0].tokens == free[1][0].tokens and guided[1][0].score == pytest.approx(free[1][0].score, rel=1e-6)
     # greedy becomes a beam of one, which also satisfies the constraint
     greedy = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=1, max_len=8), include=[{7}, {8}, {9}])
     assert [7 in greedy[0][0].tokens, 8 in greedy[1][0].tokens, 9 in greedy[2][0].tokens] == [True, True, True]

@@ -1,4 +1,4 @@
-"""Atomic file writing: a crash never leaves a half-written file that loads as valid.
+"""Atomic file writing (a crash never leaves a half-written file that loads as valid), and the cache root.
 
 A full disk is reported as `DiskFullError` ("no space left on device writing X (needs ~N MB)"),
 and the half-written temporary is removed, so the previous version of X (if any) stays valid.
@@ -195,3 +195,10 @@ def folder_lock(path: str | os.PathLike, what: str, allow_nested: bool = False) 
             path.rmdir()
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where exported ONNX graphs are cached: `cache_dir`, else $CAPGEN_CACHE, else ~/.cache/capgen."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("CAPGEN_CACHE") or Path.home() / ".cache" / "capgen")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from capgen.decoding.common import NEG_INF, Constraints, State, repeat_rows, select_rows
+from capgen.decoding.common import NEG_INF, Constraints, State, expand_rows, select_rows
 from capgen.decoding.config import DecodeConfig, TokenIds
 from capgen.decoding.rules import length_normalised
 from capgen.models.base import CaptionModel
@@ -93,7 +93,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     device = next(iter(memory.values())).device
     G = 1 if include is None else 3                                        # beam groups per image
     GK = G * K
-    memory, state = repeat_rows(memory, GK), repeat_rows(state, GK)        # rows b*GK .. b*GK+GK-1
+    memory, state = expand_rows(model, memory, state, GK)                 # rows b*GK .. b*GK+GK-1
     R = B * GK
     rules = Constraints(ids, cfg, model.vocab_size, device)
 
@@ -173,8 +173,12 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
         tokens = word.view(R)
 
         # Future scores only fall, and the length penalty is largest at max_len: an upper bound
-        # (plus the best offset a beam can still reach).
-        reach = norm(beam_scores, L) + (offset[-1] if G > 1 else 0.0)
+        # (plus the best offset a beam can still reach: the early group's once in it, or while a
+        # required word can still come among the first EARLY_WORDS; else the middle group's).
+        reach = norm(beam_scores, L)
+        if G > 1:
+            rise = include.any(dim=1, keepdim=True) & (t + 1 < EARLY_WORDS)   # (B, 1)
+            reach = reach + torch.where((beam_group == G - 1) | rise, offset[-1], offset[1])
         done = done | (pool.worst_score >= reach.max(dim=1).values)
         if bool(done.all()):
             break

@@ -23,6 +23,13 @@ def repeat_rows(d: State, times: int) -> State:
     return {k: v.repeat_interleave(times, dim=0) for k, v in d.items()}
 
 
+def expand_rows(model, memory: State, state: State, times: int) -> tuple[State, State]:
+    """Memory and state for `times` rows per image (rows b*times .. b*times+times-1). The memory stays
+    one row per image when the model reads it that way (CaptionModel.shared_memory): copying an
+    image's grid memory for every beam made the step read it `times` times over."""
+    return (memory if model.shared_memory else repeat_rows(memory, times)), repeat_rows(state, times)
+
+
 def block_ngrams(logp: Tensor, history: Tensor, length: int, n: int) -> Tensor:
     """Set -inf for every token that would complete an n-gram already present in the row.
 

@@ -13,13 +13,13 @@ from capgen.models.base import CaptionModel
 
 def sample_search(model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig,
                   generator: torch.Generator | None) -> Found:
-    """Decode every row of `memory` once (M = 1 caption per row). Greedy when cfg.method == "greedy".
+    """Decode every row of `state` once (M = 1 caption per row). Greedy when cfg.method == "greedy".
 
     Rows still running after max_len words take <end> at a last step (Constraints), and pay its
     log-prob like any other word.
     """
-    R, L = next(iter(memory.values())).shape[0], cfg.max_len
-    device = next(iter(memory.values())).device
+    R, L = next(iter(state.values())).shape[0], cfg.max_len   # the memory may be one row per image
+    device = next(iter(state.values())).device
     rules = Constraints(ids, cfg, model.vocab_size, device)
     tokens = torch.full((R,), ids.start, dtype=torch.long, device=device)
     words = torch.full((R, L), ids.pad, dtype=torch.long, device=device)

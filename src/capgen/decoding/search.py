@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from capgen.decoding.beam import Found, beam_search
-from capgen.decoding.common import repeat_rows
+from capgen.decoding.common import expand_rows, select_rows
 from capgen.decoding.config import DecodeConfig, DecodeError, Hypothesis, TokenIds
 from capgen.decoding.sampling import sample_search
 from capgen.models.base import CaptionModel
@@ -43,9 +43,11 @@ def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
     if required is not None and config.method == "greedy":
         config = dataclasses.replace(config, method="beam", beam_size=1)
 
-    param = next(model.parameters())
-    pooled = torch.as_tensor(pooled).to(device=param.device, dtype=param.dtype)
-    grid = torch.as_tensor(grid).to(device=param.device, dtype=param.dtype)
+    # A model without parameters (the ONNX Runtime step, capgen.inference.onnx_step) runs on CPU float32.
+    param = next(model.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+    pooled = torch.as_tensor(pooled).to(device=device, dtype=dtype)
+    grid = torch.as_tensor(grid).to(device=device, dtype=dtype)
     if pooled.shape[0] == 0:
         return []
     was_training = model.training
@@ -55,8 +57,7 @@ def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
             memory = model.init_memory(pooled, grid)
             state = model.init_state(memory)
             if config.method == "beam":
-                found = beam_search(model, memory, state, ids, config,
-                                    None if required is None else required.to(param.device))
+                found = _beam(model, memory, state, ids, config, None if required is None else required.to(device))
             else:
                 found = _sample_n(model, memory, state, ids, config)
     finally:
@@ -83,6 +84,34 @@ def _include_mask(include, B: int, V: int, config: DecodeConfig) -> Tensor | Non
     return mask
 
 
+def _beam(model, memory, state, ids: TokenIds, config: DecodeConfig, required: Tensor | None) -> Found:
+    """Beam search, with the images that must name a word decoded apart from the others: those need
+    three beam groups (see beam_search), and in one batch every image would pay for them. Images
+    are independent in the search, so the captions are the same either way."""
+    has = None if required is None else required.any(dim=1)              # (B,)
+    if has is None or bool(has.all()):
+        return beam_search(model, memory, state, ids, config, required)
+    guided, free = has.nonzero().squeeze(1), (~has).nonzero().squeeze(1)
+    return _combine(required.shape[0], [
+        (guided, beam_search(model, select_rows(memory, guided), select_rows(state, guided), ids, config,
+                             required[guided])),
+        (free, beam_search(model, select_rows(memory, free), select_rows(state, free), ids, config))])
+
+
+def _combine(B: int, parts: list[tuple[Tensor, Found]]) -> Found:
+    """Found of row subsets (their image indices, Found) -> one Found of B images."""
+    def field(name: str) -> Tensor | None:
+        xs = [getattr(f, name) for _, f in parts]
+        if any(x is None for x in xs):
+            return None
+        out = xs[0].new_empty((B, *xs[0].shape[1:]))
+        for (rows, _), x in zip(parts, xs):
+            out[rows] = x
+        return out
+
+    return Found(*(field(f.name) for f in dataclasses.fields(Found)))
+
+
 def _sample_n(model, memory, state, ids: TokenIds, config: DecodeConfig) -> Found:
     """Greedy, or n_best independent samples per image (rows b*n .. b*n+n-1), sorted by score."""
     B, n = next(iter(memory.values())).shape[0], config.n_best
@@ -91,7 +120,7 @@ def _sample_n(model, memory, state, ids: TokenIds, config: DecodeConfig) -> Foun
         device = next(iter(memory.values())).device
         generator = torch.Generator(device=device).manual_seed(config.seed)
     if n > 1:
-        memory, state = repeat_rows(memory, n), repeat_rows(state, n)
+        memory, state = expand_rows(model, memory, state, n)
     f = sample_search(model, memory, state, ids, config, generator)
     scores, order = f.scores.view(B, n).sort(dim=1, descending=True)      # (B, n)
     rows = torch.arange(B, device=order.device).unsqueeze(1)

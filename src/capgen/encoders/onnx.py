@@ -23,7 +23,7 @@ from capgen.encoders.flops import count_flops  # noqa: F401  re-exported for ben
 from capgen.encoders.precision import INT8_REFUSE, autocast, check_precision, int8_path, quantize_int8, \
     relative_error, resolve_bf16
 from capgen.errors import EncoderError
-from capgen.io import atomic_path
+from capgen.io import atomic_path, cache_root
 
 BACKENDS = ("auto", "torch", "onnx")
 # Bump when the exported graph changes, so old cache files are not reused.
@@ -102,11 +102,11 @@ def make_runner(
     if precision == "int8":
         if backend == "torch":
             raise EncoderError("precision int8 runs the encoder in ONNX Runtime; use --backend onnx or auto")
-        return _int8_runner(encoder, threads, _cache_root(cache_dir), calibration)
+        return _int8_runner(encoder, threads, cache_root(cache_dir), calibration)
     if backend == "torch" or (backend == "auto" and not (encoder.onnx_exportable and _has_onnxruntime())):
         return TorchRunner(encoder, precision)
     try:
-        return _onnx_runner(encoder, threads, _cache_root(cache_dir))
+        return _onnx_runner(encoder, threads, cache_root(cache_dir))
     except EncoderError as e:
         if backend == "onnx":
             raise
@@ -117,7 +117,7 @@ def make_runner(
 def onnx_path(encoder: ImageEncoder, cache_dir: str | Path | None = None) -> Path:
     """Cache file for `encoder`: onnx/<name>-<hash of spec and weights>.onnx."""
     safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", encoder.name)
-    return _cache_root(cache_dir) / "onnx" / f"{safe_name}-{_weights_hash(encoder)}.onnx"
+    return cache_root(cache_dir) / "onnx" / f"{safe_name}-{_weights_hash(encoder)}.onnx"
 
 
 def _onnx_runner(encoder: ImageEncoder, threads: int | None, cache_root: Path) -> OnnxRunner:
@@ -233,12 +233,6 @@ def _weights_hash(encoder: ImageEncoder) -> str:
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:12]
-
-
-def _cache_root(cache_dir: str | Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get("CAPGEN_CACHE") or Path.home() / ".cache" / "capgen")
 
 
 def _has_onnxruntime() -> bool:

@@ -35,7 +35,7 @@ def export_checkpoint(paths: str | Path | Sequence[str | Path], out: str | Path,
 def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = None) -> dict:
     """Write the exported folder atomically (nothing half-written loads). Returns a summary:
     {"files": {name: bytes}, "step_max_diff": |log-prob| difference ONNX vs torch}."""
-    from capgen.export.graphs import export_decoder, set_metadata, verify_decoder
+    from capgen.models.onnx import export_decoder, set_metadata, verify_decoder
 
     config = config if config is not None else DecodeConfig()
     if config.method == "sample":
@@ -60,6 +60,7 @@ def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = N
         write_json(tmp / fmt.MODEL, {"architecture": model.name, "source": captioner.name,
                                      "encoder": captioner.encoder.spec(), "vocab_size": len(captioner.vocab),
                                      "memory": iface["memory"], "state": iface["state"],
+                                     "shared_memory": iface["shared_memory"],
                                      "max_len_limit": limit, "step_max_diff": diff})
         manifest = fmt.manifest_for(tmp)
         write_json(tmp / fmt.MANIFEST, manifest)   # last: it marks the folder complete

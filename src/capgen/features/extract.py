@@ -23,7 +23,7 @@ from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
 from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, cache_kind, kind_text, read_json, unwritten_rows
 from capgen.images import load_image
-from capgen.io import folder_lock, preallocate, write_json
+from capgen.io import cache_root, folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
 
 DTYPES = ("float16", "float32")
@@ -279,10 +279,10 @@ CALIBRATION_IMAGES = 64
 def _calibration(enc, dataset: PreparedDataset, precision: str, threads: int | None) -> np.ndarray | None:
     """For int8 with no quantized model cached yet: CALIBRATION_IMAGES training images spread over
     the split (fewer if the split is smaller), preprocessed as for extraction."""
-    from capgen.encoders.onnx import _cache_root, onnx_path
+    from capgen.encoders.onnx import onnx_path
     from capgen.encoders.precision import int8_path
 
-    if precision != "int8" or int8_path(onnx_path(enc, _cache_root(None))).is_file():
+    if precision != "int8" or int8_path(onnx_path(enc, cache_root())).is_file():
         return None
     records = dataset.records("train") or dataset.records()
     step = max(1, len(records) // CALIBRATION_IMAGES)

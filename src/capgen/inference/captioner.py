@@ -46,10 +46,12 @@ class Captioner:
     """
 
     def __init__(self, model, vocab, encoder, runner, name: str = "", max_pixels: int = MAX_PIXELS,
-                 tagger=None, tags_error: str | None = None, precision: str = "fp32"):
+                 tagger=None, tags_error: str | None = None, precision: str = "fp32", fast_decoder=None):
         """tagger: a capgen.tags.Tagger, or None with `tags_error` saying why there are no tags.
         precision: the decoder's, "fp32" or "bf16" (autocast; fp32 with a warning on a CPU without
-        native bf16); the encoder's is the runner's own (`runner.precision`)."""
+        native bf16); the encoder's is the runner's own (`runner.precision`).
+        fast_decoder: `model`'s decoder in ONNX Runtime (capgen.inference.onnx_step.OnnxStepModel),
+        used for every decode but attention maps (which need `model`); None = `model` always."""
         from capgen.decoding import TokenIds
         from capgen.encoders.precision import resolve_bf16
 
@@ -66,6 +68,7 @@ class Captioner:
         self.tagger = tagger
         self.tags_error = None if tagger is not None else (tags_error or "tags unavailable: no tagger given")
         self._guide = None   # built on first use: it reads GloVe vectors for the words the model lacks
+        self.fast_decoder = fast_decoder if self.precision == "fp32" else None   # bf16 is a torch autocast
 
     @classmethod
     def from_pretrained(cls, path: str | Path | Sequence[str | Path] | None = None, encoder: str | None = None,
@@ -85,6 +88,8 @@ class Captioner:
           to calibrate it on, needed once per encoder, then cached). See capgen.encoders.precision.
         threads: compute threads for the encoder and the decoder (default: all cores). On a machine
           busy with other work, 1 thread avoids the stalls of oversubscribed thread pools.
+        backend: "auto" runs the encoder, and the decoder's steps, in ONNX Runtime where they export
+          (else in torch, with a warning); "onnx" requires it; "torch" uses torch for both.
         """
         from capgen.checkpoint import load_checkpoints
         from capgen.encoders import create_encoder, make_runner
@@ -111,8 +116,10 @@ class Captioner:
         if calibration is not None:
             calib = np.stack([enc.preprocess.array(load_image(i, max_pixels=max_pixels)) for i in calibration])
         runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
+        fast = _fast_decoder(model, backend) if runner.backend == "onnx" and precision != "bf16" else None
         return cls(model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
-                   max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision)
+                   max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision,
+                   fast_decoder=fast)
 
     # ---- properties the CLI and the server ask about ------------------------------------------------
     @property
@@ -129,6 +136,7 @@ class Captioner:
                 "vocab_size": len(self.vocab), "supports_attention": self.supports_attention,
                 "grid": list(self.grid_hw), "tags": self.tagger is not None,
                 "precision": {"encoder": getattr(self.runner, "precision", "fp32"), "decoder": self.precision},
+                "decoder": "onnx" if self.fast_decoder is not None else "torch",
                 **({"tags_error": self.tags_error} if self.tags_error else {})}
 
     # ---- the pipeline -----------------------------------------------------------------------------
@@ -150,8 +158,9 @@ class Captioner:
         from capgen.encoders.precision import autocast
 
         include = [g.include if g else None for g in guidance] if any(guidance) else None
+        model = self.model if self.fast_decoder is None or config.return_attention else self.fast_decoder
         with autocast(self.precision):
-            return decode(self.model, pooled, grid, self.ids, config, include=include)
+            return decode(model, pooled, grid, self.ids, config, include=include)
 
     def guidance(self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
                  ) -> list[Guidance | None]:
@@ -265,6 +274,22 @@ class Captioner:
                     res.tags = image_tags
             results.extend(chunk_results)
         return results
+
+
+def _fast_decoder(model, backend: str):
+    """The decoder's steps in ONNX Runtime, or None (with a warning under backend "auto") when the
+    model does not export. One thread: a step is a few small matrices, and a second thread only adds
+    hand-offs (measured, BENCHMARKS.md)."""
+    from capgen.errors import ExportError
+    from capgen.inference.onnx_step import OnnxStepModel
+
+    try:
+        return OnnxStepModel(model, threads=1)
+    except ExportError as e:
+        if backend == "onnx":
+            raise
+        warnings.warn(f"{e}; decoding with torch", RuntimeWarning, stacklevel=3)
+        return None
 
 
 def with_checkpoint_encoder(enc, ck, path: Path):

@@ -29,6 +29,9 @@ class CaptionModel(nn.Module):
 
     name: ClassVar[str] = ""             # registry name, set by @register_model
     supports_attention: ClassVar[bool] = False
+    # True when `step` accepts a memory with one row per image while the state has m rows per image
+    # (rows b*m .. b*m+m-1, as decoding lays out beams): the beams then share one copy of the memory.
+    shared_memory: ClassVar[bool] = False
     config: Any
     word_embedding: nn.Module            # a capgen.models.layers.WordEmbedding
 

@@ -30,6 +30,7 @@ class EnsembleModel(CaptionModel):
         self.members = nn.ModuleList(members)
         # Attention maps are offered only when every member has them (their mean is shown).
         self.supports_attention = all(m.supports_attention for m in members)
+        self.shared_memory = all(m.shared_memory for m in members)
 
     @staticmethod
     def _part(d: State, i: int) -> State:

@@ -42,27 +42,38 @@ class TransformerConfig:
 
 
 class Attention(nn.Module):
-    """Multi-head attention that accepts precomputed keys/values (for the cache) and returns weights."""
+    """Multi-head attention over keys/values kept split into heads (for the cache), returning weights.
+
+    Keys and values may have fewer rows than the queries: Bm rows for R = Bm * m query rows, query
+    row r attending to key row r // m. Decoding keeps the image memory once per image this way
+    instead of once per beam, and reads it without the per-step copies of a re-split layout."""
 
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.heads = heads
         self.q, self.k, self.v, self.out = (nn.Linear(d, d) for _ in range(4))
 
+    def split(self, x: Tensor) -> Tensor:
+        """(B, S, d) -> (B, H, S, d/H), contiguous."""
+        B, S, d = x.shape
+        return x.view(B, S, self.heads, d // self.heads).transpose(1, 2).contiguous()
+
     def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.k(x), self.v(x)                                        # (B, S, d) each
+        return self.split(self.k(x)), self.split(self.v(x))               # (B, H, S, d/H) each
 
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        B, T, d = x.shape
-        S, H = k.shape[1], self.heads
-        q = self.q(x).view(B, T, H, d // H).transpose(1, 2)                # (B, H, T, d/H)
-        k = k.view(B, S, H, d // H).transpose(1, 2)                        # (B, H, S, d/H)
-        v = v.view(B, S, H, d // H).transpose(1, 2)                        # (B, H, S, d/H)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(d // H)               # (B, H, T, S)
+        """x (R, T, d); k, v (Bm, H, S, d/H) with R = Bm * m. Returns (R, T, d) and weights (R, H, T, S)."""
+        R, T, d = x.shape
+        Bm, H, S, dh = k.shape
+        if mask is not None and Bm != R:
+            raise ModelError("transformer: a mask needs one key row per query row")
+        q = self.q(x).view(Bm, -1, H, dh).transpose(1, 2)                  # (Bm, H, m*T, dh)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(dh)                   # (Bm, H, m*T, S)
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
-        weights = scores.softmax(dim=-1)                                   # (B, H, T, S)
-        out = (weights @ v).transpose(1, 2).reshape(B, T, d)               # (B, T, d)
+        weights = scores.softmax(dim=-1)                                   # (Bm, H, m*T, S)
+        out = (weights @ v).transpose(1, 2).reshape(R, T, d)               # (R, T, d)
+        weights = weights.view(Bm, H, -1, T, S).transpose(1, 2).reshape(R, H, T, S)
         return self.out(out), weights
 
 
@@ -78,11 +89,12 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: Tensor, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor,
                 mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x (B, T, d) new positions; self_k/v (B, t, d) cached earlier positions (t may be 0).
-        Returns x, the grown self K/V (B, t+T, d), and cross-attention weights (B, H, T, M)."""
+        """x (B, T, d) new positions; self_k/v (B, H, t, d/H) cached earlier positions (t may be 0);
+        cross_k/v (Bm, H, M, d/H), one row per image (B = Bm * m). Returns x, the grown self K/V
+        (B, H, t+T, d/H), and cross-attention weights (B, H, T, M)."""
         h = self.norm1(x)
-        k_new, v_new = self.self_att.keys_values(h)                         # (B, T, d)
-        self_k, self_v = torch.cat([self_k, k_new], 1), torch.cat([self_v, v_new], 1)  # (B, t+T, d)
+        k_new, v_new = self.self_att.keys_values(h)                         # (B, H, T, d/H)
+        self_k, self_v = torch.cat([self_k, k_new], 2), torch.cat([self_v, v_new], 2)  # (B, H, t+T, d/H)
         x = x + self.drop(self.self_att(h, self_k, self_v, mask)[0])
         att, weights = self.cross_att(self.norm2(x), cross_k, cross_v)
         x = x + self.drop(att)
@@ -92,10 +104,12 @@ class DecoderLayer(nn.Module):
 
 @register_model("transformer", TransformerConfig)
 class TransformerCaptioner(CaptionModel):
-    """Memory: per-layer cross-attention keys/values "cross_k{i}", "cross_v{i}" (B, 1+N, d).
-    State: per-layer self-attention cache "k{i}", "v{i}" (B, t, d) and "pos" (B,) the next position."""
+    """Memory: per-layer cross-attention keys/values "cross_k{i}", "cross_v{i}" (B, H, 1+N, d/H).
+    State: per-layer self-attention cache "k{i}", "v{i}" (B, H, t, d/H) and "pos" (B,) the next position.
+    The memory may keep one row per image while the state has several (see CaptionModel.shared_memory)."""
 
     supports_attention = True
+    shared_memory = True
     config: TransformerConfig
 
     def __init__(self, config: TransformerConfig, vocab_size: int, feature_dim: int, num_regions: int,
@@ -136,12 +150,13 @@ class TransformerCaptioner(CaptionModel):
         mem = self.memory_norm(tokens + self.region_pos)                                       # (B, 1+N, d)
         out = {}
         for i, layer in enumerate(self.layers):  # cross K/V are the same at every step: compute once
-            out[f"cross_k{i}"], out[f"cross_v{i}"] = layer.cross_att.keys_values(mem)         # (B, 1+N, d)
+            out[f"cross_k{i}"], out[f"cross_v{i}"] = layer.cross_att.keys_values(mem)         # (B, H, 1+N, d/H)
         return out
 
     def init_state(self, memory: State) -> State:
         ref = memory["cross_k0"]
-        empty = ref.new_zeros(ref.shape[0], 0, self.config.d_model)                          # (B, 0, d)
+        c = self.config
+        empty = ref.new_zeros(ref.shape[0], c.num_heads, 0, c.d_model // c.num_heads)          # (B, H, 0, d/H)
         state = {"pos": torch.zeros(ref.shape[0], dtype=torch.long, device=ref.device)}
         for i in range(self.config.num_layers):
             state[f"k{i}"], state[f"v{i}"] = empty, empty

@@ -36,7 +36,8 @@ class Caption:
         return asdict(self)
 
 
-def _session(path: Path, threads: int):
+def open_session(path: Path, threads: int):
+    """A CPU ONNX Runtime session for `path`; ExportError naming the file when it cannot load."""
     import onnxruntime as ort
 
     from capgen.ort import session_options
@@ -68,6 +69,7 @@ class Runtime:
         self.memory_keys = fmt.field(info, "memory", list, d / fmt.MODEL)
         self.state_keys = fmt.field(info, "state", list, d / fmt.MODEL)
         self.max_len_limit = info.get("max_len_limit")
+        self.shared_memory = info.get("shared_memory") is True   # absent in older exports: one row per beam
         encoder = fmt.field(info, "encoder", dict, d / fmt.MODEL)
         try:
             self.preprocess = Preprocess.from_dict(encoder.get("preprocess"))
@@ -77,9 +79,9 @@ class Runtime:
         self.ids = TokenIds.from_vocab(self.vocab)
         self.max_pixels = max_pixels
         threads = threads or os.cpu_count() or 1
-        self.encoder = _session(d / fmt.ENCODER, threads)
-        self.init = _session(d / fmt.INIT, decoder_threads)
-        self.step_session = _session(d / fmt.STEP, decoder_threads)
+        self.encoder = open_session(d / fmt.ENCODER, threads)
+        self.init = open_session(d / fmt.INIT, decoder_threads)
+        self.step_session = open_session(d / fmt.STEP, decoder_threads)
         self._check_graphs(encoder)
         self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
 
@@ -171,8 +173,10 @@ class Runtime:
         values = dict(zip(names, outs))
         memory = {k: values[f"memory.{k}"] for k in self.memory_keys}
         state = {k: values[f"state.{k}"] for k in self.state_keys}
-        search = beam_search if config.method == "beam" else greedy_search
-        found = search(self._step, memory, state, self.ids, config, len(self.vocab))
+        if config.method == "beam":
+            found = beam_search(self._step, memory, state, self.ids, config, len(self.vocab), self.shared_memory)
+        else:
+            found = greedy_search(self._step, memory, state, self.ids, config, len(self.vocab))
         return hypotheses(found, config.n_best)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,

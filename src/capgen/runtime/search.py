@@ -139,10 +139,12 @@ class _Pool:
 
 
 def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: DecodeConfig,
-                vocab_size: int) -> Found:
-    """K = beam_size captions per image, best first (capgen.decoding.beam.beam_search, in numpy)."""
+                vocab_size: int, shared_memory: bool = False) -> Found:
+    """K = beam_size captions per image, best first (capgen.decoding.beam.beam_search, in numpy).
+    shared_memory: the step reads one memory row per image (CaptionModel.shared_memory)."""
     B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.max_len
-    memory = {k: np.repeat(v, K, axis=0) for k, v in memory.items()}     # rows b*K .. b*K+K-1
+    if not shared_memory:
+        memory = {k: np.repeat(v, K, axis=0) for k, v in memory.items()}  # rows b*K .. b*K+K-1
     state = {k: np.repeat(v, K, axis=0) for k, v in state.items()}
     R = B * K
     rules = Rules(ids, cfg, vocab_size)

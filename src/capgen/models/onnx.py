@@ -5,10 +5,14 @@ graph inputs and outputs; dimensions that grow per word (the cache length) stay 
 
 Each export is checked against torch over a few steps, so a model whose step does not trace
 faithfully (Python control flow on tensor values) is refused instead of giving other captions.
+`capgen export` writes them into its folder; `cached_decoder_graphs` keeps them in the cache for
+the Captioner, which runs its decoder steps in ONNX Runtime (capgen.inference.onnx_step).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from pathlib import Path
 
@@ -17,9 +21,13 @@ import torch
 from torch import Tensor, nn
 
 from capgen.errors import ExportError
+from capgen.io import atomic_dir, cache_root, write_json
 from capgen.models.base import CaptionModel, State
 
 OPSET = 17
+# Bump when the exported graphs change, so old cache entries are not reused.
+GRAPHS_VERSION = 2
+INIT, STEP, IFACE = "decoder_init.onnx", "decoder_step.onnx", "interface.json"
 # Largest |log-prob| difference ONNX Runtime vs torch accepted at export (measured ~1e-5).
 TOLERANCE = 1e-3
 
@@ -87,10 +95,11 @@ def export_decoder(model: CaptionModel, init_path: Path, step_path: Path) -> dic
     step_axes = {"tokens": {0: "batch"}, "logp": {0: "batch"},
                  **{f"state.{k}": axes("", k, growing[k]) for k in state_keys},
                  **{f"new_state.{k}": axes("_next", k, growing[k]) for k in state_keys},
-                 **{f"memory.{k}": {0: "batch"} for k in memory_keys}}
+                 # One memory row per image may serve several state rows (CaptionModel.shared_memory).
+                 **{f"memory.{k}": {0: "images"} for k in memory_keys}}
     example = (tokens, *[state1[k] for k in state_keys], *[memory[k] for k in memory_keys])
     _export(_Step(model, memory_keys, state_keys), example, step_path, step_in, step_out, step_axes, model.name)
-    return {"memory": memory_keys, "state": state_keys}
+    return {"memory": memory_keys, "state": state_keys, "shared_memory": bool(model.shared_memory)}
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
@@ -118,14 +127,27 @@ def set_metadata(path: Path, values: dict[str, str]) -> None:
 
 def verify_decoder(model: CaptionModel, init_path: Path, step_path: Path, iface: dict, steps: int = 6) -> float:
     """Max |log-prob| difference ONNX Runtime vs torch over `steps` steps (random words) on random
-    features (batch 3); ExportError when above TOLERANCE."""
+    features: 3 images, then (a model with shared memory) 1 image decoded in 3 rows; ExportError
+    when above TOLERANCE."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     init = ort.InferenceSession(str(init_path), opts, providers=["CPUExecutionProvider"])
     step = ort.InferenceSession(str(step_path), opts, providers=["CPUExecutionProvider"])
-    pooled, grid = _example(model, batch=3)
+    worst = max(_difference(model, init, step, iface, images, rows, steps)
+                for images, rows in ((3, 1), (1, 3)) if rows == 1 or iface.get("shared_memory"))
+    if not worst < TOLERANCE:
+        raise ExportError(f"model {model.name}: the ONNX decoder step differs from torch by {worst:.3g} "
+                          f"(expected < {TOLERANCE}), so the runtime cannot express this model")
+    return worst
+
+
+def _difference(model: CaptionModel, init, step, iface: dict, images: int, rows: int, steps: int) -> float:
+    """One verify run: `images` images, each decoded in `rows` rows of state over one memory row."""
+    from capgen.decoding.common import repeat_rows
+
+    pooled, grid = _example(model, batch=images)
     g = torch.Generator().manual_seed(1)
     mk, sk = iface["memory"], iface["state"]
     features = {"pooled": pooled.numpy(), "grid": grid.numpy()}
@@ -134,12 +156,12 @@ def verify_decoder(model: CaptionModel, init_path: Path, step_path: Path, iface:
                       init.run(None, {i.name: features[i.name] for i in init.get_inputs()})))
     step_inputs = {i.name for i in step.get_inputs()}
     memory_o = {k: values[f"memory.{k}"] for k in mk}
-    state_o = {k: values[f"state.{k}"] for k in sk}
-    worst = 0.0
+    state_o = {k: np.repeat(values[f"state.{k}"], rows, axis=0) for k in sk}
+    R, worst = images * rows, 0.0
     with torch.inference_mode():
         memory: State = model.init_memory(pooled, grid)
-        state: State = model.init_state(memory)
-        tokens = torch.full((3,), 1, dtype=torch.long)
+        state: State = repeat_rows(model.init_state(memory), rows)
+        tokens = torch.full((R,), 1, dtype=torch.long)
         for _ in range(steps):
             ref, state, _ = model.step(tokens, state, memory)
             feed = {"tokens": tokens.numpy(), **{f"state.{k}": v for k, v in state_o.items()},
@@ -149,8 +171,41 @@ def verify_decoder(model: CaptionModel, init_path: Path, step_path: Path, iface:
             state_o = dict(zip(sk, out[1:]))
             diff = float(np.abs(out[0] - ref.numpy()).max()) if out[0].shape == tuple(ref.shape) else float("inf")
             worst = max(worst, diff)
-            tokens = torch.randint(0, model.vocab_size, (3,), generator=g)  # varied words, not just argmax
-    if not worst < TOLERANCE:
-        raise ExportError(f"model {model.name}: the ONNX decoder step differs from torch by {worst:.3g} "
-                          f"(expected < {TOLERANCE}), so the runtime cannot express this model")
+            tokens = torch.randint(0, model.vocab_size, (R,), generator=g)  # varied words, not just argmax
     return worst
+
+
+def cached_decoder_graphs(model: CaptionModel, cache_dir: str | Path | None = None) -> tuple[Path, dict]:
+    """Export and verify `model`'s decoder graphs once per weights into the cache
+    (<cache>/decoder/<name>-<hash>/); returns the folder (INIT and STEP inside) and the interface.
+    A cached entry is verified against torch again on every load (a few tiny steps), so a damaged
+    or tampered one is exported anew instead of giving other captions. ExportError when the model
+    cannot be expressed."""
+    folder = cache_root(cache_dir) / "decoder" / f"{model.name}-{_weights_hash(model)}"
+    if (folder / IFACE).is_file():
+        try:
+            iface = json.loads((folder / IFACE).read_text())
+            verify_decoder(model, folder / INIT, folder / STEP, iface)
+            return folder, iface
+        except Exception:  # noqa: BLE001  unreadable, not a graph, wrong inputs, other log-probs: export again
+            pass
+    with atomic_dir(folder, replace_if=IFACE) as tmp:
+        iface = export_decoder(model, tmp / INIT, tmp / STEP)
+        verify_decoder(model, tmp / INIT, tmp / STEP, iface)
+        write_json(tmp / IFACE, iface)   # last: it marks the folder complete
+    return folder, iface
+
+
+def _weights_hash(model: CaptionModel) -> str:
+    h = hashlib.sha256(json.dumps({"model": _describe(model), "graphs": GRAPHS_VERSION}).encode())
+    for key, value in model.state_dict().items():
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _describe(model: CaptionModel) -> dict:
+    """What shapes a model's graphs besides its weights (heads, position kind): class and config."""
+    return {"class": type(model).__name__, "config": repr(getattr(model, "config", None)),
+            "members": [_describe(m) for m in getattr(model, "members", [])]}

@@ -1,0 +1,62 @@
+"""A captioning model's decoder run in ONNX Runtime behind the model interface, so the one `decode`
+drives it: the same searches, rules and tag guidance, with each word's step a single ONNX Runtime
+call instead of ~100 small torch ops (a beam-3 step of the bundled transformer: ~1.4 ms against
+~4.5 ms; BENCHMARKS.md). The graphs are exported once per weights into the cache and checked
+against torch (capgen.models.onnx), so the captions are the torch model's, up to float rounding.
+The torch model stays the reference and serves what the graphs do not carry: attention maps.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from capgen.models.base import CaptionModel, State
+from capgen.models.onnx import INIT, STEP, cached_decoder_graphs
+
+
+class OnnxStepModel(nn.Module):
+    """`init_memory`, `init_state` and `step` of `model`, computed by ONNX Runtime on CPU tensors.
+
+    Holds no parameters; `decode` sees `vocab_size`, `shared_memory` and the three calls. Not
+    thread-safe (one ONNX Runtime session per graph, and the initial state is kept between
+    `init_memory` and `init_state`), like the Captioner that owns it."""
+
+    supports_attention = False   # the step graph returns log-probs and state only
+
+    def __init__(self, model: CaptionModel, threads: int = 1, cache_dir=None):
+        """ExportError when the model's step cannot be expressed in ONNX."""
+        super().__init__()
+        from capgen.runtime.runtime import open_session
+
+        folder, iface = cached_decoder_graphs(model, cache_dir)
+        self._init, self._step = open_session(folder / INIT, threads), open_session(folder / STEP, threads)
+        self.name, self.vocab_size = model.name, model.vocab_size
+        self.shared_memory = bool(iface.get("shared_memory"))
+        self.memory_keys, self.state_keys = list(iface["memory"]), list(iface["state"])
+        # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
+        self._init_inputs = [i.name for i in self._init.get_inputs()]
+        self._init_outputs = [o.name for o in self._init.get_outputs()]
+        self._step_inputs = {i.name for i in self._step.get_inputs()}
+        self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
+        self._initial: tuple[int, State] | None = None
+
+    def init_memory(self, pooled: Tensor, grid: Tensor) -> State:
+        features = {"pooled": pooled.float().numpy(), "grid": grid.float().numpy()}
+        values = dict(zip(self._init_outputs, self._init.run(None, {k: features[k] for k in self._init_inputs})))
+        memory = {k: torch.from_numpy(values[f"memory.{k}"]) for k in self.memory_keys}
+        # The init graph also gives the initial state; init_state(memory) hands it out.
+        self._initial = (id(memory), {k: torch.from_numpy(values[f"state.{k}"]) for k in self.state_keys})
+        return memory
+
+    def init_state(self, memory: State) -> State:
+        if self._initial is None or self._initial[0] != id(memory):
+            raise RuntimeError("OnnxStepModel.init_state: call it with the memory init_memory just returned")
+        state, self._initial = self._initial[1], None
+        return state
+
+    def step(self, tokens: Tensor, state: State, memory: State) -> tuple[Tensor, State, None]:
+        feed = {"tokens": tokens.numpy(), **{f"state.{k}": v.numpy() for k, v in state.items()},
+                **{f"memory.{k}": v.numpy() for k, v in memory.items()}}
+        logp, *new = self._step.run(self._step_outputs, {k: v for k, v in feed.items() if k in self._step_inputs})
+        return torch.from_numpy(logp), {k: torch.from_numpy(v) for k, v in zip(self.state_keys, new)}, None

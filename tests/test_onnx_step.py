@@ -1,0 +1,112 @@
+"""The Captioner's fast path: each model's decoder steps in ONNX Runtime behind the model interface,
+driven by the one `decode`. Same captions as torch for every model, search and tag guidance; the
+graphs are cached per weights; attention maps still come from torch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from capgen import Captioner
+from capgen.decoding import DecodeConfig, decode
+from capgen.inference.onnx_step import OnnxStepModel
+from capgen.models.ensemble import EnsembleModel
+from capgen.models import onnx as graphs
+from test_decoding import MODELS, sharp
+from test_models import IDS, features
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONFIGS = [DecodeConfig(beam_size=3, max_len=8), DecodeConfig(method="greedy", max_len=8),
+           DecodeConfig(method="sample", seed=3, top_k=1, max_len=8), DecodeConfig(beam_size=2, n_best=2, max_len=8)]
+
+
+def same(a, b) -> None:
+    assert [[h.tokens for h in hyps] for hyps in a] == [[h.tokens for h in hyps] for hyps in b]
+    for ha, hb in zip(a, b):
+        assert [h.score for h in ha] == pytest.approx([h.score for h in hb], rel=1e-5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_steps_give_the_torch_captions(name, tmp_path):
+    model = sharp(name, 20).eval()
+    fast = OnnxStepModel(model, cache_dir=tmp_path)
+    pooled, grid = features(4, seed=5)
+    for cfg in CONFIGS:
+        same(decode(fast, pooled, grid, IDS, cfg), decode(model, pooled, grid, IDS, cfg))
+    # tag guidance: the constrained search is the same code over other steps
+    include = [{7}, None, {9, 10}, None]
+    cfg = CONFIGS[0]
+    guided = decode(fast, pooled, grid, IDS, cfg, include=include)
+    same(guided, decode(model, pooled, grid, IDS, cfg, include=include))
+    assert 7 in guided[0][0].tokens and {9, 10} & set(guided[2][0].tokens)
+
+
+def test_an_ensemble_runs_as_one_graph(tmp_path):
+    ensemble = EnsembleModel([sharp("transformer", 20), sharp("show_attend_tell", 20)]).eval()
+    fast = OnnxStepModel(ensemble, cache_dir=tmp_path)
+    assert not fast.shared_memory   # one member reads one memory row per beam, so every row is copied
+    pooled, grid = features(3, seed=2)
+    same(decode(fast, pooled, grid, IDS, CONFIGS[0]), decode(ensemble, pooled, grid, IDS, CONFIGS[0]))
+
+
+def test_the_transformer_reads_one_memory_row_per_image_or_one_per_beam():
+    """Beams share their image's memory; a memory copied per beam (older exports) gives the same step."""
+    model = sharp("transformer", 20).eval()
+    pooled, grid = features(2, seed=1)
+    with torch.inference_mode():
+        memory = model.init_memory(pooled, grid)
+        state = {k: v.repeat_interleave(3, 0) for k, v in model.init_state(memory).items()}
+        tokens = torch.tensor([3, 4, 5, 6, 7, 8])
+        shared, _, att = model.step(tokens, state, memory)
+        copied, _, att_copied = model.step(tokens, state, {k: v.repeat_interleave(3, 0) for k, v in memory.items()})
+    torch.testing.assert_close(shared, copied)
+    torch.testing.assert_close(att, att_copied)
+    assert shared.shape == (6, 20) and att.shape == (6, model.num_regions)
+
+
+def test_graphs_are_exported_once_per_weights(tmp_path, monkeypatch):
+    model = sharp("show_tell", 20).eval()
+    first, _ = graphs.cached_decoder_graphs(model, tmp_path)
+    monkeypatch.setattr(graphs, "export_decoder", lambda *a: pytest.fail("exported again"))
+    assert graphs.cached_decoder_graphs(model, tmp_path)[0] == first
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    monkeypatch.undo()
+    assert graphs.cached_decoder_graphs(model, tmp_path)[0] != first   # other weights, other graphs
+
+
+def test_a_damaged_cache_entry_is_exported_again(tmp_path):
+    model = sharp("transformer", 20).eval()
+    folder, _ = graphs.cached_decoder_graphs(model, tmp_path)
+    (folder / graphs.STEP).write_bytes(b"not an onnx graph")
+    fast = OnnxStepModel(model, cache_dir=tmp_path)
+    pooled, grid = features(2)
+    same(decode(fast, pooled, grid, IDS, CONFIGS[0]), decode(model, pooled, grid, IDS, CONFIGS[0]))
+
+
+def test_the_captioner_decodes_in_onnx_and_draws_attention_with_torch(tiny_run):
+    path = tiny_run.checkpoints["show_attend_tell"]
+    onnx = Captioner.from_pretrained(path, encoder=tiny_run.encoder, backend="onnx")
+    ref = Captioner.from_pretrained(path, encoder=tiny_run.encoder, backend="torch")
+    assert (onnx.info()["decoder"], ref.info()["decoder"]) == ("onnx", "torch")
+    images = [r.path for r in tiny_run.prepared.split("test")[:4]]
+    assert [r.caption for r in onnx.caption(images)] == [r.caption for r in ref.caption(images)]
+    drawn = onnx.caption(images[0], return_attention=True)
+    assert drawn.attention is not None and drawn.caption == ref.caption(images[0]).caption
+
+
+def test_bf16_decodes_with_torch(tiny_run):
+    cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder, precision="bf16")
+    assert cap.info()["decoder"] == "torch"
+
+
+def test_a_tampered_cache_entry_is_exported_again(tmp_path):
+    """Graphs that load but compute something else (another model's) are caught by the re-check."""
+    model, other = sharp("transformer", 20).eval(), sharp("show_attend_tell", 20).eval()
+    folder, _ = graphs.cached_decoder_graphs(model, tmp_path)
+    elsewhere, _ = graphs.cached_decoder_graphs(other, tmp_path)
+    (folder / graphs.STEP).write_bytes((elsewhere / graphs.STEP).read_bytes())
+    pooled, grid = features(2)
+    fast = OnnxStepModel(model, cache_dir=tmp_path)
+    same(decode(fast, pooled, grid, IDS, CONFIGS[0]), decode(model, pooled, grid, IDS, CONFIGS[0]))
