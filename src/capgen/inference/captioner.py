@@ -116,7 +116,7 @@ class Captioner:
         if calibration is not None:
             calib = np.stack([enc.preprocess.array(load_image(i, max_pixels=max_pixels)) for i in calibration])
         runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
-        fast = _fast_decoder(model, backend) if runner.backend == "onnx" and precision != "bf16" else None
+        fast = _fast_decoder(model, backend, threads) if runner.backend == "onnx" and precision != "bf16" else None
         return cls(model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
                    max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision,
                    fast_decoder=fast)
@@ -276,15 +276,16 @@ class Captioner:
         return results
 
 
-def _fast_decoder(model, backend: str):
+def _fast_decoder(model, backend: str, threads: int | None):
     """The decoder's steps in ONNX Runtime, or None (with a warning under backend "auto") when the
-    model does not export. One thread: a step is a few small matrices, and a second thread only adds
-    hand-offs (measured, BENCHMARKS.md)."""
+    model does not export."""
+    import os
+
     from capgen.errors import ExportError
     from capgen.inference.onnx_step import OnnxStepModel
 
     try:
-        return OnnxStepModel(model, threads=1)
+        return OnnxStepModel(model, threads=threads or os.cpu_count() or 1)
     except ExportError as e:
         if backend == "onnx":
             raise
