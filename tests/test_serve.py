@@ -157,18 +157,18 @@ def test_concurrent_requests_all_succeed(client):
 
 def test_timeout_gives_504_and_the_server_recovers(tiny_run):
     slow = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder)
-    real = slow.caption_loaded
+    real = slow.caption_encoded
     gate = threading.Event()
 
     def held(*a, **kw):
         gate.wait(60)  # busy until the test says so: always past the 0.2 s limit, however loaded the machine
         return real(*a, **kw)
 
-    slow.caption_loaded = held
+    slow.caption_encoded = held
     app = create_app(slow, ServeSettings(timeout=0.2))
     with fastapi_testclient.TestClient(app, base_url="http://localhost") as c:
         assert "longer than" in _error(c.post("/caption", files={"files": ("a.png", png())}), 504)
-        slow.caption_loaded = real
+        slow.caption_encoded = real
         gate.set()
         # The model thread survives the abandoned job and answers the next one. Asked directly, so
         # the check does not race the 0.2 s HTTP limit on a busy machine.
@@ -180,16 +180,17 @@ def test_timeout_gives_504_and_the_server_recovers(tiny_run):
 
 
 def _gated_captioner(tiny_run):
-    """A real tiny captioner whose model calls wait for `gate`; `started` is set when one begins."""
+    """A real tiny captioner whose encoder calls (the first stage of the worker) wait for `gate`;
+    `started` is set when one begins."""
     cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder)
-    real, gate, started = cap.caption_loaded, threading.Event(), threading.Event()
+    real, gate, started = cap.encode_loaded, threading.Event(), threading.Event()
 
     def held(*a, **kw):
         started.set()
         gate.wait(60)
         return real(*a, **kw)
 
-    cap.caption_loaded = held
+    cap.encode_loaded = held
     return cap, gate, started
 
 
@@ -238,7 +239,10 @@ def test_work_that_would_outlast_the_wait_limit_is_refused_at_once(monkeypatch):
         def decode_config(self, **options):
             return options
 
-        def caption_loaded(self, images, config, batch_size, **kw):
+        def encode_loaded(self, images):
+            return None, None
+
+        def caption_encoded(self, images, pooled, grid, config, **kw):
             started.set()
             release.wait(60)
             clock[0] += 10.0 * len(images)
@@ -257,4 +261,33 @@ def test_work_that_would_outlast_the_wait_limit_is_refused_at_once(monkeypatch):
     release.set()
     assert busy.result(60) == ["b", "c"]
     assert worker.submit(["e"], {}).result(60) == ["e"]   # drained: admitted again
+    worker.close()
+
+
+def test_the_encoder_works_on_the_next_batch_while_the_decoder_is_busy(tiny_run):
+    cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder)
+    real_encode, real_decode = cap.encode_loaded, cap.caption_encoded
+    decoding, release, encoded = threading.Event(), threading.Event(), []
+
+    def encode(images):
+        encoded.append(len(images))
+        return real_encode(images)
+
+    def decode(*a, **kw):
+        decoding.set()
+        release.wait(60)
+        return real_decode(*a, **kw)
+
+    cap.encode_loaded, cap.caption_encoded = encode, decode
+    from capgen.serve.worker import ModelWorker
+
+    worker = ModelWorker(cap, max_batch=1)
+    image = Image.open(io.BytesIO(png())).convert("RGB")
+    first = worker.submit([image], {"beam_size": 1})
+    assert decoding.wait(60)                       # the decoder holds the first batch
+    second = worker.submit([image], {"beam_size": 1})
+    _wait_until(lambda: len(encoded) == 2)         # ... and the second is encoded meanwhile
+    assert not first.done() and not second.done()
+    release.set()
+    assert first.result(60)[0].caption == second.result(60)[0].caption
     worker.close()

@@ -265,14 +265,25 @@ class Captioner:
         results: list[CaptionResult] = []
         for i in range(0, len(images), batch_size):
             chunk = images[i:i + batch_size]
-            pooled, grid = self.runner(self.preprocess(chunk))   # (B, dim), (B, H*W, dim)
-            guidance = self.guidance(pooled, config, guide)
-            hyps = self.forward(pooled, grid, config, guidance)
-            chunk_results = [self.postprocess(h, img, g) for h, img, g in zip(hyps, chunk, guidance)]
-            if tags is not None and self.tagger is not None:
-                for res, image_tags in zip(chunk_results, self.tagger(pooled, tags)):
-                    res.tags = image_tags
-            results.extend(chunk_results)
+            results.extend(self.caption_encoded(chunk, *self.encode_loaded(chunk), config, tags=tags, guide=guide))
+        return results
+
+    # The two halves of caption_loaded: the server runs them in two threads, so the encoder of one
+    # batch overlaps the decoder of the one before (they use separate sessions and models).
+    def encode_loaded(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Loaded RGB images -> pooled (B, dim), grid (B, H*W, dim)."""
+        return self.runner(self.preprocess(images))
+
+    def caption_encoded(self, images: Sequence[Image.Image], pooled: np.ndarray, grid: np.ndarray, config,
+                        tags: TagConfig | None = None, guide: GuideConfig | float | None = GuideConfig()
+                        ) -> list[CaptionResult]:
+        """Images with their features -> results (guidance, one batched decode, tags)."""
+        guidance = self.guidance(pooled, config, guide)
+        hyps = self.forward(pooled, grid, config, guidance)
+        results = [self.postprocess(h, img, g) for h, img, g in zip(hyps, images, guidance)]
+        if tags is not None and self.tagger is not None:
+            for res, image_tags in zip(results, self.tagger(pooled, tags)):
+                res.tags = image_tags
         return results
 
 

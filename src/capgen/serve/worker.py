@@ -1,8 +1,10 @@
-"""The one thread that runs the model. Requests queue here; compatible ones are captioned together.
+"""The model threads. Requests queue here; compatible ones are captioned together.
 
 torch modules and ONNX Runtime sessions hold state that must not be used from two threads at once,
-and on a CPU server parallel model calls only compete for the same cores. So every model call runs
-in this thread; request handlers wait on a Future.
+and on a CPU server parallel calls of one model only compete for the same cores. So each half of
+the model has one thread: the encoder thread gathers a batch and encodes it, the decoder thread
+decodes it while the encoder already works on the next batch (a two-stage pipeline: on 2 cores
+the encoder and the decoder each keep one busy). Request handlers wait on a Future.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Job:
 
 
 class ModelWorker:
-    """Runs `captioner.caption_loaded` in one daemon thread, micro-batching queued jobs.
+    """Runs `captioner.caption_loaded` in two daemon threads (encoder, then decoder), micro-batching
+    queued jobs.
 
     Jobs waiting when the thread picks one up are merged into its batch when their options are
     equal, up to `max_batch` images, so simultaneous single-image requests cost one model call.
@@ -55,7 +58,11 @@ class ModelWorker:
         self._seconds_per_image: float | None = None  # moving average over model calls; None until the first
         self._stopping = False
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="capgen-model", daemon=True)
+        # Encoded batches on their way to the decoder; one may wait while the decoder is busy.
+        self._encoded: queue.Queue[_Encoded | None] = queue.Queue(maxsize=1)
+        self._decoder = threading.Thread(target=self._decode_loop, name="capgen-decoder", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="capgen-encoder", daemon=True)
+        self._decoder.start()
         self._thread.start()
 
     def submit(self, images: list, options: dict) -> Future:
@@ -123,7 +130,9 @@ class ModelWorker:
         try:
             self._serve()
         finally:
-            self._fail_waiting()  # whatever is left when the loop ends gets an answer
+            self._encoded.put(None)    # the decoder finishes what it holds, then ends
+            self._decoder.join()
+            self._fail_waiting()       # whatever is left when the loop ends gets an answer
 
     def _serve(self) -> None:
         while not self._stopping and not self._closed:
@@ -146,40 +155,71 @@ class ModelWorker:
                         break
             except queue.Empty:
                 pass
-            self._process(batch)
+            self._encode(batch)
 
-    def _process(self, batch: list[Job]) -> None:
-        try:
-            self._run_batch(batch)
-        finally:
-            with self._lock:
-                self._images_waiting -= sum(len(j.images) for j in batch)
+    def _done(self, batch: list[Job]) -> None:
+        with self._lock:
+            self._images_waiting -= sum(len(j.images) for j in batch)
 
-    def _run_batch(self, batch: list[Job]) -> None:
+    def _encode(self, batch: list[Job]) -> None:
+        """Encoder thread: the batch's features, handed to the decoder thread."""
         # A job whose request timed out was cancelled; skip it rather than spend the model on it.
-        batch = [j for j in batch if j.future.set_running_or_notify_cancel()]
-        if not batch:
+        running = [j for j in batch if j.future.set_running_or_notify_cancel()]
+        self._done([j for j in batch if j not in running])
+        if not running:
             return
         try:
-            options = dict(batch[0].options)
+            options = dict(running[0].options)
             tags = options.pop("tags", None)  # a TagConfig or None
             guide = options.pop("guide", None)  # a GuideConfig or None; the rest configures decoding
             config = self.captioner.decode_config(**options)
-            images = [img for j in batch for img in j.images]
+            images = [img for j in running for img in j.images]
             start = time.perf_counter()
-            results = self.captioner.caption_loaded(images, config, batch_size=self.max_batch, tags=tags,
-                                                    guide=guide)
-            per_image = (time.perf_counter() - start) / len(images)
-            old = self._seconds_per_image
-            self._seconds_per_image = per_image if old is None else 0.7 * old + 0.3 * per_image
+            pooled, grid = self.captioner.encode_loaded(images)
+            item = _Encoded(running, images, pooled, grid, config, tags, guide, time.perf_counter() - start)
         except Exception as e:  # noqa: BLE001  reported to every waiting request, never kills the thread
-            for j in batch:
-                j.future.set_exception(e)
+            self._fail(running, e)
             return
-        start = 0
-        for j in batch:
-            j.future.set_result(results[start:start + len(j.images)])
-            start += len(j.images)
+        self._encoded.put(item)
+
+    def _decode_loop(self) -> None:
+        """Decoder thread: captions for each encoded batch, until the None that ends it."""
+        while (item := self._encoded.get()) is not None:
+            try:
+                start = time.perf_counter()
+                results = self.captioner.caption_encoded(item.images, item.pooled, item.grid, item.config,
+                                                         tags=item.tags, guide=item.guide)
+                # Pipelined, the slower half sets the rate.
+                per_image = max(item.encode_seconds, time.perf_counter() - start) / len(item.images)
+                old = self._seconds_per_image
+                self._seconds_per_image = per_image if old is None else 0.7 * old + 0.3 * per_image
+            except Exception as e:  # noqa: BLE001  reported to every waiting request, never kills the thread
+                self._fail(item.jobs, e)
+                continue
+            start = 0
+            for j in item.jobs:
+                j.future.set_result(results[start:start + len(j.images)])
+                start += len(j.images)
+            self._done(item.jobs)
+
+    def _fail(self, jobs: list[Job], error: Exception) -> None:
+        for j in jobs:
+            j.future.set_exception(error)
+        self._done(jobs)
+
+
+@dataclass
+class _Encoded:
+    """A batch between the two threads: its jobs, images, features and decoding options."""
+
+    jobs: list[Job]
+    images: list
+    pooled: object
+    grid: object
+    config: object
+    tags: object
+    guide: object
+    encode_seconds: float
 
 
 def _retry_after(seconds: float | None) -> int:
