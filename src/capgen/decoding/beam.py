@@ -61,6 +61,51 @@ def _gather(x: Tensor, idx: Tensor) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), idx]
 
 
+def _top(cand: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """cand (B, C, V) -> the n best per image: scores, beam and token indices, each (B, n)."""
+    B, C, V = cand.shape
+    scores, idx = cand.view(B, C * V).topk(n, dim=1)
+    return scores, idx // V, idx % V
+
+
+@dataclass
+class _Required:
+    """Each image's required words, padded to I per image: ids (B, I), valid (B, I)."""
+
+    ids: Tensor
+    valid: Tensor
+
+    @staticmethod
+    def of(include: Tensor) -> "_Required":
+        I = max(1, int(include.sum(dim=1).max()))
+        valid, ids = include.to(torch.int8).topk(I, dim=1)                  # required ones first
+        return _Required(ids, valid.bool())
+
+
+def _top_in_group(cand: Tensor, g: int, K: int, lift: int, required: _Required, n: int
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """The n best candidates landing in group g of cand (B, G*K, V): its own K beams' words that do not
+    lift them higher, and lower groups' beams with a required word of level `lift` == g. Only these
+    few words can move a beam, so they are gathered instead of masking every group's full grid."""
+    B, _, V = cand.shape
+    own = cand[:, g * K:(g + 1) * K]                                        # (B, K, V)
+    if lift > g:  # its required words would lift these beams out of the group
+        ids = required.ids.unsqueeze(1).expand(B, K, -1)                    # (B, K, I)
+        own = own.scatter(2, ids, own.gather(2, ids).masked_fill(required.valid.unsqueeze(1), NEG_INF))
+    if g == 0 or lift != g:
+        scores, beam, tok = _top(own, n)
+        return scores, beam + g * K, tok
+    below = cand[:, :g * K].gather(2, required.ids.unsqueeze(1).expand(B, g * K, -1))  # (B, gK, I)
+    below = below.masked_fill(~required.valid.unsqueeze(1), NEG_INF)
+    I = below.shape[2]
+    scores, idx = torch.cat([own.reshape(B, K * V), below.reshape(B, g * K * I)], dim=1).topk(n, dim=1)
+    lower = idx >= K * V
+    j = (idx - K * V).clamp_min(0)                                          # index into `below`
+    beam = torch.where(lower, j // I, g * K + idx // V)
+    tok = torch.where(lower, required.ids.gather(1, j % I), idx % V)
+    return scores, beam, tok
+
+
 # Tag guidance (include=) ranks a caption by its group: one without any required word pays
 # UNMET_PENALTY (so it comes only when blocking makes every such word impossible), and one that names
 # the word among its first EARLY_WORDS words gains EARLY_BONUS: "a cat is sitting on a ramp" (-12.3)
@@ -117,6 +162,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     row_offset = (torch.arange(B, device=device) * GK).unsqueeze(1)         # (B, 1)
     no = torch.zeros(B, K, dtype=torch.bool, device=device)
     every_beam = torch.arange(GK, device=device).expand(B, GK)
+    required = None if include is None else _Required.of(include)
     for t in range(L + 1):
         raw, state, att = model.step(tokens, state, memory)               # (R, V), state, (R, N)
         logp = rules.apply(raw, t, tokens, history.view(R, L))
@@ -124,18 +170,16 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
         if cfg.return_attention and att is not None and att_history is None:
             att_history = att.new_zeros(B, GK, L, att.shape[-1])
         cand = (beam_scores.view(R, 1) + logp).view(B, GK, V)             # (B, GK, V)
-        if G > 1:  # the group each candidate lands in: its beam's, or higher with a required word
-            level = include.long() * (2 if t < EARLY_WORDS else 1)        # (B, V)
-            target = torch.maximum(beam_group.unsqueeze(2), level.unsqueeze(1))  # (B, GK, V)
+        # A candidate lands in its beam's group, or higher with a required word: the word's level.
+        lift = (2 if t < EARLY_WORDS else 1) if G > 1 else 0
 
         # Finished now: per group, <end> among its K best candidates; and beams with every token blocked.
         fin_scores, fin_offsets, fin_beams, fin_cut, parents, words, scores = [], [], [], [], [], [], []
         cut_all = (raw.argmax(dim=-1) != ids.end).view(B, GK) if rules.final(t) else None
         for g in range(G):
-            in_g = cand if G == 1 else cand.masked_fill(target != g, NEG_INF)
             # 2K candidates always hold K that are not <end>: only the group's K beams can end in it.
-            top_scores, top_idx = in_g.view(B, GK * V).topk(2 * K, dim=1)  # (B, 2K)
-            top_beam, top_tok = top_idx // V, top_idx % V                 # (B, 2K)
+            top_scores, top_beam, top_tok = (_top(cand, 2 * K) if G == 1 else
+                                             _top_in_group(cand, g, K, lift, required, 2 * K))  # (B, 2K) each
             is_end = top_tok == ids.end
             ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K]) & ~done.unsqueeze(1)  # (B, K)
             end_beam = top_beam[:, :K]

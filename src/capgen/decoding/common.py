@@ -30,23 +30,16 @@ def expand_rows(model, memory: State, state: State, times: int) -> tuple[State, 
     return (memory if model.shared_memory else repeat_rows(memory, times)), repeat_rows(state, times)
 
 
-def block_ngrams(logp: Tensor, history: Tensor, length: int, n: int) -> Tensor:
-    """Set -inf for every token that would complete an n-gram already present in the row.
-
-    logp (R, V); history (R, >= length) emitted words, of which the first `length` are valid.
-    """
+def _ban_ngrams(ban: Tensor, history: Tensor, length: int, n: int) -> None:
+    """In place: True in ban (R, V+1) for every token completing an n-gram already in the row
+    (column V is a dummy that absorbs the rows' non-matching n-grams)."""
     if n <= 0 or length < n:  # no complete n-gram yet
-        return logp
+        return
     hist = history[:, :length]                                          # (R, L)
     grams = hist.unfold(1, n, 1)                                        # (R, L-n+1, n)
     prefix = hist[:, length - (n - 1):]                                  # (R, n-1) the current context
     match = (grams[:, :, :-1] == prefix.unsqueeze(1)).all(dim=-1)       # (R, L-n+1); n=1: all True
-    R, V = logp.shape
-    # Scatter into an extra dummy column for non-matching n-grams, then drop it.
-    target = grams[:, :, -1].masked_fill(~match, V)                     # (R, L-n+1)
-    ban = torch.zeros(R, V + 1, dtype=torch.bool, device=logp.device)
-    ban.scatter_(1, target, True)
-    return logp.masked_fill(ban[:, :V], NEG_INF)
+    ban.scatter_(1, grams[:, :, -1].masked_fill(~match, ban.shape[1] - 1), True)
 
 
 class Constraints:
@@ -75,17 +68,18 @@ class Constraints:
             forced = torch.full_like(logp, NEG_INF)
             forced[:, end] = logp[:, end]
             return forced
-        logp = logp.masked_fill(self.never, NEG_INF)                      # (R, V)
+        # Every rule adds to one mask (column V absorbs what bans nothing): one pass over logp.
+        R, V = logp.shape
+        ban = torch.zeros(R, V + 1, dtype=torch.bool, device=logp.device)
+        _ban_ngrams(ban, history, t, self.cfg.no_repeat_ngram)
+        if self.cfg.no_repeat_words and t > 0:  # no second use of a word outside FUNCTION_WORDS
+            words = history[:, :t]
+            ban.scatter_(1, words.masked_fill(self.may_repeat[words], V), True)
+        ban = ban[:, :V] | self.never
         if t == 0:
-            logp[:, end] = NEG_INF
+            ban[:, end] = True
         else:
-            logp[:, end] = logp[:, end].masked_fill(self.bad_end[prev], NEG_INF)
+            ban[:, end] |= self.bad_end[prev]
         if t == self.cfg.max_len - 1:  # the last word max_len allows: <end> must be able to follow it
-            logp = logp.masked_fill(self.bad_end, NEG_INF)
-        logp = block_ngrams(logp, history, t, self.cfg.no_repeat_ngram)
-        if self.cfg.no_repeat_words and t > 0:
-            R, V = logp.shape
-            seen = torch.zeros(R, V, dtype=torch.bool, device=logp.device)
-            seen.scatter_(1, history[:, :t], True)
-            logp = logp.masked_fill(seen & ~self.may_repeat, NEG_INF)
-        return logp
+            ban |= self.bad_end
+        return logp.masked_fill(ban, NEG_INF)                             # (R, V)
