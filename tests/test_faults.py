@@ -251,7 +251,10 @@ def test_worker_answers_every_waiting_job_on_close():
         def decode_config(self, **options):
             return options
 
-        def caption_loaded(self, images, config, batch_size, **kw):
+        def encode_loaded(self, images):
+            return None, None
+
+        def caption_encoded(self, images, pooled, grid, config, **kw):
             started.set()
             release.wait(10)
             return list(images)

@@ -100,7 +100,8 @@ class ModelWorker:
         return self._closed
 
     def close(self) -> None:
-        """Finish the batch in hand, then answer every job still waiting with ServerBusy (503), so
+        """Finish the batch being decoded, then answer every job still waiting (queued or encoded)
+        with ServerBusy (503), so
         no request is left to wait for its timeout."""
         self._closed = True
         self._queue.put(None)  # wakes the thread if it waits for work
@@ -185,6 +186,9 @@ class ModelWorker:
     def _decode_loop(self) -> None:
         """Decoder thread: captions for each encoded batch, until the None that ends it."""
         while (item := self._encoded.get()) is not None:
+            if self._closed:  # closing: only the batch already being decoded is finished
+                self._fail(item.jobs, ServerBusy("server shutting down; try again shortly"))
+                continue
             try:
                 start = time.perf_counter()
                 results = self.captioner.caption_encoded(item.images, item.pooled, item.grid, item.config,
