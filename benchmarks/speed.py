@@ -7,10 +7,12 @@ In this order, all in one process (the server in a subprocess):
 0. Peaks: torch fp32 and bf16 matmul (2048^3) GFLOP/s, measured now.
 Then for each precision (the bundled model, beam 3, trigram blocking: the CLI defaults):
 1. Latency: `Captioner.caption` on one 500x375 JPEG (scikit-image's coffee photo), p50 / p95 over
-   `--calls` calls, model loading excluded.
+   `--calls` calls, model loading excluded; with tag guidance (the default: its "coffee" tag is
+   confident, so the search keeps three beam groups) and without.
 2. Batch: images/s captioning the 1,000 test images (files read and decoded in the loop, batch 32),
    beside the encoder-only rate on the same images and batches; test BLEU-4 and CIDEr of those
-   captions (PTB tokenizer, no METEOR) and the features' relative L2 error against fp32.
+   captions (PTB tokenizer, no METEOR) and the features' relative L2 error against fp32; how many
+   captions the torch decoder (the reference) gives otherwise than the ONNX Runtime steps.
 3. Extraction: `extract_features` end to end over the test split (2 decoding threads, float16 cache),
    images/s and the share of the fp32 and bf16 peaks (FLOPs counted with torch's FlopCounterMode).
 4. Server: `capgen serve --precision P` on 127.0.0.1; at each client count, `--requests` POST /caption
@@ -51,16 +53,16 @@ def _photo_jpeg() -> bytes:
     return buf.getvalue()
 
 
-def latency(cap, photo: bytes, n: int) -> dict:
+def latency(cap, photo: bytes, n: int, **options) -> dict:
     for _ in range(3):
-        cap.caption(photo, beam_size=3)
+        res = cap.caption(photo, beam_size=3, **options)
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        cap.caption(photo, beam_size=3)
+        cap.caption(photo, beam_size=3, **options)
         times.append((time.perf_counter() - t) * 1000)
     p50, p95 = _percentiles(times)
-    return {"p50_ms": p50, "p95_ms": p95, "calls": n}
+    return {"p50_ms": p50, "p95_ms": p95, "calls": n, "caption": res.caption}
 
 
 def batch(cap, records, images: Path, bs: int = 32, keep: int = 200) -> tuple[dict, np.ndarray, dict]:
@@ -74,6 +76,7 @@ def batch(cap, records, images: Path, bs: int = 32, keep: int = 200) -> tuple[di
         for r, res in zip(records[i:i + bs], cap.caption(paths[i:i + bs], beam_size=3, batch_size=bs)):
             captions[r.image] = res.caption
     full = len(paths) / (time.perf_counter() - t)
+    agreement = reference_agreement(cap, paths, captions, records, bs) if cap.fast_decoder is not None else None
     grids, t = [], time.perf_counter()
     for i in range(0, len(paths), bs):
         x = np.stack([cap.encoder.preprocess(load_image(p)).numpy() for p in paths[i:i + bs]])
@@ -82,7 +85,22 @@ def batch(cap, records, images: Path, bs: int = 32, keep: int = 200) -> tuple[di
             grids.append(grid)
     enc = len(paths) / (time.perf_counter() - t)
     return ({"images": len(paths), "caption_images_per_s": full, "encoder_only_images_per_s": enc,
-             "ratio": full / enc}, np.concatenate(grids)[:keep], captions)
+             "ratio": full / enc, **(agreement or {})}, np.concatenate(grids)[:keep], captions)
+
+
+def reference_agreement(cap, paths, captions: dict, records, bs: int) -> dict:
+    """The same images decoded by the torch model (the reference) instead of the ONNX Runtime steps:
+    how many captions differ. Not timed."""
+    fast, cap.fast_decoder = cap.fast_decoder, None
+    try:
+        differ = []
+        for i in range(0, len(paths), bs):
+            for r, res in zip(records[i:i + bs], cap.caption(paths[i:i + bs], beam_size=3, batch_size=bs)):
+                if res.caption != captions[r.image]:
+                    differ.append({"image": r.image, "onnx": captions[r.image], "torch": res.caption})
+    finally:
+        cap.fast_decoder = fast
+    return {"torch_reference_identical": len(paths) - len(differ), "torch_reference_differ": differ}
 
 
 def quality(captions: dict, records) -> dict:
@@ -185,6 +203,8 @@ def main(argv=None) -> int:
            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                       f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at start",
            "torch": torch.__version__, "peaks_gflops": peaks, "runs": {}}
+    out["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent).stdout.strip()
     print(f"{out['date']}: peak matmul fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; {out['machine']}",
           flush=True)
     gflop = count_flops(create_encoder("efficientnet-lite2")) / 1e9
@@ -201,8 +221,10 @@ def main(argv=None) -> int:
             row["precision"] = cap.info()["precision"]
             if "latency" not in args.skip:
                 row["latency"] = latency(cap, photo, args.calls)
-                print(f"{p}: latency p50 {row['latency']['p50_ms']:.1f} ms, p95 {row['latency']['p95_ms']:.1f} ms",
-                      flush=True)
+                row["latency_no_guide"] = latency(cap, photo, args.calls, guide=None)
+                for key, label in (("latency", "guided"), ("latency_no_guide", "no guidance")):
+                    print(f"{p}: latency ({label}) p50 {row[key]['p50_ms']:.1f} ms, p95 {row[key]['p95_ms']:.1f} ms: "
+                          f"{row[key]['caption']!r}", flush=True)
             if "batch" not in args.skip:
                 row["batch"], grid, captions = batch(cap, records, images)
                 ref_grid = grid if p == "fp32" else ref_grid
@@ -213,7 +235,8 @@ def main(argv=None) -> int:
                 print(f"{p}: batch {row['batch']['caption_images_per_s']:.1f} img/s captioned vs encoder only "
                       f"{row['batch']['encoder_only_images_per_s']:.1f} ({row['batch']['ratio']:.2f}x); "
                       f"BLEU-4 {row['quality']['BLEU-4']:.2f}, CIDEr {row['quality']['CIDEr']:.2f}; feature error "
-                      f"{row['batch'].get('feature_rel_error_vs_fp32', float('nan')):.4f}", flush=True)
+                      f"{row['batch'].get('feature_rel_error_vs_fp32', float('nan')):.4f}; same caption as the "
+                      f"torch decoder: {row['batch'].get('torch_reference_identical', '-')}", flush=True)
             if "extract" not in args.skip and p != "bf16":  # bf16 leaves the ONNX encoder in fp32: as fp32
                 row["extract"] = extraction(ds, p, Path(tmp), gflop, peaks, args.threads)
                 e = row["extract"]

@@ -101,8 +101,7 @@ class ModelWorker:
 
     def close(self) -> None:
         """Finish the batch being decoded, then answer every job still waiting (queued or encoded)
-        with ServerBusy (503), so
-        no request is left to wait for its timeout."""
+        with ServerBusy (503), so no request is left to wait for its timeout."""
         self._closed = True
         self._queue.put(None)  # wakes the thread if it waits for work
         self._thread.join(timeout=5)
