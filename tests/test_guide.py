@@ -211,3 +211,88 @@ def test_server_guides_by_default(guided_captioner, tiny_run):
             for bad in ("guide=maybe", "guide_threshold=0", "novel_guide_threshold=2"):
                 r = c.post(f"/caption?{bad}", files=files)
                 assert r.status_code == 422 and r.json()["error"].split(":")[0] in bad, bad
+
+
+# ---- the torch-free runtime guides like the Captioner --------------------------------------------
+
+def _numpy_step(model):
+    """A torch model's step as the runtime's numpy Step."""
+    def step(tokens, state, memory):
+        with torch.inference_mode():
+            logp, new, _ = model.step(torch.from_numpy(tokens), {k: torch.from_numpy(v) for k, v in state.items()},
+                                      {k: torch.from_numpy(v) for k, v in memory.items()})
+        return logp.numpy(), {k: v.numpy() for k, v in new.items()}
+    return step
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_numpy_constrained_search_equals_the_torch_one(name):
+    import numpy as np
+
+    from capgen.runtime.search import beam_search as numpy_beam_search
+    from capgen.runtime.search import hypotheses
+
+    model = sharp(name, 20).eval()
+    pooled, grid = features(3, seed=6)
+    include = np.zeros((3, 20), dtype=bool)
+    include[0, 7] = include[1, [9, 10]] = include[2, 12] = True
+    for cfg in (DecodeConfig(beam_size=3, max_len=8), DecodeConfig(beam_size=2, n_best=2, max_len=6)):
+        ref = decode(model, pooled, grid, IDS, cfg, include=[{7}, {9, 10}, {12}])
+        with torch.inference_mode():
+            memory = model.init_memory(pooled, grid)
+            state = model.init_state(memory)
+        got = hypotheses(numpy_beam_search(_numpy_step(model), {k: v.numpy() for k, v in memory.items()},
+                                           {k: v.numpy() for k, v in state.items()}, IDS, cfg, 20,
+                                           model.shared_memory, include), cfg.n_best)
+        assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
+        assert [h.score for hs in got for h in hs] == pytest.approx([h.score for hs in ref for h in hs], rel=1e-5)
+
+
+def test_the_runtime_tags_and_guides_like_the_captioner(tiny_run, square_words, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from capgen.export import export_captioner
+    from capgen.runtime import Runtime
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "dog" has no stand-in in the synthetic vocabulary
+        guided_captioner = Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"], backend="onnx",
+                                                     encoder="capgen_tiny_headed_encoder:build_headed",
+                                                     tag_words=square_words)
+        export_captioner(guided_captioner, tmp_path / "exported")
+        images = [str(r.path) for r in tiny_run.prepared.split("test")[:4]]
+        ref, plain = guided_captioner.caption(images), guided_captioner.caption(images, guide=None)
+    rt = Runtime(tmp_path / "exported", threads=1)
+    got = rt.caption(images)
+    assert [r.caption for r in got] == [r.caption for r in ref]
+    assert [r.guided for r in got] == [r.guided for r in ref] and any(r.guided for r in got)
+    assert [r.caption for r in rt.caption(images, guide=None)] == [r.caption for r in plain]
+    # ... and with no torch at all
+    code = ("import sys, json; sys.modules['torch'] = None\n"
+            "from capgen.runtime import Runtime\n"
+            "print(json.dumps([r.to_dict() for r in Runtime(sys.argv[1]).caption(sys.argv[2:])]))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "exported"), *images],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [d["caption"] for d in json.loads(done.stdout)] == [r.caption for r in ref]
+    assert [d["guided"]["word"] if d["guided"] else None for d in json.loads(done.stdout)] == \
+        [r.guided.tag.word if r.guided else None for r in ref]
+    # damaged guidance files are refused by name, even with a manifest rewritten to match them
+    from capgen.errors import ExportError
+    from capgen.io import write_json
+    from capgen.runtime import folder as fmt
+
+    bad = tmp_path / "exported"
+    write_json(bad / fmt.GUIDE, {"plans": {"square": {"include": [10 ** 6], "stand_in": None}}})
+    write_json(bad / fmt.MANIFEST, fmt.manifest_for(bad))
+    with pytest.raises(ExportError, match="guide.json.*word ids"):
+        Runtime(bad)
+    manifest = fmt.manifest_for(bad)
+    del manifest["files"][fmt.TAG_HEAD]
+    write_json(bad / fmt.MANIFEST, manifest)
+    with pytest.raises(ExportError, match="not all of"):
+        Runtime(bad)

@@ -16,6 +16,7 @@ import torch
 from capgen import Captioner
 from capgen.cli import main
 from capgen.encoders import GridEncoder, LinearHead, Preprocess
+from capgen.encoders.base import linear_head
 from capgen.errors import TagsError
 from capgen.tags import Tag, TagConfig, Tagger, WordMap, make_tagger, softmax, top_tags, word_probabilities
 from conftest import TINY_ENCODER_MODULE
@@ -128,7 +129,7 @@ def test_tagger_from_a_linear_head():
     fc = torch.nn.Linear(3, 4)
     with torch.no_grad():
         fc.weight.copy_(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)))
-    head = LinearHead.from_linear(fc, "toy-4")
+    head = linear_head(fc, "toy-4")
     pooled = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(head.logits(pooled), fc(torch.from_numpy(pooled)).numpy(), atol=1e-5)
@@ -138,7 +139,7 @@ def test_tagger_from_a_linear_head():
     tags = tagger(pooled, TagConfig(top_k=2, threshold=0.0))
     assert [sorted(t.word for t in row) for row in tags] == [["cat", "dog"], ["cat", "dog"]]
     with pytest.raises(TagsError, match="lists 4 classes, the encoder's toy-3 head has 3"):
-        Tagger(LinearHead.from_linear(torch.nn.Linear(3, 3), "toy-3"), toy_words())
+        Tagger(linear_head(torch.nn.Linear(3, 3), "toy-3"), toy_words())
 
 
 def test_an_encoder_without_a_head_says_so():

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from capgen.decoding.common import NEG_INF, Constraints, State, expand_rows, select_rows
 from capgen.decoding.config import DecodeConfig, TokenIds
-from capgen.decoding.rules import length_normalised
+from capgen.decoding.rules import EARLY_BONUS, EARLY_WORDS, UNMET_PENALTY, length_normalised
 from capgen.models.base import CaptionModel
 
 
@@ -104,17 +104,6 @@ def _top_in_group(cand: Tensor, g: int, K: int, lift: int, required: _Required, 
     beam = torch.where(lower, j // I, g * K + idx // V)
     tok = torch.where(lower, required.ids.gather(1, j % I), idx % V)
     return scores, beam, tok
-
-
-# Tag guidance (include=) ranks a caption by its group: one without any required word pays
-# UNMET_PENALTY (so it comes only when blocking makes every such word impossible), and one that names
-# the word among its first EARLY_WORDS words gains EARLY_BONUS: "a cat is sitting on a ramp" (-12.3)
-# beats "a man is sitting on a cat" (-11.4), while "a man is sitting on a tripod" (-8.4) still beats
-# "a tripod is sitting on a camera" (-13.9). The object of a photo is usually its subject, but a model
-# trained on Flickr8k puts a person first; the bonus is what being the subject is worth.
-UNMET_PENALTY = 1.0e4
-EARLY_WORDS = 3
-EARLY_BONUS = 2.0
 
 
 def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig,

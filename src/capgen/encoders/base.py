@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
-from capgen.preprocess import Preprocess
 from capgen.errors import EncoderError
-
-
-@dataclass(frozen=True)
-class LinearHead:
-    """A classification head on the pooled vector: logits = pooled @ weight.T + bias.
-
-    Kept as numpy so logits cost one small matmul on the pooled features every runner (torch or
-    ONNX) already returns; no second network pass and no change to exported graphs.
-    """
-
-    weight: np.ndarray   # (num_classes, dim) float32
-    bias: np.ndarray     # (num_classes,) float32
-    labels: str          # which label set the classes index, e.g. "imagenet-1k"
-
-    @classmethod
-    def from_linear(cls, fc: nn.Linear, labels: str) -> "LinearHead":
-        bias = fc.bias if fc.bias is not None else torch.zeros(fc.out_features)
-        return cls(fc.weight.detach().cpu().float().numpy().copy(), bias.detach().cpu().float().numpy().copy(), labels)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.weight.shape[0])
-
-    def logits(self, pooled: np.ndarray) -> np.ndarray:
-        """(B, dim) -> (B, num_classes) float32."""
-        return np.asarray(pooled, dtype=np.float32) @ self.weight.T + self.bias  # (B, C)
+from capgen.preprocess import Preprocess
+from capgen.tags.head import LinearHead
 
 
 class ImageEncoder(nn.Module):
@@ -143,7 +116,7 @@ class GridEncoder(ImageEncoder):
             grid_hw = (shape[2], shape[3]) if grid_hw is None else grid_hw
         super().__init__(name, preprocess, dim, grid_hw)
         self.module = module
-        self.head = LinearHead.from_linear(head, labels) if isinstance(head, nn.Linear) else head
+        self.head = linear_head(head, labels) if isinstance(head, nn.Linear) else head
         if self.head is not None and self.head.weight.shape[1] != self.dim:
             raise EncoderError(f"encoder {name}: head takes {self.head.weight.shape[1]} features, "
                                f"the grid has {self.dim}")
@@ -168,3 +141,10 @@ def _probe_output_shape(module: nn.Module, size: int, name: str) -> tuple[int, .
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise EncoderError(f"encoder {name}: module must return a grid (B, C, H, W), got {got}")
     return tuple(out.shape)
+
+
+def linear_head(fc: nn.Linear, labels: str) -> LinearHead:
+    """A torch Linear layer as a LinearHead (numpy copies of its weights)."""
+    bias = fc.bias if fc.bias is not None else torch.zeros(fc.out_features)
+    return LinearHead(fc.weight.detach().cpu().float().numpy().copy(), bias.detach().cpu().float().numpy().copy(),
+                      labels)

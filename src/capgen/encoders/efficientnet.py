@@ -12,7 +12,8 @@ import importlib
 import torch
 from torch import nn
 
-from capgen.encoders.base import ImageEncoder, LinearHead
+from capgen.encoders.base import ImageEncoder, linear_head
+from capgen.tags.head import LinearHead
 from capgen.preprocess import Preprocess
 from capgen.encoders.registry import register_encoder
 from capgen.errors import EncoderError
@@ -53,7 +54,7 @@ class EfficientNetLite(ImageEncoder):
     def classifier(self) -> LinearHead:
         """The ImageNet-1k head: the model's `forward` is extract_features -> spatial mean -> dropout
         (identity in eval) -> `_fc`, so `_fc` applied to our pooled vector gives the same logits."""
-        return LinearHead.from_linear(self.model._fc, labels="imagenet-1k")
+        return linear_head(self.model._fc, labels="imagenet-1k")
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet-1k logits (B, 1000); proves the pretrained weights are loaded."""

@@ -62,9 +62,25 @@ def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = N
                                      "memory": iface["memory"], "state": iface["state"],
                                      "shared_memory": iface["shared_memory"],
                                      "max_len_limit": limit, "step_max_diff": diff})
+        if captioner.tagger is not None:
+            _write_tags(tmp, captioner)
         manifest = fmt.manifest_for(tmp)
         write_json(tmp / fmt.MANIFEST, manifest)   # last: it marks the folder complete
     return {"files": {k: v["bytes"] for k, v in manifest["files"].items()}, "step_max_diff": diff}
+
+
+def _write_tags(folder: Path, captioner) -> None:
+    """The tagger (classifier head + class words) and the guidance plans: the runtime tags and
+    guides like the Captioner, without GloVe or torch."""
+    import numpy as np
+
+    from capgen.tags import Guide
+
+    head, words = captioner.tagger.head, captioner.tagger.words
+    with open(folder / fmt.TAG_HEAD, "wb") as f:
+        np.savez(f, weight=head.weight.astype(np.float32), bias=head.bias.astype(np.float32))
+    write_json(folder / fmt.TAG_WORDS, {"labels": head.labels, "class_words": list(words.class_words)}, indent=None)
+    write_json(folder / fmt.GUIDE, Guide.build(captioner.vocab, words).to_dict(), indent=None)
 
 
 def _max_len_limit(model) -> int | None:

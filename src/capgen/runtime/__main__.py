@@ -24,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     method.add_argument("--greedy", action="store_true", help="greedy decoding")
     p.add_argument("--max-len", type=int, help="maximum caption length in words (default: the export's)")
     p.add_argument("--n-best", type=int, help="also report the next best captions (jsonl)")
+    p.add_argument("--no-guide", action="store_true",
+                   help="captions from the model alone, without tag guidance (on by default when the export "
+                        "has a tagger, as in capgen caption; thresholds: Runtime.caption(guide=GuideConfig(...)))")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--threads", type=int, help="encoder threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -37,7 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rt = Runtime(args.folder, threads=args.threads)
         if "beam_size" in options and "n_best" not in options:
             options["n_best"] = 1
-        results = rt.caption(list(args.images), batch_size=args.batch_size, **options)
+        results = rt.caption(list(args.images), batch_size=args.batch_size,
+                             **({"guide": None} if args.no_guide else {}), **options)
     except CapgenError as e:
         if args.debug:
             raise

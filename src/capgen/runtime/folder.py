@@ -7,6 +7,9 @@ DIR/
   vocab.json          Vocabulary.to_dict()
   decoding.json       the DecodeConfig fields the export was made with (the runtime's defaults)
   model.json          architecture, encoder spec (preprocessing), the graphs' input/output names
+  tag_head.npz        optional, with the two below (an encoder with a classifier head): weight, bias
+  tag_words.json      the head's label set and each class's caption word ('' = none)
+  guide.json          tag guidance plans: per tag word, the word ids a caption must contain (Guide)
   manifest.json       sha256 and size of every file above; written last, so it marks completeness
 
 The step graph also carries the vocabulary's sha256 in its metadata, so a vocabulary from another
@@ -27,6 +30,8 @@ VERSION = 1
 ENCODER, INIT, STEP = "encoder.onnx", "decoder_init.onnx", "decoder_step.onnx"
 VOCAB, DECODING, MODEL, MANIFEST = "vocab.json", "decoding.json", "model.json", "manifest.json"
 FILES = (ENCODER, INIT, STEP, VOCAB, DECODING, MODEL)
+TAG_HEAD, TAG_WORDS, GUIDE = "tag_head.npz", "tag_words.json", "guide.json"
+TAG_FILES = (TAG_HEAD, TAG_WORDS, GUIDE)   # all or none
 VOCAB_HASH_KEY = "capgen.vocab_sha256"   # metadata_props key in decoder_step.onnx
 
 
@@ -44,7 +49,12 @@ def manifest_for(folder: Path) -> dict:
 
     return {"format": FORMAT, "version": VERSION, "capgen": __version__,
             "files": {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-                      for name in FILES}}
+                      for name in FILES + TAG_FILES if name in FILES or (folder / name).is_file()}}
+
+
+def has_tags(folder: Path) -> bool:
+    """The export carries the tagger and the guidance plans (check_folder has checked them)."""
+    return all((folder / name).is_file() for name in TAG_FILES)
 
 
 def check_folder(folder: str | Path, verify: bool = True) -> Path:
@@ -65,7 +75,11 @@ def check_folder(folder: str | Path, verify: bool = True) -> Path:
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise ExportError(f"{folder / MANIFEST}: field 'files' must map file names to hashes")
-    for name in FILES:
+    tagged = [name for name in TAG_FILES if name in files]
+    if tagged and len(tagged) != len(TAG_FILES):
+        raise ExportError(f"{folder / MANIFEST}: lists {', '.join(tagged)} but not all of {', '.join(TAG_FILES)}; "
+                          "export again")
+    for name in FILES + tuple(tagged):
         path, entry = folder / name, files.get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise ExportError(f"{folder / MANIFEST}: lists no hash for {name}")

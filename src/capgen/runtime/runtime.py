@@ -6,6 +6,7 @@ encoder, then greedy or beam search under the same rules), with no torch anywher
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -20,20 +21,28 @@ from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.preprocess import Preprocess
 from capgen.runtime import folder as fmt
 from capgen.runtime.search import Arrays, beam_search, greedy_search, hypotheses
+from capgen.tags.guide import Guidance, Guide, GuideConfig
+from capgen.tags.head import LinearHead
+from capgen.tags.tagger import TagConfig, Tagger
+from capgen.tags.words import WordMap
 
 
 @dataclass
 class Caption:
-    """One image's caption: text, score (as in capgen's CaptionResult), the next best captions."""
+    """One image's caption: text, score (as in capgen's CaptionResult), the next best captions, and
+    the tag that guided it (as in CaptionResult.guided)."""
 
     caption: str
     score: float
     tokens: list[str]
     truncated: bool = False
     alternatives: list[tuple[str, float]] | None = None
+    guided: Guidance | None = None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["guided"] = self.guided.to_dict() if self.guided is not None else None
+        return d
 
 
 def open_session(path: Path, threads: int):
@@ -84,6 +93,7 @@ class Runtime:
         self.step_session = open_session(d / fmt.STEP, decoder_threads)
         self._check_graphs(encoder)
         self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
+        self.tagger, self.guide = self._tags(encoder.get("dim")) if fmt.has_tags(d) else (None, None)
 
     # ---- loading, with checks that name the file ---------------------------------------------------
     @staticmethod
@@ -105,6 +115,29 @@ class Runtime:
         except (CapgenError, TypeError) as e:
             raise ExportError(f"{path}: {e}") from None
         return saved
+
+    def _tags(self, dim) -> tuple[Tagger, Guide]:
+        d = self.folder
+        try:
+            with np.load(d / fmt.TAG_HEAD, allow_pickle=False) as z:
+                weight, bias = z["weight"], z["bias"]
+        except Exception as e:  # noqa: BLE001  any unreadable archive is a bad file
+            raise ExportError(f"{d / fmt.TAG_HEAD}: cannot read the classifier head ({type(e).__name__})") from None
+        info = fmt.read_json(d / fmt.TAG_WORDS, "the tag words")
+        labels = fmt.field(info, "labels", str, d / fmt.TAG_WORDS)
+        class_words = fmt.field(info, "class_words", list, d / fmt.TAG_WORDS)
+        if not all(isinstance(w, str) for w in class_words):
+            raise ExportError(f"{d / fmt.TAG_WORDS}: field 'class_words' must be a list of words")
+        C = len(class_words)
+        if weight.dtype != np.float32 or weight.shape != (C, dim) or bias.dtype != np.float32 or bias.shape != (C,):
+            raise ExportError(f"{d / fmt.TAG_HEAD}: expected float32 weight ({C}, {dim}) and bias ({C},), got "
+                              f"{weight.dtype} {weight.shape} and {bias.dtype} {bias.shape}")
+        words = WordMap(tuple(class_words), tuple(dict.fromkeys(w for w in class_words if w)), str(d / fmt.TAG_WORDS))
+        try:
+            guide = Guide.from_dict(fmt.read_json(d / fmt.GUIDE, "the guidance plans"), len(self.vocab), str(d / fmt.GUIDE))
+            return Tagger(LinearHead(weight, bias, labels), words), guide
+        except CapgenError as e:
+            raise ExportError(str(e)) from None
 
     def _check_graphs(self, encoder: dict) -> None:
         d = self.folder
@@ -165,23 +198,54 @@ class Runtime:
         logp, *new = self.step_session.run(self._step_outputs, feed)
         return logp, dict(zip(self.state_keys, new))
 
-    def decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig) -> list[list[Hypothesis]]:
-        """Features -> per image, hypotheses best first."""
+    def guidance(self, pooled: np.ndarray, config: DecodeConfig, guide: GuideConfig | float | None = GuideConfig()
+                 ) -> list[Guidance | None]:
+        """Per image, the confident tag its caption must contain, or None (as Captioner.guidance)."""
+        guide = GuideConfig.of(guide)
+        if guide is None or self.tagger is None:
+            return [None] * len(pooled)
+        return [self.guide.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
+
+    def decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig,
+               guidance: Sequence[Guidance | None] = ()) -> list[list[Hypothesis]]:
+        """Features -> per image, hypotheses best first. Images with guidance are decoded apart from
+        the others (three beam groups; capgen.decoding.search._beam)."""
+        guided = [i for i, g in enumerate(guidance) if g is not None]
+        if not guided:
+            return self._decode(pooled, grid, config)
+        free = [i for i in range(len(pooled)) if i not in set(guided)]
+        include = np.zeros((len(guided), len(self.vocab)), dtype=bool)
+        for row, i in enumerate(guided):
+            include[row, list(guidance[i].include)] = True
+        out: list = [None] * len(pooled)
+        for rows, hyps in ((guided, self._decode(pooled[guided], grid[guided], config, include)),
+                           (free, self._decode(pooled[free], grid[free], config) if free else [])):
+            for i, h in zip(rows, hyps):
+                out[i] = h
+        return out
+
+    def _decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig,
+                include: np.ndarray | None = None) -> list[list[Hypothesis]]:
         features = {"pooled": pooled, "grid": grid}
         outs = self.init.run(None, {k: features[k] for k in self._init_inputs})
         names = [o.name for o in self.init.get_outputs()]
         values = dict(zip(names, outs))
         memory = {k: values[f"memory.{k}"] for k in self.memory_keys}
         state = {k: values[f"state.{k}"] for k in self.state_keys}
+        if include is not None and config.method != "beam":   # greedy with a required word: a beam of one
+            config = dataclasses.replace(config, method="beam", beam_size=1)
         if config.method == "beam":
-            found = beam_search(self._step, memory, state, self.ids, config, len(self.vocab), self.shared_memory)
+            found = beam_search(self._step, memory, state, self.ids, config, len(self.vocab), self.shared_memory,
+                                include)
         else:
             found = greedy_search(self._step, memory, state, self.ids, config, len(self.vocab))
         return hypotheses(found, config.n_best)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
-                **options) -> Caption | list[Caption]:
-        """Caption one image (path, bytes or PIL image) or a list; options are DecodeConfig fields."""
+                guide: GuideConfig | float | None = GuideConfig(), **options) -> Caption | list[Caption]:
+        """Caption one image (path, bytes or PIL image) or a list; options are DecodeConfig fields.
+        guide: tag guidance as in Captioner.caption (on by default when the export has a tagger;
+        None turns it off)."""
         if batch_size < 1:
             raise ExportError(f"batch_size must be >= 1, got {batch_size}")
         config = self.decode_config(**options)
@@ -190,12 +254,16 @@ class Runtime:
         results = []
         for i in range(0, len(items), batch_size):
             pooled, grid = self.encode(items[i:i + batch_size])
-            results.extend(self._result(h) for h in self.decode(pooled, grid, config))
+            guidance = self.guidance(pooled, config, guide)
+            results.extend(self._result(h, g) for h, g in zip(self.decode(pooled, grid, config, guidance), guidance))
         return results[0] if single else results
 
-    def _result(self, hyps: list[Hypothesis]) -> Caption:
+    def _result(self, hyps: list[Hypothesis], guided: Guidance | None) -> Caption:
         if not hyps:
             return Caption("", float("-inf"), [], alternatives=[])
-        words = self.vocab.decode(hyps[0].tokens)
+        words = Guide.render(self.vocab.decode(hyps[0].tokens), guided)[0]
+        # Guided only when the word made it in (blocking can make it impossible), as in the Captioner.
+        used = guided if guided is not None and any(t in guided.include for t in hyps[0].tokens) else None
         return Caption(" ".join(words), hyps[0].score, words, hyps[0].truncated,
-                       [(" ".join(self.vocab.decode(h.tokens)), h.score) for h in hyps[1:]])
+                       [(" ".join(Guide.render(self.vocab.decode(h.tokens), guided)[0]), h.score) for h in hyps[1:]],
+                       used)

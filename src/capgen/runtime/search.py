@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
-from capgen.decoding.rules import length_normalised, token_masks
+from capgen.decoding.rules import EARLY_BONUS, EARLY_WORDS, UNMET_PENALTY, length_normalised, token_masks
 
 Arrays = dict[str, np.ndarray]
 # (tokens (R,), state, memory) -> (log-probs (R, V), new state)
@@ -123,79 +123,142 @@ def _gather(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
 
 
 class _Pool:
-    """The K best finished captions of each image, best first (scores are length-normalised)."""
+    """The K best finished captions of each image, best first: scores are length-normalised and
+    ranked by score + offset (the offset of a caption's beam group; 0 without constraints)."""
 
     def __init__(self, B: int, K: int, L: int, pad: int):
         self.found = Found(np.full((B, K, L), pad, dtype=np.int64), np.zeros((B, K), dtype=np.int64),
                            np.full((B, K), NEG_INF, dtype=np.float32), np.zeros((B, K), dtype=bool))
+        self.keys = np.full((B, K), NEG_INF, dtype=np.float32)
 
-    def add(self, scores, words, lengths, truncated) -> None:
+    def add(self, scores, offsets, words, lengths, truncated) -> None:
         f = self.found
         K = f.scores.shape[1]
-        f.scores, idx = _topk(np.concatenate([f.scores, scores], axis=1), K)
+        self.keys, idx = _topk(np.concatenate([self.keys, (scores + offsets).astype(np.float32)], axis=1), K)
+        f.scores = np.take_along_axis(np.concatenate([f.scores, scores], axis=1), idx, axis=1)
         f.words = _gather(np.concatenate([f.words, words], axis=1), idx)
         f.lengths = np.take_along_axis(np.concatenate([f.lengths, lengths], axis=1), idx, axis=1)
         f.truncated = np.take_along_axis(np.concatenate([f.truncated, truncated], axis=1), idx, axis=1)
 
 
+def _top(cand: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """cand (B, C, V) -> the n best per image: scores, beam and token indices, each (B, n)."""
+    B, C, V = cand.shape
+    scores, idx = _topk(cand.reshape(B, C * V), n)
+    return scores, idx // V, idx % V
+
+
+def _required(include: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, V) bool -> each image's required word ids (B, I), padded, and which are real (B, I)."""
+    I = max(1, int(include.sum(axis=1).max()))
+    ids = np.argsort(~include, axis=1, kind="stable")[:, :I]             # required ones first
+    return ids, np.take_along_axis(include, ids, axis=1)
+
+
+def _top_in_group(cand: np.ndarray, g: int, K: int, lift: int, req_ids: np.ndarray, req_valid: np.ndarray,
+                  n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """capgen.decoding.beam._top_in_group: group g's own beams' words that keep them in it, and
+    lower groups' beams with a required word of level `lift` == g."""
+    B, _, V = cand.shape
+    own = cand[:, g * K:(g + 1) * K]                                      # (B, K, V)
+    if lift > g:  # its required words would lift these beams out of the group
+        own = own.copy()
+        rows, cols = np.nonzero(req_valid)
+        own[rows, :, req_ids[rows, cols]] = NEG_INF
+    if g == 0 or lift != g:
+        scores, beam, tok = _top(own, n)
+        return scores, beam + g * K, tok
+    below = np.take_along_axis(cand[:, :g * K], req_ids[:, None, :], axis=2)   # (B, gK, I)
+    below = np.where(req_valid[:, None, :], below, NEG_INF)
+    I = below.shape[2]
+    scores, idx = _topk(np.concatenate([own.reshape(B, K * V), below.reshape(B, g * K * I)], axis=1), n)
+    lower = idx >= K * V
+    j = np.maximum(idx - K * V, 0)
+    beam = np.where(lower, j // I, g * K + idx // V)
+    tok = np.where(lower, np.take_along_axis(req_ids, j % I, axis=1), idx % V)
+    return scores, beam, tok
+
+
 def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: DecodeConfig,
-                vocab_size: int, shared_memory: bool = False) -> Found:
-    """K = beam_size captions per image, best first (capgen.decoding.beam.beam_search, in numpy).
-    shared_memory: the step reads one memory row per image (CaptionModel.shared_memory)."""
+                vocab_size: int, shared_memory: bool = False, include: np.ndarray | None = None) -> Found:
+    """K = beam_size captions per image, best first (capgen.decoding.beam.beam_search, in numpy,
+    tag guidance included). shared_memory: the step reads one memory row per image
+    (CaptionModel.shared_memory). include (B, V) bool: the words of which each caption must contain one."""
     B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.max_len
+    G = 1 if include is None else 3                                       # beam groups per image
+    GK = G * K
     if not shared_memory:
-        memory = {k: np.repeat(v, K, axis=0) for k, v in memory.items()}  # rows b*K .. b*K+K-1
-    state = {k: np.repeat(v, K, axis=0) for k, v in state.items()}
-    R = B * K
+        memory = {k: np.repeat(v, GK, axis=0) for k, v in memory.items()}  # rows b*GK .. b*GK+GK-1
+    state = {k: np.repeat(v, GK, axis=0) for k, v in state.items()}
+    R = B * GK
     rules = Rules(ids, cfg, vocab_size)
 
     def norm(score, length: int):
         return length_normalised(score, length, cfg.length_penalty).astype(np.float32)
 
     tokens = np.full(R, ids.start, dtype=np.int64)
-    beam_scores = np.full((B, K), NEG_INF, dtype=np.float32)
-    beam_scores[:, 0] = 0.0            # the K beams start identical; only the first may expand
-    history = np.full((B, K, L), ids.pad, dtype=np.int64)
+    # The K beams of a group start identical; only the first may expand. Constrained images start in
+    # group 0 (no required word yet), the others in group 1 (nothing required).
+    beam_scores = np.full((B, G, K), NEG_INF, dtype=np.float32)
+    start_group = 0 if include is None else 1 - include.any(axis=1).astype(np.int64)
+    beam_scores[np.arange(B), start_group, 0] = 0.0
+    beam_scores = beam_scores.reshape(B, GK)
+    beam_group = np.broadcast_to(np.repeat(np.arange(G), K), (B, GK))
+    offset = np.array([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], dtype=np.float32)
+    history = np.full((B, GK, L), ids.pad, dtype=np.int64)
     pool = _Pool(B, K, L, ids.pad)
     done = np.zeros(B, dtype=bool)
     rank = np.arange(2 * K)
-    row_offset = (np.arange(B) * K)[:, None]                             # (B, 1)
+    row_offset = (np.arange(B) * GK)[:, None]                            # (B, 1)
     no = np.zeros((B, K), dtype=bool)
-    own = np.broadcast_to(np.arange(K), (B, K))
+    every_beam = np.broadcast_to(np.arange(GK), (B, GK))
+    req_ids, req_valid = _required(include) if include is not None else (None, None)
     for t in range(L + 1):
         raw, state = step(tokens, state, memory)                          # (R, V), state
         logp = rules.apply(raw, t, tokens, history.reshape(R, L))
         V = logp.shape[-1]
-        cand = (beam_scores.reshape(R, 1) + logp).reshape(B, K * V)       # (B, K*V)
-        top_scores, top_idx = _topk(cand, 2 * K)                          # (B, 2K)
-        top_beam, top_tok = top_idx // V, top_idx % V
-        is_end = top_tok == ids.end
-
-        ended = is_end[:, :K] & np.isfinite(top_scores[:, :K]) & ~done[:, None]      # (B, K)
-        stuck = np.isinf(logp.max(axis=-1)).reshape(B, K) & np.isfinite(beam_scores) & ~done[:, None]
-        end_beam = top_beam[:, :K]
-        cut = np.take_along_axis((raw.argmax(axis=-1) != ids.end).reshape(B, K), end_beam, axis=1) \
-            if rules.final(t) else no
-        fin_scores = np.concatenate([np.where(ended, norm(top_scores[:, :K], t), NEG_INF),
-                                     np.where(stuck, norm(beam_scores, t), NEG_INF)], axis=1).astype(np.float32)
-        fin_beams = np.concatenate([end_beam, own], axis=1)
-        pool.add(fin_scores, _gather(history, fin_beams), np.full_like(fin_beams, t),
-                 np.concatenate([cut, ~no], axis=1))
+        cand = (beam_scores.reshape(R, 1) + logp).reshape(B, GK, V)       # (B, GK, V)
+        lift = (2 if t < EARLY_WORDS else 1) if G > 1 else 0
+        fin_scores, fin_offsets, fin_beams, fin_cut, parents, words, scores = [], [], [], [], [], [], []
+        cut_all = (raw.argmax(axis=-1) != ids.end).reshape(B, GK) if rules.final(t) else None
+        for g in range(G):
+            top_scores, top_beam, top_tok = (_top(cand, 2 * K) if G == 1 else
+                                             _top_in_group(cand, g, K, lift, req_ids, req_valid, 2 * K))
+            is_end = top_tok == ids.end
+            ended = is_end[:, :K] & np.isfinite(top_scores[:, :K]) & ~done[:, None]   # (B, K)
+            end_beam = top_beam[:, :K]
+            fin_scores.append(np.where(ended, norm(top_scores[:, :K], t), NEG_INF))
+            fin_offsets.append(np.full((B, K), offset[g], dtype=np.float32))
+            fin_beams.append(end_beam)
+            fin_cut.append(np.take_along_axis(cut_all, end_beam, axis=1) if cut_all is not None else no)
+            order = np.argsort(rank + 2 * K * is_end, axis=1, kind="stable")[:, :K]  # alive: not <end>
+            parents.append(np.take_along_axis(top_beam, order, axis=1))
+            scores.append(np.take_along_axis(top_scores, order, axis=1))
+            words.append(np.take_along_axis(top_tok, order, axis=1))
+        stuck = np.isinf(logp.max(axis=-1)).reshape(B, GK) & np.isfinite(beam_scores) & ~done[:, None]
+        fin_scores.append(np.where(stuck, norm(beam_scores, t), NEG_INF))
+        fin_offsets.append(offset[beam_group])
+        fin_beams.append(every_beam)
+        fin_cut.append(np.ones_like(stuck))
+        fin_beam = np.concatenate(fin_beams, axis=1)
+        pool.add(np.concatenate(fin_scores, axis=1).astype(np.float32), np.concatenate(fin_offsets, axis=1),
+                 _gather(history, fin_beam), np.full_like(fin_beam, t), np.concatenate(fin_cut, axis=1))
         if rules.final(t):
             break
 
-        order = np.argsort(rank + 2 * K * is_end, axis=1, kind="stable")[:, :K]   # alive: not <end>
-        parent = np.take_along_axis(top_beam, order, axis=1)             # (B, K)
-        beam_scores = np.take_along_axis(top_scores, order, axis=1)
-        word = np.take_along_axis(top_tok, order, axis=1)
+        parent = np.concatenate(parents, axis=1)                          # (B, GK)
+        beam_scores, word = np.concatenate(scores, axis=1), np.concatenate(words, axis=1)
         rows = (row_offset + parent).reshape(R)
         state = {k: v[rows] for k, v in state.items()}
         history = _gather(history, parent)
         history[:, :, t] = word
         tokens = word.reshape(R).astype(np.int64)
 
-        best_possible = norm(beam_scores.max(axis=1), L)                 # (B,)
-        done = done | (pool.found.scores[:, -1] >= best_possible)
+        reach = norm(beam_scores, L)                                      # an upper bound, as in beam.py
+        if G > 1:
+            rise = include.any(axis=1, keepdims=True) & (t + 1 < EARLY_WORDS)
+            reach = reach + np.where((beam_group == G - 1) | rise, offset[-1], offset[1])
+        done = done | (pool.keys[:, -1] >= reach.max(axis=1))
         if done.all():
             break
     return pool.found

@@ -130,6 +130,33 @@ class Guide:
                           "guide captions; their tags are still shown", RuntimeWarning, stacklevel=2)
         return cls(plans, unplaceable)
 
+    def to_dict(self) -> dict:
+        """The plans as JSON data (an exported folder carries them: the runtime has no GloVe)."""
+        return {"plans": {w: {"include": list(p.include), "stand_in": p.stand_in} for w, p in self.plans.items()},
+                "unplaceable": list(self.unplaceable)}
+
+    @classmethod
+    def from_dict(cls, data, vocab_size: int, source: str) -> "Guide":
+        """`to_dict`'s data back; TagsError naming `source` for anything else (ids outside the vocabulary)."""
+        def bad(what: str) -> TagsError:
+            return TagsError(f"{source}: {what}; expected the tag guidance plans capgen export writes")
+
+        if not isinstance(data, dict) or not isinstance(data.get("plans"), dict):
+            raise bad("no 'plans' object")
+        plans = {}
+        for word, p in data["plans"].items():
+            include, stand_in = (p.get("include"), p.get("stand_in")) if isinstance(p, dict) else (None, None)
+            if not (isinstance(include, list) and include and all(
+                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in include)):
+                raise bad(f"plan of {word!r} has word ids {include!r} (vocabulary of {vocab_size})")
+            if stand_in is not None and not isinstance(stand_in, str):
+                raise bad(f"plan of {word!r} has stand-in {stand_in!r}")
+            plans[word] = _Plan(tuple(include), stand_in)
+        unplaceable = data.get("unplaceable", [])
+        if not isinstance(unplaceable, list) or not all(isinstance(w, str) for w in unplaceable):
+            raise bad("'unplaceable' is not a list of words")
+        return cls(plans, unplaceable)
+
     def plan(self, tags: Sequence[Tag], config: GuideConfig | float | None = None) -> Guidance | None:
         """The most probable of `tags` (most probable first) that has a plan and reaches its
         threshold under `config` (default GuideConfig()), as a Guidance."""

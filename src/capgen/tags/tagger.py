@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from capgen.errors import TagsError
+from capgen.tags.head import LinearHead
 from capgen.tags.words import WordMap
 
 if TYPE_CHECKING:  # tags stay importable without torch; encoders are only passed in
-    from capgen.encoders.base import ImageEncoder, LinearHead
+    from capgen.encoders.base import ImageEncoder
 
 # A tag is shown when its word's summed probability reaches this.
 DEFAULT_THRESHOLD = 0.1
