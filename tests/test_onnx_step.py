@@ -110,3 +110,22 @@ def test_a_tampered_cache_entry_is_exported_again(tmp_path):
     pooled, grid = features(2)
     fast = OnnxStepModel(model, cache_dir=tmp_path)
     same(decode(fast, pooled, grid, IDS, CONFIGS[0]), decode(model, pooled, grid, IDS, CONFIGS[0]))
+
+
+def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(tiny_run, monkeypatch):
+    from capgen.errors import ExportError
+    from capgen.inference import onnx_step
+
+    def unwritable(*a, **kw):
+        raise PermissionError("[Errno 13] Permission denied: '/cache/decoder'")
+
+    from capgen.encoders.base import ImageEncoder
+
+    monkeypatch.setattr(onnx_step, "cached_decoder_graphs", unwritable)
+    monkeypatch.setattr(ImageEncoder, "onnx_exportable", True)   # "auto" picks ONNX Runtime for the tiny encoder
+    path = tiny_run.checkpoints["show_tell"]
+    with pytest.warns(RuntimeWarning, match="Permission denied.*decoding with torch"):
+        cap = Captioner.from_pretrained(path, encoder=tiny_run.encoder)
+    assert cap.info()["decoder"] == "torch" and cap.caption(tiny_run.prepared.split("test")[0].path).caption
+    with pytest.raises(ExportError, match="decoder of show_tell in ONNX Runtime: .*Permission denied"):
+        Captioner.from_pretrained(path, encoder=tiny_run.encoder, backend="onnx")

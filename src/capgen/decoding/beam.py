@@ -36,24 +36,24 @@ class _Pool:
                            torch.zeros(B, K, dtype=torch.bool, device=device), None)
         self.keys = torch.full((B, K), NEG_INF, device=device)
 
-    @property
-    def worst_score(self) -> Tensor:
-        return self.keys[:, -1]                                           # (B,)
+    def worst_score(self, images: Tensor) -> Tensor:
+        return self.keys[images, -1]                                      # (b,)
 
-    def add(self, scores: Tensor, offsets: Tensor, words: Tensor, lengths: Tensor, truncated: Tensor,
-            attention: Tensor | None) -> None:
-        """Merge candidates (B, C) (-inf = none) and keep the K best per image."""
+    def add(self, images: Tensor, scores: Tensor, offsets: Tensor, words: Tensor, lengths: Tensor,
+            truncated: Tensor, attention: Tensor | None) -> None:
+        """Merge candidates (b, C) (-inf = none) of the images `images` (b,) and keep the K best of each."""
         f = self.found
         K = f.scores.shape[1]
-        self.keys, idx = torch.cat([self.keys, scores + offsets], dim=1).topk(K, dim=1)  # (B, K)
-        f.scores = torch.cat([f.scores, scores], dim=1).gather(1, idx)
-        f.words = _gather(torch.cat([f.words, words], dim=1), idx)
-        f.lengths = torch.cat([f.lengths, lengths], dim=1).gather(1, idx)
-        f.truncated = torch.cat([f.truncated, truncated], dim=1).gather(1, idx)
+        keys, idx = torch.cat([self.keys[images], scores + offsets], dim=1).topk(K, dim=1)  # (b, K)
+        self.keys[images] = keys
+        f.scores[images] = torch.cat([f.scores[images], scores], dim=1).gather(1, idx)
+        f.words[images] = _gather(torch.cat([f.words[images], words], dim=1), idx)
+        f.lengths[images] = torch.cat([f.lengths[images], lengths], dim=1).gather(1, idx)
+        f.truncated[images] = torch.cat([f.truncated[images], truncated], dim=1).gather(1, idx)
         if attention is not None:
             if f.attention is None:
                 f.attention = attention.new_zeros(*f.words.shape, attention.shape[-1])
-            f.attention = _gather(torch.cat([f.attention, attention], dim=1), idx)
+            f.attention[images] = _gather(torch.cat([f.attention[images], attention], dim=1), idx)
 
 
 def _gather(x: Tensor, idx: Tensor) -> Tensor:
@@ -128,6 +128,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     G = 1 if include is None else 3                                        # beam groups per image
     GK = G * K
     memory, state = expand_rows(model, memory, state, GK)                 # rows b*GK .. b*GK+GK-1
+    per_image_memory = model.shared_memory
     R = B * GK
     rules = Constraints(ids, cfg, model.vocab_size, device)
 
@@ -141,18 +142,19 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     start_group = 0 if include is None else 1 - include.any(dim=1).long()  # (B,) or 0
     beam_scores[torch.arange(B, device=device), start_group, 0] = 0.0
     beam_scores = beam_scores.view(B, GK)
-    beam_group = torch.arange(G, device=device).repeat_interleave(K).expand(B, GK)  # (B, GK)
+    group_of = torch.arange(G, device=device).repeat_interleave(K).unsqueeze(0)  # (1, GK)
     offset = torch.tensor([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], device=device)  # (G,)
     history = torch.full((B, GK, L), ids.pad, dtype=torch.long, device=device)  # words of each beam
     att_history: Tensor | None = None                                      # (B, GK, L, N)
     pool = _Pool(B, K, L, ids.pad, device)
+    # The images still searching: their index into the pool, and a per-step flag. An image that is
+    # done leaves every tensor at the end of the step, so later steps do not compute its rows.
+    images = torch.arange(B, device=device)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rank = torch.arange(2 * K, device=device)                               # (2K,)
-    row_offset = (torch.arange(B, device=device) * GK).unsqueeze(1)         # (B, 1)
-    no = torch.zeros(B, K, dtype=torch.bool, device=device)
-    every_beam = torch.arange(GK, device=device).expand(B, GK)
     required = None if include is None else _Required.of(include)
     for t in range(L + 1):
+        beam_group = group_of.expand(B, GK)                                 # (B, GK)
         raw, state, att = model.step(tokens, state, memory)               # (R, V), state, (R, N)
         logp = rules.apply(raw, t, tokens, history.view(R, L))
         V = logp.shape[-1]
@@ -170,33 +172,32 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
             top_scores, top_beam, top_tok = (_top(cand, 2 * K) if G == 1 else
                                              _top_in_group(cand, g, K, lift, required, 2 * K))  # (B, 2K) each
             is_end = top_tok == ids.end
-            ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K]) & ~done.unsqueeze(1)  # (B, K)
+            ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K])      # (B, K)
             end_beam = top_beam[:, :K]
             fin_scores.append(torch.where(ended, norm(top_scores[:, :K], t), NEG_INF))
             fin_offsets.append(offset[g].expand(B, K))
             fin_beams.append(end_beam)
             # At the forced last step a caption is cut when the model itself would have gone on.
-            fin_cut.append(cut_all.gather(1, end_beam) if cut_all is not None else no)
+            fin_cut.append(cut_all.gather(1, end_beam) if cut_all is not None else torch.zeros_like(ended))
             # Alive: the group's K best candidates that are not <end> (stable order by rank).
             order = (rank + 2 * K * is_end.long()).argsort(dim=1)[:, :K]  # (B, K)
             parents.append(top_beam.gather(1, order))
             scores.append(top_scores.gather(1, order))
             words.append(top_tok.gather(1, order))
-        stuck = (torch.isinf(logp.max(dim=-1).values).view(B, GK) & torch.isfinite(beam_scores)
-                 & ~done.unsqueeze(1))                                     # (B, GK)
+        stuck = torch.isinf(logp.max(dim=-1).values).view(B, GK) & torch.isfinite(beam_scores)  # (B, GK)
         fin_scores.append(torch.where(stuck, norm(beam_scores, t), NEG_INF))
         fin_offsets.append(offset[beam_group])
-        fin_beams.append(every_beam)
+        fin_beams.append(torch.arange(GK, device=device).expand(B, GK))
         fin_cut.append(torch.ones_like(stuck))
         fin_beam = torch.cat(fin_beams, dim=1)
-        pool.add(torch.cat(fin_scores, dim=1), torch.cat(fin_offsets, dim=1), _gather(history, fin_beam),
+        pool.add(images, torch.cat(fin_scores, dim=1), torch.cat(fin_offsets, dim=1), _gather(history, fin_beam),
                  torch.full_like(fin_beam, t), torch.cat(fin_cut, dim=1),
                  None if att_history is None else _gather(att_history, fin_beam))
         if rules.final(t):
             break
 
         parent, beam_scores, word = torch.cat(parents, 1), torch.cat(scores, 1), torch.cat(words, 1)  # (B, GK)
-        rows = (row_offset + parent).view(R)                               # (R,) flat parent rows
+        rows = (torch.arange(B, device=device).unsqueeze(1) * GK + parent).view(R)  # (R,) flat parent rows
         state = select_rows(state, rows)
         history = _gather(history, parent)
         history[:, :, t] = word
@@ -212,7 +213,17 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
         if G > 1:
             rise = include.any(dim=1, keepdim=True) & (t + 1 < EARLY_WORDS)   # (B, 1)
             reach = reach + torch.where((beam_group == G - 1) | rise, offset[-1], offset[1])
-        done = done | (pool.worst_score >= reach.max(dim=1).values)
+        done = pool.worst_score(images) >= reach.max(dim=1).values            # (B,)
         if bool(done.all()):
             break
+        if bool(done.any()):  # drop the finished images' rows from every tensor
+            keep = (~done).nonzero().squeeze(1)                                # (B',)
+            keep_rows = (keep.unsqueeze(1) * GK + torch.arange(GK, device=device)).view(-1)  # (B'*GK,)
+            images, beam_scores, history = images[keep], beam_scores[keep], history[keep]
+            att_history = None if att_history is None else att_history[keep]
+            if G > 1:
+                include, required = include[keep], _Required(required.ids[keep], required.valid[keep])
+            tokens, state = tokens[keep_rows], select_rows(state, keep_rows)
+            memory = select_rows(memory, keep if per_image_memory else keep_rows)
+            B, R = keep.numel(), keep.numel() * GK
     return pool.found

@@ -297,10 +297,11 @@ def _fast_decoder(model, backend: str, threads: int | None):
 
     try:
         return OnnxStepModel(model, threads=threads or os.cpu_count() or 1)
-    except ExportError as e:
+    except (ExportError, OSError) as e:  # OSError: the cache folder cannot be written
         if backend == "onnx":
-            raise
-        warnings.warn(f"{e}; decoding with torch", RuntimeWarning, stacklevel=3)
+            raise ExportError(f"decoder of {model.name} in ONNX Runtime: {e}") from None
+        warnings.warn(f"decoder of {model.name} in ONNX Runtime: {e}; decoding with torch", RuntimeWarning,
+                      stacklevel=3)
         return None
 
 
