@@ -129,3 +129,32 @@ def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(tiny_run, monkey
     assert cap.info()["decoder"] == "torch" and cap.caption(tiny_run.prepared.split("test")[0].path).caption
     with pytest.raises(ExportError, match="decoder of show_tell in ONNX Runtime: .*Permission denied"):
         Captioner.from_pretrained(path, encoder=tiny_run.encoder, backend="onnx")
+
+
+@pytest.mark.parametrize("name", ["show_attend_tell", "transformer"])
+def test_the_int8_step_stays_close_and_is_made_once(name, tmp_path, monkeypatch):
+    from capgen import ort as ort_settings
+    from test_models import build
+
+    model = build(name, 20).eval()   # not `sharp`: its tripled weights are far from a trained model's
+    fast = OnnxStepModel(model, cache_dir=tmp_path, precision="int8")
+    folder, iface = graphs.cached_decoder_graphs(model, tmp_path)
+    assert fast.precision == "int8" and (folder / graphs.STEP_INT8).is_file()
+    assert graphs.verify_decoder(model, folder / graphs.INIT, folder / graphs.STEP_INT8, iface, relative=True,
+                                 tolerance=graphs.INT8_TOLERANCE) < graphs.INT8_TOLERANCE
+    pooled, grid = features(4, seed=3)
+    got = decode(fast, pooled, grid, IDS, CONFIGS[0])
+    assert all(h and h[0].tokens for h in got)
+    monkeypatch.setattr(ort_settings, "quantize_dynamic_int8", lambda *a: pytest.fail("quantized again"))
+    OnnxStepModel(model, cache_dir=tmp_path, precision="int8")
+    monkeypatch.undo()
+    (folder / graphs.STEP_INT8).write_bytes(b"damaged")          # a damaged int8 file is made again
+    assert decode(OnnxStepModel(model, cache_dir=tmp_path, precision="int8"), pooled, grid, IDS, CONFIGS[0])
+
+
+def test_the_captioner_at_int8_runs_the_int8_step(tiny_run):
+    photos = [r.path for r in tiny_run.prepared.split("train")[:8]]
+    cap = Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"], encoder=tiny_run.encoder,
+                                    backend="onnx", precision="int8", calibration=photos)
+    assert cap.info()["precision"] == {"encoder": "int8", "decoder": "int8"}
+    assert cap.fast_decoder.precision == "int8" and cap.caption(photos[0]).caption

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 
 def session_options(threads: int):
     """Options for a CPU inference session with `threads` intra-op threads."""
@@ -17,3 +19,22 @@ def session_options(threads: int):
     # (the torch decoder after the encoder: beam-3 captioning of one photo got slower; BENCHMARKS.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+def quantize_dynamic_int8(src, dst) -> None:
+    """Write `src` with its MatMul weights in int8 (dynamic quantization: activations are quantized
+    per call, so nothing to calibrate). For the decoder step, whose small matrices are read once
+    per word: 4x fewer weight bytes to read, ~2x faster at beam 3 (BENCHMARKS.md)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from capgen.errors import ExportError
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice ("consider pre-processing") on the root logger
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    except Exception as e:  # noqa: BLE001  the quantizer raises many types for graphs it cannot take
+        raise ExportError(f"{src}: ONNX Runtime cannot quantize it to int8 ({type(e).__name__}: {str(e)[:120]})") from None
+    finally:
+        root.setLevel(level)

@@ -5,7 +5,8 @@
           where the CPU has native bf16 (AVX-512 BF16 / AMX); ONNX Runtime has no bf16 kernels on x86,
           so an ONNX encoder stays float32
     int8  the encoder in ONNX Runtime with static int8 quantization (per-channel weights, activations
-          calibrated on real images); the decoder stays float32
+          calibrated on real images), and the decoder's ONNX step with dynamic int8 quantization
+          (int8 matrix weights; capgen.models.onnx.cached_int8_step); the torch decoder stays float32
 
 A precision the machine cannot run falls back to fp32 with a warning; nothing runs in a format
 that was not checked. Measured speed and quality: BENCHMARKS.md ("Reduced precision").

@@ -56,7 +56,7 @@ class Captioner:
         from capgen.encoders.precision import resolve_bf16
 
         if precision == "int8":
-            precision = "fp32"  # int8 is an encoder format; the decoder stays float32
+            precision = "fp32"  # the torch decoder has no int8; the ONNX one (fast_decoder) may
         self.precision = resolve_bf16(precision)
         self.model = model.eval()
         self.vocab = vocab
@@ -116,7 +116,8 @@ class Captioner:
         if calibration is not None:
             calib = np.stack([enc.preprocess.array(load_image(i, max_pixels=max_pixels)) for i in calibration])
         runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
-        fast = _fast_decoder(model, backend, threads) if runner.backend == "onnx" and precision != "bf16" else None
+        fast = _fast_decoder(model, backend, threads, precision) if runner.backend == "onnx" and precision != "bf16" \
+            else None
         return cls(model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
                    max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision,
                    fast_decoder=fast)
@@ -135,7 +136,8 @@ class Captioner:
         return {"model": self.name, "architecture": self.model.name, "encoder": self.encoder.name,
                 "vocab_size": len(self.vocab), "supports_attention": self.supports_attention,
                 "grid": list(self.grid_hw), "tags": self.tagger is not None,
-                "precision": {"encoder": getattr(self.runner, "precision", "fp32"), "decoder": self.precision},
+                "precision": {"encoder": getattr(self.runner, "precision", "fp32"),
+                              "decoder": getattr(self.fast_decoder, "precision", self.precision)},
                 "decoder": "onnx" if self.fast_decoder is not None else "torch",
                 **({"tags_error": self.tags_error} if self.tags_error else {})}
 
@@ -287,7 +289,7 @@ class Captioner:
         return results
 
 
-def _fast_decoder(model, backend: str, threads: int | None):
+def _fast_decoder(model, backend: str, threads: int | None, precision: str):
     """The decoder's steps in ONNX Runtime, or None (with a warning under backend "auto") when the
     model does not export."""
     import os
@@ -296,7 +298,7 @@ def _fast_decoder(model, backend: str, threads: int | None):
     from capgen.inference.onnx_step import OnnxStepModel
 
     try:
-        return OnnxStepModel(model, threads=threads or os.cpu_count() or 1)
+        return OnnxStepModel(model, threads=threads or os.cpu_count() or 1, precision=precision)
     except (ExportError, OSError) as e:  # OSError: the cache folder cannot be written
         if backend == "onnx":
             raise ExportError(f"decoder of {model.name} in ONNX Runtime: {e}") from None

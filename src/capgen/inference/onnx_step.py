@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from capgen.models.base import CaptionModel, State
-from capgen.models.onnx import INIT, STEP, cached_decoder_graphs
+from capgen.models.onnx import INIT, STEP, cached_decoder_graphs, cached_int8_step
 
 
 class OnnxStepModel(nn.Module):
@@ -24,13 +24,17 @@ class OnnxStepModel(nn.Module):
 
     supports_attention = False   # the step graph returns log-probs and state only
 
-    def __init__(self, model: CaptionModel, threads: int = 1, cache_dir=None):
-        """ExportError when the model's step cannot be expressed in ONNX."""
+    def __init__(self, model: CaptionModel, threads: int = 1, cache_dir=None, precision: str = "fp32"):
+        """precision: "fp32", or "int8" (the step's matrix weights in int8: about 2x faster at beam 3,
+        and a few captions in a hundred differ; BENCHMARKS.md). ExportError when the model's step
+        cannot be expressed in ONNX."""
         super().__init__()
         from capgen.runtime.runtime import open_session
 
         folder, iface = cached_decoder_graphs(model, cache_dir)
-        self._init, self._step = open_session(folder / INIT, threads), open_session(folder / STEP, threads)
+        step = cached_int8_step(model, folder, iface) if precision == "int8" else folder / STEP
+        self.precision = precision
+        self._init, self._step = open_session(folder / INIT, threads), open_session(step, threads)
         self.name, self.vocab_size = model.name, model.vocab_size
         self.shared_memory = bool(iface.get("shared_memory"))
         self.memory_keys, self.state_keys = list(iface["memory"]), list(iface["state"])
