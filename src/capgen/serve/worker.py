@@ -35,8 +35,8 @@ class Job:
 
 
 class ModelWorker:
-    """Runs `captioner.caption_loaded` in two daemon threads (encoder, then decoder), micro-batching
-    queued jobs.
+    """Captions queued jobs in two daemon threads, `captioner.encode_loaded` then
+    `captioner.caption_encoded` (the two halves of `caption_loaded`), micro-batching them.
 
     Jobs waiting when the thread picks one up are merged into its batch when their options are
     equal, up to `max_batch` images, so simultaneous single-image requests cost one model call.
