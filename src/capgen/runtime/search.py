@@ -131,14 +131,17 @@ class _Pool:
                            np.full((B, K), NEG_INF, dtype=np.float32), np.zeros((B, K), dtype=bool))
         self.keys = np.full((B, K), NEG_INF, dtype=np.float32)
 
-    def add(self, scores, offsets, words, lengths, truncated) -> None:
+    def add(self, images, scores, offsets, words, lengths, truncated) -> None:
+        """Merge candidates (b, C) of the images `images` (b,) and keep the K best of each."""
         f = self.found
         K = f.scores.shape[1]
-        self.keys, idx = _topk(np.concatenate([self.keys, (scores + offsets).astype(np.float32)], axis=1), K)
-        f.scores = np.take_along_axis(np.concatenate([f.scores, scores], axis=1), idx, axis=1)
-        f.words = _gather(np.concatenate([f.words, words], axis=1), idx)
-        f.lengths = np.take_along_axis(np.concatenate([f.lengths, lengths], axis=1), idx, axis=1)
-        f.truncated = np.take_along_axis(np.concatenate([f.truncated, truncated], axis=1), idx, axis=1)
+        keys, idx = _topk(np.concatenate([self.keys[images], (scores + offsets).astype(np.float32)], axis=1), K)
+        self.keys[images] = keys
+        f.scores[images] = np.take_along_axis(np.concatenate([f.scores[images], scores], axis=1), idx, axis=1)
+        f.words[images] = _gather(np.concatenate([f.words[images], words], axis=1), idx)
+        f.lengths[images] = np.take_along_axis(np.concatenate([f.lengths[images], lengths], axis=1), idx, axis=1)
+        f.truncated[images] = np.take_along_axis(np.concatenate([f.truncated[images], truncated], axis=1), idx,
+                                                 axis=1)
 
 
 def _top(cand: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -203,17 +206,16 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
     start_group = 0 if include is None else 1 - include.any(axis=1).astype(np.int64)
     beam_scores[np.arange(B), start_group, 0] = 0.0
     beam_scores = beam_scores.reshape(B, GK)
-    beam_group = np.broadcast_to(np.repeat(np.arange(G), K), (B, GK))
+    group_of = np.repeat(np.arange(G), K)[None]                           # (1, GK)
     offset = np.array([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], dtype=np.float32)
     history = np.full((B, GK, L), ids.pad, dtype=np.int64)
     pool = _Pool(B, K, L, ids.pad)
-    done = np.zeros(B, dtype=bool)
+    images = np.arange(B)              # the images still searching (finished ones leave every array)
     rank = np.arange(2 * K)
-    row_offset = (np.arange(B) * GK)[:, None]                            # (B, 1)
-    no = np.zeros((B, K), dtype=bool)
-    every_beam = np.broadcast_to(np.arange(GK), (B, GK))
     req_ids, req_valid = _required(include) if include is not None else (None, None)
     for t in range(L + 1):
+        beam_group = np.broadcast_to(group_of, (B, GK))
+        no = np.zeros((B, K), dtype=bool)
         raw, state = step(tokens, state, memory)                          # (R, V), state
         logp = rules.apply(raw, t, tokens, history.reshape(R, L))
         V = logp.shape[-1]
@@ -225,7 +227,7 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
             top_scores, top_beam, top_tok = (_top(cand, 2 * K) if G == 1 else
                                              _top_in_group(cand, g, K, lift, req_ids, req_valid, 2 * K))
             is_end = top_tok == ids.end
-            ended = is_end[:, :K] & np.isfinite(top_scores[:, :K]) & ~done[:, None]   # (B, K)
+            ended = is_end[:, :K] & np.isfinite(top_scores[:, :K])         # (B, K)
             end_beam = top_beam[:, :K]
             fin_scores.append(np.where(ended, norm(top_scores[:, :K], t), NEG_INF))
             fin_offsets.append(np.full((B, K), offset[g], dtype=np.float32))
@@ -235,20 +237,20 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
             parents.append(np.take_along_axis(top_beam, order, axis=1))
             scores.append(np.take_along_axis(top_scores, order, axis=1))
             words.append(np.take_along_axis(top_tok, order, axis=1))
-        stuck = np.isinf(logp.max(axis=-1)).reshape(B, GK) & np.isfinite(beam_scores) & ~done[:, None]
+        stuck = np.isinf(logp.max(axis=-1)).reshape(B, GK) & np.isfinite(beam_scores)
         fin_scores.append(np.where(stuck, norm(beam_scores, t), NEG_INF))
         fin_offsets.append(offset[beam_group])
-        fin_beams.append(every_beam)
+        fin_beams.append(np.broadcast_to(np.arange(GK), (B, GK)))
         fin_cut.append(np.ones_like(stuck))
         fin_beam = np.concatenate(fin_beams, axis=1)
-        pool.add(np.concatenate(fin_scores, axis=1).astype(np.float32), np.concatenate(fin_offsets, axis=1),
+        pool.add(images, np.concatenate(fin_scores, axis=1).astype(np.float32), np.concatenate(fin_offsets, axis=1),
                  _gather(history, fin_beam), np.full_like(fin_beam, t), np.concatenate(fin_cut, axis=1))
         if rules.final(t):
             break
 
         parent = np.concatenate(parents, axis=1)                          # (B, GK)
         beam_scores, word = np.concatenate(scores, axis=1), np.concatenate(words, axis=1)
-        rows = (row_offset + parent).reshape(R)
+        rows = (np.arange(B)[:, None] * GK + parent).reshape(R)
         state = {k: v[rows] for k, v in state.items()}
         history = _gather(history, parent)
         history[:, :, t] = word
@@ -258,9 +260,18 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
         if G > 1:
             rise = include.any(axis=1, keepdims=True) & (t + 1 < EARLY_WORDS)
             reach = reach + np.where((beam_group == G - 1) | rise, offset[-1], offset[1])
-        done = done | (pool.keys[:, -1] >= reach.max(axis=1))
+        done = pool.keys[images, -1] >= reach.max(axis=1)                    # (B,)
         if done.all():
             break
+        if done.any():  # drop the finished images' rows, as beam.py does
+            keep = np.flatnonzero(~done)
+            keep_rows = (keep[:, None] * GK + np.arange(GK)).reshape(-1)
+            images, beam_scores, history = images[keep], beam_scores[keep], history[keep]
+            if G > 1:
+                include, req_ids, req_valid = include[keep], req_ids[keep], req_valid[keep]
+            tokens, state = tokens[keep_rows], {k: v[keep_rows] for k, v in state.items()}
+            memory = {k: v[keep if shared_memory else keep_rows] for k, v in memory.items()}
+            B, R = len(keep), len(keep) * GK
     return pool.found
 
 
