@@ -213,7 +213,7 @@ class Runtime:
         guided = [i for i, g in enumerate(guidance) if g is not None]
         if not guided:
             return self._decode(pooled, grid, config)
-        free = [i for i in range(len(pooled)) if i not in set(guided)]
+        free = sorted(set(range(len(pooled))) - set(guided))
         include = np.zeros((len(guided), len(self.vocab)), dtype=bool)
         for row, i in enumerate(guided):
             include[row, list(guidance[i].include)] = True
