@@ -36,29 +36,35 @@ class _Pool:
                            torch.zeros(B, K, dtype=torch.bool, device=device), None)
         self.keys = torch.full((B, K), NEG_INF, device=device)
 
-    def worst_score(self, images: Tensor) -> Tensor:
-        return self.keys[images, -1]                                      # (b,)
+    def worst_score(self, images: Tensor | None) -> Tensor:
+        return self.keys[:, -1] if images is None else self.keys[images, -1]   # (b,)
 
-    def add(self, images: Tensor, scores: Tensor, offsets: Tensor, words: Tensor, lengths: Tensor,
+    def add(self, images: Tensor | None, scores: Tensor, offsets: Tensor, words: Tensor, lengths: Tensor,
             truncated: Tensor, attention: Tensor | None) -> None:
-        """Merge candidates (b, C) (-inf = none) of the images `images` (b,) and keep the K best of each."""
+        """Merge candidates (b, C) (-inf = none) of the images `images` (b,; None = all) and keep the
+        K best of each."""
         f = self.found
         K = f.scores.shape[1]
-        keys, idx = torch.cat([self.keys[images], scores + offsets], dim=1).topk(K, dim=1)  # (b, K)
-        self.keys[images] = keys
-        f.scores[images] = torch.cat([f.scores[images], scores], dim=1).gather(1, idx)
-        f.words[images] = _gather(torch.cat([f.words[images], words], dim=1), idx)
-        f.lengths[images] = torch.cat([f.lengths[images], lengths], dim=1).gather(1, idx)
-        f.truncated[images] = torch.cat([f.truncated[images], truncated], dim=1).gather(1, idx)
-        if attention is not None:
-            if f.attention is None:
-                f.attention = attention.new_zeros(*f.words.shape, attention.shape[-1])
-            f.attention[images] = _gather(torch.cat([f.attention[images], attention], dim=1), idx)
+        if attention is not None and f.attention is None:
+            f.attention = attention.new_zeros(*f.words.shape, attention.shape[-1])
+        fields = [("scores", scores), ("words", words), ("lengths", lengths), ("truncated", truncated)]
+        fields += [("attention", attention)] if attention is not None else []
+        pick = (lambda x: x) if images is None else (lambda x: x[images])
+        keys, idx = torch.cat([pick(self.keys), scores + offsets], dim=1).topk(K, dim=1)  # (b, K)
+        merged = {name: _gather(torch.cat([pick(getattr(f, name)), new], dim=1), idx) for name, new in fields}
+        if images is None:
+            self.keys = keys
+            for name, value in merged.items():
+                setattr(f, name, value)
+        else:
+            self.keys[images] = keys
+            for name, value in merged.items():
+                getattr(f, name)[images] = value
 
 
 def _gather(x: Tensor, idx: Tensor) -> Tensor:
     """x (B, C, ...), idx (B, K) -> (B, K, ...): per-image selection of entries."""
-    return x[torch.arange(x.shape[0], device=x.device).unsqueeze(1), idx]
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand(*idx.shape, *x.shape[2:]))
 
 
 def _top(cand: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -149,7 +155,9 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     pool = _Pool(B, K, L, ids.pad, device)
     # The images still searching: their index into the pool, and a per-step flag. An image that is
     # done leaves every tensor at the end of the step, so later steps do not compute its rows.
-    images = torch.arange(B, device=device)
+    images: Tensor | None = None                                           # None: every image
+    beam_index = torch.arange(GK, device=device)                            # (GK,)
+    row_base = torch.arange(B, device=device).unsqueeze(1) * GK             # (B, 1) first row of each image
     done = torch.zeros(B, dtype=torch.bool, device=device)
     rank = torch.arange(2 * K, device=device)                               # (2K,)
     required = None if include is None else _Required.of(include)
@@ -174,7 +182,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
             is_end = top_tok == ids.end
             ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K])      # (B, K)
             end_beam = top_beam[:, :K]
-            fin_scores.append(torch.where(ended, norm(top_scores[:, :K], t), NEG_INF))
+            fin_scores.append(norm(top_scores[:, :K], t).masked_fill(~ended, NEG_INF))
             fin_offsets.append(offset[g].expand(B, K))
             fin_beams.append(end_beam)
             # At the forced last step a caption is cut when the model itself would have gone on.
@@ -185,9 +193,9 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
             scores.append(top_scores.gather(1, order))
             words.append(top_tok.gather(1, order))
         stuck = torch.isinf(logp.max(dim=-1).values).view(B, GK) & torch.isfinite(beam_scores)  # (B, GK)
-        fin_scores.append(torch.where(stuck, norm(beam_scores, t), NEG_INF))
+        fin_scores.append(norm(beam_scores, t).masked_fill(~stuck, NEG_INF))
         fin_offsets.append(offset[beam_group])
-        fin_beams.append(torch.arange(GK, device=device).expand(B, GK))
+        fin_beams.append(beam_index.expand(B, GK))
         fin_cut.append(torch.ones_like(stuck))
         fin_beam = torch.cat(fin_beams, dim=1)
         pool.add(images, torch.cat(fin_scores, dim=1), torch.cat(fin_offsets, dim=1), _gather(history, fin_beam),
@@ -197,7 +205,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
             break
 
         parent, beam_scores, word = torch.cat(parents, 1), torch.cat(scores, 1), torch.cat(words, 1)  # (B, GK)
-        rows = (torch.arange(B, device=device).unsqueeze(1) * GK + parent).view(R)  # (R,) flat parent rows
+        rows = (row_base + parent).view(R)                                 # (R,) flat parent rows
         state = select_rows(state, rows)
         history = _gather(history, parent)
         history[:, :, t] = word
@@ -218,12 +226,14 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
             break
         if bool(done.any()):  # drop the finished images' rows from every tensor
             keep = (~done).nonzero().squeeze(1)                                # (B',)
-            keep_rows = (keep.unsqueeze(1) * GK + torch.arange(GK, device=device)).view(-1)  # (B'*GK,)
-            images, beam_scores, history = images[keep], beam_scores[keep], history[keep]
+            keep_rows = (keep.unsqueeze(1) * GK + beam_index).view(-1)     # (B'*GK,)
+            images = keep if images is None else images[keep]
+            beam_scores, history = beam_scores[keep], history[keep]
             att_history = None if att_history is None else att_history[keep]
             if G > 1:
                 include, required = include[keep], _Required(required.ids[keep], required.valid[keep])
             tokens, state = tokens[keep_rows], select_rows(state, keep_rows)
             memory = select_rows(memory, keep if per_image_memory else keep_rows)
             B, R = keep.numel(), keep.numel() * GK
+            row_base = torch.arange(B, device=device).unsqueeze(1) * GK
     return pool.found
