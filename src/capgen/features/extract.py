@@ -254,6 +254,9 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
     dist.barrier()
 
     done, failed = _read_progress(out)
+    # Rank 0 removes the progress files below: another rank still globbing and reading them failed
+    # now and then ("cannot read extraction progress", exit 2 in one torchrun test run of ~10).
+    dist.barrier()
     if dist.rank == 0:
         missing = [names[i] for i in range(len(names)) if i not in done and names[i] not in failed]
         if missing:
