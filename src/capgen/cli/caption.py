@@ -53,7 +53,8 @@ def add_model_args(p) -> None:
     p.add_argument("--encoder", metavar="NAME",
                    help="build the encoder as NAME or 'module:factory' (for your own encoders; it must "
                         "match the checkpoint's)")
-    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"], help="encoder engine")
+    p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"],
+                   help="engine of the encoder and the decoder's steps (auto: ONNX Runtime where they export)")
     p.add_argument("--tag-words", metavar="TSV",
                    help="class -> word file for tags (default: the bundled assets/imagenet_words.tsv)")
     p.add_argument("--threads", type=positive_int, default=None,
@@ -65,8 +66,8 @@ def add_precision_args(p, calibration: bool = True) -> None:
     """--precision (and --calibration), shared by caption, serve and extract."""
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
                    help="fp32 (default); bf16: the decoder (and a --backend torch encoder) in bfloat16 where "
-                        "the CPU has it, else fp32 with a warning; int8: the encoder quantized in ONNX Runtime "
-                        "(faster, slightly different captions; see BENCHMARKS.md)")
+                        "the CPU has it, else fp32 with a warning; int8: the encoder and the decoder step "
+                        "quantized in ONNX Runtime (faster, slightly different captions; see BENCHMARKS.md)")
     if calibration:
         p.add_argument("--calibration", metavar="PATH", nargs="+",
                        help="with --precision int8: photos (files, folders, globs) to calibrate the int8 encoder "
