@@ -1,4 +1,5 @@
-"""ONNX Runtime session settings shared by the encoder runner and the torch-free runtime (no torch here)."""
+"""ONNX Runtime sessions as every part of capgen opens them: the encoder runner, the decoder graphs
+and the torch-free runtime (no torch here)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ def session_options(threads: int):
     # (the torch decoder after the encoder: beam-3 captioning of one photo got slower; BENCHMARKS.md).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
+
+
+def open_session(path, threads: int, error: type[Exception] | None = None):
+    """A CPU inference session for `path` with `session_options(threads)`; `error` (default
+    ExportError) naming the file when ONNX Runtime cannot load it."""
+    import onnxruntime as ort
+
+    from capgen.errors import ExportError
+
+    try:
+        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001  onnxruntime raises its own types for unreadable or invalid graphs
+        raise (error or ExportError)(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:120]})") \
+            from None
 
 
 def quantize_dynamic_int8(src, dst) -> None:

@@ -182,15 +182,9 @@ def _int8_runner(encoder: ImageEncoder, threads: int | None, cache_root: Path,
 
 
 def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
+    from capgen.ort import open_session
 
-    from capgen.ort import session_options
-
-    try:
-        return ort.InferenceSession(str(path), session_options(threads or os.cpu_count() or 1),
-                                    providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise EncoderError(f"{path}: cannot load ONNX model ({type(e).__name__})") from None
+    return open_session(path, threads or os.cpu_count() or 1, EncoderError)
 
 
 def _check_batch(encoder: ImageEncoder) -> np.ndarray:
@@ -226,13 +220,18 @@ class _PooledGrid(nn.Module):
 
 
 def _weights_hash(encoder: ImageEncoder) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"spec": encoder.spec(), "export": _EXPORT_VERSION}, sort_keys=True).encode())
-    for key, value in encoder.state_dict().items():
+    return weights_hash(encoder, json.dumps({"spec": encoder.spec(), "export": _EXPORT_VERSION}, sort_keys=True), 12)
+
+
+def weights_hash(module: nn.Module, header: str, length: int) -> str:
+    """Hex digest of `header` and every tensor of `module`'s state dict (names, dtypes, shapes, bytes):
+    the key of an exported graph in the cache (the encoder's here, the decoder's in models/onnx)."""
+    h = hashlib.sha256(header.encode())
+    for key, value in module.state_dict().items():
         t = value.detach().cpu().contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:12]
+    return h.hexdigest()[:length]
 
 
 def _has_onnxruntime() -> bool:

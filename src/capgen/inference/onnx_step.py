@@ -29,28 +29,21 @@ class OnnxStepModel(nn.Module):
         and a few captions in a hundred differ; BENCHMARKS.md). ExportError when the model's step
         cannot be expressed in ONNX."""
         super().__init__()
-        from capgen.runtime.runtime import open_session
+        from capgen.runtime.graphs import DecoderGraphs
 
         folder, iface = cached_decoder_graphs(model, cache_dir)
         step = cached_int8_step(model, folder, iface) if precision == "int8" else folder / STEP
         self.precision = precision
-        self._init, self._step = open_session(folder / INIT, threads), open_session(step, threads)
+        self.graphs = DecoderGraphs(folder / INIT, step, iface["memory"], iface["state"], threads)
         self.name, self.vocab_size = model.name, model.vocab_size
         self.shared_memory = bool(iface.get("shared_memory"))
-        self.memory_keys, self.state_keys = list(iface["memory"]), list(iface["state"])
-        # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
-        self._init_inputs = [i.name for i in self._init.get_inputs()]
-        self._init_outputs = [o.name for o in self._init.get_outputs()]
-        self._step_inputs = {i.name for i in self._step.get_inputs()}
-        self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
         self._initial: tuple[int, State] | None = None
 
     def init_memory(self, pooled: Tensor, grid: Tensor) -> State:
-        features = {"pooled": pooled.float().numpy(), "grid": grid.float().numpy()}
-        values = dict(zip(self._init_outputs, self._init.run(None, {k: features[k] for k in self._init_inputs})))
-        memory = {k: torch.from_numpy(values[f"memory.{k}"]) for k in self.memory_keys}
+        memory, state = self.graphs.start(pooled.float().numpy(), grid.float().numpy())
+        memory = {k: torch.from_numpy(v) for k, v in memory.items()}
         # The init graph also gives the initial state; init_state(memory) hands it out.
-        self._initial = (id(memory), {k: torch.from_numpy(values[f"state.{k}"]) for k in self.state_keys})
+        self._initial = (id(memory), {k: torch.from_numpy(v) for k, v in state.items()})
         return memory
 
     def init_state(self, memory: State) -> State:
@@ -60,7 +53,6 @@ class OnnxStepModel(nn.Module):
         return state
 
     def step(self, tokens: Tensor, state: State, memory: State) -> tuple[Tensor, State, None]:
-        feed = {"tokens": tokens.numpy(), **{f"state.{k}": v.numpy() for k, v in state.items()},
-                **{f"memory.{k}": v.numpy() for k, v in memory.items()}}
-        logp, *new = self._step.run(self._step_outputs, {k: v for k, v in feed.items() if k in self._step_inputs})
-        return torch.from_numpy(logp), {k: torch.from_numpy(v) for k, v in zip(self.state_keys, new)}, None
+        logp, new = self.graphs.step(tokens.numpy(), {k: v.numpy() for k, v in state.items()},
+                                     {k: v.numpy() for k, v in memory.items()})
+        return torch.from_numpy(logp), {k: torch.from_numpy(v) for k, v in new.items()}, None

@@ -11,7 +11,6 @@ the Captioner, which runs its decoder steps in ONNX Runtime (capgen.inference.on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -135,13 +134,10 @@ def verify_decoder(model: CaptionModel, init_path: Path, step_path: Path, iface:
     """Max |log-prob| difference ONNX Runtime vs torch over `steps` steps (random words) on random
     features: 3 images, then (a model with shared memory) 1 image decoded in 3 rows; relative: as a
     share of the log-probs' spread over the vocabulary. ExportError when above `tolerance`."""
-    import onnxruntime as ort
+    from capgen.runtime.graphs import DecoderGraphs
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    init = ort.InferenceSession(str(init_path), opts, providers=["CPUExecutionProvider"])
-    step = ort.InferenceSession(str(step_path), opts, providers=["CPUExecutionProvider"])
-    worst = max(_difference(model, init, step, iface, images, rows, steps, relative)
+    graphs = DecoderGraphs(init_path, step_path, iface["memory"], iface["state"])
+    worst = max(_difference(model, graphs, images, rows, steps, relative)
                 for images, rows in ((3, 1), (1, 3)) if rows == 1 or iface.get("shared_memory"))
     if not worst < tolerance:
         raise ExportError(f"model {model.name}: the ONNX decoder step differs from torch by {worst:.3g} "
@@ -149,21 +145,14 @@ def verify_decoder(model: CaptionModel, init_path: Path, step_path: Path, iface:
     return worst
 
 
-def _difference(model: CaptionModel, init, step, iface: dict, images: int, rows: int, steps: int,
-                relative: bool = False) -> float:
+def _difference(model: CaptionModel, graphs, images: int, rows: int, steps: int, relative: bool = False) -> float:
     """One verify run: `images` images, each decoded in `rows` rows of state over one memory row."""
     from capgen.decoding.common import repeat_rows
 
     pooled, grid = _example(model, batch=images)
     g = torch.Generator().manual_seed(1)
-    mk, sk = iface["memory"], iface["state"]
-    features = {"pooled": pooled.numpy(), "grid": grid.numpy()}
-    # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
-    values = dict(zip([o.name for o in init.get_outputs()],
-                      init.run(None, {i.name: features[i.name] for i in init.get_inputs()})))
-    step_inputs = {i.name for i in step.get_inputs()}
-    memory_o = {k: values[f"memory.{k}"] for k in mk}
-    state_o = {k: np.repeat(values[f"state.{k}"], rows, axis=0) for k in sk}
+    memory_o, state_o = graphs.start(pooled.numpy(), grid.numpy())
+    state_o = {k: np.repeat(v, rows, axis=0) for k, v in state_o.items()}
     R, worst = images * rows, 0.0
     with torch.inference_mode():
         memory: State = model.init_memory(pooled, grid)
@@ -171,12 +160,8 @@ def _difference(model: CaptionModel, init, step, iface: dict, images: int, rows:
         tokens = torch.full((R,), 1, dtype=torch.long)
         for _ in range(steps):
             ref, state, _ = model.step(tokens, state, memory)
-            feed = {"tokens": tokens.numpy(), **{f"state.{k}": v for k, v in state_o.items()},
-                    **{f"memory.{k}": v for k, v in memory_o.items()}}
-            out = step.run(["logp"] + [f"new_state.{k}" for k in sk],
-                           {k: v for k, v in feed.items() if k in step_inputs})
-            state_o = dict(zip(sk, out[1:]))
-            diff = float(np.abs(out[0] - ref.numpy()).max()) if out[0].shape == tuple(ref.shape) else float("inf")
+            logp, state_o = graphs.step(tokens.numpy(), state_o, memory_o)
+            diff = float(np.abs(logp - ref.numpy()).max()) if logp.shape == tuple(ref.shape) else float("inf")
             if relative:
                 diff /= max(float((ref.max(dim=-1).values - ref.min(dim=-1).values).mean()), 1e-6)
             worst = max(worst, diff)
@@ -224,12 +209,9 @@ def cached_int8_step(model: CaptionModel, folder: Path, iface: dict) -> Path:
 
 
 def _weights_hash(model: CaptionModel) -> str:
-    h = hashlib.sha256(json.dumps({"model": _describe(model), "graphs": GRAPHS_VERSION}).encode())
-    for key, value in model.state_dict().items():
-        t = value.detach().cpu().contiguous()
-        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    from capgen.encoders.onnx import weights_hash
+
+    return weights_hash(model, json.dumps({"model": _describe(model), "graphs": GRAPHS_VERSION}), 16)
 
 
 def _describe(model: CaptionModel) -> dict:

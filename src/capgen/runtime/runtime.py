@@ -20,7 +20,9 @@ from capgen.errors import CapgenError, ExportError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.preprocess import Preprocess
 from capgen.runtime import folder as fmt
-from capgen.runtime.search import Arrays, beam_search, greedy_search, hypotheses
+from capgen.ort import open_session
+from capgen.runtime.graphs import DecoderGraphs
+from capgen.runtime.search import beam_search, greedy_search, hypotheses
 from capgen.tags.guide import Guidance, Guide, GuideConfig
 from capgen.tags.head import LinearHead
 from capgen.tags.tagger import TagConfig, Tagger
@@ -43,18 +45,6 @@ class Caption:
         d = asdict(self)
         d["guided"] = self.guided.to_dict() if self.guided is not None else None
         return d
-
-
-def open_session(path: Path, threads: int):
-    """A CPU ONNX Runtime session for `path`; ExportError naming the file when it cannot load."""
-    import onnxruntime as ort
-
-    from capgen.ort import session_options
-
-    try:
-        return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise ExportError(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:120]})") from None
 
 
 class Runtime:
@@ -89,10 +79,8 @@ class Runtime:
         self.max_pixels = max_pixels
         threads = threads or os.cpu_count() or 1
         self.encoder = open_session(d / fmt.ENCODER, threads)
-        self.init = open_session(d / fmt.INIT, decoder_threads)
-        self.step_session = open_session(d / fmt.STEP, decoder_threads)
+        self.graphs = DecoderGraphs(d / fmt.INIT, d / fmt.STEP, self.memory_keys, self.state_keys, decoder_threads)
         self._check_graphs(encoder)
-        self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
         self.tagger, self.guide = self._tags(encoder.get("dim")) if fmt.has_tags(d) else (None, None)
 
     # ---- loading, with checks that name the file ---------------------------------------------------
@@ -141,20 +129,19 @@ class Runtime:
 
     def _check_graphs(self, encoder: dict) -> None:
         d = self.folder
-        meta = self.step_session.get_modelmeta().custom_metadata_map
+        step = self.graphs.step_session
+        meta = step.get_modelmeta().custom_metadata_map
         if meta.get(fmt.VOCAB_HASH_KEY) != fmt.sha256_file(d / fmt.VOCAB):
             raise ExportError(f"{d / fmt.VOCAB}: not the vocabulary {fmt.STEP} was exported with "
                               f"({len(self.vocab)} words); export again")
-        V = self.step_session.get_outputs()[0].shape[-1]
+        V = step.get_outputs()[0].shape[-1]
         if V != len(self.vocab):
             raise ExportError(f"{d / fmt.VOCAB}: {len(self.vocab)} words, but {fmt.STEP} predicts {V}")
         # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
-        names = {i.name for i in self.step_session.get_inputs()}
+        names = self.graphs.step_inputs
         wanted = {"tokens"} | {f"state.{k}" for k in self.state_keys} | {f"memory.{k}" for k in self.memory_keys}
         if "tokens" not in names or not names <= wanted:
             raise ExportError(f"{d / fmt.STEP}: its inputs do not match {fmt.MODEL} (another model's graph?)")
-        self._step_state = [k for k in self.state_keys if f"state.{k}" in names]
-        self._step_memory = [k for k in self.memory_keys if f"memory.{k}" in names]
         outs = {o.name: o.shape for o in self.encoder.get_outputs()}
         x = self.encoder.get_inputs()[0].shape
         grid = encoder.get("grid") or [0, 0]
@@ -166,9 +153,8 @@ class Runtime:
                 isinstance(g, int) and g != e for k in expected for g, e in zip(got[k], expected[k])):
             raise ExportError(f"{d / fmt.ENCODER}: not the encoder {fmt.MODEL} describes "
                               f"({encoder.get('name')}, input {expected['x']}, dim {encoder.get('dim')}, grid {grid})")
-        self._init_inputs = [i.name for i in self.init.get_inputs()]
-        if not set(self._init_inputs) <= {"pooled", "grid"}:
-            raise ExportError(f"{d / fmt.INIT}: expected inputs pooled and grid, got {sorted(self._init_inputs)}")
+        if not set(self.graphs.init_inputs) <= {"pooled", "grid"}:
+            raise ExportError(f"{d / fmt.INIT}: expected inputs pooled and grid, got {sorted(self.graphs.init_inputs)}")
 
     # ---- the pipeline ------------------------------------------------------------------------------
     def decode_config(self, **options) -> DecodeConfig:
@@ -191,12 +177,6 @@ class Runtime:
         x = np.stack([self.preprocess.array(load_image(i, max_pixels=self.max_pixels)) for i in images])
         pooled, grid = self.encoder.run(["pooled", "grid"], {"x": x})
         return pooled, grid
-
-    def _step(self, tokens: np.ndarray, state: Arrays, memory: Arrays) -> tuple[np.ndarray, Arrays]:
-        feed = {"tokens": tokens, **{f"state.{k}": state[k] for k in self._step_state},
-                **{f"memory.{k}": memory[k] for k in self._step_memory}}
-        logp, *new = self.step_session.run(self._step_outputs, feed)
-        return logp, dict(zip(self.state_keys, new))
 
     def guidance(self, pooled: np.ndarray, config: DecodeConfig, guide: GuideConfig | float | None = GuideConfig()
                  ) -> list[Guidance | None]:
@@ -226,19 +206,14 @@ class Runtime:
 
     def _decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig,
                 include: np.ndarray | None = None) -> list[list[Hypothesis]]:
-        features = {"pooled": pooled, "grid": grid}
-        outs = self.init.run(None, {k: features[k] for k in self._init_inputs})
-        names = [o.name for o in self.init.get_outputs()]
-        values = dict(zip(names, outs))
-        memory = {k: values[f"memory.{k}"] for k in self.memory_keys}
-        state = {k: values[f"state.{k}"] for k in self.state_keys}
+        memory, state = self.graphs.start(pooled, grid)
         if include is not None and config.method != "beam":   # greedy with a required word: a beam of one
             config = dataclasses.replace(config, method="beam", beam_size=1)
         if config.method == "beam":
-            found = beam_search(self._step, memory, state, self.ids, config, len(self.vocab), self.shared_memory,
+            found = beam_search(self.graphs.step, memory, state, self.ids, config, len(self.vocab), self.shared_memory,
                                 include)
         else:
-            found = greedy_search(self._step, memory, state, self.ids, config, len(self.vocab))
+            found = greedy_search(self.graphs.step, memory, state, self.ids, config, len(self.vocab))
         return hypotheses(found, config.n_best)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
