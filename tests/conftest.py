@@ -180,3 +180,29 @@ def forged_checkpoint(tiny_run, tmp_path: Path, edit) -> Path:
     path = tmp_path / "forged.pt"
     save_checkpoint(path, payload)
     return path
+
+
+class HeldCaptioner:
+    """A stand-in for a Captioner in ModelWorker tests: options pass through, encoding gives nothing,
+    and captioning sets `started`, waits for `release` (at most `wait` s), runs `captioned` and
+    returns the images themselves as their "captions"."""
+
+    def __init__(self, wait: float = 60.0):
+        import threading
+
+        self.started, self.release, self.wait = threading.Event(), threading.Event(), wait
+
+    def decode_config(self, **options):
+        return options
+
+    def encode_loaded(self, images):
+        return None, None
+
+    def caption_encoded(self, images, pooled, grid, config, **kw):
+        self.started.set()
+        self.release.wait(self.wait)
+        self.captioned(images)
+        return list(images)
+
+    def captioned(self, images) -> None:
+        """Runs once a batch is released (a test may advance a fake clock here)."""

@@ -244,22 +244,11 @@ def test_worker_answers_every_waiting_job_on_close():
     from concurrent.futures import wait
 
     from capgen.serve.worker import ModelWorker, ServerBusy
+    from conftest import HeldCaptioner
 
-    release, started = threading.Event(), threading.Event()
-
-    class Blocking:
-        def decode_config(self, **options):
-            return options
-
-        def encode_loaded(self, images):
-            return None, None
-
-        def caption_encoded(self, images, pooled, grid, config, **kw):
-            started.set()
-            release.wait(10)
-            return list(images)
-
-    worker = ModelWorker(Blocking(), max_batch=1)
+    blocking = HeldCaptioner(wait=10)
+    release, started = blocking.release, blocking.started
+    worker = ModelWorker(blocking, max_batch=1)
     first = worker.submit(["a"], {"beam_size": 1})
     assert started.wait(10)
     waiting = [worker.submit([x], {"beam_size": 2}) for x in "bcd"]

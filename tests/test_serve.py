@@ -231,24 +231,18 @@ def test_work_that_would_outlast_the_wait_limit_is_refused_at_once(monkeypatch):
     from capgen.serve import worker as worker_module
     from capgen.serve.worker import ModelWorker, ServerBusy
 
+    from conftest import HeldCaptioner
+
     clock = [0.0]
     monkeypatch.setattr(worker_module.time, "perf_counter", lambda: clock[0])
-    release, started = threading.Event(), threading.Event()
 
-    class TenSecondsPerImage:  # a fake model on a fake clock: each image "takes" 10 s
-        def decode_config(self, **options):
-            return options
-
-        def encode_loaded(self, images):
-            return None, None
-
-        def caption_encoded(self, images, pooled, grid, config, **kw):
-            started.set()
-            release.wait(60)
+    class TenSecondsPerImage(HeldCaptioner):  # a fake model on a fake clock: each image "takes" 10 s
+        def captioned(self, images):
             clock[0] += 10.0 * len(images)
-            return list(images)
 
-    worker = ModelWorker(TenSecondsPerImage(), max_batch=4, max_queue=100, max_wait=25.0)
+    model = TenSecondsPerImage()
+    release, started = model.release, model.started
+    worker = ModelWorker(model, max_batch=4, max_queue=100, max_wait=25.0)
     release.set()
     assert worker.submit(["a"], {}).result(60) == ["a"]   # measures the rate: 10 s per image
     release.clear()
