@@ -35,6 +35,16 @@ class Checkpoint:
     meta: dict = field(default_factory=dict)   # metrics, train config, epoch...
 
 
+def spec_diff(a: dict, b: dict) -> list[str]:
+    """The keys in which two encoder specs (or any flat dicts) differ, sorted."""
+    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _float_state(state: dict) -> dict:
+    """A stored state dict with its float tensors back in float32 (checkpoints may hold float16)."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def _plain_state(module, half: bool) -> dict:
     return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
             for k, v in module.state_dict().items()}
@@ -150,8 +160,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         model = create_model(payload["model_name"], vocab_size=payload["vocab_size"],
                              feature_dim=payload["feature_dim"], num_regions=payload["num_regions"],
                              overrides=payload["model_config"], itos=vocab.itos)
-        state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-        model.load_state_dict(state)
+        model.load_state_dict(_float_state(payload["state_dict"]))
         if "encoder_top" in payload:
             model = _with_encoder_top(model, payload)
     except KeyError as e:
@@ -173,11 +182,9 @@ def _with_encoder_top(decoder, payload: dict):
     spec, top = payload["encoder"], payload["encoder_top"]
     model, stem_spec = attach_top(decoder, spec["name"], top["split_at"])
     if stem_spec != spec:
-        diff = [k for k in sorted(set(spec) | set(stem_spec)) if spec.get(k) != stem_spec.get(k)]
         raise CheckpointError(f"its encoder blocks do not fit {spec['name']} split at {top['split_at']} "
-                              f"blocks ({', '.join(diff)} differ)")
-    state = {k: v.float() if v.is_floating_point() else v for k, v in top["state_dict"].items()}
-    model.top.load_state_dict(state)
+                              f"blocks ({', '.join(spec_diff(spec, stem_spec))} differ)")
+    model.top.load_state_dict(_float_state(top["state_dict"]))
     return model
 
 
@@ -198,8 +205,8 @@ def load_checkpoints(paths: Sequence[str | Path]) -> Checkpoint:
                                   f"words, {paths[0]} has {len(first.vocab)}" +
                                   (" (same size, other words)" if len(ck.vocab) == len(first.vocab) else ""))
         if ck.encoder != first.encoder:
-            diff = [k for k in sorted(set(ck.encoder) | set(first.encoder)) if ck.encoder.get(k) != first.encoder.get(k)]
-            raise CheckpointError(f"{path}: ensemble members must share the encoder input; {', '.join(diff)} "
+            raise CheckpointError(f"{path}: ensemble members must share the encoder input; "
+                                  f"{', '.join(spec_diff(ck.encoder, first.encoder))} "
                                   f"differ from {paths[0]} ({ck.encoder.get('name')} vs {first.encoder.get('name')})")
     model = EnsembleModel([c.model for c in cks]).eval()
     return Checkpoint(model, first.vocab, first.encoder, {"members": [str(p) for p in paths]})

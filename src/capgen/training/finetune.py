@@ -6,7 +6,7 @@ cache and an --init checkpoint is one line naming both sides, raised before the 
 
 from __future__ import annotations
 
-from capgen.checkpoint import Checkpoint, CheckpointError
+from capgen.checkpoint import Checkpoint, CheckpointError, spec_diff
 from capgen.encoders import create_encoder
 from capgen.errors import CapgenError
 from capgen.features import FeatureCache
@@ -60,4 +60,4 @@ def build_model(model_name: str, model_config: dict, vocab, cache: FeatureCache,
 
 
 def _diff(a: dict, b: dict) -> str:
-    return ", ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)) or "nothing"
+    return ", ".join(spec_diff(a, b)) or "nothing"
