@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from capgen.encoders.base import ImageEncoder, linear_head
-from capgen.tags.head import LinearHead
-from capgen.preprocess import Preprocess
 from capgen.encoders.registry import register_encoder
 from capgen.errors import EncoderError
+from capgen.preprocess import Preprocess
+from capgen.tags.head import LinearHead
 
 # arch -> (input size, grid side, weights package, ModelFile class in it)
 _ARCHS = {
