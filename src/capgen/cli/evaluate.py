@@ -13,18 +13,30 @@ def register(sub, parents) -> None:
                                    "Writes predictions.json (COCO results) and metrics.json.")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="a best.pt written by capgen train; several = an ensemble (log-probs averaged per step)")
-    p.add_argument("--data", required=True, metavar="PREPARED")
-    p.add_argument("--features", required=True, metavar="FEATURES")
+    p.add_argument("--data", metavar="PREPARED", help="a prepared dataset (with --features)")
+    p.add_argument("--features", metavar="FEATURES", help="its feature cache")
+    p.add_argument("--images", metavar="DIR", help="instead of --data/--features: a folder of photos, captioned "
+                                                   "as capgen caption does (tag guidance on unless --no-guide)")
+    p.add_argument("--references", metavar="CAPTIONS.json", help="with --images: COCO-format captions of the photos")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json")
     add_decode_args(p)
     add_guide_args(p, default=None)
+    p.add_argument("--no-guide", action="store_true", help="with --images: captions without tag guidance")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (its Java start-up takes ~15 s)")
     p.add_argument("--any-vocab", action="store_true", help="allow a dataset prepared with another vocabulary")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from capgen.errors import CapgenError
+
+    if args.images or args.references:
+        if not (args.images and args.references) or args.data or args.features:
+            raise CapgenError("evaluate: give --images DIR with --references FILE, or --data with --features")
+        return run_photos(args)
+    if not (args.data and args.features):
+        raise CapgenError("evaluate: --data PREPARED and --features FEATURES are required (or --images with --references)")
     from capgen.data import PreparedDataset
     from capgen.decoding import DecodeConfig
     from capgen.evaluation.run import evaluate_checkpoint, metrics_table
@@ -45,5 +57,25 @@ def run(args) -> int:
               f"{g['stand_ins']} through a stand-in word")
     for note in m["notes"]:
         print(f"note: {note}")
+    print(f"-> {args.out}/predictions.json, {args.out}/metrics.json")
+    return 0
+
+
+def run_photos(args) -> int:
+    from capgen.evaluation.photos import evaluate_photos
+    from capgen.evaluation.run import metrics_table
+    from capgen.inference import Captioner
+    from capgen.tags.guide import GuideConfig
+
+    captioner = Captioner.from_pretrained(args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0])
+    guide = None if args.no_guide else GuideConfig(args.guide_threshold, args.novel_guide_threshold)
+    m = evaluate_photos(captioner, args.images, args.references, {**decode_options(args), "guide": guide},
+                        out=args.out, meteor=not args.no_meteor)
+    print(f"{args.images}: {m['images']} photos captioned in {m['seconds']:.1f} s, tokenizer {m['tokenizer']}")
+    print(metrics_table(m))
+    print(f"invented objects (CHAIR): {100 * m['CHAIR_s']:.1f}% of captions, {100 * m['CHAIR_i']:.1f}% of objects "
+          f"named; invented person {100 * m['invented_person']:.1f}%, invented dog {100 * m['invented_dog']:.1f}%")
+    if m["failed"]:
+        print(f"note: {len(m['failed'])} photos could not be read (e.g. {m['failed'][0]})")
     print(f"-> {args.out}/predictions.json, {args.out}/metrics.json")
     return 0

@@ -22,6 +22,9 @@ def register(sub, parents) -> None:
     p.add_argument("--skip-missing", action="store_true", help="drop captions whose image file is missing")
     p.add_argument("--allow-outside-root", action="store_true",
                    help="accept image paths outside the images folder (absolute, '..', symlinks leading out)")
+    p.add_argument("--text", action="append", default=[], metavar="FILE.jsonl",
+                   help="caption text without images (one photo a line: {\"id\", \"captions\": [...]}); "
+                        "its words join the vocabulary and it trains the decoder on text (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -31,10 +34,15 @@ def run(args) -> int:
     ds = prepare_dataset(args.data, args.out, fmt=args.format, images=args.images, min_count=args.min_count,
                          max_vocab=args.max_vocab, seed=args.seed, val_fraction=args.val_fraction,
                          test_fraction=args.test_fraction, skip_missing=args.skip_missing,
-                         allow_outside_root=args.allow_outside_root)
+                         allow_outside_root=args.allow_outside_root, text=args.text)
     m = ds.manifest
     splits = ", ".join(f"{s} {v['images']} images / {v['captions']} captions" for s, v in m["splits"].items())
     print(f"prepared {m['format']} dataset -> {ds.root}: {splits}; vocabulary {m['vocab_size']} words")
+    for c in m["text_corpora"]:
+        print(f"text corpus {c['path']}: {c['photos']} photos / {c['captions']} captions (sha256 {c['sha256'][:12]})")
+    if m["text_corpora"]:
+        print(f"vocabulary: {m['vocab_from_pairs']} words seen in the paired captions, "
+              f"{m['vocab_size'] - m['vocab_from_pairs']} from the text corpora alone (incl. 4 special tokens)")
     if m["dropped"]["not_in_any_split"] or m["dropped"]["missing_image_files"]:
         print(f"dropped: {m['dropped']['not_in_any_split']} images in no split, "
               f"{m['dropped']['missing_image_files']} missing image files")

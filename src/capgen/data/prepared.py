@@ -4,6 +4,7 @@ Layout of PREPARED/:
   manifest.json          counts, source, images folder, settings (written last: marks completeness)
   vocab.json             Vocabulary.to_dict()
   {train,val,test}.jsonl one image per line: {"image", "raw": [...], "tokens": [[...], ...]}
+  text.jsonl             with --text: caption text without images (data/corpus.py), one photo per line
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from capgen.data.corpus import TEXT_FILE, TextRecord, load_text_records, read_corpus, write_text_records
 from capgen.data.readers import SPLITS, RawDataset, read_dataset
 from capgen.data.text import normalize_caption
 from capgen.data.vocab import Vocabulary
@@ -60,16 +62,25 @@ def prepare_dataset(
     test_fraction: float = 0.1,
     skip_missing: bool = False,
     allow_outside_root: bool = False,
+    text: list[str | Path] | tuple = (),
 ) -> "PreparedDataset":
     """Read any supported dataset and write a prepared folder (atomically) at `out`.
 
     allow_outside_root: accept image paths that lead outside the images folder (absolute paths,
     "..", symlinks pointing elsewhere). Off by default: a caption file must not make capgen read
     (and encode, and serve captions of) arbitrary files such as /etc/passwd.
+    text: caption corpora without images (data/corpus.py); their words join the vocabulary and they
+    are kept in text.jsonl for text-only training batches.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DatasetError(f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction} "
                            f"test={test_fraction}")
+    text_records: list[TextRecord] = []
+    corpora = []
+    for i, path in enumerate(text):  # read first: a bad corpus fails before any image is looked at
+        records, entry = read_corpus(path, i)
+        text_records += records
+        corpora.append(entry)
     raw = read_dataset(data, fmt, images)
     if not allow_outside_root:
         check_inside_root(raw.records, raw.images_dir, str(raw.source))
@@ -95,7 +106,8 @@ def prepare_dataset(
                 raise DatasetError(f"{raw.source}: a caption of {item['image']} has no words after "
                                    f"normalisation")
 
-    vocab = Vocabulary.build((t for item in by_split["train"] for t in item["tokens"]), min_count, max_vocab)
+    train_tokens = [t for item in by_split["train"] for t in item["tokens"]]
+    vocab = Vocabulary.build(train_tokens + [t for r in text_records for t in r.tokens], min_count, max_vocab)
     manifest = {
         "capgen_prepared": FORMAT_VERSION,
         "source": str(raw.source.resolve()),
@@ -111,12 +123,17 @@ def prepare_dataset(
         # Kept, not dropped: the benchmarks' reference sets hold them too (Flickr8k has 10), and
         # metrics must match the published protocol. `capgen prepare` reports the count.
         "duplicate_captions": sum(len(r.captions) - len(set(r.captions)) for r in raw.records.values()),
+        "text_corpora": corpora,
+        # Vocabulary words seen in the paired training captions (the rest come from the text corpora).
+        "vocab_from_pairs": len(set(vocab.itos) & {w for t in train_tokens for w in t}),
     }
     with atomic_dir(out, replace_if=MANIFEST) as tmp:
         for s, items in by_split.items():
             with open(tmp / f"{s}.jsonl", "w", encoding="utf-8") as f:
                 for item in items:
                     f.write(json.dumps(item, ensure_ascii=False) + "\n")
+        if text_records:
+            write_text_records(tmp / TEXT_FILE, text_records)
         vocab.save(tmp / "vocab.json")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return PreparedDataset.load(out)
@@ -186,6 +203,16 @@ class PreparedDataset:
                                    f"{manifest['splits'][s]['images']}; prepare again")
             splits[s] = items
         return cls(root, manifest, Vocabulary.load(root / "vocab.json"), splits)
+
+    def text(self) -> list[TextRecord]:
+        """The caption text without images that went in with --text (empty when none)."""
+        corpora = self.manifest.get("text_corpora") or []
+        if not isinstance(corpora, list) or not all(isinstance(c, dict) and isinstance(c.get("photos"), int)
+                                                     for c in corpora):
+            raise DatasetError(f"{self.root / MANIFEST}: 'text_corpora' must list the corpora with their photo counts")
+        if not corpora:
+            return []
+        return load_text_records(self.root / TEXT_FILE, sum(c["photos"] for c in corpora))
 
     def split(self, name: str) -> list[ImageRecord]:
         if name not in self._splits:

@@ -29,6 +29,8 @@ class CaptionModel(nn.Module):
 
     name: ClassVar[str] = ""             # registry name, set by @register_model
     supports_attention: ClassVar[bool] = False
+    # True when the model reads object tags (word_probs / has_image in init_memory and forward).
+    reads_tags: bool = False
     # True when `step` accepts a memory with one row per image while the state has m rows per image
     # (rows b*m .. b*m+m-1, as decoding lays out beams): the beams then share one copy of the memory.
     shared_memory: ClassVar[bool] = False
@@ -77,9 +79,10 @@ class CaptionModel(nn.Module):
         raise NotImplementedError
 
     # ---- helpers shared by all models ------------------------------------------------------------
-    def training_memory(self, pooled: Tensor, grid: Tensor, image_index: Tensor | None) -> State:
-        """init_memory once per image, then one row per caption (see `forward`)."""
-        memory = self.init_memory(pooled, grid)
+    def training_memory(self, pooled: Tensor, grid: Tensor, image_index: Tensor | None, **inputs) -> State:
+        """init_memory once per image (with a tag-reading model's extra `inputs`), then one row per
+        caption (see `forward`)."""
+        memory = self.init_memory(pooled, grid, **inputs)
         if image_index is None:
             return memory
         return {k: v.index_select(0, image_index) for k, v in memory.items()}

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from capgen.models.base import CaptionModel, ModelError, State
 from capgen.models.layers import FeatureProjection, OutputHead, WordEmbedding, sinusoid
 from capgen.models.registry import register_model
+from capgen.models.tag_input import TagInput
 
 
 @dataclass
@@ -26,6 +27,14 @@ class TransformerConfig:
     max_positions: int = 64            # only for learned positions: longest input incl. <start>
     tie_embeddings: bool = True
     glove: bool = False
+    # Object tags as input (models/tag_input.py): the top `tag_tokens` tag words join the memory.
+    # 0 = no tags (every checkpoint before them). The sizes and the tagger's name are set by the
+    # builder from the encoder's head (training/tag_model.py), never by hand.
+    tag_tokens: int = 0
+    tag_classes: int = 0
+    tag_words: int = 0
+    tag_word_len: int = 0
+    tagger: str = ""
 
     def __post_init__(self) -> None:
         if self.d_model < 2 or self.d_model % 2 or self.d_model % max(self.num_heads, 1):
@@ -104,7 +113,8 @@ class DecoderLayer(nn.Module):
 
 @register_model("transformer", TransformerConfig)
 class TransformerCaptioner(CaptionModel):
-    """Memory: per-layer cross-attention keys/values "cross_k{i}", "cross_v{i}" (B, H, 1+N, d/H).
+    """Memory: per-layer cross-attention keys/values "cross_k{i}", "cross_v{i}" (B, H, 1+N+k, d/H):
+    the pooled slot, the N grid regions, then k tag tokens when the model reads tags.
     State: per-layer self-attention cache "k{i}", "v{i}" (B, H, t, d/H) and "pos" (B,) the next position.
     The memory may keep one row per image while the state has several (see CaptionModel.shared_memory)."""
 
@@ -127,6 +137,15 @@ class TransformerCaptioner(CaptionModel):
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.num_layers))
         self.final_norm = nn.LayerNorm(d)
         self.head = OutputHead(d, self.word_embedding, vocab_size, c.tie_embeddings, 0.0)
+        self.tags = None
+        if c.tag_tokens:
+            self.tags = TagInput(c.tag_tokens, c.tag_classes, c.tag_words, c.tag_word_len, feature_dim, d)
+            # Stands for the image in text-only training (and image dropout): the caption rests on the tags.
+            self.no_image = nn.Parameter(torch.randn(d) * 0.02)
+
+    @property
+    def reads_tags(self) -> bool:
+        return self.tags is not None
 
     def _embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """tokens, positions (B, T) -> (B, T, d)."""
@@ -141,13 +160,23 @@ class TransformerCaptioner(CaptionModel):
         # Word vectors are initialised at scale 1/sqrt(d) for the tied output; sqrt(d) restores unit scale.
         return self.embed_drop(self.word_embedding(tokens) * math.sqrt(d) + pos)
 
-    def init_memory(self, pooled: Tensor, grid: Tensor) -> State:
+    def init_memory(self, pooled: Tensor, grid: Tensor, word_probs: Tensor | None = None,
+                    has_image: Tensor | None = None) -> State:
+        """word_probs (B, W): tag word probabilities to read instead of the head's (text-only training);
+        has_image (B,) bool: rows whose image is replaced by the learned no-image input."""
         self.check_features(pooled, grid)
         if grid.shape[1] != self.num_regions:
             raise ModelError(f"transformer: model was built for {self.num_regions} grid regions, "
                              f"got {grid.shape[1]}; features from a different encoder?")
         tokens = torch.cat([self.pooled_proj(pooled).unsqueeze(1), self.grid_proj(grid)], 1)  # (B, 1+N, d)
         mem = self.memory_norm(tokens + self.region_pos)                                       # (B, 1+N, d)
+        if self.tags is not None:
+            if has_image is not None:  # identical keys: attending to them is attending to one token
+                mem = torch.where(has_image.view(-1, 1, 1), mem, self.no_image.expand_as(mem))
+            probs = self.tags.word_probs(pooled) if word_probs is None else word_probs
+            mem = torch.cat([mem, self.tags(probs, self.word_embedding)], 1)                    # (B, 1+N+k, d)
+        elif word_probs is not None or has_image is not None:
+            raise ModelError("transformer: this model reads no tags (model.tag_tokens=0)")
         out = {}
         for i, layer in enumerate(self.layers):  # cross K/V are the same at every step: compute once
             out[f"cross_k{i}"], out[f"cross_v{i}"] = layer.cross_att.keys_values(mem)         # (B, H, 1+N, d/H)
@@ -169,16 +198,16 @@ class TransformerCaptioner(CaptionModel):
                 x, state[f"k{i}"], state[f"v{i}"], memory[f"cross_k{i}"], memory[f"cross_v{i}"], mask)
         return self.head(self.final_norm(x)), new_state, self._grid_attention(weights)
 
-    @staticmethod
-    def _grid_attention(weights: Tensor) -> Tensor:
-        """Last layer's cross-attention (B, H, T, 1+N) -> (B, T, N): head mean, pooled slot dropped."""
-        grid = weights.mean(dim=1)[..., 1:]                                # (B, T, N)
+    def _grid_attention(self, weights: Tensor) -> Tensor:
+        """Last layer's cross-attention (B, H, T, 1+N+k) -> (B, T, N): head mean, pooled slot and tags dropped."""
+        grid = weights.mean(dim=1)[..., 1 : 1 + self.num_regions]          # (B, T, N)
         return grid / grid.sum(dim=-1, keepdim=True).clamp_min(1e-12)
 
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
-                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
+    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor, image_index: Tensor | None = None,
+                word_probs: Tensor | None = None, has_image: Tensor | None = None) -> dict[str, Tensor | None]:
+        """As CaptionModel.forward; word_probs and has_image (one row per image) as in init_memory."""
         self.check_captions(captions)
-        memory = self.training_memory(pooled, grid, image_index)
+        memory = self.training_memory(pooled, grid, image_index, word_probs=word_probs, has_image=has_image)
         inputs = captions[:, :-1]                                          # (B, T-1)
         T = inputs.shape[1]
         positions = torch.arange(T, device=inputs.device).expand_as(inputs)  # (B, T-1)

@@ -46,6 +46,11 @@ class TrainConfig:
     finetune_blocks: int = 0         # also train the encoder's last N blocks (needs capgen extract --split-at N)
     encoder_lr: float = 5e-5         # peak lr of those blocks (the decoder's is lr)
     feature_memory_mb: int = 2048    # per split: larger float16 features stream from disk (0 = always stream)
+    # A tag-reading model (model.tag_tokens > 0) learns from caption text too (training/text_batches.py):
+    text_batch: int = 0              # text-only photos (prepare --text) added to each batch (0 = none)
+    image_dropout: float = 0.0       # share of paired images captioned from their tags alone
+    tag_dropout: float = 0.0         # share of paired images whose tags are hidden
+    warm_start: str | None = None    # copy the weights this model shares with a checkpoint (rows by word)
 
     # ---- range checks (types and finiteness are config_from_dict's) --------------------------------
     def __post_init__(self) -> None:
@@ -74,6 +79,9 @@ class TrainConfig:
             "scst_max_len": (lambda v: v >= 1, "an integer >= 1"),
             "finetune_blocks": (lambda v: v >= 0, "an integer >= 0 (0 = encoder frozen)"),
             "encoder_lr": (lambda v: v > 0, "a number > 0"),
+            "text_batch": (lambda v: v >= 0, "an integer >= 0 (0 = no text-only photos)"),
+            "image_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+            "tag_dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
         }
         for key, (ok, expected) in ranges.items():
             value = getattr(self, key)
@@ -81,6 +89,11 @@ class TrainConfig:
                 raise ConfigError(f"train config {key}: expected {expected}, got {value!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"train config objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "scst" and (self.text_batch or self.image_dropout or self.tag_dropout):
+            raise ConfigError("objective scst rewards captions of real images: set text_batch, image_dropout "
+                              "and tag_dropout to 0")
+        if self.init and self.warm_start:
+            raise ConfigError("init and warm_start both name a starting checkpoint: give one")
         if self.objective == "scst" and not self.init:
             raise ConfigError("objective scst starts from a trained model: pass --init RUN/best.pt "
                               "(a cross-entropy checkpoint)")

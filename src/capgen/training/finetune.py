@@ -14,6 +14,7 @@ from capgen.features.cache import kind_text
 from capgen.models import create_model
 from capgen.models.base import CaptionModel
 from capgen.models.finetuned import FinetunedModel, attach_top
+from capgen.training.tag_model import fill_tags, resolve_tags
 
 
 def build_model(model_name: str, model_config: dict, vocab, cache: FeatureCache, finetune_blocks: int,
@@ -38,9 +39,12 @@ def build_model(model_name: str, model_config: dict, vocab, cache: FeatureCache,
             init.model.freeze_top()
         return init.model.train()
     if not n:
-        return create_model(model_name, vocab_size=len(vocab), feature_dim=spec["dim"],
-                            num_regions=spec["grid"][0] * spec["grid"][1], overrides=model_config,
-                            itos=vocab.itos).train()
+        model_config, tagger = resolve_tags(model_config, vocab, spec)
+        model = create_model(model_name, vocab_size=len(vocab), feature_dim=spec["dim"],
+                             num_regions=spec["grid"][0] * spec["grid"][1], overrides=model_config,
+                             itos=vocab.itos)
+        fill_tags(model, tagger)
+        return model.train()
     # Fine-tuning the last n blocks: the decoder reads the full encoder's grid.
     full = create_encoder(spec["name"])   # registered names only: the name comes from a file
     if init is not None:

@@ -30,6 +30,14 @@ class Batch:
     image_index: Tensor     # (B,) image row of each reference caption
     captions: Tensor        # (B, T) <start> w1 .. wn <end> <pad>...
     images: list[str]       # (I,) image ids, for rewards
+    word_probs: Tensor | None = None   # (I, W) tag word probabilities, for a tag-reading model
+    has_image: Tensor | None = None    # (I,) False: the image is hidden (text-only rows, image dropout)
+
+    def inputs(self) -> dict[str, Tensor]:
+        """The extra forward inputs of a tag-reading model (none for the others)."""
+        if self.word_probs is None:
+            return {}
+        return {"word_probs": self.word_probs, "has_image": self.has_image}
 
 
 class CrossEntropy:
@@ -39,7 +47,7 @@ class CrossEntropy:
         self.pad_id, self.smoothing = vocab.pad_id, label_smoothing
 
     def __call__(self, ddp, model, b: Batch) -> tuple[Tensor, dict[str, float]]:
-        out = ddp(b.pooled, b.grid, b.captions, b.image_index)            # logits (B, T-1, V)
+        out = ddp(b.pooled, b.grid, b.captions, b.image_index, **b.inputs())  # logits (B, T-1, V)
         logits, targets = out["logits"], b.captions[:, 1:]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                ignore_index=self.pad_id, label_smoothing=self.smoothing)

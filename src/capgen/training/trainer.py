@@ -33,6 +33,8 @@ from capgen.training.config import RunConfig, load_run_config
 from capgen.training.data import CaptionPairs
 from capgen.training.finetune import build_model
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
+from capgen.training.tag_model import warm_start
+from capgen.training.text_batches import make_mixer, uses_tags
 from capgen.training.lock import run_folder_locked
 from capgen.training.validate import validate
 
@@ -146,6 +148,11 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     model = build_model(cfg.model, cfg.model_config, vocab, cache, tc.finetune_blocks, init, tc.init)
     state = _prepare_run_dir(out, cfg, resume) if dist.rank == 0 else None
     state = dist.broadcast(state)
+    if state is None and tc.warm_start:
+        counts = warm_start(model, tc.warm_start, vocab.itos)
+        if progress and dist.rank == 0:
+            tqdm.write(f"warm start from {tc.warm_start}: {counts['tensors']} weights, {counts['words']} words "
+                       f"kept, {counts['new_words']} new")
     train_records = data.split("train")
     pairs = CaptionPairs(train_records, vocab, tc.max_caption_len)
     objective = (SelfCritical(vocab, train_records, tc.scst_samples, tc.scst_max_len) if tc.objective == "scst"
@@ -168,6 +175,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
     train_feats = Features.load(cache, train_records, memory_mb=tc.feature_memory_mb)
+    mixer = make_mixer(model, data, train_records, train_feats, tc) if uses_tags(tc) else None
     val_records = data.split("val")[: tc.val_images or None]
     val_feats = Features.load(cache, val_records, memory_mb=tc.feature_memory_mb) if dist.rank == 0 else None
     writer = _tensorboard(out / "tb") if dist.rank == 0 else None
@@ -193,7 +201,15 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
             for i, idx in enumerate(bar, start=skip):
                 rows, image_index, caps = pairs.batch(idx)
                 pooled, grid = train_feats.batch(rows)                     # (I, D), (I, R, D)
-                batch = Batch(pooled, grid, image_index, caps, [train_records[r].image for r in rows.tolist()])
+                images = [train_records[r].image for r in rows.tolist()]
+                if mixer is not None:  # + text-only photos; image / tag dropout (text_batches.py)
+                    with torch.no_grad():
+                        probs = model.tags.word_probs(pooled)
+                    pooled, grid, image_index, caps, probs, shown = mixer.extend(pooled, grid, image_index, caps,
+                                                                                  probs, epoch, i)
+                    batch = Batch(pooled, grid, image_index, caps, images, probs, shown)
+                else:
+                    batch = Batch(pooled, grid, image_index, caps, images)
                 total_loss, logs = objective(ddp, model, batch)
                 loss = logs["loss"]
                 optim.zero_grad(set_to_none=True)
