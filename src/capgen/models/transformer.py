@@ -70,8 +70,10 @@ class Attention(nn.Module):
     def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.split(self.k(x)), self.split(self.v(x))               # (B, H, S, d/H) each
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x (R, T, d); k, v (Bm, H, S, d/H) with R = Bm * m. Returns (R, T, d) and weights (R, H, T, S)."""
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
+                bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x (R, T, d); k, v (Bm, H, S, d/H) with R = Bm * m; bias (Bm, 1, 1, S) added to the scores
+        (a large negative value hides a key). Returns (R, T, d) and weights (R, H, T, S)."""
         R, T, d = x.shape
         Bm, H, S, dh = k.shape
         if mask is not None and Bm != R:
@@ -80,6 +82,8 @@ class Attention(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(dh)                   # (Bm, H, m*T, S)
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
+        if bias is not None:
+            scores = scores + bias
         weights = scores.softmax(dim=-1)                                   # (Bm, H, m*T, S)
         out = (weights @ v).transpose(1, 2).reshape(R, T, d)               # (R, T, d)
         weights = weights.view(Bm, H, -1, T, S).transpose(1, 2).reshape(R, H, T, S)
@@ -97,7 +101,7 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, self_k: Tensor, self_v: Tensor, cross_k: Tensor, cross_v: Tensor,
-                mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                mask: Tensor | None, cross_bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x (B, T, d) new positions; self_k/v (B, H, t, d/H) cached earlier positions (t may be 0);
         cross_k/v (Bm, H, M, d/H), one row per image (B = Bm * m). Returns x, the grown self K/V
         (B, H, t+T, d/H), and cross-attention weights (B, H, T, M)."""
@@ -105,7 +109,7 @@ class DecoderLayer(nn.Module):
         k_new, v_new = self.self_att.keys_values(h)                         # (B, H, T, d/H)
         self_k, self_v = torch.cat([self_k, k_new], 2), torch.cat([self_v, v_new], 2)  # (B, H, t+T, d/H)
         x = x + self.drop(self.self_att(h, self_k, self_v, mask)[0])
-        att, weights = self.cross_att(self.norm2(x), cross_k, cross_v)
+        att, weights = self.cross_att(self.norm2(x), cross_k, cross_v, bias=cross_bias)
         x = x + self.drop(att)
         x = x + self.drop(self.ff(self.norm3(x)))
         return x, self_k, self_v, weights
@@ -170,14 +174,22 @@ class TransformerCaptioner(CaptionModel):
                              f"got {grid.shape[1]}; features from a different encoder?")
         tokens = torch.cat([self.pooled_proj(pooled).unsqueeze(1), self.grid_proj(grid)], 1)  # (B, 1+N, d)
         mem = self.memory_norm(tokens + self.region_pos)                                       # (B, 1+N, d)
+        out = {}
         if self.tags is not None:
-            if has_image is not None:  # identical keys: attending to them is attending to one token
-                mem = torch.where(has_image.view(-1, 1, 1), mem, self.no_image.expand_as(mem))
             probs = self.tags.word_probs(pooled) if word_probs is None else word_probs
+            if has_image is None:
+                has_image = probs.max(dim=-1).values >= 0                                       # (B,) all True
+            # A hidden image is one no-image token in the pooled slot, its regions masked out of the
+            # cross-attention (unmasked copies of it would outweigh the k tag tokens 81 to 5).
+            mem = torch.cat([torch.where(has_image.view(-1, 1, 1), mem[:, :1], self.no_image.expand_as(mem[:, :1])),
+                             mem[:, 1:]], 1)
+            hide = (~has_image).view(-1, 1, 1, 1).expand(-1, 1, 1, self.num_regions)            # (B, 1, 1, N)
+            visible = torch.zeros_like(hide[..., :1], dtype=mem.dtype)
+            out["cross_bias"] = torch.cat([visible, hide.to(mem.dtype) * -1e4,
+                                           visible.expand(-1, 1, 1, self.config.tag_tokens)], -1)  # (B, 1, 1, 1+N+k)
             mem = torch.cat([mem, self.tags(probs, self.word_embedding)], 1)                    # (B, 1+N+k, d)
         elif word_probs is not None or has_image is not None:
             raise ModelError("transformer: this model reads no tags (model.tag_tokens=0)")
-        out = {}
         for i, layer in enumerate(self.layers):  # cross K/V are the same at every step: compute once
             out[f"cross_k{i}"], out[f"cross_v{i}"] = layer.cross_att.keys_values(mem)         # (B, H, 1+N, d/H)
         return out
@@ -195,7 +207,8 @@ class TransformerCaptioner(CaptionModel):
         new_state, weights = {}, None
         for i, layer in enumerate(self.layers):
             x, new_state[f"k{i}"], new_state[f"v{i}"], weights = layer(
-                x, state[f"k{i}"], state[f"v{i}"], memory[f"cross_k{i}"], memory[f"cross_v{i}"], mask)
+                x, state[f"k{i}"], state[f"v{i}"], memory[f"cross_k{i}"], memory[f"cross_v{i}"], mask,
+                memory.get("cross_bias"))
         return self.head(self.final_norm(x)), new_state, self._grid_attention(weights)
 
     def _grid_attention(self, weights: Tensor) -> Tensor:
