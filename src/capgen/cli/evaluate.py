@@ -18,6 +18,8 @@ def register(sub, parents) -> None:
     p.add_argument("--images", metavar="DIR", help="instead of --data/--features: a folder of photos, captioned "
                                                    "as capgen caption does (tag guidance on unless --no-guide)")
     p.add_argument("--references", metavar="CAPTIONS.json", help="with --images: COCO-format captions of the photos")
+    p.add_argument("--encoder", metavar="NAME", help="with --images: build this encoder (a registered name or your "
+                                                     "'package.module:factory') instead of the checkpoint's")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json")
     add_decode_args(p)
@@ -67,7 +69,8 @@ def run_photos(args) -> int:
     from capgen.inference import Captioner
     from capgen.tags.guide import GuideConfig
 
-    captioner = Captioner.from_pretrained(args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0])
+    captioner = Captioner.from_pretrained(args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0],
+                                          encoder=args.encoder)
     guide = None if args.no_guide else GuideConfig(args.guide_threshold, args.novel_guide_threshold)
     m = evaluate_photos(captioner, args.images, args.references, {**decode_options(args), "guide": guide},
                         out=args.out, meteor=not args.no_meteor)
