@@ -34,6 +34,9 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
                         help="block a second use of any content word, 'a woman and a woman' (the default)")
     repeat.add_argument("--repeat-words", dest="no_repeat_words", action="store_false",
                         help="let content words repeat (only --no-repeat-ngram blocks repeats)")
+    g.add_argument("--consensus", type=non_negative_int, default=_D.consensus, metavar="K",
+                   help="rerank K beam candidates by their agreement with each other (minimum Bayes risk, "
+                        "CIDEr-D-like utility); 0 = off (the default)")
     g.add_argument("--allow-unk", action="store_true", help="let <unk> appear in captions (research use)")
     g.add_argument("--temperature", type=positive_float, default=_D.temperature, help="sampling temperature")
     g.add_argument("--top-k", type=non_negative_int, default=_D.top_k, help="sample from the k best words")

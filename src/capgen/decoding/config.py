@@ -72,10 +72,14 @@ class DecodeConfig:
     top_p: float = 1.0            # nucleus sampling; 1.0 = off
     seed: int | None = None       # None = torch's global generator
     return_attention: bool = False
+    # Consensus reranking (decoding/consensus.py): beam search keeps this many candidates (the beam
+    # widened to it) and the one the others agree with most comes first; 0 = off. Measured in
+    # BENCHMARKS.md ("Consensus reranking"); off by default because it did not win on everyday photos.
+    consensus: int = 0
 
     def __post_init__(self) -> None:
         if self.method is None:
-            self.method = "greedy" if self.beam_size == 1 and self.n_best == 1 else "beam"
+            self.method = "greedy" if self.beam_size == 1 and self.n_best == 1 and not self.consensus else "beam"
         self.validate()
 
     def validate(self) -> None:
@@ -97,6 +101,12 @@ class DecodeConfig:
         if self.method == "greedy":
             need(self.n_best == 1, f"greedy decoding gives one caption; n_best must be 1, got {self.n_best} "
                                    "(use method 'beam' or 'sample')")
+        need(self.consensus == 0 or 3 <= self.consensus <= MAX_BEAM,
+             f"consensus must be 0 (off) or a number of candidates in [3, {MAX_BEAM}], got {self.consensus}")
+        need(not self.consensus or self.method == "beam", "consensus reranks beam search candidates; "
+                                                          f"method {self.method!r} has none")
+        need(not self.consensus or self.n_best <= self.consensus,
+             f"n_best ({self.n_best}) must be <= consensus ({self.consensus})")
         need(0 < self.temperature < float("inf"), f"temperature must be > 0 and finite, got {self.temperature}")
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")

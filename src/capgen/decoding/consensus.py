@@ -49,3 +49,21 @@ def consensus_order(hyps: Sequence[H]) -> list[H]:
         gain.append(g / (sum(weight) - weight[i]))
     order = sorted(range(len(hyps)), key=lambda i: (-gain[i], i))
     return [hyps[i] for i in order]
+
+
+def search_config(config):
+    """The DecodeConfig the search runs with when `config` asks for consensus: a beam at least as
+    wide as the candidates, returning all of them."""
+    if not config.consensus:
+        return config
+    import dataclasses
+
+    return dataclasses.replace(config, beam_size=max(config.beam_size, config.consensus), n_best=config.consensus,
+                               consensus=0)
+
+
+def rerank(hyps: list[list[H]], config) -> list[list[H]]:
+    """Per image, the candidates in consensus order, cut to `config.n_best` (unchanged without consensus)."""
+    if not config.consensus:
+        return hyps
+    return [consensus_order(h)[: config.n_best] for h in hyps]

@@ -12,6 +12,7 @@ from torch import Tensor
 from capgen.decoding.beam import Found, beam_search
 from capgen.decoding.common import expand_rows, select_rows
 from capgen.decoding.config import DecodeConfig, DecodeError, Hypothesis, TokenIds
+from capgen.decoding.consensus import rerank, search_config
 from capgen.decoding.sampling import sample_search
 from capgen.models.base import CaptionModel
 
@@ -39,6 +40,7 @@ def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
         raise DecodeError(f"decode: ids must be TokenIds (TokenIds.from_vocab(vocab)), got {type(ids).__name__}")
     config.validate()
     ids.check(model.vocab_size)
+    asked, config = config, search_config(config)
     required = _include_mask(include, pooled.shape[0], model.vocab_size, config)
     if required is not None and config.method == "greedy":
         config = dataclasses.replace(config, method="beam", beam_size=1)
@@ -62,7 +64,7 @@ def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
                 found = _sample_n(model, memory, state, ids, config)
     finally:
         model.train(was_training)
-    return _hypotheses(found, config.n_best)
+    return rerank(_hypotheses(found, config.n_best), asked)
 
 
 def _include_mask(include, B: int, V: int, config: DecodeConfig) -> Tensor | None:

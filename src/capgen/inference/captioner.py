@@ -321,12 +321,31 @@ def with_checkpoint_encoder(enc, ck, path: Path):
                           f"(capgen evaluate); caption photos with one fine-tuned checkpoint at a time")
     if not isinstance(model, FinetunedModel):
         check_encoder_spec(enc.spec(), ck.encoder, path)
+        check_tagger(model, enc, path)
         return model
     stem, top = enc.split(model.split_at)
     check_encoder_spec(stem.spec(), ck.encoder, path)
     top.load_state_dict(model.top.state_dict())   # into enc's own modules (shared with `top`)
     enc.eval()
     return model.decoder
+
+
+def check_tagger(model, enc, path: Path) -> None:
+    """A model that reads tags runs only with the tagger it was trained with (the encoder's head and
+    the class -> word mapping its buffers hold): one line naming both otherwise."""
+    from capgen.models.tag_input import tagger_id
+    from capgen.tags.words import WordMap
+
+    members = getattr(model, "members", [model])
+    for m in members:
+        if not getattr(m, "reads_tags", False):
+            continue
+        head = enc.classifier()
+        built = tagger_id(enc.name, head.weight, head.bias, WordMap.load(None).class_words) if head is not None \
+            else f"{enc.name} (no classifier head)"
+        if built != m.config.tagger:
+            raise CapgenError(f"{path}: trained with tagger {m.config.tagger}, but this encoder's is {built}; "
+                              "caption with the encoder the model was trained with")
 
 
 def check_encoder_spec(built: dict, stored: dict, path: Path) -> None:

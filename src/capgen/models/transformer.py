@@ -35,6 +35,9 @@ class TransformerConfig:
     tag_words: int = 0
     tag_word_len: int = 0
     tagger: str = ""
+    # When the most probable tag reaches this, the image is hidden and the caption rests on the tags
+    # (0 = never). Chosen after training, on held-out photos; it is no training setting.
+    image_gate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.d_model < 2 or self.d_model % 2 or self.d_model % max(self.num_heads, 1):
@@ -42,6 +45,8 @@ class TransformerConfig:
                              f"num_heads ({self.num_heads})")
         if self.num_heads < 1 or self.num_layers < 1 or self.ff_dim < 1:
             raise ModelError("transformer: num_heads, num_layers and ff_dim must be >= 1")
+        if not 0.0 <= self.image_gate <= 1.0:
+            raise ModelError(f"transformer: image_gate must be a probability in [0, 1], got {self.image_gate}")
         if not 0.0 <= self.dropout < 1.0:
             raise ModelError(f"transformer: dropout must be in [0, 1), got {self.dropout}")
         if self.positions not in ("sinusoidal", "learned"):
@@ -177,8 +182,9 @@ class TransformerCaptioner(CaptionModel):
         out = {}
         if self.tags is not None:
             probs = self.tags.word_probs(pooled) if word_probs is None else word_probs
-            if has_image is None:
-                has_image = probs.max(dim=-1).values >= 0                                       # (B,) all True
+            if has_image is None:  # (B,): all True unless the gate hides images with a confident tag
+                gate = self.config.image_gate
+                has_image = probs.max(dim=-1).values < (gate if gate > 0 else 2.0)
             # A hidden image is one no-image token in the pooled slot, its regions masked out of the
             # cross-attention (unmasked copies of it would outweigh the k tag tokens 81 to 5).
             mem = torch.cat([torch.where(has_image.view(-1, 1, 1), mem[:, :1], self.no_image.expand_as(mem[:, :1])),

@@ -22,6 +22,7 @@ from capgen.preprocess import Preprocess
 from capgen.runtime import folder as fmt
 from capgen.ort import open_session
 from capgen.runtime.graphs import DecoderGraphs
+from capgen.decoding.consensus import rerank, search_config
 from capgen.runtime.search import beam_search, greedy_search, hypotheses
 from capgen.tags.guide import Guidance, Guide, GuideConfig
 from capgen.tags.head import LinearHead
@@ -207,6 +208,7 @@ class Runtime:
     def _decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig,
                 include: np.ndarray | None = None) -> list[list[Hypothesis]]:
         memory, state = self.graphs.start(pooled, grid)
+        asked, config = config, search_config(config)
         if include is not None and config.method != "beam":   # greedy with a required word: a beam of one
             config = dataclasses.replace(config, method="beam", beam_size=1)
         if config.method == "beam":
@@ -214,7 +216,7 @@ class Runtime:
                                 include)
         else:
             found = greedy_search(self.graphs.step, memory, state, self.ids, config, len(self.vocab))
-        return hypotheses(found, config.n_best)
+        return rerank(hypotheses(found, config.n_best), asked)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
                 guide: GuideConfig | float | None = GuideConfig(), **options) -> Caption | list[Caption]:

@@ -40,7 +40,10 @@ def resolve_tags(model_config: dict, vocab, spec: dict):
                             "use an efficientnet-lite encoder or model.tag_tokens=0")
     words = WordMap.load(None)
     ids = tag_word_ids(words.words, vocab.stoi, vocab.unk_id)
-    arrays = (head.weight, head.bias, words.matrix(), ids)
+    matrix = words.matrix()
+    # A tag word the vocabulary lacks entirely would be an <unk> token: it never gets probability.
+    matrix[:, np.all((ids == vocab.unk_id) | (ids == 0), axis=1)] = 0.0
+    arrays = (head.weight, head.bias, matrix, ids)
     resolved = {**model_config, "tag_classes": head.num_classes, "tag_words": len(words.words),
                 "tag_word_len": int(ids.shape[1]),
                 "tagger": tagger_id(spec["name"], head.weight, head.bias, words.class_words)}
