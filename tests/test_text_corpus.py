@@ -16,7 +16,7 @@ from capgen.features import FeatureCache, extract_features
 from capgen.tags.head import LinearHead
 from capgen.tags.words import WordMap
 from capgen.training import load_run_config, train
-from capgen.training.text_batches import mention_index, mentions
+from capgen.tags.words import mention_index, mentions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -63,6 +63,9 @@ def add_guide_args(p, default: GuideConfig | None) -> None:
                         f"{d.threshold}); jsonl says which in 'guided'")
     p.add_argument("--novel-guide-threshold", type=probability, default=d.novel_threshold, metavar="P",
                    help=f"the same for a word the model never learned (default {d.novel_threshold})")
+    p.add_argument("--no-corpus-captions", action="store_true",
+                   help="never take a caption from human captions of an object the model barely knows "
+                        "(zebra, pizza, bus: see capgen.tags.corpus_captions)")
     if on:
         p.add_argument("--no-guide", action="store_true", help="captions from the model alone, without tag guidance")
     else:
@@ -74,4 +77,4 @@ def guide_config(args) -> GuideConfig | None:
     """The GuideConfig the flags ask for, or None without guidance."""
     if getattr(args, "no_guide", False) or not getattr(args, "guide", True):
         return None
-    return GuideConfig(args.guide_threshold, args.novel_guide_threshold)
+    return GuideConfig(args.guide_threshold, args.novel_guide_threshold, corpus=not args.no_corpus_captions)

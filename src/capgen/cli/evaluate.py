@@ -71,7 +71,8 @@ def run_photos(args) -> int:
 
     captioner = Captioner.from_pretrained(args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0],
                                           encoder=args.encoder)
-    guide = None if args.no_guide else GuideConfig(args.guide_threshold, args.novel_guide_threshold)
+    guide = None if args.no_guide else GuideConfig(args.guide_threshold, args.novel_guide_threshold,
+                                                   corpus=not args.no_corpus_captions)
     m = evaluate_photos(captioner, args.images, args.references, {**decode_options(args), "guide": guide},
                         out=args.out, meteor=not args.no_meteor)
     print(f"{args.images}: {m['images']} photos captioned in {m['seconds']:.1f} s, tokenizer {m['tokenizer']}")

@@ -23,6 +23,9 @@ class CaptionResult:
     tags: object words from the encoder's classifier with probabilities (capgen.tags.Tag), most
       likely first, when asked for and available; None otherwise.
     guided: the confident tag the caption was made to contain (capgen.tags.Guidance), or None.
+    from_corpus: the caption is a human caption of another photo of this object, from caption text
+      (capgen.tags.corpus_captions.Retrieved: which tag chose it), not the decoder's; its score and
+      attention are then the decoder's own caption's, which `alternatives` keeps first.
     """
 
     caption: str
@@ -34,6 +37,7 @@ class CaptionResult:
     truncated: bool = False
     tags: list | None = None
     guided: object | None = None
+    from_corpus: object | None = None
 
     def to_dict(self, attention: bool = False) -> dict:
         """JSON-ready dict: caption, score, alternatives (if any), attention payload (if asked and present)."""
@@ -42,6 +46,8 @@ class CaptionResult:
             d["tags"] = [t.to_dict() for t in self.tags]
         if self.guided is not None:
             d["guided"] = self.guided.to_dict()
+        if self.from_corpus is not None:
+            d["from_corpus"] = self.from_corpus.to_dict()
         if self.alternatives:
             d["alternatives"] = [{"caption": c, "score": _score(s)} for c, s in self.alternatives]
         if attention and self.attention is not None:

@@ -43,10 +43,13 @@ _SINGULAR_S = frozenset("tennis canvas gas lens chassis iris atlas axis mantis".
 class GuideConfig:
     """When a tag guides the caption: its probability reaches `threshold` for a word the model knows
     (the model's own choice already weighs the image), or `novel_threshold` for a word it never
-    learned (the tag is then the only evidence; a lower bar names more novel objects)."""
+    learned (the tag is then the only evidence; a lower bar names more novel objects).
+    corpus: for an object the decoder barely knows, take the caption from human captions of it
+    (capgen.tags.corpus_captions) when the top tag is confident enough."""
 
     threshold: float = DEFAULT_GUIDE_THRESHOLD
     novel_threshold: float = DEFAULT_NOVEL_GUIDE_THRESHOLD
+    corpus: bool = True
 
     def __post_init__(self) -> None:
         for name in ("threshold", "novel_threshold"):
@@ -66,7 +69,7 @@ class GuideConfig:
         return min(self.threshold, self.novel_threshold)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "novel_threshold": self.novel_threshold}
+        return {"threshold": self.threshold, "novel_threshold": self.novel_threshold, "corpus": self.corpus}
 
 
 @dataclass(frozen=True)

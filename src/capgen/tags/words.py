@@ -89,3 +89,28 @@ class WordMap:
         except (OSError, UnicodeDecodeError) as e:
             raise TagsError(f"{path}: cannot read tag word file ({type(e).__name__})") from None
         return cls.from_lines(text.splitlines(), str(path))
+
+
+def mention_index(words: list[str]) -> dict[tuple[str, ...], int]:
+    """Token sequences that mention tag word j -> j: the word, its plurals ("bus" -> "buses")."""
+    out: dict[tuple[str, ...], int] = {}
+    for j, w in enumerate(words):
+        *head, last = w.split()
+        forms = {last, last + "s", last + "es"}
+        if last.endswith("y"):
+            forms.add(last[:-1] + "ies")
+        for f in forms:
+            out.setdefault((*head, f), j)
+    return out
+
+
+def mentions(captions, index: dict[tuple[str, ...], int], longest: int) -> list[int]:
+    """Sorted tag word indices mentioned by any caption (token tuples) of one photo."""
+    found = set()
+    for tokens in captions:
+        for n in range(1, longest + 1):
+            for i in range(len(tokens) - n + 1):
+                j = index.get(tuple(tokens[i : i + n]))
+                if j is not None:
+                    found.add(j)
+    return sorted(found)
