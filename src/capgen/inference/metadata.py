@@ -174,7 +174,7 @@ def write_description(photo: Path, caption: str, exiftool: str | None = None) ->
     tmp = Path(name)
     try:
         shutil.copy2(photo, tmp)          # mode and times as the photo's
-        kind = _kind(read_tags(exiftool, [tmp], ())[0])
+        kind = _pillow_format(tmp)
         if kind not in TAGS:
             raise MetadataError(f"{photo}: metadata not written: {kind or 'unknown'} files are not supported")
         sets = [f"-{_WRITE_NAMES[t]}={caption}" for t in TAGS[kind]]
@@ -206,6 +206,17 @@ def _check(photo: Path, tmp: Path, caption: str, written: tuple[str, ...], exift
             continue
         if after.get(key) != value:
             raise MetadataError(f"{photo}: metadata not written: it would change {key}")
+
+
+def _pillow_format(path: Path) -> str | None:
+    """JPEG, PNG, TIFF, WEBP, ... (the names TAGS uses), or None for a file Pillow cannot open."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.format
+    except Exception:  # noqa: BLE001  anything unreadable is simply not a supported photo
+        return None
 
 
 def same_pixels(a: Path, b: Path) -> bool:
