@@ -202,7 +202,8 @@ def _check(photo: Path, tmp: Path, caption: str, written: tuple[str, ...], exift
             raise MetadataError(f"{photo}: metadata not written: {t} does not read back the caption")
     for key, value in before.items():
         group, _, tag = key.partition(":")
-        if not tag or group in _VOLATILE_GROUPS or key in written or key in _VOLATILE_TAGS or _VOLATILE_NAME.search(tag):
+        volatile = group in _VOLATILE_GROUPS or key in _VOLATILE_TAGS or _VOLATILE_NAME.search(tag)
+        if not tag or key in written or volatile:
             continue
         if after.get(key) != value:
             raise MetadataError(f"{photo}: metadata not written: it would change {key}")

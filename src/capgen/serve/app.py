@@ -159,7 +159,8 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
     lengths = {"min_words": _int(value("min_words", "1"), "min_words", 1, MAX_WORDS)}
     if value("max_words", "") != "":
         lengths["max_words"] = _int(value("max_words", ""), "max_words", 1, MAX_WORDS)
-    options = {**lengths, "beam_size": beam_size, "n_best": n_best, "return_attention": _bool(value("attention", "false"), "attention"),
+    options = {**lengths, "beam_size": beam_size, "n_best": n_best,
+               "return_attention": _bool(value("attention", "false"), "attention"),
                "tags": TagConfig(top_k=n_tags, threshold=threshold) if n_tags else None, "guide": guide}
     return items, options
 
