@@ -77,6 +77,14 @@ def test_changed_inputs_are_reported_and_other_settings_refused(tiny_captioner, 
     with pytest.raises(CapgenError, match="another decode"):
         caption_to_file(tiny_captioner, [str(photos)], out, tiny_captioner.decode_config(beam_size=1),
                         progress=False)
+    job_path = tmp_path / "caps.csv.job.json"       # a job from before min_words/max_words existed
+    job = json.loads(job_path.read_text())
+    job["decode"] = {k: v for k, v in job["decode"].items() if k not in ("min_words", "max_words")}
+    job_path.write_text(json.dumps(job))
+    assert caption_to_file(tiny_captioner, [str(photos)], out, progress=False).captioned == 0
+    with pytest.raises(CapgenError, match="another decode"):
+        caption_to_file(tiny_captioner, [str(photos)], out, tiny_captioner.decode_config(min_words=3),
+                        progress=False)
     (tmp_path / "other.jsonl").write_text("hello\n")
     with pytest.raises(CapgenError, match="not written by capgen caption"):
         caption_to_file(tiny_captioner, [str(photos)], tmp_path / "other.jsonl", progress=False)

@@ -241,3 +241,12 @@ def test_bundled_model_captions_a_photo_offline(tmp_path):
     assert r.attention.shape == (len(words), 9, 9) and len(r.alternatives) == 1
     assert words[0] in ("a", "an", "the", "two", "three", "several", "some", "people", "there"), r.caption
     # what it says about this cat is a matter of quality (BENCHMARKS.md), not of behaviour
+
+
+def test_min_and_max_words_from_the_cli_and_the_api(tiny_run, tiny_captioner, folder, capsys):
+    assert _cli(tiny_run, [folder / "d.png", "--min-words", "6", "--max-words", "7"]) == 0
+    caption = capsys.readouterr().out.split("\t")[1].strip()
+    assert 6 <= len(caption.split()) <= 7
+    assert len(tiny_captioner.caption(folder / "d.png", max_words=2, beam_size=1).tokens) <= 2
+    rc = _cli(tiny_run, [folder / "d.png", "--min-words", "9", "--max-words", "3"])
+    assert rc == 2 and "min_words" in capsys.readouterr().err

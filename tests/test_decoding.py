@@ -278,3 +278,51 @@ def test_no_repeat_words_blocks_repeated_content_words(method):
     for hyps in run(model, method=method, ids=ids, no_repeat_words=True, no_repeat_ngram=0, max_len=10, seed=0):
         content = [t for t in hyps[0].tokens if t not in (4, 5)]
         assert len(content) == len(set(content))
+
+
+@pytest.mark.parametrize("cfg", [dict(method="greedy"), dict(beam_size=3, n_best=3),
+                                 dict(method="sample", seed=0, n_best=3)], ids=["greedy", "beam", "sample"])
+def test_min_and_max_words_are_enforced_inside_the_search(cfg):
+    """A model that loves <end> still says min_words words; one that never ends stops at max_words
+    (overriding max_len) on a word a caption may end on."""
+    ids = TokenIds(PAD_ID, START, END, UNK, bad_endings=(4,))
+    eager = Favours(build("show_tell", vocab_size=12), {END: 8.0})
+    assert all(len(hyps[0].tokens) < 4 for hyps in run(eager, B=3, ids=ids, **cfg))   # so min_words has work to do
+    for hyps in run(eager, B=3, ids=ids, min_words=4, no_repeat_ngram=0, **cfg):
+        assert hyps and all(4 <= len(h.tokens) <= 20 and not h.truncated for h in hyps)
+    looping = Favours(build("show_tell", vocab_size=12), {4: 6.0, END: -8.0})
+    for hyps in run(looping, B=3, ids=ids, max_words=3, max_len=20, no_repeat_ngram=0, **cfg):
+        assert hyps and all(len(h.tokens) == 3 and h.tokens[-1] != 4 for h in hyps)
+    exact = run(eager, B=2, ids=ids, min_words=5, max_words=5, no_repeat_ngram=0, **cfg)
+    assert all(len(h.tokens) == 5 for hyps in exact for h in hyps)
+
+
+@pytest.mark.parametrize("cfg,match", [(dict(min_words=0), "min_words"), (dict(min_words=21), "min_words"),
+                                       (dict(max_words=3, min_words=4), "min_words"), (dict(max_words=0), "max_words"),
+                                       (dict(max_words=201), "max_words")])
+def test_bad_word_limits(cfg, match):
+    with pytest.raises(DecodeError, match=match):
+        DecodeConfig(**cfg)
+    assert DecodeConfig(max_words=30, min_words=25).length_limit == 30
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam"])
+def test_numpy_search_applies_the_word_limits_like_the_torch_one(method):
+    from capgen.runtime.search import beam_search as numpy_beam, greedy_search as numpy_greedy, hypotheses
+    from test_guide import _numpy_step
+
+    ids = TokenIds(PAD_ID, START, END, UNK, bad_endings=(4,))
+    model = Favours(build("show_tell", vocab_size=12), {END: 4.0, 4: 2.0}).eval()
+    pooled, grid = features(3, seed=2)
+    for cfg in (DecodeConfig(method=method, min_words=4, max_words=6, beam_size=1 if method == "greedy" else 3),
+                DecodeConfig(method=method, max_words=2, beam_size=1 if method == "greedy" else 2)):
+        ref = decode(model, pooled, grid, ids, cfg)
+        with torch.inference_mode():
+            memory = model.init_memory(pooled, grid)
+            state = model.init_state(memory)
+        memory, state = ({k: v.numpy() for k, v in d.items()} for d in (memory, state))
+        found = (numpy_greedy(_numpy_step(model), memory, state, ids, cfg, 12) if method == "greedy" else
+                 numpy_beam(_numpy_step(model), memory, state, ids, cfg, 12, model.shared_memory))
+        got = hypotheses(found, cfg.n_best)
+        assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
+        assert all(cfg.min_words <= len(h.tokens) <= cfg.length_limit for hs in got for h in hs)

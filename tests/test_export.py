@@ -71,7 +71,8 @@ def test_runtime_captions_equal_torch_captions(name, tiny_run, checkpoints, expo
     info = json.loads((exports[name] / fmt.MODEL).read_text())
     assert info["architecture"] == name.split("_learned")[0] and info["step_max_diff"] < 1e-4
     for options in ({"beam_size": 1}, {"beam_size": 3}, {"beam_size": 3, "n_best": 3, "length_penalty": 0.7},
-                    {"beam_size": 1, "no_repeat_words": True, "max_len": 5}):
+                    {"beam_size": 1, "no_repeat_words": True, "max_len": 5},
+                    {"beam_size": 3, "min_words": 6, "max_words": 8}, {"beam_size": 1, "max_words": 3}):
         ref = captioner.caption(photos, **options)
         got = rt.caption(photos, **options)
         assert [r.caption for r in got] == [r.caption for r in ref], options

@@ -285,3 +285,14 @@ def test_the_encoder_works_on_the_next_batch_while_the_decoder_is_busy(tiny_run)
     release.set()
     assert first.result(60)[0].caption == second.result(60)[0].caption
     worker.close()
+
+
+def test_min_and_max_words(client):
+    r = client.post("/caption", files={"files": ("a.png", png(), "image/png")},
+                    params={"min_words": 5, "max_words": 6, "beam_size": 2})
+    assert r.status_code == 200, r.text
+    assert 5 <= len(r.json()["results"][0]["caption"].split()) <= 6
+    assert "max_words" in _error(client.post("/caption", files={"files": ("a.png", png())},
+                                             params={"max_words": 0}), 422)
+    assert "min_words" in _error(client.post("/caption", files={"files": ("a.png", png())},
+                                             params={"min_words": 8, "max_words": 4}), 422)

@@ -12,11 +12,11 @@ import warnings
 from typing import Sequence
 
 from capgen import __version__
-from capgen.cli import caption, evaluate, export, extract, prepare, serve, synth, train, tune
+from capgen.cli import alt, caption, evaluate, export, extract, prepare, serve, synth, train, tune
 from capgen.errors import CapgenError
 from capgen.parallel import shutdown_distributed
 
-COMMANDS = (prepare, extract, train, tune, evaluate, caption, export, serve, synth)
+COMMANDS = (prepare, extract, train, tune, evaluate, caption, alt, export, serve, synth)
 
 
 class _Parser(argparse.ArgumentParser):

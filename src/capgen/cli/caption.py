@@ -6,9 +6,11 @@ import csv
 import json
 import os
 import sys
+from pathlib import Path
 
 from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
 from capgen.cli.types import out_dir, positive_int, probability
+from capgen.errors import CapgenError
 from capgen.tags.guide import GuideConfig
 
 FORMATS = ("text", "jsonl", "csv")
@@ -42,7 +44,31 @@ def register(sub, parents) -> None:
                    help="bulk mode: append to FILE as images finish, one line per image with its path (in "
                         "completion order, not input order); a rerun skips images already in FILE; bad files "
                         "go to FILE.errors; shards across ranks under torchrun")
+    add_file_args(p)
     p.set_defaults(func=run)
+
+
+def add_file_args(p) -> None:
+    """--sidecar and --write-metadata: captions kept beside the photos or inside them."""
+    from capgen.inference.sidecar import EXISTING, KINDS
+
+    g = p.add_argument_group("captions beside or inside the photos (a rerun resumes: done photos are skipped)")
+    g.add_argument("--sidecar", nargs="?", const="txt", choices=KINDS,
+                   help="write photo.txt (or .caption, .json) beside each photo, atomically; text: the prefix, "
+                        "the --tags words, the caption and the suffix, comma-separated")
+    g.add_argument("--sidecar-dir", metavar="DIR", type=out_dir,
+                   help="with --sidecar: write the sidecars under DIR, mirroring the folders below each PATH")
+    g.add_argument("--existing", choices=EXISTING, default="skip",
+                   help="with --sidecar, a photo that has one already: skip it (default), overwrite it, or "
+                        "append / prepend the new text (never twice the same)")
+    g.add_argument("--prefix", default="", metavar="TEXT", help="with --sidecar: text before the caption "
+                                                                "(trigger words)")
+    g.add_argument("--suffix", default="", metavar="TEXT", help="with --sidecar: text after the caption")
+    g.add_argument("--write-metadata", action="store_true",
+                   help="put the caption into each photo's XMP dc:description, IPTC Caption-Abstract and EXIF "
+                        "ImageDescription (JPEG, PNG, TIFF, WebP; needs ExifTool), checked on a copy first; "
+                        "photos with a description are kept")
+    g.add_argument("--overwrite", action="store_true", help="with --write-metadata: replace existing descriptions")
 
 
 def add_model_args(p) -> None:
@@ -91,6 +117,7 @@ def run(args) -> int:
     from capgen.errors import ImageLoadError
     from capgen.inference import UniqueNames, caption_paths, expand_paths, save_annotated, save_attention_figure
 
+    destination = _destination(args)   # checked before the model loads: a bad flag costs nothing
     captioner = load_captioner(args)
     tags = captioner.tag_config(args.n_tags if args.tags else 0, args.tag_threshold)
     if tags and captioner.tags_error:  # captions still come; say once why tags do not
@@ -98,6 +125,8 @@ def run(args) -> int:
     config = captioner.decode_config(**decode_options(args), return_attention=bool(args.attention))
     if args.out:
         return _bulk(args, captioner, config)
+    if destination is not None:
+        return _to_files(args, captioner, config, tags, destination)
     paths = expand_paths(args.paths)
     write = _writer(args.format, sys.stdout, with_tags=bool(tags) and captioner.tagger is not None)
     names = UniqueNames(), UniqueNames()
@@ -124,8 +153,87 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
+def _destination(args):
+    """A SidecarSettings, "metadata" or None (stdout), with the flags that need one checked."""
+    if args.sidecar and args.write_metadata:
+        raise CapgenError("--sidecar and --write-metadata: choose one per run")
+    if args.out and (args.sidecar or args.write_metadata):
+        raise CapgenError("--out writes one file for all photos; run --sidecar/--write-metadata without --out")
+    for flag, used in (("--sidecar-dir", args.sidecar_dir), ("--prefix", args.prefix), ("--suffix", args.suffix),
+                       ("--existing", args.existing != "skip")):
+        if used and not args.sidecar:
+            raise CapgenError(f"{flag} is for --sidecar files")
+    if (args.sidecar or args.write_metadata) and (args.annotate or args.attention):
+        raise CapgenError("--sidecar/--write-metadata write captions only; run --annotate/--attention apart")
+    if args.overwrite and not args.write_metadata:
+        raise CapgenError("--overwrite is for --write-metadata (sidecars: --existing overwrite)")
+    if args.write_metadata:
+        from capgen.inference.metadata import find_exiftool
+
+        find_exiftool()
+        return "metadata"
+    if args.sidecar:
+        from capgen.inference.sidecar import SidecarSettings
+
+        return SidecarSettings(args.sidecar, args.existing, args.prefix, args.suffix,
+                               Path(args.sidecar_dir) if args.sidecar_dir else None)
+    return None
+
+
+def _to_files(args, captioner, config, tags, destination) -> int:
+    """Caption the photos that still need it and write each one's sidecar or metadata as it comes."""
+    from tqdm.auto import tqdm
+
+    from capgen.errors import DiskFullError, ImageLoadError
+    from capgen.inference import caption_paths
+    from capgen.inference import metadata, sidecar
+
+    if destination == "metadata":
+        planned = metadata.plan(args.paths, overwrite=args.overwrite)
+        todo, done_note = [(p, p) for p in planned.todo], f"{planned.kept} kept their description"
+
+        def write(photo, target, res) -> bool:
+            metadata.write_description(photo, res.caption)
+            return True
+    else:
+        planned = sidecar.plan(args.paths, destination)
+        sidecar.remove_temporaries(t for _, t in planned.todo)
+        todo, done_note = planned.todo, f"{planned.done} already had a sidecar"
+
+        def write(photo, target, res) -> bool:
+            return sidecar.write_sidecar(photo, target, res, destination)
+    failed = dict(planned.failed)
+    for path, reason in failed.items():
+        print(f"capgen caption: skipped {path}: {reason}", file=sys.stderr)
+    targets = dict(todo)
+    out = _writer(args.format, sys.stdout, with_tags=bool(tags) and captioner.tagger is not None)
+    bar = tqdm(total=len(todo), unit="img", desc="caption", file=sys.stderr, disable=len(todo) <= _PROGRESS_MIN,
+               dynamic_ncols=True)
+    written = unchanged = 0
+    for path, res in caption_paths(captioner, list(targets), config, batch_size=args.batch_size, tags=tags,
+                                   guide=guide_config(args)):
+        bar.update(1)
+        try:
+            if isinstance(res, ImageLoadError):
+                raise res
+            changed = write(Path(path), targets[Path(path)], res)
+        except DiskFullError:
+            raise      # every later photo would fail the same way
+        except (CapgenError, OSError) as e:
+            failed[path] = str(e)
+            tqdm.write(f"capgen caption: skipped {e if isinstance(e, CapgenError) else f'{path}: {e}'}",
+                       file=sys.stderr)
+            continue
+        written += changed
+        unchanged += not changed
+        out(path, res)
+    bar.close()
+    print(f"capgen caption: {written} written, {done_note}" + (f", {unchanged} unchanged" if unchanged else "")
+          + f", {len(failed)} failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _bulk(args, captioner, config) -> int:
-    from capgen.errors import CapgenError
     from capgen.inference.bulk import caption_to_file
 
     if args.annotate or args.attention:

@@ -25,6 +25,11 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-best", type=positive_int, default=_D.n_best, help="also report the next best captions")
     g.add_argument("--max-len", type=positive_int, default=_D.max_len,
                    help=f"maximum caption length in words (default {_D.max_len})")
+    g.add_argument("--min-words", type=positive_int, default=_D.min_words,
+                   help="no caption shorter than this many words (default 1)")
+    g.add_argument("--max-words", type=positive_int, default=_D.max_words,
+                   help="captions of at most this many words, ending on a word a caption may end on (default: "
+                        "--max-len)")
     g.add_argument("--length-penalty", type=finite_float, default=_D.length_penalty,
                    help="GNMT length normalisation alpha (default 0: raw log-prob sums)")
     g.add_argument("--no-repeat-ngram", type=non_negative_int, default=_D.no_repeat_ngram,

@@ -119,7 +119,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     Alive beams are ranked by raw log-prob sums; finished captions by the length-normalised score.
     A <end> candidate finishes a caption only if it ranks among the image's K best candidates
     (so beam_size 1 is exactly greedy). An image stops once it has K finished captions that no
-    alive beam can beat. Beams still alive after max_len words get one last step where only <end>
+    alive beam can beat. Beams still alive after length_limit words get one last step where only <end>
     may come (Constraints), so every caption ends and a cut one pays for it.
 
     include (B, V) bool: constrained beam search (Anderson et al. 2017) with one disjunctive
@@ -129,7 +129,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     captions are ranked with their group's offset (UNMET_PENALTY, 0, EARLY_BONUS) and keep their
     own scores. An image whose row is all False is unconstrained: it only uses the middle group.
     """
-    B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.max_len
+    B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.length_limit
     device = next(iter(memory.values())).device
     G = 1 if include is None else 3                                        # beam groups per image
     GK = G * K
@@ -214,7 +214,7 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
             att_history[:, :, t] = att.index_select(0, rows).view(B, GK, -1)
         tokens = word.view(R)
 
-        # Future scores only fall, and the length penalty is largest at max_len: an upper bound
+        # Future scores only fall, and the length penalty is largest at the length limit: an upper bound
         # (plus the best offset a beam can still reach: the early group's once in it, or while a
         # required word can still come among the first EARLY_WORDS; else the middle group's).
         reach = norm(beam_scores, L)

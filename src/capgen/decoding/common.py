@@ -46,10 +46,10 @@ class Constraints:
     """Which token may come next, per row, at step t (t words emitted so far). Shared by every search.
 
     - <pad> and <start> never; <unk> only with allow_unk.
-    - No empty caption: no <end> at t == 0.
+    - No caption shorter than min_words (never an empty one): no <end> at t < min_words.
     - No caption ends on a word of TokenIds.bad_endings: no <end> right after one, and none as the
-      last word that max_len allows.
-    - At t == max_len only <end> may come (`final`), so a cut caption pays for ending there.
+      last word that length_limit allows.
+    - At t == length_limit only <end> may come (`final`), so a cut caption pays for ending there.
     - n-gram blocking and, with no_repeat_words, no second use of a content word.
     """
 
@@ -59,7 +59,7 @@ class Constraints:
                                                      for m in token_masks(ids, cfg, vocab_size))
 
     def final(self, t: int) -> bool:
-        return t == self.cfg.max_len
+        return t == self.cfg.length_limit
 
     def apply(self, logp: Tensor, t: int, prev: Tensor, history: Tensor) -> Tensor:
         """logp (R, V) model log-probs; prev (R,) the token fed at step t; history (R, >= t) words."""
@@ -76,10 +76,10 @@ class Constraints:
             words = history[:, :t]
             ban.scatter_(1, words.masked_fill(self.may_repeat[words], V), True)
         ban = ban[:, :V] | self.never
-        if t == 0:
+        if t < self.cfg.min_words:
             ban[:, end] = True
         else:
             ban[:, end] |= self.bad_end[prev]
-        if t == self.cfg.max_len - 1:  # the last word max_len allows: <end> must be able to follow it
+        if t == self.cfg.length_limit - 1:  # the last word the limit allows: <end> must be able to follow it
             ban |= self.bad_end
         return logp.masked_fill(ban, NEG_INF)                             # (R, V)

@@ -60,6 +60,8 @@ class DecodeConfig:
     method: str | None = None     # "greedy" | "sample" | "beam" | None (from beam_size, as above)
     beam_size: int = 3
     max_len: int = 20             # max words, excluding <start>/<end>
+    min_words: int = 1            # no <end> before this many words
+    max_words: int | None = None  # the caption's word limit when set (then max_len is not used); see length_limit
     length_penalty: float = 0.0   # GNMT alpha: beam score = logprob / ((5 + len) / 6) ** alpha; 0 = raw sum
     no_repeat_ngram: int = 3      # block repeated n-grams of this size (0 = off)
     # Block a second use of any word outside FUNCTION_WORDS: on the Flickr8k val split (bundled model,
@@ -82,6 +84,12 @@ class DecodeConfig:
             self.method = "greedy" if self.beam_size == 1 and self.n_best == 1 and not self.consensus else "beam"
         self.validate()
 
+    @property
+    def length_limit(self) -> int:
+        """The most words a caption may have: max_words, else max_len. A caption reaching it ends
+        there cleanly (its last word is one <end> may follow; see rules.py)."""
+        return self.max_words if self.max_words is not None else self.max_len
+
     def validate(self) -> None:
         """Raise DecodeError naming the first invalid setting (decode() calls this again)."""
 
@@ -92,6 +100,11 @@ class DecodeConfig:
         need(self.method in METHODS, f"method must be one of {list(METHODS)}, got {self.method!r}")
         need(1 <= self.beam_size <= MAX_BEAM, f"beam_size must be in [1, {MAX_BEAM}], got {self.beam_size}")
         need(1 <= self.max_len <= 200, f"max_len must be in [1, 200], got {self.max_len}")
+        need(self.max_words is None or 1 <= self.max_words <= 200,
+             f"max_words must be in [1, 200], got {self.max_words}")
+        need(1 <= self.min_words <= self.length_limit,
+             f"min_words must be in [1, {'max_words' if self.max_words else 'max_len'} = {self.length_limit}], "
+             f"got {self.min_words}")
         need(0 <= self.length_penalty <= 10, f"length_penalty must be in [0, 10], got {self.length_penalty}")
         need(self.no_repeat_ngram >= 0, f"no_repeat_ngram must be >= 0, got {self.no_repeat_ngram}")
         need(1 <= self.n_best <= MAX_BEAM, f"n_best must be in [1, {MAX_BEAM}], got {self.n_best}")
@@ -118,11 +131,11 @@ class Hypothesis:
 
     tokens: word ids without <start>/<end>.
     score: sum of the model's log-probs of the words plus that of <end>. A caption still running
-      after max_len words gets a last step where only <end> may come, so it pays the model's
+      after length_limit words gets a last step where only <end> may come, so it pays the model's
       probability of ending there and ranks below captions that ended by themselves. Beam search:
       this sum divided by the GNMT length penalty ((5 + len(tokens)) / 6) ** length_penalty.
       Sampling: the model's own log-probs, before temperature / top-k / top-p.
-    truncated: the caption was cut at max_len (the model's own choice at the forced last step was
+    truncated: the caption was cut at length_limit (the model's own choice at the forced last step was
       not <end>), or every word was blocked.
     attention: (len(tokens), N) when requested and the model attends: row i is the attention
       while predicting tokens[i] (the step that predicts <end> is not included); else None.

@@ -2,11 +2,12 @@
 penalty. `capgen.decoding` (torch) and `capgen.runtime` (numpy) both apply these, so the two paths
 cannot drift apart; only the array code that applies them exists twice.
 
-What every search enforces at step t (t words emitted so far), in this order:
-  - at t == max_len only <end> may come (a caption still running is cut and pays for ending there);
+What every search enforces at step t (t words emitted so far), in this order, with
+L = DecodeConfig.length_limit (max_words, else max_len):
+  - at t == L only <end> may come (a caption still running is cut and pays for ending there);
   - <pad> and <start> never; <unk> only with allow_unk;
-  - no <end> at t == 0 (no empty caption), and none right after a word of BAD_ENDINGS;
-  - at t == max_len - 1 no word of BAD_ENDINGS (<end> must be able to follow the last word);
+  - no <end> at t < min_words (never an empty caption), and none right after a word of BAD_ENDINGS;
+  - at t == L - 1 no word of BAD_ENDINGS (<end> must be able to follow the last word);
   - no token completing an n-gram (n = no_repeat_ngram) already in the caption;
   - with no_repeat_words, no second use of a word outside FUNCTION_WORDS.
 """

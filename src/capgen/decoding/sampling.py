@@ -15,10 +15,10 @@ def sample_search(model: CaptionModel, memory: State, state: State, ids: TokenId
                   generator: torch.Generator | None) -> Found:
     """Decode every row of `state` once (M = 1 caption per row). Greedy when cfg.method == "greedy".
 
-    Rows still running after max_len words take <end> at a last step (Constraints), and pay its
+    Rows still running after length_limit words take <end> at a last step (Constraints), and pay its
     log-prob like any other word.
     """
-    R, L = next(iter(state.values())).shape[0], cfg.max_len   # the memory may be one row per image
+    R, L = next(iter(state.values())).shape[0], cfg.length_limit   # the memory may be one row per image
     device = next(iter(state.values())).device
     rules = Constraints(ids, cfg, model.vocab_size, device)
     tokens = torch.full((R,), ids.start, dtype=torch.long, device=device)

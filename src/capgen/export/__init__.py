@@ -42,9 +42,10 @@ def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = N
         raise ExportError("the runtime decodes greedy or beam search; export without --sample")
     model = captioner.model
     limit = _max_len_limit(model)
-    if limit is not None and config.max_len > limit:
+    if limit is not None and config.length_limit > limit:
+        flag = "--max-words" if config.max_words else "--max-len"
         raise ExportError(f"model {model.name} has learned positions for at most {limit} words; export "
-                          f"with --max-len {limit} or less")
+                          f"with {flag} {limit} or less")
     encoder_onnx = getattr(captioner.runner, "path", None)
     if encoder_onnx is None:
         raise ExportError(f"encoder {captioner.encoder.name}: runs with the {captioner.runner.backend} backend, "

@@ -165,6 +165,7 @@ def _check_job(out: Path, job: dict, old: dict | None, done: set[str], inputs: s
     """Refuse other settings; describe changed inputs."""
     if old is None:
         return []
+    old = {**old, "decode": _with_new_defaults(old.get("decode"), job["decode"])}
     for key in ("model", "decode", "format", "cwd"):
         if old.get(key) != job.get(key):
             raise CapgenError(f"{out}: was written with another {key} ({old.get(key)!r}, now {job.get(key)!r}); "
@@ -223,20 +224,11 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
     if dist.rank == 0:  # rank 0 owns OUT, the job file and the merge
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = _JobLock(out)
-        if out.exists() and not job_path.is_file():
-            raise CapgenError(f"{out}: exists and was not written by capgen caption --out (no {job_path.name}); "
-                              f"choose another --out")
-        old = json.loads(job_path.read_text(encoding="utf-8")) if job_path.is_file() else None
-        if repair_tail(out):
-            notes.append(f"{out.name}: cut its last line, left incomplete by an interrupted run")
-        done = set(read_done(out, fmt))
-        notes += _check_job(out, job, old, done, set(paths))
-        merged = _merge_parts(out, fmt, done)
-        if merged:
-            notes.append(f"merged {merged} lines left in part files by an interrupted run")
-        for stale in out.parent.glob(f"{out.name}.errors.part*"):
-            stale.unlink()  # their images were not captioned: they are retried below
-        write_json(job_path, job)
+        try:
+            notes, done = _start_job(out, fmt, job, job_path, paths)
+        except BaseException:  # a refused job lets go of OUT (a later call in this process may retry it)
+            lock.release()
+            raise
     notes = dist.broadcast(notes)
     try:
         dist.barrier()
@@ -286,6 +278,26 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
     return BulkResult(out, job["count"], captioned, skipped, failed, seconds, notes)
 
 
+def _start_job(out: Path, fmt: str, job: dict, job_path: Path, paths: list[str]) -> tuple[list[str], set[str]]:
+    """Rank 0, holding OUT's lock: check the job against OUT's, repair what a kill left; (notes, done paths)."""
+    notes = []
+    if out.exists() and not job_path.is_file():
+        raise CapgenError(f"{out}: exists and was not written by capgen caption --out (no {job_path.name}); "
+                          f"choose another --out")
+    old = json.loads(job_path.read_text(encoding="utf-8")) if job_path.is_file() else None
+    if repair_tail(out):
+        notes.append(f"{out.name}: cut its last line, left incomplete by an interrupted run")
+    done = set(read_done(out, fmt))
+    notes += _check_job(out, job, old, done, set(paths))
+    merged = _merge_parts(out, fmt, done)
+    if merged:
+        notes.append(f"merged {merged} lines left in part files by an interrupted run")
+    for stale in out.parent.glob(f"{out.name}.errors.part*"):
+        stale.unlink()  # their images were not captioned: they are retried below
+    write_json(job_path, job)
+    return notes, done
+
+
 def _merge_errors(out: Path, failed: dict[str, str], world: int) -> dict[str, str]:
     """All ranks' failures -> OUT.errors (rewritten; removed when nothing failed)."""
     for rank in range(world):
@@ -306,6 +318,17 @@ def _merge_errors(out: Path, failed: dict[str, str], world: int) -> dict[str, st
     else:
         errors.unlink(missing_ok=True)
     return failed
+
+
+def _with_new_defaults(old, new: dict):
+    """An older job's decoding settings with the DecodeConfig fields added since (min_words,
+    max_words, ...) at their defaults, which is how that job decoded: its OUT stays resumable."""
+    from capgen.decoding import DecodeConfig
+
+    if not isinstance(old, dict):
+        return old
+    defaults = _decode_dict(DecodeConfig())
+    return {**{k: defaults[k] for k in new if k not in old and k in defaults}, **old}
 
 
 def _decode_dict(config) -> dict:

@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     method.add_argument("--beam-size", type=int, help="beam width (default: the export's decoding settings)")
     method.add_argument("--greedy", action="store_true", help="greedy decoding")
     p.add_argument("--max-len", type=int, help="maximum caption length in words (default: the export's)")
+    p.add_argument("--min-words", type=int, help="no caption shorter than this many words (default 1)")
+    p.add_argument("--max-words", type=int, help="captions of at most this many words (default: --max-len)")
     p.add_argument("--n-best", type=int, help="also report the next best captions (jsonl)")
     p.add_argument("--no-guide", action="store_true",
                    help="captions from the model alone, without tag guidance (on by default when the export "
@@ -33,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = p.parse_args(argv)
     options = {k: v for k, v in (("beam_size", 1 if args.greedy else args.beam_size), ("max_len", args.max_len),
+                                 ("min_words", args.min_words), ("max_words", args.max_words),
                                  ("n_best", args.n_best)) if v is not None}
     try:
         from capgen.runtime import Runtime

@@ -168,8 +168,9 @@ class Runtime:
         cfg = DecodeConfig(**merged)
         if cfg.method == "sample":
             raise ExportError("the runtime decodes greedy or beam search; sampling needs capgen caption --sample")
-        if self.max_len_limit is not None and cfg.max_len > self.max_len_limit:
-            raise ExportError(f"max_len {cfg.max_len}: this {self.architecture} model has learned positions for "
+        if self.max_len_limit is not None and cfg.length_limit > self.max_len_limit:
+            which = "max_words" if cfg.max_words else "max_len"
+            raise ExportError(f"{which} {cfg.length_limit}: this {self.architecture} model has learned positions for "
                               f"at most {self.max_len_limit} words")
         return cfg
 

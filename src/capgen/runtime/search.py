@@ -29,7 +29,7 @@ class Rules:
         self.never, self.bad_end, self.may_repeat = token_masks(ids, cfg, vocab_size)   # (V,) each
 
     def final(self, t: int) -> bool:
-        return t == self.cfg.max_len
+        return t == self.cfg.length_limit
 
     def apply(self, logp: np.ndarray, t: int, prev: np.ndarray, history: np.ndarray) -> np.ndarray:
         """logp (R, V); prev (R,) the token fed at step t; history (R, >= t) words. Returns a copy."""
@@ -39,11 +39,11 @@ class Rules:
             forced[:, end] = logp[:, end]
             return forced
         logp = np.where(self.never, NEG_INF, logp).astype(logp.dtype, copy=False)  # (R, V)
-        if t == 0:
+        if t < self.cfg.min_words:
             logp[:, end] = NEG_INF
         else:
             logp[self.bad_end[prev], end] = NEG_INF
-        if t == self.cfg.max_len - 1:  # the last word max_len allows: <end> must be able to follow it
+        if t == self.cfg.length_limit - 1:  # the last word the limit allows: <end> must be able to follow it
             logp[:, self.bad_end] = NEG_INF
         _block_ngrams(logp, history, t, self.cfg.no_repeat_ngram)
         if self.cfg.no_repeat_words and t > 0:
@@ -77,7 +77,7 @@ class Found:
 
 def greedy_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: DecodeConfig,
                   vocab_size: int) -> Found:
-    R, L = next(iter(memory.values())).shape[0], cfg.max_len
+    R, L = next(iter(memory.values())).shape[0], cfg.length_limit
     rules = Rules(ids, cfg, vocab_size)
     tokens = np.full(R, ids.start, dtype=np.int64)
     words = np.full((R, L), ids.pad, dtype=np.int64)
@@ -187,7 +187,7 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
     """K = beam_size captions per image, best first (capgen.decoding.beam.beam_search, in numpy,
     tag guidance included). shared_memory: the step reads one memory row per image
     (CaptionModel.shared_memory). include (B, V) bool: the words of which each caption must contain one."""
-    B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.max_len
+    B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.length_limit
     G = 1 if include is None else 3                                       # beam groups per image
     GK = G * K
     if not shared_memory:

@@ -31,6 +31,7 @@ from capgen.serve.worker import ModelWorker, ServerBusy
 
 FIELD = "files"
 MAX_TAGS = 20
+MAX_WORDS = 50   # a longer caption is no caption any more
 
 # /caption takes a hand-parsed multipart body (for precise errors); describe it in /openapi.json.
 _CAPTION_BODY = {
@@ -41,6 +42,11 @@ _CAPTION_BODY = {
     "parameters": [
         {"name": "beam_size", "in": "query", "schema": {"type": "integer", "default": 3, "minimum": 1}},
         {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": 1, "minimum": 1}},
+        {"name": "min_words", "in": "query", "description": "no caption shorter than this many words",
+         "schema": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_WORDS}},
+        {"name": "max_words", "in": "query", "description": "captions of at most this many words (default: the "
+                                                            "server's max_len)",
+         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_WORDS}},
         {"name": "attention", "in": "query", "schema": {"type": "boolean", "default": False}},
         {"name": "tags", "in": "query", "description": "up to this many object tags per image (0 = none)",
          "schema": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_TAGS}},
@@ -150,7 +156,11 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
         guide = GuideConfig(_float(value("guide_threshold", str(default.threshold)), "guide_threshold", 1e-9, 1.0),
                             _float(value("novel_guide_threshold", str(default.novel_threshold)),
                                    "novel_guide_threshold", 1e-9, 1.0))
-    options = {"beam_size": beam_size, "n_best": n_best, "return_attention": _bool(value("attention", "false"), "attention"),
+    lengths = {"min_words": _int(value("min_words", "1"), "min_words", 1, MAX_WORDS)}
+    if value("max_words", "") != "":
+        lengths["max_words"] = _int(value("max_words", ""), "max_words", 1, MAX_WORDS)
+    options = {**lengths, "beam_size": beam_size, "n_best": n_best,
+               "return_attention": _bool(value("attention", "false"), "attention"),
                "tags": TagConfig(top_k=n_tags, threshold=threshold) if n_tags else None, "guide": guide}
     return items, options
 
