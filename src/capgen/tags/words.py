@@ -105,12 +105,18 @@ def mention_index(words: list[str]) -> dict[tuple[str, ...], int]:
 
 
 def mentions(captions, index: dict[tuple[str, ...], int], longest: int) -> list[int]:
-    """Sorted tag word indices mentioned by any caption (token tuples) of one photo."""
+    """Sorted tag word indices mentioned by any caption (token tuples) of one photo. The longest
+    phrase wins at each position: "teddy bear" names no bear, "hot dog" no dog."""
     found = set()
     for tokens in captions:
-        for n in range(1, longest + 1):
-            for i in range(len(tokens) - n + 1):
+        i = 0
+        while i < len(tokens):
+            for n in range(min(longest, len(tokens) - i), 0, -1):
                 j = index.get(tuple(tokens[i : i + n]))
                 if j is not None:
                     found.add(j)
+                    i += n
+                    break
+            else:
+                i += 1
     return sorted(found)
