@@ -141,6 +141,22 @@ class Captioner:
                 "decoder": "onnx" if self.fast_decoder is not None else "torch",
                 **({"tags_error": self.tags_error} if self.tags_error else {})}
 
+    def warm_up(self) -> None:
+        """Load now what the first guided caption would load (the tag guide reads GloVe), so that a
+        server does it at start; a failure is left for that caption to retry and report."""
+        if self.tagger is not None and self._guide is None:
+            try:
+                self._guide_for_vocab()
+            except CapgenError:
+                pass
+
+    def _guide_for_vocab(self):
+        from capgen.tags import Guide
+
+        if self._guide is None:  # only a built guide is kept: a failed build is tried again next time
+            self._guide = Guide.build(self.vocab, self.tagger.words)
+        return self._guide
+
     # ---- the pipeline -----------------------------------------------------------------------------
     def load(self, image: ImageSource, name: str | None = None) -> Image.Image:
         """The one loader (EXIF, RGB, size limit); raises ImageLoadError naming the image."""
@@ -171,11 +187,8 @@ class Captioner:
         guide = GuideConfig.of(guide)
         if guide is None or self.tagger is None or config.method == "sample":
             return [None] * len(pooled)
-        from capgen.tags import Guide
-
-        if self._guide is None:
-            self._guide = Guide.build(self.vocab, self.tagger.words)
-        return [self._guide.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
+        plans = self._guide_for_vocab()
+        return [plans.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
 
     def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided

@@ -11,6 +11,7 @@ object tags (`tags=K`) when it has a tagger.
 from __future__ import annotations
 
 import asyncio
+import re
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -25,8 +26,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from capgen import __version__
 from capgen.errors import CapgenError
 from capgen.tags import DEFAULT_THRESHOLD, GuideConfig, TagConfig
-from capgen.serve.limits import BodyLimit, ServeSettings
-from capgen.serve.uploads import UploadError, read_image
+from capgen.serve.limits import BodyLimit, PixelBudget, ServeSettings
+from capgen.serve.uploads import UploadError, image_pixels, read_image
 from capgen.serve.worker import ModelWorker, ServerBusy
 
 FIELD = "files"
@@ -72,7 +73,13 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="capgen", version=__version__, description="Image captioning: POST photos to /caption.",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.captioner, app.state.settings, app.state.worker = captioner, settings, worker
+    budget = PixelBudget(settings.max_queued_pixels)
+    app.state.captioner, app.state.settings, app.state.worker, app.state.pixels = captioner, settings, worker, budget
+    # What a request would load lazily (tag guidance reads GloVe) is loaded now, not by the first
+    # request, which may meet a server short of memory; a failure here is retried on use, never kept.
+    warm_up = getattr(captioner, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, read_timeout=settings.read_timeout)
     if "*" not in settings.allowed_hosts:  # added last = runs first: a foreign Host header gets nothing
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
@@ -92,11 +99,19 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
     async def caption(request: Request) -> JSONResponse:
         """Caption one or several images (multipart field `files`)."""
         form_items, options = await _parse(request, settings)
-        images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
         if options["return_attention"] and not captioner.supports_attention:
             raise UploadError(422, f"attention: this model ({captioner.info()['architecture']}) has no attention")
+        pixels = await run_in_threadpool(_request_pixels, form_items, settings)
+        budget.take(pixels)  # before decoding: 503 when the images in progress would not fit
+        try:
+            images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
+            future = worker.submit(images, options)
+        except BaseException:
+            budget.give(pixels)
+            raise
+        del images  # the worker holds them until its job is done, and the budget until then too
+        future.add_done_callback(lambda _: budget.give(pixels))
         warnings = [captioner.tags_error] if options["tags"] and captioner.tags_error else []
-        future = worker.submit(images, options)
         try:
             results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout)
         except asyncio.TimeoutError:
@@ -109,6 +124,15 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
         return JSONResponse(body)
 
     return app
+
+
+def _request_pixels(items: list[tuple[str, bytes]], settings: ServeSettings) -> int:
+    """All the request's pixels, from the image headers; UploadError 413 above the per-request limit."""
+    pixels = sum(image_pixels(data, name, settings.max_pixels) for name, data in items)
+    if pixels > settings.max_request_pixels:
+        raise UploadError(413, f"{len(items)} images of {pixels:,} pixels in all exceed the limit of "
+                               f"{settings.max_request_pixels:,} per request; send fewer or smaller images")
+    return pixels
 
 
 async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[str, bytes]], dict]:
@@ -182,6 +206,15 @@ def _float(text: str, name: str, lo: float, hi: float) -> float:
     return v
 
 
+# An absolute path (/usr/lib/..., C:\\...): a server's file system is no client's business.
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s\\/'\"()]+[\\/])+[^\s'\"():;,]*")
+
+
+def _without_paths(message: str) -> str:
+    """A server-side error message for a client: file-system paths replaced by <path>."""
+    return _PATH.sub("<path>", message)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error is JSON {"error": "..."}; bad input never becomes a 500."""
 
@@ -198,7 +231,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CapgenError)
     async def capgen_error(request, e: CapgenError):
-        return error(422, str(e))
+        return error(422, _without_paths(str(e)))
+
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(request, e: MemoryError):
+        return error(503, "server out of memory for this request; try again shortly, or send smaller images",
+                     {"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):

@@ -30,9 +30,9 @@ class UploadError(Exception):
         self.message = message
 
 
-def read_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
-    """Upload bytes -> RGB image through the one loader, or UploadError:
-    400 empty, 415 not an allowed image type, 413 too many pixels, 422 corrupt or truncated."""
+def image_pixels(data: bytes, filename: str, max_pixels: int) -> int:
+    """Width x height from the header alone (nothing decoded), or UploadError:
+    400 empty, 415 not an allowed image type, 413 too many pixels, 422 corrupt header."""
     if not data:
         raise UploadError(400, f"{filename}: empty file (0 bytes)")
     try:
@@ -49,6 +49,13 @@ def read_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
         raise UploadError(422, f"{filename}: corrupt or truncated image ({str(e)[:100] or type(e).__name__})") from None
     if w * h > max_pixels:
         raise UploadError(413, f"{filename}: {w}x{h} pixels exceeds the limit of {max_pixels:,}")
+    return w * h
+
+
+def read_image(data: bytes, filename: str, max_pixels: int) -> Image.Image:
+    """Upload bytes -> RGB image through the one loader, or UploadError (see `image_pixels`;
+    422 for data that is corrupt past the header)."""
+    image_pixels(data, filename, max_pixels)
     try:
         return load_image(data, max_pixels=max_pixels, name=filename)
     except ImageLoadError as e:
