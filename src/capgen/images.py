@@ -33,6 +33,19 @@ def _openable(extensions: set[str]) -> set[str]:
     return {e for e in extensions if registered.get(e) in Image.OPEN}
 
 
+# The formats every path opens (CLI, bulk, extract, training, the server, the runtime): those a
+# camera, phone or browser writes. The type is decided from the bytes, never the name; the other
+# Pillow decoders (PSD, FITS, DDS, SGI, XBM, ... and EPS, which runs Ghostscript) are never reached.
+# The JPEG opener also takes MPO (JPEG with extra frames, from some cameras).
+PHOTO_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF", "HEIF")
+
+
+def photo_formats() -> tuple[str, ...]:
+    """PHOTO_FORMATS this Pillow build can open (asked at call time: a HEIF plugin may register late)."""
+    Image.init()
+    return tuple(f for f in PHOTO_FORMATS if f in Image.OPEN)
+
+
 IMAGE_EXTENSIONS = frozenset(_PHOTO_EXTENSIONS | _openable(_NEWER_PHOTO_EXTENSIONS))
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
@@ -66,7 +79,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:  # type: ignore[arg-type]
+            with Image.open(fp, formats=photo_formats()) as img:  # type: ignore[arg-type]
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageLoadError(label, f"{w}x{h} pixels exceeds the limit of {max_pixels:,}")
@@ -76,7 +89,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(label, "not an image (unrecognised format)") from None
+        raise ImageLoadError(label, f"not an image of a supported format (expected {', '.join(photo_formats())})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(label, f"refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:

@@ -25,6 +25,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from capgen import __version__
 from capgen.errors import CapgenError
+from capgen.images import PHOTO_FORMATS
 from capgen.tags import DEFAULT_THRESHOLD, GuideConfig, TagConfig
 from capgen.serve.limits import BodyLimit, PixelBudget, ServeSettings
 from capgen.serve.uploads import UploadError, image_pixels, read_image
@@ -38,7 +39,7 @@ _CAPTION_BODY = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": [FIELD],
         "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
-                               "description": "one or more images (JPEG, PNG, GIF, WebP, BMP, TIFF)"}}}}}},
+                               "description": f"one or more images ({', '.join(PHOTO_FORMATS)})"}}}}}},
     "parameters": [
         {"name": "beam_size", "in": "query", "schema": {"type": "integer", "default": 3, "minimum": 1}},
         {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": 1, "minimum": 1}},

@@ -8,17 +8,7 @@ import warnings
 from PIL import Image, UnidentifiedImageError
 
 from capgen.errors import ImageLoadError
-from capgen.images import load_image
-
-# Formats a browser or phone produces (the JPEG opener also accepts MPO, JPEG with extra frames from
-# some cameras). The type is decided from the bytes, never the file name or the client's Content-Type.
-ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
-
-
-def _openers() -> tuple[str, ...]:
-    """The allowed formats this Pillow build can open (Image.open fails on unknown names)."""
-    Image.init()
-    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
+from capgen.images import load_image, photo_formats
 
 
 class UploadError(Exception):
@@ -39,10 +29,10 @@ def image_pixels(data: bytes, filename: str, max_pixels: int) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check follows
             # Image.open only reads the header: cheap, and enough to know the type and size.
-            with Image.open(io.BytesIO(data), formats=_openers()) as probe:
+            with Image.open(io.BytesIO(data), formats=photo_formats()) as probe:
                 w, h = probe.size
     except UnidentifiedImageError:
-        raise UploadError(415, f"{filename}: not a supported image (expected {', '.join(ALLOWED_FORMATS)})") from None
+        raise UploadError(415, f"{filename}: not a supported image (expected {', '.join(photo_formats())})") from None
     except Image.DecompressionBombError:
         raise UploadError(413, f"{filename}: image has too many pixels (limit {max_pixels:,})") from None
     except Exception as e:  # noqa: BLE001  a malformed header can raise nearly anything inside PIL
