@@ -101,3 +101,15 @@ def test_the_server_and_the_loader_share_one_format_list():
 
     assert "PPM" in photo_formats() and "EPS" not in photo_formats()
     assert image_pixels(ppm.getvalue(), "x.ppm", 100) == 64
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_float_image_with_a_non_finite_pixel_is_refused(tmp_path, bad):
+    """issue 20 #17: one NaN or inf pixel stretched the whole image to black, captioned with exit 0."""
+    arr = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    arr[3, 4] = bad
+    path = _save(Image.fromarray(arr, mode="F"), tmp_path / "f.tif", "TIFF")
+    with pytest.raises(ImageLoadError, match=r"f\.tif: 1 of 64 pixels are NaN or infinite"):
+        load_image(path)
+    with pytest.raises(ImageLoadError, match="NaN or infinite"):
+        load_image(path.read_bytes(), name="upload.tif")

@@ -90,6 +90,16 @@ def test_attention_payload(client):
     assert all(abs(sum(w) - 1) < 1e-3 for w in att["weights"])
 
 
+def _float_tiff(value: float) -> bytes:
+    import numpy as np
+
+    arr = np.ones((8, 8), dtype=np.float32)
+    arr[0, 0] = value
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="F").save(buf, "TIFF")
+    return buf.getvalue()
+
+
 def test_bad_uploads_get_the_right_4xx(client):
     cases = [
         (400, {"files": ("empty.png", b"", "image/png")}, "empty"),
@@ -98,6 +108,7 @@ def test_bad_uploads_get_the_right_4xx(client):
         # 4000 x 4000 1-bit PNG: a few KB on the wire, 16 Mpx decoded -> refused from the header
         (413, {"files": ("huge.png", png((4000, 4000), mode="1"), "image/png")}, "exceeds"),
         (422, {"file": ("one.png", png(), "image/png")}, "'files'"),
+        (422, {"files": ("nan.tif", _float_tiff(float("nan")), "image/tiff")}, "NaN or infinite"),  # issue 20 #17
     ]
     for status, files, needle in cases:
         msg = _error(client.post("/caption", files=files), status)

@@ -62,7 +62,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
     """Open `source` (a path, raw bytes or a PIL image) as an upright 8-bit RGB image."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
     if isinstance(source, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(source))
+        return to_rgb(ImageOps.exif_transpose(source), label)
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageLoadError(label, "empty file (0 bytes), expected an image")
@@ -85,7 +85,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
                     raise ImageLoadError(label, f"{w}x{h} pixels exceeds the limit of {max_pixels:,}")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+                return to_rgb(img, label)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
@@ -97,13 +97,17 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
         raise ImageLoadError(label, f"corrupt or truncated image ({e})") from None
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; transparency is composited onto white."""
+def to_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited onto white. ImageLoadError
+    naming `name` for a float image with NaN or infinite pixels (stretched, it would be all black)."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16/32-bit greyscale: stretch to 8 bits rather than clip (clipping makes 16-bit scans white).
         arr = np.asarray(img, dtype=np.float64)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ImageLoadError(name, f"{bad:,} of {arr.size:,} pixels are NaN or infinite; expected finite pixel values")
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         arr8 = ((arr - lo) * scale).round().astype(np.uint8)
