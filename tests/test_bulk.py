@@ -233,3 +233,21 @@ def test_stdout_records_stay_one_safe_line(tiny_run, photos, capsys):
             assert len(rows) == 9 and not [r for r in rows if r[0].startswith(("=", "+", "-", "@"))]
         else:
             assert len(lines) == 8 and str(photos / "a\udcff.jpg") in {json.loads(x)["image"] for x in lines}
+
+
+def test_long_names_get_figures_and_one_failed_figure_does_not_stop_the_batch(tiny_run, photos, tmp_path, capsys):
+    """#10: a legal 240-byte stem with --annotate gave Errno 36 (the temporary's name is longer) and
+    stopped the batch; now its figure is written, and a figure that cannot be written fails that photo."""
+    keep = sorted(p for p in photos.iterdir() if p.name != "broken.jpg")[:2]
+    for p in photos.iterdir():
+        if p not in keep:
+            p.unlink()
+    long = keep[0].rename(photos / ("é" * 120 + ".jpg"))  # 240 bytes of stem
+    annotated = tmp_path / "ann"
+    (annotated / f"{keep[1].stem}.jpg").mkdir(parents=True)  # in the way of the second photo's figure
+    code = main(["caption", str(long), str(keep[1]), "--model", str(tiny_run.checkpoints["show_tell"]),
+                 "--encoder", tiny_run.encoder, "--greedy", "--annotate", str(annotated)])
+    captured = capsys.readouterr()
+    assert code == 1 and len(captured.out.splitlines()) == 2
+    assert (annotated / f"{long.stem}.jpg").is_file()
+    assert f"no figure for {keep[1]}" in captured.err and "internal error" not in captured.err
