@@ -404,3 +404,10 @@ def test_a_failed_lazy_load_is_not_kept(tiny_captioner, monkeypatch):
     tiny_captioner.warm_up()  # fails: nothing kept
     assert tiny_captioner._guide is None
     assert tiny_captioner._guide_for_vocab() == "built" and calls == [1, 1]
+
+
+@pytest.mark.parametrize("value", ["1_0", " 3", "3.0", "0x3", "1" * 30])
+def test_integer_options_are_digits_only(client, value):
+    """issue 20 #20: int() took beam_size=1_0 as 10."""
+    assert "expected an integer" in _error(client.post("/caption", files={"files": ("a.png", png())},
+                                                       params={"beam_size": value}), 422)

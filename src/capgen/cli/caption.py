@@ -7,7 +7,7 @@ import os
 import sys
 
 from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.cli.types import out_dir, positive_int, probability
+from capgen.cli.types import out_dir, positive_int, probability, thread_count
 from capgen.inference.files import display_name
 from capgen.tags.guide import GuideConfig
 
@@ -57,7 +57,7 @@ def add_model_args(p) -> None:
                    help="engine of the encoder and the decoder's steps (auto: ONNX Runtime where they export)")
     p.add_argument("--tag-words", metavar="TSV",
                    help="class -> word file for tags (default: the bundled assets/imagenet_words.tsv)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="compute threads (default: all cores; 1 on a machine busy with other jobs)")
     add_precision_args(p)
 

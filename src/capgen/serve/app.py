@@ -188,10 +188,10 @@ def _bool(text: str, name: str) -> bool:
 
 
 def _int(text: str, name: str, lo: int, hi: int) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise UploadError(422, f"{name}: expected an integer, got {text!r}") from None
+    # Digits only: int() would also take "1_0" (10), " 3 " and other spellings no client means.
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", text):
+        raise UploadError(422, f"{name}: expected an integer, got {text[:40]!r}")
+    v = int(text)
     if not lo <= v <= hi:
         raise UploadError(422, f"{name}: expected an integer in [{lo}, {hi}], got {v}")
     return v
@@ -199,6 +199,8 @@ def _int(text: str, name: str, lo: int, hi: int) -> int:
 
 def _float(text: str, name: str, lo: float, hi: float) -> float:
     try:
+        if "_" in text:  # float() takes "1_0" as 10.0
+            raise ValueError(text)
         v = float(text)
     except ValueError:
         raise UploadError(422, f"{name}: expected a number, got {text!r}") from None
