@@ -229,3 +229,26 @@ def test_serve_on_a_taken_port_is_one_line(capsys):
         port = s.getsockname()[1]
         one_line_error(capsys, ["serve", "--port", port], "cannot listen on 127.0.0.1:")
     one_line_error(capsys, ["serve", "--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid")
+
+
+# ---- issue 20 #20: thread counts are bounded, integers are digits -----------------------------------
+
+@pytest.mark.parametrize("threads", ["0", "-1", "5000", "100000"])
+def test_thread_counts_out_of_bounds_are_one_line_errors(capsys, threads):
+    from capgen.runtime.__main__ import main as runtime_main
+
+    for run in (lambda: main(["caption", "x.jpg", "--threads", threads]),
+                lambda: runtime_main(["folder", "x.jpg", "--threads", threads])):
+        with pytest.raises(SystemExit) as e:
+            run()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "from 1 to 256" in err and "Traceback" not in err
+
+
+def test_sessions_refuse_absurd_thread_counts():
+    from capgen.ort import check_threads, session_options
+
+    assert check_threads(4) == 4
+    for bad in (0, -1, 100_000, True, 2.0):
+        with pytest.raises(CapgenError, match="from 1 to 256"):
+            session_options(bad)

@@ -72,3 +72,44 @@ def test_decompression_bomb_refused(tmp_path):
     path = _save(Image.new("RGB", (300, 300)), tmp_path / "big.png")
     with pytest.raises(ImageLoadError, match="exceeds the limit"):
         load_image(path, max_pixels=10_000)
+
+
+# ---- issue 20 #16: the same photo formats everywhere, never EPS (Ghostscript) ---------------------
+
+@pytest.mark.parametrize("fmt", ["EPS", "SGI", "PCX", "TGA", "XBM", "DDS", "ICO"])
+def test_only_photo_formats_are_opened(tmp_path, fmt, monkeypatch):
+    from PIL import EpsImagePlugin
+
+    def ghostscript(*a, **kw):
+        raise AssertionError("the EPS plugin was reached")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", ghostscript)
+    img = Image.new("1" if fmt == "XBM" else "RGB", (8, 8))
+    path = _save(img, tmp_path / "photo.jpg", fmt)  # named as a JPEG, whatever it holds
+    with pytest.raises(ImageLoadError, match="not an image of a supported format .expected JPEG, PNG"):
+        load_image(path)
+    with pytest.raises(ImageLoadError, match="not an image of a supported format"):
+        load_image(path.read_bytes())
+
+
+def test_the_server_and_the_loader_share_one_format_list():
+    from capgen.images import photo_formats
+
+    ppm = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(ppm, "PPM")
+    from capgen.serve.uploads import image_pixels
+
+    assert "PPM" in photo_formats() and "EPS" not in photo_formats()
+    assert image_pixels(ppm.getvalue(), "x.ppm", 100) == 64
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_float_image_with_a_non_finite_pixel_is_refused(tmp_path, bad):
+    """issue 20 #17: one NaN or inf pixel stretched the whole image to black, captioned with exit 0."""
+    arr = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    arr[3, 4] = bad
+    path = _save(Image.fromarray(arr, mode="F"), tmp_path / "f.tif", "TIFF")
+    with pytest.raises(ImageLoadError, match=r"f\.tif: 1 of 64 pixels are NaN or infinite"):
+        load_image(path)
+    with pytest.raises(ImageLoadError, match="NaN or infinite"):
+        load_image(path.read_bytes(), name="upload.tif")

@@ -90,6 +90,16 @@ def test_attention_payload(client):
     assert all(abs(sum(w) - 1) < 1e-3 for w in att["weights"])
 
 
+def _float_tiff(value: float) -> bytes:
+    import numpy as np
+
+    arr = np.ones((8, 8), dtype=np.float32)
+    arr[0, 0] = value
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="F").save(buf, "TIFF")
+    return buf.getvalue()
+
+
 def test_bad_uploads_get_the_right_4xx(client):
     cases = [
         (400, {"files": ("empty.png", b"", "image/png")}, "empty"),
@@ -98,6 +108,7 @@ def test_bad_uploads_get_the_right_4xx(client):
         # 4000 x 4000 1-bit PNG: a few KB on the wire, 16 Mpx decoded -> refused from the header
         (413, {"files": ("huge.png", png((4000, 4000), mode="1"), "image/png")}, "exceeds"),
         (422, {"file": ("one.png", png(), "image/png")}, "'files'"),
+        (422, {"files": ("nan.tif", _float_tiff(float("nan")), "image/tiff")}, "NaN or infinite"),  # issue 20 #17
     ]
     for status, files, needle in cases:
         msg = _error(client.post("/caption", files=files), status)
@@ -296,3 +307,118 @@ def test_min_and_max_words(client):
                                              params={"max_words": 0}), 422)
     assert "min_words" in _error(client.post("/caption", files={"files": ("a.png", png())},
                                              params={"min_words": 8, "max_words": 4}), 422)
+
+
+# ---- issue 20 #2: a pixel budget per request and per queue, checked before decoding ----------------
+
+class _ServedHeld:
+    """HeldCaptioner with what the app asks of a captioner."""
+
+    supports_attention, tags_error = False, None
+
+    def info(self):
+        return {"architecture": "held"}
+
+    def caption_encoded(self, images, *a, **kw):
+        from capgen.inference.result import CaptionResult
+
+        return [CaptionResult("held", 0.0, ["held"]) for _ in super().caption_encoded(images, *a, **kw)]
+
+
+def _held_app(settings, **held):
+    from conftest import HeldCaptioner
+
+    cap = type("Held", (_ServedHeld, HeldCaptioner), {})(**held)
+    return cap, create_app(cap, settings)
+
+
+def test_a_request_over_the_pixel_budget_is_refused_before_decoding(monkeypatch):
+    from capgen.serve import uploads
+
+    def never(*a, **kw):
+        raise AssertionError("decoded an image of a refused request")
+
+    monkeypatch.setattr(uploads, "load_image", never)
+    _, app = _held_app(ServeSettings(max_pixels=1_000_000))  # 2,000,000 per request
+    big = png(size=(1000, 1000), mode="L")  # a few KB that decode to a megapixel
+    with fastapi_testclient.TestClient(app, base_url="http://localhost") as c:
+        files = [("files", (f"b{i}.png", big, "image/png")) for i in range(3)]
+        message = _error(c.post("/caption", files=files), 413)
+        assert "3,000,000 pixels" in message and "2,000,000 per request" in message
+        assert app.state.pixels.held == 0
+
+
+def test_images_in_progress_past_the_queue_budget_get_503_and_the_budget_comes_back():
+    cap, app = _held_app(ServeSettings(max_pixels=10_000, max_queued_pixels=20_000, timeout=60))
+    statuses = []
+    with fastapi_testclient.TestClient(app, base_url="http://localhost") as c:
+        def post(name):
+            statuses.append(c.post("/caption", files={"files": (name, png(size=(100, 100)))}).status_code)
+
+        first = threading.Thread(target=post, args=("a.png",))
+        first.start()
+        assert cap.started.wait(60)          # a's 10,000 pixels are held by the model
+        second = threading.Thread(target=post, args=("b.png",))
+        second.start()
+        _wait_until(lambda: app.state.pixels.held == 20_000)  # b's wait in the queue
+        r = c.post("/caption", files={"files": ("c.png", png(size=(100, 100)))})
+        assert "pixels" in _error(r, 503) and int(r.headers["Retry-After"]) >= 1
+        cap.release.set()
+        first.join(60)
+        second.join(60)
+    assert statuses == [200, 200] and app.state.pixels.held == 0
+
+
+def test_server_errors_name_no_path_and_memory_errors_are_503():
+    from capgen.errors import CapgenError
+
+    class Failing(_ServedHeld):
+        error: Exception = CapgenError("glove=True needs pyarrow (/usr/lib/python3/pyarrow/libparquet.so.2600: "
+                                       "failed to map segment from shared object)")
+
+        def decode_config(self, **options):
+            return options
+
+        def encode_loaded(self, images):
+            raise self.error
+
+    cap = Failing()
+    with fastapi_testclient.TestClient(create_app(cap), base_url="http://localhost") as c:
+        message = _error(c.post("/caption", files={"files": ("a.png", png())}), 422)
+        assert "failed to map segment" in message and "/usr" not in message and "libparquet" not in message
+        cap.error = MemoryError()
+        r = c.post("/caption", files={"files": ("a.png", png())})
+        assert "out of memory" in _error(r, 503) and r.headers["Retry-After"] == "1"
+        assert app_pixels_free(c)
+
+
+def app_pixels_free(c) -> bool:
+    return c.app.state.pixels.held == 0
+
+
+def test_a_failed_lazy_load_is_not_kept(tiny_captioner, monkeypatch):
+    """The tag guide (GloVe) is built at server start; a build that fails is tried again on use."""
+    from capgen.errors import CapgenError
+    from capgen.tags import Guide
+
+    calls = []
+
+    def build(cls, vocab, words):
+        calls.append(1)
+        if len(calls) == 1:
+            raise CapgenError("out of memory while loading GloVe")
+        return "built"
+
+    monkeypatch.setattr(Guide, "build", classmethod(build))
+    monkeypatch.setattr(tiny_captioner, "tagger", type("T", (), {"words": ()})())
+    monkeypatch.setattr(tiny_captioner, "_guide", None)
+    tiny_captioner.warm_up()  # fails: nothing kept
+    assert tiny_captioner._guide is None
+    assert tiny_captioner._guide_for_vocab() == "built" and calls == [1, 1]
+
+
+@pytest.mark.parametrize("value", ["1_0", " 3", "3.0", "0x3", "1" * 30])
+def test_integer_options_are_digits_only(client, value):
+    """issue 20 #20: int() took beam_size=1_0 as 10."""
+    assert "expected an integer" in _error(client.post("/caption", files={"files": ("a.png", png())},
+                                                       params={"beam_size": value}), 422)

@@ -33,6 +33,19 @@ def _openable(extensions: set[str]) -> set[str]:
     return {e for e in extensions if registered.get(e) in Image.OPEN}
 
 
+# The formats every path opens (CLI, bulk, extract, training, the server, the runtime): those a
+# camera, phone or browser writes. The type is decided from the bytes, never the name; the other
+# Pillow decoders (PSD, FITS, DDS, SGI, XBM, ... and EPS, which runs Ghostscript) are never reached.
+# The JPEG opener also takes MPO (JPEG with extra frames, from some cameras).
+PHOTO_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "PPM", "AVIF", "HEIF")
+
+
+def photo_formats() -> tuple[str, ...]:
+    """PHOTO_FORMATS this Pillow build can open (asked at call time: a HEIF plugin may register late)."""
+    Image.init()
+    return tuple(f for f in PHOTO_FORMATS if f in Image.OPEN)
+
+
 IMAGE_EXTENSIONS = frozenset(_PHOTO_EXTENSIONS | _openable(_NEWER_PHOTO_EXTENSIONS))
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image]
@@ -49,7 +62,7 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
     """Open `source` (a path, raw bytes or a PIL image) as an upright 8-bit RGB image."""
     label = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
     if isinstance(source, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(source))
+        return to_rgb(ImageOps.exif_transpose(source), label)
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise ImageLoadError(label, "empty file (0 bytes), expected an image")
@@ -66,17 +79,17 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:  # type: ignore[arg-type]
+            with Image.open(fp, formats=photo_formats()) as img:  # type: ignore[arg-type]
                 w, h = img.size
                 if w * h > max_pixels:
                     raise ImageLoadError(label, f"{w}x{h} pixels exceeds the limit of {max_pixels:,}")
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                return to_rgb(img)
+                return to_rgb(img, label)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(label, "not an image (unrecognised format)") from None
+        raise ImageLoadError(label, f"not an image of a supported format (expected {', '.join(photo_formats())})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(label, f"refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -84,13 +97,17 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
         raise ImageLoadError(label, f"corrupt or truncated image ({e})") from None
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB; transparency is composited onto white."""
+def to_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB; transparency is composited onto white. ImageLoadError
+    naming `name` for a float image with NaN or infinite pixels (stretched, it would be all black)."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16/32-bit greyscale: stretch to 8 bits rather than clip (clipping makes 16-bit scans white).
         arr = np.asarray(img, dtype=np.float64)
+        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if bad:
+            raise ImageLoadError(name, f"{bad:,} of {arr.size:,} pixels are NaN or infinite; expected finite pixel values")
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         arr8 = ((arr - lo) * scale).round().astype(np.uint8)

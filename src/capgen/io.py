@@ -54,13 +54,21 @@ def _size(path: Path) -> int:
         return 0
 
 
+def _short(name: str, limit: int = 200) -> str:
+    """`name` cut to at most `limit` bytes: the temporary's name adds ~14 characters to it, and a
+    legal name of up to 255 bytes must still get a legal temporary."""
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed onto `path` (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise (_disk_full_error(path) if is_disk_full(e) else e) from None
     os.close(fd)
@@ -121,7 +129,7 @@ def atomic_dir(path: str | os.PathLike, replace_if: str | None = None) -> Iterat
             raise CapgenError(f"{path}: directory exists and is not empty; choose another --out")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent))
     except OSError as e:
         raise (_disk_full_error(path) if is_disk_full(e) else e) from None
     try:

@@ -5,11 +5,25 @@ from __future__ import annotations
 
 import logging
 
+# More compute threads than this are refused: 100,000 ONNX Runtime threads crash the process
+# (SIGSEGV), thousands of Python threads hang it, and no CPU has use for them.
+MAX_THREADS = 256
+
+
+def check_threads(threads, what: str = "threads") -> int:
+    """`threads` if a whole number from 1 to MAX_THREADS, else CapgenError naming `what`."""
+    from capgen.errors import CapgenError
+
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise CapgenError(f"{what}: expected a whole number of threads from 1 to {MAX_THREADS}, got {threads!r}")
+    return threads
+
 
 def session_options(threads: int):
     """Options for a CPU inference session with `threads` intra-op threads."""
     import onnxruntime as ort
 
+    check_threads(threads)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 from pathlib import Path
 
 from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.cli.types import out_dir, positive_int, probability
+from capgen.cli.types import out_dir, positive_int, probability, thread_count
 from capgen.errors import CapgenError
+from capgen.inference.files import display_name
 from capgen.tags.guide import GuideConfig
 
 FORMATS = ("text", "jsonl", "csv")
@@ -83,7 +83,7 @@ def add_model_args(p) -> None:
                    help="engine of the encoder and the decoder's steps (auto: ONNX Runtime where they export)")
     p.add_argument("--tag-words", metavar="TSV",
                    help="class -> word file for tags (default: the bundled assets/imagenet_words.tsv)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="compute threads (default: all cores; 1 on a machine busy with other jobs)")
     add_precision_args(p)
 
@@ -114,7 +114,7 @@ def load_captioner(args, **kw):
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from capgen.errors import ImageLoadError
+    from capgen.errors import CapgenError, DiskFullError, ImageLoadError
     from capgen.inference import UniqueNames, caption_paths, expand_paths, save_annotated, save_attention_figure
 
     destination = _destination(args)   # checked before the model loads: a bad flag costs nothing
@@ -138,15 +138,22 @@ def run(args) -> int:
         bar.update(1)
         if isinstance(res, ImageLoadError):
             failed += 1
-            tqdm.write(f"capgen caption: skipped {res}", file=sys.stderr)
+            tqdm.write(f"capgen caption: skipped {display_name(res.path)}: {res.reason}", file=sys.stderr)
             continue
         write(path, res)
         if args.annotate or args.attention:
-            image = captioner.load(path)  # loaded again: results do not hold pixels
-            if args.annotate:
-                save_annotated(image, res.caption, f"{args.annotate}/{names[0](path, '.jpg')}")
-            if args.attention:
-                save_attention_figure(image, res, f"{args.attention}/{names[1](path, '.png')}")
+            try:  # one photo's figure that cannot be written fails that photo, not the batch
+                image = captioner.load(path)  # loaded again: results do not hold pixels
+                if args.annotate:
+                    save_annotated(image, res.caption, f"{args.annotate}/{names[0](path, '.jpg')}")
+                if args.attention:
+                    save_attention_figure(image, res, f"{args.attention}/{names[1](path, '.png')}")
+            except DiskFullError:
+                raise
+            except (OSError, CapgenError) as e:
+                failed += 1
+                reason = e.reason if isinstance(e, ImageLoadError) else getattr(e, "strerror", None) or e
+                tqdm.write(f"capgen caption: no figure for {display_name(path)}: {reason}", file=sys.stderr)
     bar.close()
     if failed:
         print(f"capgen caption: {failed} of {len(paths)} inputs failed", file=sys.stderr)
@@ -242,30 +249,37 @@ def _bulk(args, captioner, config) -> int:
                           batch_size=args.batch_size, guide=guide_config(args))
     if int(os.environ.get("RANK", "0")) == 0:
         for path, reason in list(res.failed.items())[:10]:
-            print(f"capgen caption: failed {path}: {reason}", file=sys.stderr)
+            print(f"capgen caption: failed {display_name(path)}: {reason}", file=sys.stderr)
+        out = display_name(res.out)
         print(f"capgen caption: {res.captioned} captioned ({res.images_per_s:.1f} images/s), {res.skipped} already "
-              f"in {res.out}, {len(res.failed)} failed" + (f" (listed in {res.out}.errors)" if res.failed else ""),
+              f"in {out}, {len(res.failed)} failed" + (f" (listed in {out}.errors)" if res.failed else ""),
               file=sys.stderr)
     return 1 if res.failed else 0
 
 
 def _writer(fmt: str, out, with_tags: bool = False):
-    """A function (path, CaptionResult) -> None writing one record, flushed so output streams."""
+    """A function (path, CaptionResult) -> None writing one record, flushed so output streams.
+    Whatever the file names, a record is one line of UTF-8 text with no control characters (the
+    escapes of `display_name`; JSONL as bulk mode writes it) and no CSV cell starts a formula."""
+    from capgen.inference.bulk import csv_cell, json_line
+
     if fmt == "csv":
         w = csv.writer(out, lineterminator="\n")
         w.writerow(["image", "caption", "score", "alternatives", *(["tags"] if with_tags else [])])
 
         def write(path, res):
-            tags = [" | ".join(f"{t.word} {t.p:.2f}" for t in res.tags or [])] if with_tags else []
-            w.writerow([path, res.caption, f"{res.score:.4f}", " | ".join(c for c, _ in res.alternatives), *tags])
+            texts = [path, res.caption, " | ".join(c for c, _ in res.alternatives),
+                     *([" | ".join(f"{t.word} {t.p:.2f}" for t in res.tags or [])] if with_tags else [])]
+            cell = [csv_cell(display_name(t)) for t in texts]
+            w.writerow([cell[0], cell[1], f"{res.score:.4f}", *cell[2:]])
             out.flush()
     elif fmt == "jsonl":
         def write(path, res):
-            out.write(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False) + "\n")
+            out.write(json_line({"image": path, **res.to_dict()}))
             out.flush()
     else:
         def write(path, res):
-            tags = f"\t{', '.join(f'{t.word} {t.p:.2f}' for t in res.tags or [])}" if with_tags else ""
-            out.write(f"{path}\t{res.caption}{tags}\n")
+            fields = [path, res.caption, *([", ".join(f"{t.word} {t.p:.2f}" for t in res.tags or [])] if with_tags else [])]
+            out.write("\t".join(display_name(f) for f in fields) + "\n")
             out.flush()
     return write

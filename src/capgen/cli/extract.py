@@ -6,7 +6,7 @@ import os
 import sys
 
 from capgen.cli.caption import add_precision_args
-from capgen.cli.types import non_negative_int, out_dir, positive_int
+from capgen.cli.types import non_negative_int, out_dir, positive_int, thread_count
 
 
 def register(sub, parents) -> None:
@@ -27,7 +27,7 @@ def register(sub, parents) -> None:
     p.add_argument("--workers", type=non_negative_int, default=2, help="image decoding threads (default 2)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnx", "torch"],
                    help="inference engine: onnx (ONNX Runtime, fastest on CPU), torch, or auto")
-    p.add_argument("--threads", type=positive_int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--threads", type=thread_count, default=None, help="compute threads (default: all cores)")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage precision")
     add_precision_args(p, calibration=False)
     p.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")

@@ -6,6 +6,8 @@ import argparse
 import math
 from typing import Callable
 
+from capgen.ort import MAX_THREADS
+
 
 def _checked(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str) -> Callable[[str], float]:
     """An argparse type: `cast` the text, then require `ok(value)`; otherwise 'expected ..., got ...'."""
@@ -25,6 +27,7 @@ def _checked(cast: Callable[[str], float], ok: Callable[[float], bool], expected
 
 
 positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
+thread_count = _checked(int, lambda v: 1 <= v <= MAX_THREADS, f"a number of threads from 1 to {MAX_THREADS}")
 non_negative_int = _checked(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _checked(float, lambda v: v > 0, "a positive number")
 fraction = _checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")

@@ -13,6 +13,11 @@ kill is detected and cut off (that image is captioned again). Beside OUT:
   OUT.part{k}      under torchrun, rank k's lines (and OUT.errors.part{k}); rank 0 merges them into OUT
                    at the end, and at the start of a rerun if a run died before merging
 Results are never held in memory; the set of done paths is (~100 bytes per image).
+
+Each line is one line of UTF-8 whatever the file names: in JSONL a name's undecodable bytes are
+\\udcXX escapes (json.loads gives the same str back); in CSV the image cell is `display_name(path)`
+(control characters and such bytes escaped) and a text cell that a spreadsheet would run as a
+formula (starting with = + - @) gets a ' in front. An input file is captioned once, however often named.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,10 +36,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from capgen.errors import CapgenError, ImageLoadError
-from capgen.inference.files import caption_paths, expand_paths
+from capgen.inference.files import caption_paths, display_name, expand_paths
 from capgen.tags import GuideConfig
 from capgen.inference.result import CaptionResult
-from capgen.io import write_json
+from capgen.io import _disk_full_error, is_disk_full, write_json
 from capgen.parallel import dist_info
 
 FORMATS = ("jsonl", "csv")
@@ -63,12 +69,35 @@ def output_format(out: Path, fmt: str | None = None) -> str:
     return fmt
 
 
+# What json.dumps(ensure_ascii=False) leaves raw but must not be in a line: str.splitlines breaks a
+# line at U+0085, U+2028 and U+2029, and lone surrogates (a file name's undecodable bytes) are no UTF-8.
+_RAW_IN_JSON = re.compile("[\x85\u2028\u2029\ud800-\udfff]")
+# A spreadsheet runs a cell starting with these as a formula ("'" itself: so the mark can be taken off).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def json_line(obj) -> str:
+    """`obj` as one line of valid UTF-8 JSON (newline included); the escapes read back as the same str."""
+    return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False)) + "\n"
+
+
+def csv_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a ' in front."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def path_key(fmt: str, path: str) -> str:
+    """How `path` appears in an OUT line of format `fmt` (what a rerun looks up)."""
+    return path if fmt == "jsonl" else csv_cell(display_name(path))
+
+
 def format_line(fmt: str, path: str, res: CaptionResult) -> str:
     if fmt == "jsonl":
-        return json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False) + "\n"
+        return json_line({"image": path, **res.to_dict()})
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(
-        [path, res.caption, f"{res.score:.4f}", " | ".join(c for c, _ in res.alternatives)])
+        [path_key(fmt, path), csv_cell(res.caption), f"{res.score:.4f}",
+         csv_cell(" | ".join(c for c, _ in res.alternatives))])
     return buf.getvalue()
 
 
@@ -110,18 +139,28 @@ def repair_tail(path: Path) -> bool:
 
 
 def read_done(path: Path, fmt: str) -> Iterator[str]:
-    """Paths of the complete lines of an output (or part) file; a damaged line is a CapgenError."""
+    """Path keys (`path_key`) of the complete lines of an output (or part) file; a damaged line is a
+    CapgenError."""
+    return (key for _, key in _records(path, fmt) if key is not None)
+
+
+def _records(path: Path, fmt: str) -> Iterator[tuple[str, str | None]]:
+    """(line, path key or None for the CSV header) of each line; CapgenError naming the file and the
+    line for anything that is not a capgen caption line."""
     if not path.is_file():
         return
-    with open(path, encoding="utf-8", newline="") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # bytes: lines end at \n only, and a bad byte is named with its line
+        for n, raw in enumerate(f, 1):
             try:
-                p = _line_path(fmt, line)
-            except (ValueError, StopIteration, json.JSONDecodeError) as e:
-                raise CapgenError(f"{path}: line {n} is not a capgen {fmt} caption line ({e}); is this file "
-                                  f"another program's output? choose another --out") from None
-            if p is not None:
-                yield p
+                line = raw.decode("utf-8")
+                key = _line_path(fmt, line)
+            except UnicodeDecodeError:
+                raise CapgenError(f"{path}: line {n} is not UTF-8 text, so not a capgen {fmt} caption line; is "
+                                  f"this file another program's output? choose another --out") from None
+            except (ValueError, StopIteration, RecursionError) as e:  # JSONDecodeError is a ValueError
+                raise CapgenError(f"{path}: line {n} is not a capgen {fmt} caption line ({str(e)[:100]}); is "
+                                  f"this file another program's output? choose another --out") from None
+            yield line, key
 
 
 def _fingerprint(paths: list[str]) -> str:
@@ -135,30 +174,37 @@ def _part(out: Path, rank: int, errors: bool = False) -> Path:
     return out.with_name(f"{out.name}{'.errors' if errors else ''}.part{rank}")
 
 
-def _merge_parts(out: Path, fmt: str, done: set[str]) -> int:
+def _merge_parts(out: Path, fmt: str, done: set[str], wanted: set[str] | None = None) -> tuple[int, int]:
     """Append the lines of leftover OUT.part* files not yet in OUT, then delete the parts (idempotent:
-    a crash in between only means the next merge skips lines already there)."""
-    merged = 0
+    a crash in between only means the next merge skips lines already there). Lines for images whose
+    key is not in `wanted` (not among this run's inputs) are dropped. (merged, dropped) line counts;
+    a damaged part is a CapgenError, and nothing of it is merged."""
+    merged = dropped = 0
     parts = sorted(p for p in out.parent.glob(f"{out.name}.part*") if p.name[len(out.name) + 5:].isdigit())
     if not parts:
-        return 0
+        return 0, 0
+    for part in parts:  # every part checked whole before any line of it goes into OUT
+        repair_tail(part)
+        for _ in _records(part, fmt):
+            pass
     with open(out, "a", encoding="utf-8", newline="") as dst:
         if fmt == "csv" and dst.tell() == 0:
             dst.write(",".join(CSV_HEADER) + "\n")
         for part in parts:
-            repair_tail(part)
-            with open(part, encoding="utf-8", newline="") as src:
-                for line in src:
-                    p = _line_path(fmt, line)
-                    if p is not None and p not in done:
-                        dst.write(line)
-                        done.add(p)
-                        merged += 1
+            for line, p in _records(part, fmt):
+                if p is None or p in done:
+                    continue
+                if wanted is not None and p not in wanted:
+                    dropped += 1
+                    continue
+                dst.write(line)
+                done.add(p)
+                merged += 1
         dst.flush()
         os.fsync(dst.fileno())
     for part in parts:
         part.unlink()
-    return merged
+    return merged, dropped
 
 
 def _check_job(out: Path, job: dict, old: dict | None, done: set[str], inputs: set[str]) -> list[str]:
@@ -182,7 +228,12 @@ class _JobLock:
     """flock on OUT.job.json's lock file: one bulk job per OUT at a time (dropped when the process dies)."""
 
     def __init__(self, out: Path):
-        self.fd = os.open(out.with_name(out.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        path = out.with_name(out.name + ".lock")
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CapgenError(f"{path}: cannot open it as this job's lock file ({e.strerror}); expected a plain "
+                              f"file (or none); remove it or choose another --out") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -203,7 +254,37 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
     `guide`: when tags guide the captions, or None (see Captioner.caption).
 
     Under torchrun each rank captions every world_size-th remaining image; rank 0 merges the parts.
+    A file of the job that cannot be read or written (OUT under /proc, a folder in OUT's place) is a
+    CapgenError naming it.
     """
+    try:
+        return _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, log, guide)
+    except OSError as e:
+        where = Path(e.filename) if e.filename else Path(out)
+        if is_disk_full(e):
+            raise _disk_full_error(where) from None
+        raise CapgenError(f"{display_name(where)}: cannot be used for this job's output ({e.strerror or e}); "
+                          f"choose another --out") from None
+
+
+def _read_job(job_path: Path) -> dict | None:
+    """The job file of an earlier run (None: there is none); CapgenError when it is damaged."""
+    if not job_path.exists():
+        return None
+    try:
+        old = json.loads(job_path.read_text(encoding="utf-8"))
+        reason = None if isinstance(old, dict) and old.get("capgen_bulk") == 1 else "not a capgen job object"
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = str(e)[:100] or type(e).__name__
+    except IsADirectoryError:
+        reason = "a folder"
+    if reason:
+        raise CapgenError(f"{job_path}: damaged ({reason}); expected the JSON job file capgen caption --out "
+                          f"writes; remove it and its output to start over, or choose another --out")
+    return old
+
+
+def _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, log, guide) -> BulkResult:
     from tqdm.auto import tqdm
 
     out = Path(out)
@@ -225,16 +306,16 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
         out.parent.mkdir(parents=True, exist_ok=True)
         lock = _JobLock(out)
         try:
-            notes, done = _start_job(out, fmt, job, job_path, paths)
-        except BaseException:  # a refused job lets go of OUT (a later call in this process may retry it)
-            lock.release()
+            notes, done = _open_job(out, fmt, job, job_path, paths)
+        except BaseException:
+            lock.release()  # a refused job leaves OUT free for the next one
             raise
     notes = dist.broadcast(notes)
     try:
         dist.barrier()
         if dist.rank != 0:
             done = set(read_done(out, fmt))
-        todo = [p for p in paths if p not in done]
+        todo = [p for p in paths if path_key(fmt, p) not in done]
         skipped = len(paths) - len(todo)
         del paths
         mine = todo[dist.rank :: dist.world_size] if dist.active else todo
@@ -254,7 +335,7 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
                                                                 guide=guide), 1):
                 if isinstance(res, ImageLoadError):
                     failed[path] = res.reason
-                    ferr.write(json.dumps({"image": path, "error": res.reason}, ensure_ascii=False) + "\n")
+                    ferr.write(json_line({"image": path, "error": res.reason}))
                     ferr.flush()
                 else:
                     f.write(format_line(fmt, path, res))
@@ -268,7 +349,7 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
         dist.barrier()
         if dist.rank == 0:
             if dist.active:
-                _merge_parts(out, fmt, set(read_done(out, fmt)))
+                _merge_parts(out, fmt, set(read_done(out, fmt)))  # all lines of this run: inputs only
             failed = _merge_errors(out, failed, dist.world_size)
         failed = dist.broadcast(failed)
         dist.barrier()
@@ -278,20 +359,25 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
     return BulkResult(out, job["count"], captioned, skipped, failed, seconds, notes)
 
 
-def _start_job(out: Path, fmt: str, job: dict, job_path: Path, paths: list[str]) -> tuple[list[str], set[str]]:
-    """Rank 0, holding OUT's lock: check the job against OUT's, repair what a kill left; (notes, done paths)."""
-    notes = []
-    if out.exists() and not job_path.is_file():
+def _open_job(out: Path, fmt: str, job: dict, job_path: Path, paths: list[str]) -> tuple[list[str], set[str]]:
+    """Rank 0, holding the lock: check the earlier run's state, repair and merge what it left, write
+    the job file. (notes, path keys already done)."""
+    notes: list[str] = []
+    if out.exists() and not job_path.exists():
         raise CapgenError(f"{out}: exists and was not written by capgen caption --out (no {job_path.name}); "
                           f"choose another --out")
-    old = json.loads(job_path.read_text(encoding="utf-8")) if job_path.is_file() else None
+    old = _read_job(job_path)
     if repair_tail(out):
         notes.append(f"{out.name}: cut its last line, left incomplete by an interrupted run")
     done = set(read_done(out, fmt))
-    notes += _check_job(out, job, old, done, set(paths))
-    merged = _merge_parts(out, fmt, done)
+    wanted = {path_key(fmt, p) for p in paths}
+    notes += _check_job(out, job, old, done, wanted)
+    merged, dropped = _merge_parts(out, fmt, done, wanted)
+    del wanted
     if merged:
         notes.append(f"merged {merged} lines left in part files by an interrupted run")
+    if dropped:
+        notes.append(f"dropped {dropped} lines left in part files for images not among the inputs")
     for stale in out.parent.glob(f"{out.name}.errors.part*"):
         stale.unlink()  # their images were not captioned: they are retried below
     write_json(job_path, job)
@@ -304,17 +390,20 @@ def _merge_errors(out: Path, failed: dict[str, str], world: int) -> dict[str, st
         part = _part(out, rank, errors=True)
         if part.is_file():
             repair_tail(part)
-            for line in part.read_text(encoding="utf-8").splitlines():
-                d = json.loads(line)
-                failed[d["image"]] = d["error"]
+            with open(part, encoding="utf-8", errors="replace", newline="\n") as f:
+                for line in f:
+                    try:  # this run's own lines; one cut short by a kill is skipped (its image is retried)
+                        d = json.loads(line)
+                        failed[d["image"]] = d["error"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
             part.unlink()
     errors = out.with_name(out.name + ".errors")
     if failed:
         from capgen.io import atomic_path
 
         with atomic_path(errors) as tmp:
-            tmp.write_text("".join(json.dumps({"image": p, "error": r}, ensure_ascii=False) + "\n"
-                                   for p, r in failed.items()), encoding="utf-8")
+            tmp.write_text("".join(json_line({"image": p, "error": r}) for p, r in failed.items()), encoding="utf-8")
     else:
         errors.unlink(missing_ok=True)
     return failed

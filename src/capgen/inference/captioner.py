@@ -142,6 +142,22 @@ class Captioner:
                 "decoder": "onnx" if self.fast_decoder is not None else "torch",
                 **({"tags_error": self.tags_error} if self.tags_error else {})}
 
+    def warm_up(self) -> None:
+        """Load now what the first guided caption would load (the tag guide reads GloVe), so that a
+        server does it at start; a failure is left for that caption to retry and report."""
+        if self.tagger is not None and self._guide is None:
+            try:
+                self._guide_for_vocab()
+            except CapgenError:
+                pass
+
+    def _guide_for_vocab(self):
+        from capgen.tags import Guide
+
+        if self._guide is None:  # only a built guide is kept: a failed build is tried again next time
+            self._guide = Guide.build(self.vocab, self.tagger.words)
+        return self._guide
+
     # ---- the pipeline -----------------------------------------------------------------------------
     def load(self, image: ImageSource, name: str | None = None) -> Image.Image:
         """The one loader (EXIF, RGB, size limit); raises ImageLoadError naming the image."""
@@ -172,11 +188,8 @@ class Captioner:
         guide = GuideConfig.of(guide)
         if guide is None or self.tagger is None or config.method == "sample":
             return [None] * len(pooled)
-        from capgen.tags import Guide
-
-        if self._guide is None:
-            self._guide = Guide.build(self.vocab, self.tagger.words)
-        return [self._guide.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
+        plans = self._guide_for_vocab()
+        return [plans.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
 
     def corpus_captions(self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()) -> list:
         """Per image, a caption from caption text for an object the decoder barely knows, or None

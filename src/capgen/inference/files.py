@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -14,6 +15,42 @@ from capgen.inference.result import CaptionResult
 from capgen.tags import GuideConfig
 
 _GLOB_CHARS = frozenset("*?[")
+# Longest file name most file systems take, in bytes.
+NAME_MAX = 255
+
+
+def display_name(path: str | os.PathLike) -> str:
+    """A path as one safe line of printable UTF-8 text: backslash, control characters (tab, newline,
+    ANSI escapes, ...), line and paragraph separators, invisible format characters (bidi overrides)
+    and bytes that are not UTF-8 (which Python holds as lone surrogates) become backslash escapes
+    (\\, \x1b, \u2028, \xff for the byte 0xff). One name gives one text, two names never the same."""
+    return "".join(_escape(c) for c in os.fspath(path))
+
+
+def _escape(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    if "\udc80" <= c <= "\udcff":  # os.fsdecode's stand-in for an undecodable byte
+        return f"\\x{ord(c) - 0xdc00:02x}"
+    if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+        return c
+    code = ord(c)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _unique(found: list[Path | ImageLoadError]) -> list[Path | ImageLoadError]:
+    """The first of each file (by resolved path: the same file named twice, or a folder and a file in
+    it, is captioned once)."""
+    seen: set[str] = set()
+    out = []
+    for item in found:
+        if not isinstance(item, ImageLoadError):
+            key = os.path.realpath(item)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(item)
+    return out
 
 
 def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadError]:
@@ -21,7 +58,8 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadEr
     its matches, sorted. An input that names nothing becomes an ImageLoadError in its place.
 
     Files named explicitly are kept whatever their extension (the loader says if they are not
-    images); inside folders and globs only image extensions are taken.
+    images); inside folders and globs only image extensions are taken. A file found twice is kept
+    where it is first found.
     """
     out: list[Path | ImageLoadError] = []
     for item in inputs:
@@ -38,7 +76,7 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadEr
             out.extend(found or [ImageLoadError(text, "no image files match this pattern")])
         else:
             out.append(ImageLoadError(text, "no such file or directory"))
-    return out
+    return _unique(out)
 
 
 def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoadError], config=None,
@@ -81,16 +119,25 @@ def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoa
 
 class UniqueNames:
     """Output file names derived from input names, never the same twice: a/x.jpg -> x.jpg,
-    then b/x.jpg -> x-2.jpg (names compare case-insensitively, for case-insensitive file systems)."""
+    then b/x.jpg -> x-2.jpg (names compare case-insensitively, for case-insensitive file systems).
+    A stem too long for NAME_MAX bytes with its suffix is shortened (at a character boundary)."""
 
     def __init__(self) -> None:
         self.used: set[str] = set()
 
     def __call__(self, source: str | os.PathLike, suffix: str) -> str:
         stem = Path(source).stem or "image"
-        name, k = f"{stem}{suffix}", 1
+        name, k = _fit(stem, suffix), 1
         while name.lower() in self.used:
             k += 1
-            name = f"{stem}-{k}{suffix}"
+            name = _fit(stem, f"-{k}{suffix}")
         self.used.add(name.lower())
         return name
+
+
+def _fit(stem: str, suffix: str) -> str:
+    """stem + suffix, the stem cut to fit NAME_MAX bytes (as the file system encodes the name)."""
+    room = NAME_MAX - len(os.fsencode(suffix))
+    while len(os.fsencode(stem)) > room:
+        stem = stem[:-1]
+    return stem + suffix

@@ -13,6 +13,15 @@ from typing import Sequence
 from capgen.errors import CapgenError
 
 
+def _threads(text: str) -> int:
+    """--threads: 1 to MAX_THREADS, a one-line usage error otherwise."""
+    from capgen.ort import MAX_THREADS
+
+    if not (text.strip().isdigit() and 1 <= int(text) <= MAX_THREADS):
+        raise argparse.ArgumentTypeError(f"expected a number of threads from 1 to {MAX_THREADS}, got {text!r}")
+    return int(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m capgen.runtime",
                                 description="Caption images with a folder written by `capgen export`, "
@@ -30,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="captions from the model alone, without tag guidance (on by default when the export "
                         "has a tagger, as in capgen caption; thresholds: Runtime.caption(guide=GuideConfig(...)))")
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
-    p.add_argument("--threads", type=int, help="encoder threads (default: all cores)")
+    p.add_argument("--threads", type=_threads, help="encoder threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     args = p.parse_args(argv)

@@ -11,6 +11,7 @@ object tags (`tags=K`) when it has a tagger.
 from __future__ import annotations
 
 import asyncio
+import re
 from contextlib import asynccontextmanager
 from importlib import resources
 
@@ -24,9 +25,10 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from capgen import __version__
 from capgen.errors import CapgenError
+from capgen.images import PHOTO_FORMATS
 from capgen.tags import DEFAULT_THRESHOLD, GuideConfig, TagConfig
-from capgen.serve.limits import BodyLimit, ServeSettings
-from capgen.serve.uploads import UploadError, read_image
+from capgen.serve.limits import BodyLimit, PixelBudget, ServeSettings
+from capgen.serve.uploads import UploadError, image_pixels, read_image
 from capgen.serve.worker import ModelWorker, ServerBusy
 
 FIELD = "files"
@@ -38,7 +40,7 @@ _CAPTION_BODY = {
     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": [FIELD],
         "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
-                               "description": "one or more images (JPEG, PNG, GIF, WebP, BMP, TIFF)"}}}}}},
+                               "description": f"one or more images ({', '.join(PHOTO_FORMATS)})"}}}}}},
     "parameters": [
         {"name": "beam_size", "in": "query", "schema": {"type": "integer", "default": 3, "minimum": 1}},
         {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": 1, "minimum": 1}},
@@ -78,7 +80,13 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="capgen", version=__version__, description="Image captioning: POST photos to /caption.",
                   lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.captioner, app.state.settings, app.state.worker = captioner, settings, worker
+    budget = PixelBudget(settings.max_queued_pixels)
+    app.state.captioner, app.state.settings, app.state.worker, app.state.pixels = captioner, settings, worker, budget
+    # What a request would load lazily (tag guidance reads GloVe) is loaded now, not by the first
+    # request, which may meet a server short of memory; a failure here is retried on use, never kept.
+    warm_up = getattr(captioner, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes, read_timeout=settings.read_timeout)
     if "*" not in settings.allowed_hosts:  # added last = runs first: a foreign Host header gets nothing
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
@@ -98,11 +106,19 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
     async def caption(request: Request) -> JSONResponse:
         """Caption one or several images (multipart field `files`)."""
         form_items, options = await _parse(request, settings)
-        images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
         if options["return_attention"] and not captioner.supports_attention:
             raise UploadError(422, f"attention: this model ({captioner.info()['architecture']}) has no attention")
+        pixels = await run_in_threadpool(_request_pixels, form_items, settings)
+        budget.take(pixels)  # before decoding: 503 when the images in progress would not fit
+        try:
+            images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
+            future = worker.submit(images, options)
+        except BaseException:
+            budget.give(pixels)
+            raise
+        del images  # the worker holds them until its job is done, and the budget until then too
+        future.add_done_callback(lambda _: budget.give(pixels))
         warnings = [captioner.tags_error] if options["tags"] and captioner.tags_error else []
-        future = worker.submit(images, options)
         try:
             results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout)
         except asyncio.TimeoutError:
@@ -115,6 +131,15 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
         return JSONResponse(body)
 
     return app
+
+
+def _request_pixels(items: list[tuple[str, bytes]], settings: ServeSettings) -> int:
+    """All the request's pixels, from the image headers; UploadError 413 above the per-request limit."""
+    pixels = sum(image_pixels(data, name, settings.max_pixels) for name, data in items)
+    if pixels > settings.max_request_pixels:
+        raise UploadError(413, f"{len(items)} images of {pixels:,} pixels in all exceed the limit of "
+                               f"{settings.max_request_pixels:,} per request; send fewer or smaller images")
+    return pixels
 
 
 async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[str, bytes]], dict]:
@@ -173,10 +198,10 @@ def _bool(text: str, name: str) -> bool:
 
 
 def _int(text: str, name: str, lo: int, hi: int) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise UploadError(422, f"{name}: expected an integer, got {text!r}") from None
+    # Digits only: int() would also take "1_0" (10), " 3 " and other spellings no client means.
+    if not re.fullmatch(r"[+-]?[0-9]{1,9}", text):
+        raise UploadError(422, f"{name}: expected an integer, got {text[:40]!r}")
+    v = int(text)
     if not lo <= v <= hi:
         raise UploadError(422, f"{name}: expected an integer in [{lo}, {hi}], got {v}")
     return v
@@ -184,12 +209,23 @@ def _int(text: str, name: str, lo: int, hi: int) -> int:
 
 def _float(text: str, name: str, lo: float, hi: float) -> float:
     try:
+        if "_" in text:  # float() takes "1_0" as 10.0
+            raise ValueError(text)
         v = float(text)
     except ValueError:
         raise UploadError(422, f"{name}: expected a number, got {text!r}") from None
     if not lo <= v <= hi:  # also refuses nan
         raise UploadError(422, f"{name}: expected a number in [{lo:g}, {hi:g}], got {text}")
     return v
+
+
+# An absolute path (/usr/lib/..., C:\\...): a server's file system is no client's business.
+_PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s\\/'\"()]+[\\/])+[^\s'\"():;,]*")
+
+
+def _without_paths(message: str) -> str:
+    """A server-side error message for a client: file-system paths replaced by <path>."""
+    return _PATH.sub("<path>", message)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -208,7 +244,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CapgenError)
     async def capgen_error(request, e: CapgenError):
-        return error(422, str(e))
+        return error(422, _without_paths(str(e)))
+
+    @app.exception_handler(MemoryError)
+    async def out_of_memory(request, e: MemoryError):
+        return error(503, "server out of memory for this request; try again shortly, or send smaller images",
+                     {"Retry-After": "1"})
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):

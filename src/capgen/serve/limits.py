@@ -7,6 +7,8 @@ import json
 import math
 from dataclasses import dataclass
 
+import threading
+
 from capgen.images import MAX_PIXELS
 
 
@@ -14,6 +16,11 @@ from capgen.images import MAX_PIXELS
 class ServeSettings:
     max_upload_mb: float = 10.0      # whole request body
     max_pixels: int = MAX_PIXELS     # per image, checked from the header before decoding
+    # Decoded images take ~3 bytes a pixel (more while decoding), and a 62 KB PNG can hold 64 Mpx:
+    # the pixels of one request (413 above), and of all requests being decoded, queued or captioned
+    # together (503 above), are bounded before anything is decoded. None: 2x and 4x max_pixels.
+    max_request_pixels: int | None = None
+    max_queued_pixels: int | None = None
     timeout: float = 30.0            # seconds a request may wait for its captions (504 after)
     max_files: int = 16              # images per request
     max_batch: int = 8               # images per model call (micro-batching across requests)
@@ -31,16 +38,52 @@ class ServeSettings:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise CapgenError(f"server setting {key}: expected a positive finite number, got {value!r}")
-        for key in ("max_pixels", "max_files", "max_batch", "max_queue", "max_beam_size"):
+        if self.max_request_pixels is None:
+            object.__setattr__(self, "max_request_pixels", 2 * self.max_pixels if _positive_int(self.max_pixels) else None)
+        if self.max_queued_pixels is None:
+            object.__setattr__(self, "max_queued_pixels", 2 * self.max_request_pixels
+                               if _positive_int(self.max_request_pixels) else None)
+        for key in ("max_pixels", "max_request_pixels", "max_queued_pixels", "max_files", "max_batch", "max_queue",
+                    "max_beam_size"):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not _positive_int(value):
                 raise CapgenError(f"server setting {key}: expected a positive integer, got {value!r}")
+        if not self.max_pixels <= self.max_request_pixels <= self.max_queued_pixels:
+            raise CapgenError(f"server settings: expected max_pixels <= max_request_pixels <= max_queued_pixels, got "
+                              f"{self.max_pixels:,}, {self.max_request_pixels:,}, {self.max_queued_pixels:,}")
         if not self.allowed_hosts or not all(isinstance(h, str) and h for h in self.allowed_hosts):
             raise CapgenError(f"server setting allowed_hosts: expected host names, got {self.allowed_hosts!r}")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+class PixelBudget:
+    """The decoded pixels requests hold (being decoded, queued or captioned), at most `limit`:
+    `take` before decoding (ServerBusy -> 503 when it would not fit), `give` back once the job is done."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, pixels: int) -> None:
+        from capgen.serve.worker import ServerBusy
+
+        with self._lock:
+            if self.held + pixels > self.limit:
+                raise ServerBusy(f"server busy: {self.held:,} pixels of images in progress, {pixels:,} more would "
+                                 f"exceed the limit of {self.limit:,}; try again shortly")
+            self.held += pixels
+
+    def give(self, pixels: int) -> None:
+        with self._lock:
+            self.held -= pixels
 
 
 class BodyLimit:
