@@ -24,6 +24,7 @@ from capgen.ort import open_session
 from capgen.runtime.graphs import DecoderGraphs
 from capgen.decoding.consensus import rerank, search_config
 from capgen.runtime.search import beam_search, greedy_search, hypotheses
+from capgen.tags.corpus_captions import CaptionIndex, Retrieved, corpus_picks
 from capgen.tags.guide import Guidance, Guide, GuideConfig
 from capgen.tags.head import LinearHead
 from capgen.tags.tagger import TagConfig, Tagger
@@ -41,10 +42,12 @@ class Caption:
     truncated: bool = False
     alternatives: list[tuple[str, float]] | None = None
     guided: Guidance | None = None
+    from_corpus: Retrieved | None = None    # as CaptionResult.from_corpus
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["guided"] = self.guided.to_dict() if self.guided is not None else None
+        d["from_corpus"] = self.from_corpus.to_dict() if self.from_corpus is not None else None
         return d
 
 
@@ -83,6 +86,7 @@ class Runtime:
         self.graphs = DecoderGraphs(d / fmt.INIT, d / fmt.STEP, self.memory_keys, self.state_keys, decoder_threads)
         self._check_graphs(encoder)
         self.tagger, self.guide = self._tags(encoder.get("dim")) if fmt.has_tags(d) else (None, None)
+        self._corpus: CaptionIndex | None = None   # the caption index, read on first use
 
     # ---- loading, with checks that name the file ---------------------------------------------------
     @staticmethod
@@ -233,8 +237,22 @@ class Runtime:
         for i in range(0, len(items), batch_size):
             pooled, grid = self.encode(items[i:i + batch_size])
             guidance = self.guidance(pooled, config, guide)
-            results.extend(self._result(h, g) for h, g in zip(self.decode(pooled, grid, config, guidance), guidance))
+            batch = [self._result(h, g) for h, g in zip(self.decode(pooled, grid, config, guidance), guidance)]
+            for res, pick in zip(batch, self.corpus_captions(pooled, config, guide)):
+                if pick is not None:   # as the Captioner does (capgen.tags.corpus_captions)
+                    res.alternatives = [(res.caption, res.score), *(res.alternatives or [])][: max(config.n_best - 1, 1)]
+                    res.caption, res.tokens, res.from_corpus = pick.caption, pick.caption.split(), pick
+            results.extend(batch)
         return results[0] if single else results
+
+    def corpus_captions(self, pooled: np.ndarray, config: DecodeConfig,
+                        guide: GuideConfig | float | None = GuideConfig()) -> list[Retrieved | None]:
+        guide = GuideConfig.of(guide)
+        if self.tagger is None or config.method == "sample" or guide is None or not guide.corpus:
+            return [None] * len(pooled)
+        if self._corpus is None:
+            self._corpus = CaptionIndex.load(words=self.tagger.words)
+        return corpus_picks(self._corpus, self.tagger.word_probs(pooled), guide)
 
     def _result(self, hyps: list[Hypothesis], guided: Guidance | None) -> Caption:
         if not hyps:
