@@ -17,7 +17,7 @@ from capgen.data.readers import SPLITS, RawDataset, read_dataset
 from capgen.data.text import normalize_caption
 from capgen.data.vocab import Vocabulary
 from capgen.errors import DatasetError
-from capgen.io import atomic_dir
+from capgen.io import atomic_dir, json_marker, parse_json, read_json, read_text
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -112,7 +112,8 @@ def prepare_dataset(
         # metrics must match the published protocol. `capgen prepare` reports the count.
         "duplicate_captions": sum(len(r.captions) - len(set(r.captions)) for r in raw.records.values()),
     }
-    with atomic_dir(out, replace_if=MANIFEST) as tmp:
+    with atomic_dir(out, replace_if=json_marker(MANIFEST, "capgen_prepared", FORMAT_VERSION),
+                    what="prepared dataset") as tmp:
         for s, items in by_split.items():
             with open(tmp / f"{s}.jsonl", "w", encoding="utf-8") as f:
                 for item in items:
@@ -146,6 +147,20 @@ def check_inside_root(images, root: Path, where: str, follow_symlinks: bool = Tr
                                f"--allow-outside-root to read files outside it")
 
 
+def _is_words(x) -> bool:
+    return isinstance(x, list) and all(isinstance(w, str) for w in x)
+
+
+def _record(d, images_dir: Path, split: str, where: str) -> ImageRecord:
+    """One prepared split line, its types checked: a hand-edited line fails here, by name."""
+    if not (isinstance(d, dict) and isinstance(d.get("image"), str) and _is_words(d.get("raw"))
+            and isinstance(d.get("tokens"), list) and all(_is_words(t) for t in d["tokens"])):
+        raise DatasetError(f"{where}: expected an object with 'image' (a path), 'raw' (a list of captions) and "
+                           f"'tokens' (a list of word lists); prepare again")
+    return ImageRecord(d["image"], images_dir / d["image"], split, tuple(d["raw"]),
+                       tuple(tuple(t) for t in d["tokens"]))
+
+
 class PreparedDataset:
     """A prepared folder, read back. Records are ordered as in the source dataset."""
 
@@ -160,10 +175,7 @@ class PreparedDataset:
         mpath = root / MANIFEST
         if not mpath.is_file():
             raise DatasetError(f"{root}: not a prepared dataset (no {MANIFEST}); run capgen prepare")
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DatasetError(f"{mpath}: unreadable manifest ({e})") from None
+        manifest = read_json(mpath, "manifest", DatasetError)
         if not isinstance(manifest, dict) or manifest.get("capgen_prepared") != FORMAT_VERSION:
             raise DatasetError(f"{mpath}: not a capgen prepared manifest of version {FORMAT_VERSION}")
         check_manifest(manifest, mpath)
@@ -171,14 +183,9 @@ class PreparedDataset:
         splits: dict[str, list[ImageRecord]] = {}
         for s in SPLITS:
             path, items = root / f"{s}.jsonl", []
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-                for line in lines:
-                    d = json.loads(line)
-                    items.append(ImageRecord(d["image"], images_dir / d["image"], s, tuple(d["raw"]),
-                                             tuple(tuple(t) for t in d["tokens"])))
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DatasetError(f"{path}: unreadable prepared split ({e})") from None
+            for n, line in enumerate(read_text(path, "prepared split", DatasetError).splitlines(), 1):
+                d = parse_json(line, f"{path} line {n}", "prepared split line", DatasetError)
+                items.append(_record(d, images_dir, s, f"{path} line {n}"))
             if not manifest.get("allow_outside_root"):  # a hand-edited split file: the cheap, lexical check
                 check_inside_root((r.image for r in items), images_dir, str(path), follow_symlinks=False)
             if len(items) != manifest["splits"][s]["images"]:
