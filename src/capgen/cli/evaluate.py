@@ -14,6 +14,8 @@ def register(sub, parents) -> None:
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="a best.pt written by capgen train; several = an ensemble (log-probs averaged per step)")
     p.add_argument("--data", required=True, metavar="PREPARED")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)")
     p.add_argument("--features", required=True, metavar="FEATURES")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json")
@@ -30,7 +32,7 @@ def run(args) -> int:
     from capgen.evaluation.run import evaluate_checkpoint, metrics_table
     from capgen.features import FeatureCache
 
-    data = PreparedDataset.load(args.data)
+    data = PreparedDataset.load(args.data, allow_outside_root=args.allow_outside_root)
     cache = FeatureCache.open(args.features)
     config = DecodeConfig(**decode_options(args))
     res = evaluate_checkpoint(args.checkpoints, data, cache, args.split, config, out=args.out,

@@ -120,7 +120,7 @@ def prepare_dataset(
                     f.write(json.dumps(item, ensure_ascii=False) + "\n")
         vocab.save(tmp / "vocab.json")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return PreparedDataset.load(out)
+    return PreparedDataset.load(out, allow_outside_root=allow_outside_root)
 
 
 def check_manifest(manifest: dict, where: Path) -> None:
@@ -168,7 +168,9 @@ class PreparedDataset:
         self.root, self.manifest, self.vocab, self._splits = root, manifest, vocab, splits
 
     @classmethod
-    def load(cls, root: str | Path) -> "PreparedDataset":
+    def load(cls, root: str | Path, allow_outside_root: bool = False) -> "PreparedDataset":
+        """allow_outside_root comes from the command line only: the manifest's own field is a record,
+        never trusted (a hand-edited manifest must not switch the safeguard off)."""
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root}: prepared dataset folder does not exist (run capgen prepare first)")
@@ -186,7 +188,7 @@ class PreparedDataset:
             for n, line in enumerate(read_text(path, "prepared split", DatasetError).splitlines(), 1):
                 d = parse_json(line, f"{path} line {n}", "prepared split line", DatasetError)
                 items.append(_record(d, images_dir, s, f"{path} line {n}"))
-            if not manifest.get("allow_outside_root"):  # a hand-edited split file: the cheap, lexical check
+            if not allow_outside_root:  # a hand-edited split file: the cheap, lexical check
                 check_inside_root((r.image for r in items), images_dir, str(path), follow_symlinks=False)
             if len(items) != manifest["splits"][s]["images"]:
                 raise DatasetError(f"{path}: has {len(items)} images, manifest says "
