@@ -238,7 +238,8 @@ def test_custom_encoder_by_import_path_runs_on_torch(tmp_path, monkeypatch):
     assert runner.backend == "torch"
     pooled, grid = runner(np.random.default_rng(0).standard_normal((2, 3, 32, 32), dtype=np.float32))
     assert pooled.shape == (2, 8) and grid.shape == (2, 64, 8)
-    np.testing.assert_allclose(pooled, grid.mean(axis=1), rtol=1e-5, atol=1e-6)
+    # a mean near 0 keeps the rounding of its terms: tolerate float32 precision of the grid's scale
+    np.testing.assert_allclose(pooled, grid.mean(axis=1), rtol=1e-5, atol=1e-5 * float(np.abs(grid).max()))
 
     with pytest.raises(EncoderError, match="ImageEncoder"):
         create_encoder("my_tiny_encoder:not_an_encoder", allow_import=True)

@@ -77,7 +77,7 @@ def test_runtime_captions_equal_torch_captions(name, tiny_run, checkpoints, expo
         got = rt.caption(photos, **options)
         assert [r.caption for r in got] == [r.caption for r in ref], options
         assert [r.truncated for r in got] == [r.truncated for r in ref], options
-        assert [r.score for r in got] == pytest.approx([r.score for r in ref], abs=1e-4)
+        assert [r.score for r in got] == pytest.approx([r.score for r in ref], rel=1e-5)
         assert [a for r in got for a, _ in r.alternatives] == [a for r in ref for a, _ in r.alternatives]
 
 
@@ -217,3 +217,24 @@ def test_export_replaces_only_an_earlier_export(tiny_run, checkpoints, exports, 
     one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", other, "--encoder", tiny_run.encoder],
                    "not empty")
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(tiny_run, checkpoints, tmp_path, capsys):
+    """A folder holding some other manifest.json (a web app's, a prepared dataset's) is not an export."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name": "pwa"}')
+    (app / "index.html").write_text("hi")
+    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", app, "--encoder", tiny_run.encoder],
+                   "not a capgen export")
+    assert (app / "index.html").read_text() == "hi"
+    prepared = _copy(tiny_run.prepared.root, tmp_path / "prepared")
+    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", prepared, "--encoder", tiny_run.encoder],
+                   "not a capgen export")
+    assert (prepared / "train.jsonl").is_file()
+
+
+def test_a_deeply_nested_manifest_is_one_line(exports, photos, tmp_path, capsys):
+    folder = _copy(exports["show_tell"], tmp_path / "deep")
+    (folder / fmt.MANIFEST).write_text("[" * 100_000)
+    _runtime_error(capsys, folder, photos[0], "manifest.json", "nested too deeply")

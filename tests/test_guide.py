@@ -55,7 +55,7 @@ def test_wide_constrained_beam_finds_the_best_caption_with_the_word(name, early_
         hyp = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0,
                                                   no_repeat_words=False),
                      include=[{5}])[0][0]
-        assert hyp.tokens == tokens and hyp.score == pytest.approx(score, abs=1e-4)
+        assert hyp.tokens == tokens and hyp.score == pytest.approx(score, rel=1e-5)
 
 
 def test_an_impossible_word_still_gives_a_caption_with_its_own_score():
@@ -64,7 +64,7 @@ def test_an_impossible_word_still_gives_a_caption_with_its_own_score():
     cfg = DecodeConfig(beam_size=3, max_len=8)
     free = decode(model, pooled, grid, IDS, cfg)[0][0]
     hyp = decode(model, pooled, grid, IDS, cfg, include=[{IDS.unk}])[0][0]   # <unk> is never emitted
-    assert IDS.unk not in hyp.tokens and hyp.tokens == free.tokens and hyp.score == pytest.approx(free.score, abs=1e-4)
+    assert IDS.unk not in hyp.tokens and hyp.tokens == free.tokens and hyp.score == pytest.approx(free.score, rel=1e-5)
 
 
 @pytest.mark.parametrize("include, message", [

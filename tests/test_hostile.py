@@ -87,6 +87,46 @@ def _a_file(ctx) -> Path:
     return _write(ctx.tmp / "a-file", "not a folder")
 
 
+def _bytes(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _copy_with(src: Path, dst: Path, file: str, data: bytes) -> Path:
+    """A copy of folder `src` (returned) whose `file` holds `data`."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    _bytes(dst / file, data)
+    return dst
+
+
+def _first_line_tokens(ctx, tokens) -> Path:
+    import json
+    import shutil
+
+    root = ctx.tmp / "prep-bad-tokens"
+    shutil.copytree(ctx.prepared, root)
+    lines = (root / "train.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["tokens"] = tokens
+    (root / "train.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    return root
+
+
+# A few hundred bytes that expand to 10^9 strings: nine levels of ten aliases each
+LAUGHS = "a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
+    f"{x}: &{x} [{', '.join(['*' + y] * 10)}]\n" for y, x in zip("abcdefgh", "bcdefghi"))
+NOT_UTF8 = b"# r\xe9glages\nmodel: transformer\n"
+DEEP = "train: " + "[" * 20000 + "]" * 20000 + "\n"
+
+
+def _tune(ctx, space: Path, *extra):
+    return ["tune", "--data", ctx.prepared, "--features", ctx.feats, "--space", space, "--study", ctx.tmp / "study",
+            *extra]
+
+
 BAD_INPUTS = {
     # prepare: schema checks for every caption file
     "coco id is a list": (lambda c: ["prepare", _write(c.tmp / "captions_x.json",
@@ -162,7 +202,46 @@ BAD_INPUTS = {
     "serve --timeout nan": (lambda c: ["serve", "--timeout", "nan"], ["--timeout"]),
     # synth
     "synth into a file": (lambda c: ["synth", _a_file(c)], ["is a file"]),
+    # files read as data: aliases, other encodings, deep nesting, huge numbers, wrong types
+    "config billion laughs": (lambda c: _train(c, "--config", _yaml(c.tmp, LAUGHS)), ["cfg.yaml", "aliases"]),
+    "space billion laughs": (lambda c: _tune(c, _write(c.tmp / "space.yaml", LAUGHS)), ["space.yaml", "aliases"]),
+    "config not UTF-8": (lambda c: _train(c, "--config", _bytes(c.tmp / "cfg.yaml", NOT_UTF8)),
+                         ["cfg.yaml", "not UTF-8", "0xe9"]),
+    "config UTF-16": (lambda c: _train(c, "--config", _bytes(c.tmp / "cfg.yaml", "model: show_tell\n".encode("utf-16"))),
+                      ["cfg.yaml", "not UTF-8"]),
+    "space not UTF-8": (lambda c: _tune(c, _bytes(c.tmp / "space.yaml", NOT_UTF8)), ["space.yaml", "not UTF-8"]),
+    "config nested 20000 deep": (lambda c: _train(c, "--config", _yaml(c.tmp, DEEP)), ["cfg.yaml", "nested too deeply"]),
+    "space nested 20000 deep": (lambda c: _tune(c, _write(c.tmp / "space.yaml", DEEP)),
+                                ["space.yaml", "nested too deeply"]),
+    "config integer of 5000 digits": (lambda c: _train(c, "--config", _yaml(c.tmp, "train:\n  epochs: " + "9" * 5000)),
+                                      ["cfg.yaml", "4300"]),
+    "prepared manifest not UTF-8": (lambda c: ["extract", _copy_with(c.prepared, c.tmp / "p8", "manifest.json",
+                                                                     b'{"x": "\xff"}'), "--out", c.tmp / "f"],
+                                    ["manifest.json", "not UTF-8"]),
+    "train.jsonl not UTF-8": (lambda c: ["extract", _copy_with(c.prepared, c.tmp / "p8", "train.jsonl",
+                                                               b'{"image": "\xff"}\n'), "--out", c.tmp / "f"],
+                              ["train.jsonl", "not UTF-8"]),
+    "vocab.json not UTF-8": (lambda c: ["extract", _copy_with(c.prepared, c.tmp / "p8", "vocab.json", b"\xfe\xff"),
+                                        "--out", c.tmp / "f"], ["vocab.json", "not UTF-8"]),
+    "train.jsonl tokens hold {}": (lambda c: ["extract", _first_line_tokens(c, [["a", {}]]), "--out", c.tmp / "f"],
+                                   ["train.jsonl line 1", "'tokens'"]),
+    "cache meta.json not UTF-8": (lambda c: ["train", "--data", c.prepared, "--features",
+                                             _copy_with(c.feats, c.tmp / "f8", "meta.json", b'{"\xff": 1}'),
+                                             "--out", c.tmp / "run"], ["meta.json", "not UTF-8"]),
+    "cache meta.json 50k [": (lambda c: ["train", "--data", c.prepared, "--features",
+                                         _copy_with(c.feats, c.tmp / "f8", "meta.json", b"[" * 50_000),
+                                         "--out", c.tmp / "run"], ["meta.json", "nested too deeply"]),
+    "cache grid.npy header replaced": (lambda c: ["train", "--data", c.prepared, "--features",
+                                                  _copy_with(c.feats, c.tmp / "f8", "grid.npy", _garbled_npy(c)),
+                                                  "--out", c.tmp / "run"], ["grid.npy", "unreadable"]),
 }
+
+
+def _garbled_npy(ctx) -> bytes:
+    """grid.npy with its header dict's bytes replaced by unbalanced brackets (numpy's tokenizer chokes)."""
+    data = bytearray((ctx.feats / "grid.npy").read_bytes())
+    data[10:40] = b"(" * 30
+    return bytes(data)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))

@@ -127,3 +127,16 @@ def test_prepare_refuses_to_clobber_foreign_folder(tmp_path, synth_dir):
     # an earlier prepared folder is replaced
     prepare_dataset(synth_dir, tmp_path / "p", min_count=1)
     assert len(prepare_dataset(synth_dir, tmp_path / "p", min_count=1000).vocab) == 4
+
+
+@pytest.mark.parametrize("manifest", ['{"name": "pwa"}', '{"format": "capgen-export", "version": 1}',
+                                      '{"capgen_prepared": true}', "\xff not json"])
+def test_prepare_replaces_only_a_prepared_dataset(tmp_path, synth_dir, manifest):
+    """Another program's manifest.json, an export's or an unreadable one: the folder is kept."""
+    out = tmp_path / "app"
+    out.mkdir()
+    (out / "manifest.json").write_text(manifest)
+    (out / "index.html").write_text("hi")
+    with pytest.raises(CapgenError, match="not a prepared dataset"):
+        prepare_dataset(synth_dir, out, min_count=1)
+    assert (out / "index.html").read_text() == "hi"

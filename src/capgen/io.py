@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 def _disk_full_error(path: Path, needs: int | None = None, at_least: bool = False):
@@ -107,17 +107,118 @@ def preallocate(path: Path, what: Path | None = None) -> None:
                 raise _disk_full_error(what or path, size) from None
 
 
+# ---- reading files that are data ----------------------------------------------------------------------
+# Every JSON/YAML/text file capgen reads back is data that may be damaged or hostile: one reader for
+# them turns every way it can be wrong (not UTF-8, malformed, nested past the recursion limit, an
+# integer too long to convert, YAML aliases) into one error naming the file, never a traceback.
+
+ECHO_LIMIT = 200   # characters of a value an error message repeats
+
+
+def echo(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """repr(value) for an error message, cut to `limit` characters: a hostile file cannot fill the terminal."""
+    text = repr(value) if not isinstance(value, str) else value
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _error(error: type | None):
+    if error is None:
+        from capgen.errors import CapgenError
+
+        return CapgenError
+    return error
+
+
+def read_text(path: str | os.PathLike, what: str, error: type | None = None) -> str:
+    """The UTF-8 text of `path`; `error` (a CapgenError class) naming the file when it cannot be read."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise _error(error)(f"{path}: cannot read {what} ({e.strerror or type(e).__name__})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _error(error)(f"{path}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                            f"{e.start}); save it as UTF-8") from None
+
+
+def parse_json(text: str, where: str, what: str, error: type | None = None) -> Any:
+    """json.loads, with every failure (malformed, nested too deep, an integer of thousands of digits)
+    as `error` naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _error(error)(f"{where}: malformed {what} ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except RecursionError:
+        raise _error(error)(f"{where}: malformed {what} (nested too deeply)") from None
+    except ValueError as e:  # int() past sys.get_int_max_str_digits
+        raise _error(error)(f"{where}: malformed {what} ({echo(str(e), 100)})") from None
+
+
+def read_json(path: str | os.PathLike, what: str, error: type | None = None) -> Any:
+    return parse_json(read_text(path, what, error), str(path), what, error)
+
+
+def parse_yaml(text: str, where: str, what: str, error: type | None = None) -> Any:
+    """yaml.safe_load without aliases: a few hundred bytes of nested aliases ("billion laughs") would
+    expand to gigabytes. Malformed, too deep or too long values are `error` naming `where`."""
+    import yaml
+
+    class _NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here; write "
+                                                              "the value out", event.start_mark)
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=_NoAliases)
+    except yaml.YAMLError as e:
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise _error(error)(f"{where}: malformed YAML {what} ({echo(problem, 150)}{_yaml_mark(e)})") from None
+    except RecursionError:
+        raise _error(error)(f"{where}: malformed YAML {what} (nested too deeply)") from None
+    except ValueError as e:  # int() past sys.get_int_max_str_digits
+        raise _error(error)(f"{where}: malformed YAML {what} ({echo(str(e), 100)})") from None
+
+
+def _yaml_mark(e) -> str:
+    mark = getattr(e, "problem_mark", None)
+    return f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+
+
+def read_yaml(path: str | os.PathLike, what: str, error: type | None = None) -> Any:
+    return parse_yaml(read_text(path, what, error), str(path), what, error)
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def json_marker(name: str, key: str, value: Any) -> Callable[[Path], bool]:
+    """An atomic_dir `replace_if`: the folder holds JSON file `name` whose field `key` is `value`
+    (a command's own format marker and kind). A file of that name that says anything else, or
+    cannot be read, does not qualify: a web app's manifest.json is not an export."""
+    def check(folder: Path) -> bool:
+        try:
+            obj = read_json(folder / name, name)
+        except Exception:  # noqa: BLE001  unreadable or not ours: never replace
+            return False
+        return isinstance(obj, dict) and obj.get(key) == value and type(obj.get(key)) is type(value)
+
+    return check
+
+
 @contextmanager
-def atomic_dir(path: str | os.PathLike, replace_if: str | None = None) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, replace_if: Callable[[Path], bool] | None = None,
+               what: str = "folder") -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place when done.
 
-    An existing `path` is replaced only if it contains the marker file `replace_if` (i.e. it is an
-    earlier output of the same command); otherwise a non-empty existing directory is an error.
+    An existing non-empty `path` is replaced only if `replace_if(path)` says it is an earlier output
+    of the same command (see json_marker); anything else is an error naming `what` was expected.
     """
     from capgen.errors import CapgenError
 
@@ -125,8 +226,9 @@ def atomic_dir(path: str | os.PathLike, replace_if: str | None = None) -> Iterat
     if path.exists():
         if not path.is_dir():
             raise CapgenError(f"{path}: exists and is not a directory; choose another --out")
-        if any(path.iterdir()) and not (replace_if and (path / replace_if).exists()):
-            raise CapgenError(f"{path}: directory exists and is not empty; choose another --out")
+        if any(path.iterdir()) and not (replace_if and replace_if(path)):
+            raise CapgenError(f"{path}: folder exists, is not empty and is not a {what} this command wrote; "
+                              f"choose another --out (nothing was changed)")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent))

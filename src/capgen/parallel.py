@@ -90,6 +90,7 @@ def dist_info() -> DistInfo:
     import torch.distributed as td
 
     if not td.is_initialized():
+        _import_world_capturing_modules()
         timeout = dist_timeout_s()
         try:
             td.init_process_group("gloo", timeout=datetime.timedelta(seconds=timeout))
@@ -101,6 +102,18 @@ def dist_info() -> DistInfo:
                 f"--nnodes and --rdzv-endpoint, or raise {TIMEOUT_ENV}") from None
         atexit.register(shutdown_distributed)  # library callers that never call it themselves
     return DistInfo(td.get_rank(), td.get_world_size())
+
+
+def _import_world_capturing_modules() -> None:
+    """Import, before the process group exists, the torch modules that read `group.WORLD` once.
+
+    torch.distributed.nn.functional writes `group=group.WORLD` as the default argument of ten
+    functions. DDP imports it (through torch._dynamo) on construction; imported after
+    init_process_group, those defaults keep the live group forever, so destroy_process_group can
+    not free it, gloo's threads outlive the interpreter and the rank dies with SIGABRT at exit.
+    Imported first, the defaults are None.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
 
 
 def shutdown_distributed() -> None:

@@ -14,9 +14,11 @@ from typing import Sequence
 from capgen import __version__
 from capgen.cli import alt, caption, evaluate, export, extract, prepare, serve, synth, train, tune
 from capgen.errors import CapgenError
+from capgen.io import echo
 from capgen.parallel import shutdown_distributed
 
 COMMANDS = (prepare, extract, train, tune, evaluate, caption, alt, export, serve, synth)
+MESSAGE_LIMIT = 2000   # characters of an error line: a message echoing a hostile value stays one line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +61,7 @@ def _run(args) -> int:
     except CapgenError as e:
         if args.debug:
             raise
-        print(f"capgen {args.command}: error: {e}", file=sys.stderr)
+        print(f"capgen {args.command}: error: {echo(str(e), MESSAGE_LIMIT)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"capgen {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
@@ -73,6 +75,6 @@ def _run(args) -> int:
             print(f"capgen {args.command}: error: no space left on device writing "
                   f"{getattr(e, 'filename', None) or 'an output file'}", file=sys.stderr)
             return 2
-        print(f"capgen {args.command}: internal error: {type(e).__name__}: {e} (rerun with --debug for the "
+        print(f"capgen {args.command}: internal error: {type(e).__name__}: {echo(str(e), MESSAGE_LIMIT)} (rerun with --debug for the "
               f"traceback)", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ def register(sub, parents) -> None:
     p.add_argument("--references", metavar="CAPTIONS.json", help="with --images: COCO-format captions of the photos")
     p.add_argument("--encoder", metavar="NAME", help="with --images: build this encoder (a registered name or your "
                                                      "'package.module:factory') instead of the checkpoint's")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json")
     add_decode_args(p)
@@ -44,7 +46,7 @@ def run(args) -> int:
     from capgen.evaluation.run import evaluate_checkpoint, metrics_table
     from capgen.features import FeatureCache
 
-    data = PreparedDataset.load(args.data)
+    data = PreparedDataset.load(args.data, allow_outside_root=args.allow_outside_root)
     cache = FeatureCache.open(args.features)
     config = DecodeConfig(**decode_options(args))
     res = evaluate_checkpoint(args.checkpoints, data, cache, args.split, config, out=args.out,

@@ -15,6 +15,8 @@ def register(sub, parents) -> None:
                                    "grid features. Interrupted runs resume where they stopped. Under "
                                    "torchrun --nproc_per_node N the images are sharded across ranks.")
     p.add_argument("prepared", metavar="PREPARED", help="folder written by capgen prepare")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)")
     p.add_argument("--out", required=True, metavar="FEATURES", type=out_dir, help="feature cache folder")
     p.add_argument("--encoder", default="efficientnet-lite2",
                    help="encoder name (efficientnet-lite2, efficientnet-lite0), 'module:factory' for your "
@@ -39,7 +41,7 @@ def run(args) -> int:
     from capgen.data import PreparedDataset
     from capgen.features import extract_features
 
-    ds = PreparedDataset.load(args.prepared)
+    ds = PreparedDataset.load(args.prepared, allow_outside_root=args.allow_outside_root)
     res = extract_features(ds, args.out, encoder=args.encoder, split=args.split, batch_size=args.batch_size,
                            workers=args.workers, backend=args.backend, dtype=args.dtype, strict=args.strict,
                            overwrite=args.overwrite, threads=args.threads,

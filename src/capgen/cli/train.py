@@ -13,6 +13,8 @@ def register(sub, parents) -> None:
                                    "keeps the best checkpoint by val CIDEr. Ctrl-C checkpoints; --resume "
                                    "continues. Under torchrun it uses DistributedDataParallel (gloo).")
     p.add_argument("--data", required=True, metavar="PREPARED", help="folder written by capgen prepare")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)")
     p.add_argument("--features", required=True, metavar="FEATURES", help="folder written by capgen extract")
     p.add_argument("--model", help="show_tell, show_attend_tell or transformer (default: the config's)")
     p.add_argument("--out", required=True, metavar="RUN", type=out_dir, help="run folder (checkpoints, logs, curves)")
@@ -43,7 +45,7 @@ def run(args) -> int:
         cfg = load_run_config(cfg_path)
     else:
         cfg = load_run_config(args.config, args.set, args.model)
-    data = PreparedDataset.load(args.data)
+    data = PreparedDataset.load(args.data, allow_outside_root=args.allow_outside_root)
     cache = FeatureCache.open(args.features)
     res = train(cfg, data, cache, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:

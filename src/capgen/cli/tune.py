@@ -16,6 +16,8 @@ def register(sub, parents) -> None:
                                    "training run in STUDY/trials/N. Run the same command again to continue a "
                                    "killed study. Writes trials.csv, best_config.yaml and PNG plots to STUDY.")
     p.add_argument("--data", required=True, metavar="PREPARED", help="folder written by capgen prepare")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)")
     p.add_argument("--features", required=True, metavar="FEATURES", help="folder written by capgen extract")
     p.add_argument("--space", required=True, metavar="YAML", help="search space (see configs/tune_*.yaml)")
     p.add_argument("--study", required=True, metavar="DIR", help="study folder (journal, trials, results)")
@@ -53,7 +55,7 @@ def run(args) -> int:
     # The base model: --model, else the config file's, else the one the space fixes.
     base = load_run_config(args.config, args.set, args.model or (None if args.config else fixed_model(args.space)))
     space = load_space(args.space, base.model)
-    data, cache = PreparedDataset.load(args.data), FeatureCache.open(args.features)
+    data, cache = PreparedDataset.load(args.data, allow_outside_root=args.allow_outside_root), FeatureCache.open(args.features)
     for split in ("train", "val"):
         cache.check(data, split)
     opts = TuneOptions(trials=args.trials, timeout=args.timeout * 60 if args.timeout else None,

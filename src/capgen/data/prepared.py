@@ -19,7 +19,7 @@ from capgen.data.readers import SPLITS, RawDataset, read_dataset
 from capgen.data.text import normalize_caption
 from capgen.data.vocab import Vocabulary
 from capgen.errors import DatasetError
-from capgen.io import atomic_dir
+from capgen.io import atomic_dir, json_marker, parse_json, read_json, read_text
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -127,7 +127,8 @@ def prepare_dataset(
         # Vocabulary words seen in the paired training captions (the rest come from the text corpora).
         "vocab_from_pairs": len(set(vocab.itos) & {w for t in train_tokens for w in t}),
     }
-    with atomic_dir(out, replace_if=MANIFEST) as tmp:
+    with atomic_dir(out, replace_if=json_marker(MANIFEST, "capgen_prepared", FORMAT_VERSION),
+                    what="prepared dataset") as tmp:
         for s, items in by_split.items():
             with open(tmp / f"{s}.jsonl", "w", encoding="utf-8") as f:
                 for item in items:
@@ -136,7 +137,7 @@ def prepare_dataset(
             write_text_records(tmp / TEXT_FILE, text_records)
         vocab.save(tmp / "vocab.json")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return PreparedDataset.load(out)
+    return PreparedDataset.load(out, allow_outside_root=allow_outside_root)
 
 
 def check_manifest(manifest: dict, where: Path) -> None:
@@ -163,6 +164,20 @@ def check_inside_root(images, root: Path, where: str, follow_symlinks: bool = Tr
                                f"--allow-outside-root to read files outside it")
 
 
+def _is_words(x) -> bool:
+    return isinstance(x, list) and all(isinstance(w, str) for w in x)
+
+
+def _record(d, images_dir: Path, split: str, where: str) -> ImageRecord:
+    """One prepared split line, its types checked: a hand-edited line fails here, by name."""
+    if not (isinstance(d, dict) and isinstance(d.get("image"), str) and _is_words(d.get("raw"))
+            and isinstance(d.get("tokens"), list) and all(_is_words(t) for t in d["tokens"])):
+        raise DatasetError(f"{where}: expected an object with 'image' (a path), 'raw' (a list of captions) and "
+                           f"'tokens' (a list of word lists); prepare again")
+    return ImageRecord(d["image"], images_dir / d["image"], split, tuple(d["raw"]),
+                       tuple(tuple(t) for t in d["tokens"]))
+
+
 class PreparedDataset:
     """A prepared folder, read back. Records are ordered as in the source dataset."""
 
@@ -170,17 +185,16 @@ class PreparedDataset:
         self.root, self.manifest, self.vocab, self._splits = root, manifest, vocab, splits
 
     @classmethod
-    def load(cls, root: str | Path) -> "PreparedDataset":
+    def load(cls, root: str | Path, allow_outside_root: bool = False) -> "PreparedDataset":
+        """allow_outside_root comes from the command line only: the manifest's own field is a record,
+        never trusted (a hand-edited manifest must not switch the safeguard off)."""
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root}: prepared dataset folder does not exist (run capgen prepare first)")
         mpath = root / MANIFEST
         if not mpath.is_file():
             raise DatasetError(f"{root}: not a prepared dataset (no {MANIFEST}); run capgen prepare")
-        try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DatasetError(f"{mpath}: unreadable manifest ({e})") from None
+        manifest = read_json(mpath, "manifest", DatasetError)
         if not isinstance(manifest, dict) or manifest.get("capgen_prepared") != FORMAT_VERSION:
             raise DatasetError(f"{mpath}: not a capgen prepared manifest of version {FORMAT_VERSION}")
         check_manifest(manifest, mpath)
@@ -188,15 +202,10 @@ class PreparedDataset:
         splits: dict[str, list[ImageRecord]] = {}
         for s in SPLITS:
             path, items = root / f"{s}.jsonl", []
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-                for line in lines:
-                    d = json.loads(line)
-                    items.append(ImageRecord(d["image"], images_dir / d["image"], s, tuple(d["raw"]),
-                                             tuple(tuple(t) for t in d["tokens"])))
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DatasetError(f"{path}: unreadable prepared split ({e})") from None
-            if not manifest.get("allow_outside_root"):  # a hand-edited split file: the cheap, lexical check
+            for n, line in enumerate(read_text(path, "prepared split", DatasetError).splitlines(), 1):
+                d = parse_json(line, f"{path} line {n}", "prepared split line", DatasetError)
+                items.append(_record(d, images_dir, s, f"{path} line {n}"))
+            if not allow_outside_root:  # a hand-edited split file: the cheap, lexical check
                 check_inside_root((r.image for r in items), images_dir, str(path), follow_symlinks=False)
             if len(items) != manifest["splits"][s]["images"]:
                 raise DatasetError(f"{path}: has {len(items)} images, manifest says "

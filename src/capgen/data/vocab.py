@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +90,6 @@ class Vocabulary:
 
     @classmethod
     def load(cls, path: str | Path) -> "Vocabulary":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError) as e:
-            raise DatasetError(f"{path}: cannot read vocabulary JSON ({e})") from None
+        from capgen.io import read_json
+
+        return cls.from_dict(read_json(path, "vocabulary JSON", DatasetError))

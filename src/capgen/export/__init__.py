@@ -13,7 +13,7 @@ from typing import Sequence
 
 from capgen.decoding.config import DecodeConfig
 from capgen.errors import EncoderError, ExportError
-from capgen.io import atomic_dir, write_json
+from capgen.io import atomic_dir, json_marker, write_json
 from capgen.runtime import folder as fmt
 
 
@@ -50,7 +50,7 @@ def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = N
     if encoder_onnx is None:
         raise ExportError(f"encoder {captioner.encoder.name}: runs with the {captioner.runner.backend} backend, "
                           "not ONNX Runtime, so the runtime cannot express it")
-    with atomic_dir(out, replace_if=fmt.MANIFEST) as tmp:
+    with atomic_dir(out, replace_if=json_marker(fmt.MANIFEST, "format", fmt.FORMAT), what="capgen export") as tmp:
         shutil.copyfile(encoder_onnx, tmp / fmt.ENCODER)
         iface = export_decoder(model, tmp / fmt.INIT, tmp / fmt.STEP)
         diff = verify_decoder(model, tmp / fmt.INIT, tmp / fmt.STEP, iface)

@@ -16,7 +16,6 @@ start sparse); no real image gives an all-zero pooled vector, so sealing and ope
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -45,13 +44,23 @@ def kind_text(encoder_spec: dict) -> str:
 
 
 def read_json(path: Path, what: str) -> dict:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise FeatureCacheError(f"{path}: unreadable {what} ({e})") from None
+    from capgen.io import read_json as read_data
+
+    obj = read_data(path, what, FeatureCacheError)
     if not isinstance(obj, dict):
         raise FeatureCacheError(f"{path}: expected a JSON object ({what})")
     return obj
+
+
+def load_array(path: Path, mode: str, hint: str) -> np.ndarray:
+    """A cache's .npy memory-mapped; missing, truncated or a damaged header is FeatureCacheError + `hint`."""
+    import tokenize
+
+    try:
+        return np.load(path, mmap_mode=mode)
+    except (OSError, ValueError, EOFError, SyntaxError, tokenize.TokenError) as e:
+        # numpy parses the header with the tokenizer: replaced bytes give TokenError or SyntaxError
+        raise FeatureCacheError(f"{path}: feature array missing or unreadable ({type(e).__name__}); {hint}") from None
 
 
 def unwritten_rows(pooled: np.ndarray, rows, chunk: int = 4096) -> list[int]:
@@ -106,11 +115,8 @@ class FeatureCache:
         if meta.get("capgen_features") != FORMAT_VERSION or not meta.get("complete"):
             raise FeatureCacheError(f"{root / META}: not a complete capgen feature cache of version {FORMAT_VERSION}")
         check_meta(meta, root / META)
-        try:
-            pooled = np.load(root / "pooled.npy", mmap_mode="r")
-            grid = np.load(root / "grid.npy", mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise FeatureCacheError(f"{root}: feature arrays unreadable ({e}); extract again") from None
+        pooled = load_array(root / "pooled.npy", "r", "extract again")
+        grid = load_array(root / "grid.npy", "r", "extract again")
         n, enc = len(meta["images"]), meta["encoder"]
         want_grid = (n, enc["grid"][0] * enc["grid"][1], enc["dim"])
         if pooled.shape != (n, enc["dim"]) or grid.shape != want_grid:

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import FORMAT_VERSION, JOB, LOCK, META, cache_kind, kind_text, read_json, unwritten_rows
+from capgen.features.cache import (FORMAT_VERSION, JOB, LOCK, META, cache_kind, kind_text, load_array, read_json,
+                                    unwritten_rows)
 from capgen.images import load_image
 from capgen.io import cache_root, folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
@@ -92,24 +93,30 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
     return "new"
 
 
-def _read_progress(out: Path) -> tuple[set[int], dict[str, str]]:
+AGAIN = "extract again with --overwrite"
+
+
+def _read_progress(out: Path, n: int) -> tuple[set[int], dict[str, str]]:
+    """Rows done (each < n, the job's image count) and images failed, from every progress file."""
     done: set[int] = set()
     failed: dict[str, str] = {}
     for p in sorted(out.glob("progress-*.json")):
         d = read_json(p, "extraction progress")
         rows, bad = d.get("done", []), d.get("failed", {})
-        if not (isinstance(rows, list) and all(isinstance(i, int) for i in rows) and isinstance(bad, dict)):
-            raise FeatureCacheError(f"{p}: malformed progress file (expected 'done' row numbers and 'failed'); "
+        if not (isinstance(rows, list) and all(isinstance(i, int) and 0 <= i < n for i in rows)
+                and isinstance(bad, dict)):
+            raise FeatureCacheError(f"{p}: malformed progress file (expected 'done' row numbers below {n} and "
+                                    f"'failed'); "
                                     f"extract again with --overwrite")
         done.update(rows)
         failed.update(bad)
     return done, failed
 
 
-def _consolidate_progress(out: Path) -> None:
+def _consolidate_progress(out: Path, n: int) -> None:
     """Fold all progress files into progress-base.json, so ranks of a new run (maybe a different
     world size) can own fresh files. Idempotent: a crash in between loses nothing."""
-    done, failed = _read_progress(out)
+    done, failed = _read_progress(out, n)
     write_json(out / "progress-base.json", {"done": sorted(done), "failed": failed}, indent=None)
     for p in out.glob("progress-r*.json"):
         p.unlink()
@@ -187,14 +194,15 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
     state = _prepare_out(out, job, overwrite) if dist.rank == 0 else ""
     if dist.rank == 0 and state == "resume":
         for name in ("pooled.npy", "grid.npy"):  # a cache begun by an older capgen may still be sparse
+            load_array(out / name, "r", AGAIN)   # missing or damaged: say so before any work
             preallocate(out / name)
-        _consolidate_progress(out)
+        _consolidate_progress(out, len(job["images"]))
     state = dist.broadcast(state)
     if state == "complete":
         meta = read_json(out / META, "feature cache metadata")
         return ExtractResult(out, len(meta["images"]) - len(meta["failed"]), 0, meta["failed"], 0.0, runner.backend)
 
-    done, failed = _read_progress(out)
+    done, failed = _read_progress(out, len(job["images"]))
     dist.barrier()  # every rank has read the progress before anyone writes new progress
     names = job["images"]
     todo = [i for i in range(len(records)) if i not in done and names[i] not in failed]
@@ -202,8 +210,8 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
     my_done: list[int] = []
     my_failed: dict[str, str] = {}
     progress_path = out / f"progress-r{dist.rank}.json"
-    pooled_mm = np.load(out / "pooled.npy", mmap_mode="r+")
-    grid_mm = np.load(out / "grid.npy", mmap_mode="r+")
+    pooled_mm = load_array(out / "pooled.npy", "r+", AGAIN)
+    grid_mm = load_array(out / "grid.npy", "r+", AGAIN)
 
     start = time.perf_counter()
     bar = tqdm(total=len(todo), unit="img", desc=f"extract {enc.name}", disable=not progress or dist.rank != 0,
@@ -253,7 +261,7 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
     extracted = dist.all_reduce_sum(len(my_done))
     dist.barrier()
 
-    done, failed = _read_progress(out)
+    done, failed = _read_progress(out, len(job["images"]))
     # Rank 0 removes the progress files below: another rank still globbing and reading them failed
     # now and then ("cannot read extraction progress", exit 2 in one torchrun test run of ~10).
     dist.barrier()
@@ -262,7 +270,7 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
         if missing:
             raise FeatureCacheError(f"{out}: {len(missing)} images were not extracted (e.g. {missing[0]}); "
                                     f"run again to resume")
-        blank = unwritten_rows(np.load(out / "pooled.npy", mmap_mode="r"), sorted(done))
+        blank = unwritten_rows(load_array(out / "pooled.npy", "r", AGAIN), sorted(done))
         if blank:  # counted as done but never written: refuse to seal (check() would refuse it too)
             raise FeatureCacheError(f"{out}: {len(blank)} rows counted as extracted were never written (e.g. "
                                     f"{names[blank[0]]}); extract again with --overwrite")

@@ -183,7 +183,7 @@ def cached_decoder_graphs(model: CaptionModel, cache_dir: str | Path | None = No
             return folder, iface
         except Exception:  # noqa: BLE001  unreadable, not a graph, wrong inputs, other log-probs: export again
             pass
-    with atomic_dir(folder, replace_if=IFACE) as tmp:
+    with atomic_dir(folder, replace_if=lambda f: (f / IFACE).is_file(), what="decoder graph cache") as tmp:
         iface = export_decoder(model, tmp / INIT, tmp / STEP)
         verify_decoder(model, tmp / INIT, tmp / STEP, iface)
         write_json(tmp / IFACE, iface)   # last: it marks the folder complete

@@ -11,6 +11,7 @@ import sys
 from typing import Sequence
 
 from capgen.errors import CapgenError
+from capgen.io import echo
 
 
 def _threads(text: str) -> int:
@@ -57,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CapgenError as e:
         if args.debug:
             raise
-        print(f"capgen.runtime: error: {e}", file=sys.stderr)
+        print(f"capgen.runtime: error: {echo(str(e), 2000)}", file=sys.stderr)
         return e.exit_code
     for path, res in zip(args.images, results):
         if args.format == "jsonl":

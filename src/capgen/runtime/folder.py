@@ -19,7 +19,6 @@ export is refused even when the manifest was rewritten to match it.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +96,9 @@ def check_folder(folder: str | Path, verify: bool = True) -> Path:
 def read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise ExportError(f"{path}: missing; expected {what} (is this the output of `capgen export`?)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportError(f"{path}: cannot read {what} ({type(e).__name__}: {str(e)[:100]})") from None
+    from capgen.io import read_json as read_data
+
+    return read_data(path, what, ExportError)
 
 
 def field(d: Any, key: str, kind: type | tuple, path: Path) -> Any:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import yaml
 
 from capgen.config import ConfigError, config_from_dict, config_to_dict
 from capgen.errors import CapgenError
@@ -118,9 +117,11 @@ def _train_config(values: dict, where: str) -> TrainConfig:
 
 def _parse_value(text: str):
     """`--set` values are YAML scalars: 3, 0.5, true, null, strings."""
+    from capgen.io import parse_yaml
+
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return parse_yaml(text, "--set", "value", ConfigError)
+    except ConfigError:
         return text
 
 
@@ -132,12 +133,9 @@ def load_run_config(path: str | Path | None = None, sets: list[str] | None = Non
     data: dict = {}
     if path is not None:
         path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+        from capgen.io import read_yaml
+
+        data = read_yaml(path, "config", ConfigError) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping with model, model_config, train")
         unknown = set(data) - {"model", "model_config", "train"}

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from capgen.config import ConfigError, config_from_dict, config_to_dict
 from capgen.errors import CapgenError
@@ -120,12 +119,9 @@ def trial_config(base: RunConfig, values: dict[str, Any]) -> RunConfig:
 def load_space(path: str | Path, base_model: str) -> Space:
     """Read and fully check a space file; `base_model` is the model when the space does not set one."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read space file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    from capgen.io import read_yaml
+
+    raw = read_yaml(path, "space file", ConfigError)
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: expected a mapping of config keys (train.lr, model_config.d_model, model) "
                           f"to ranges, choices or values")
@@ -137,9 +133,11 @@ def load_space(path: str | Path, base_model: str) -> Space:
 
 def fixed_model(path: str | Path) -> str | None:
     """The model a space file fixes, if any (a peek: `load_space` reports what is wrong with the file)."""
+    from capgen.io import read_yaml
+
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        raw = read_yaml(path, "space file", ConfigError)
+    except ConfigError:
         return None
     from capgen.models import list_models
 

@@ -61,6 +61,11 @@ def _repair_journal(path: Path) -> None:
         return
     with open(path, "rb+") as f:
         data = f.read()
+        try:  # Optuna would stop at the first bad byte with a UnicodeDecodeError
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StudyError(f"{path}: the study journal is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                             f"{e.start}); restore it or start a new --study") from None
         if data.endswith(b"\n"):
             return
         f.truncate(data.rfind(b"\n") + 1)

@@ -8,17 +8,16 @@ on; a trial whose worker was killed is marked FAIL and its point queued again, r
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from capgen.io import folder_lock
+from capgen.io import folder_lock, read_json, read_yaml
 from capgen.training import RunConfig, train
 from capgen.tuning.space import Space, base_point, trial_config
-from capgen.tuning.storage import HOST, check_fingerprint, fail_dead_trials, fingerprint, open_storage, worker_id
+from capgen.tuning.storage import HOST, StudyError, check_fingerprint, fail_dead_trials, fingerprint, open_storage, worker_id
 
 PRUNERS = ("median", "hyperband", "none")
 
@@ -148,7 +147,8 @@ def _take_over(trial, run_dir: Path, cfg: RunConfig) -> bool:
         old.rmdir()
     except Exception:  # the old run is unreadable or busy: start afresh
         return False
-    history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else []
+    history = (read_json(run_dir / "history.json", "training history", StudyError)
+               if (run_dir / "history.json").is_file() else [])
     for row in history:  # the pruner sees the epochs already done
         trial.report(row["CIDEr"], row["epoch"])
     trial.set_user_attr("resumed_from_trial", trial.user_attrs.get("retry_of"))
@@ -156,9 +156,7 @@ def _take_over(trial, run_dir: Path, cfg: RunConfig) -> bool:
 
 
 def _saved_config(run_dir: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
+    return read_yaml(run_dir / "config.yaml", "run config", StudyError)
 
 
 def _reporter(trial) -> Callable[[dict], None]:
