@@ -20,8 +20,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, read_resume, restore_weights,
-                               save_checkpoint, training_payload)
+from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, nonfinite_tensor, read_resume,
+                               restore_weights, save_checkpoint, training_payload)
 from capgen.config import config_to_dict
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
@@ -35,6 +35,10 @@ from capgen.training.finetune import build_model
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
 from capgen.training.lock import run_folder_locked
 from capgen.training.validate import validate
+
+
+class TrainingDiverged(CapgenError):
+    """The weights stopped being finite (NaN or infinite loss or gradients): the run stops at that step."""
 
 
 @dataclass
@@ -202,6 +206,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optim.step()
                 sched.step()
+                _check_diverged(model, out, epoch, i, len(batches), loss, tc.lr)
                 loss_sum, n_steps, n_caps = loss_sum + loss, n_steps + 1, n_caps + len(idx)
                 logs_sum, logs_n = {k: logs_sum.get(k, 0.0) + v for k, v in logs.items()}, logs_n + 1
                 rate = n_caps * dist.world_size / (time.perf_counter() - t0)
@@ -259,6 +264,18 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     history = dist.broadcast(history)
     best = dist.broadcast(best)
     return TrainResult(out, out / "best.pt", best["epoch"], best, history, time.perf_counter() - start, stopped_early)
+
+
+def _check_diverged(model, out: Path, epoch: int, i: int, n: int, loss: float, lr: float) -> None:
+    """Stop at the step whose update left a weight NaN or infinite, before anything saves or
+    validates it. The weights, not the loss, decide: DDP all-reduces the gradients, so every rank
+    holds the same weights and stops at the same step (a NaN loss on one rank reaches them all)."""
+    bad = nonfinite_tensor(model.named_parameters())
+    if bad is None:
+        return
+    raise TrainingDiverged(f"{out}: training diverged at epoch {epoch + 1}, step {i + 1} of {n} (loss {loss:.4g}; "
+                           f"weight {bad!r} is no longer finite): stopped there, the checkpoints from before it are "
+                           f"kept; lower lr (now {lr:g}) or raise warmup_steps")
 
 
 def _init_checkpoint(path: str, vocab):
