@@ -317,3 +317,24 @@ def test_cli_divergence_is_one_line(prepared, features, tmp_path, capsys):
                             "--model", "transformer", *[a for s in TINY["transformer"] for a in ("--set", s)],
                             "--set", "epochs=1", "--set", "batch_size=4", "--set", "lr=1e6"],
                    "training diverged at epoch 1, step", "lr")
+
+
+def test_resuming_a_run_that_stopped_early_changes_nothing(prepared, features, tmp_path, monkeypatch, capsys):
+    """It trained one more epoch on every --resume (history 24 -> 25 -> 26, last.pt rewritten)."""
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])  # no better epoch after the first: patience=1 stops at 2
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **kw: {"CIDEr": next(scores), "BLEU-4": 0.0})
+    run = tmp_path / "run"
+    res = train(_cfg("show_tell", "epochs=5", "patience=1"), prepared, features, run, progress=False)
+    assert res.stopped_early and len(res.history) == 2
+
+    def files():
+        return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = files()
+    again = train(_cfg("show_tell", "epochs=5", "patience=1"), prepared, features, run, resume=True,
+                  progress=False)
+    assert again.already_finished and again.stopped_early and [h["epoch"] for h in again.history] == [1, 2]
+    assert main(["train", "--data", str(prepared.root), "--features", str(features.root), "--out", str(run),
+                 "--resume"]) == 0
+    assert "already finished (stopped early after 2 of 5 epochs)" in capsys.readouterr().out
+    assert files() == before

@@ -50,6 +50,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    already_finished: bool = False   # resumed a run that had ended: nothing was trained or written
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -169,6 +170,10 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         torch.set_rng_state(r["rng"])
         epoch, skip, history, best = r["epoch"], r["step_in_epoch"], r["history"], r["best"]
         partial = (r["partial_loss_sum"], r["partial_steps"])
+        if epoch >= tc.epochs or _patience_spent(epoch, best, tc.patience):
+            # Before any file is opened: resuming a finished run changes nothing (not even tb/).
+            return TrainResult(out, out / "best.pt", best["epoch"], best, history, 0.0,
+                               stopped_early=epoch < tc.epochs, already_finished=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
     train_feats = Features.load(cache, train_records, memory_mb=tc.feature_memory_mb)
@@ -246,7 +251,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
                     best = {"epoch": epoch, **metrics}
                     save_checkpoint(out / "best.pt", model_payload(
                         model, vocab, enc, {"run_config": cfg.to_dict(), "epoch": epoch, "val": metrics}))
-                stop = bool(tc.patience) and epoch - best["epoch"] >= tc.patience
+                stop = _patience_spent(epoch, best, tc.patience)
                 save_last(epoch, 0)
                 write_json(out / "history.json", history)
                 _plot(history, out / "curves.png")
@@ -264,6 +269,11 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     history = dist.broadcast(history)
     best = dist.broadcast(best)
     return TrainResult(out, out / "best.pt", best["epoch"], best, history, time.perf_counter() - start, stopped_early)
+
+
+def _patience_spent(epoch: int, best: dict, patience: int) -> bool:
+    """Early stopping: `patience` epochs (0 = never) have passed without a better val CIDEr-D."""
+    return bool(patience) and epoch - best["epoch"] >= patience
 
 
 def _check_diverged(model, out: Path, epoch: int, i: int, n: int, loss: float, lr: float) -> None:
