@@ -271,3 +271,16 @@ def test_tune_has_help(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     assert "--space" in capsys.readouterr().out
+
+
+def test_a_continued_study_draws_new_points(prepared, features, tmp_path, monkeypatch):
+    """Each rerun (or restart after a kill) seeded its sampler alike and replayed its first draws:
+    `--trials 1` then `--trials 2` made trial 1 identical to trial 0."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(study_mod, "train", lambda *a, **kw: SimpleNamespace(best_metrics={"CIDEr": 0.1}))
+    for n in (1, 2, 3, 4):  # a new process each time: the study is opened afresh
+        study, space, base, opts = _study(prepared, features, tmp_path, trials=n, startup_trials=10)
+        run_worker(study, space, base, prepared, features, tmp_path / "study", opts, say=lambda s: None)
+    points = [tuple(sorted(t.params.items())) for t in _load(tmp_path / "study").trials]
+    assert len(points) == 4 and len(set(points)) == 4, points
