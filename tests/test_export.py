@@ -238,3 +238,43 @@ def test_a_deeply_nested_manifest_is_one_line(exports, photos, tmp_path, capsys)
     folder = _copy(exports["show_tell"], tmp_path / "deep")
     (folder / fmt.MANIFEST).write_text("[" * 100_000)
     _runtime_error(capsys, folder, photos[0], "manifest.json", "nested too deeply")
+
+
+def _edit_json(name: str, edit):
+    def apply(folder: Path) -> None:
+        data = json.loads((folder / name).read_text())
+        edit(data)
+        (folder / name).write_text(json.dumps(data))
+    return apply
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_edit_json(fmt.MODEL, lambda m: m["encoder"].update(grid=["9", "9"])), ["model.json", "'grid'"]),
+    (_edit_json(fmt.MODEL, lambda m: m["encoder"].update(dim="8")), ["model.json", "'dim'"]),
+    (_edit_json(fmt.MODEL, lambda m: m["state"].append("x")), ["decoder_init.onnx", "outputs"]),
+    (_edit_json(fmt.MODEL, lambda m: m["memory"].append(3)), ["model.json", "'memory'"]),
+    (_edit_json(fmt.MODEL, lambda m: m.update(max_len_limit="x")), ["model.json", "'max_len_limit'"]),
+    (_edit_json(fmt.MODEL, lambda m: m.update(shared_memory="yes")), ["model.json", "'shared_memory'"]),
+    (_edit_json(fmt.MODEL, lambda m: m.update(vocab_size="x")), ["model.json", "'vocab_size'"]),
+    (_edit_json(fmt.DECODING, lambda m: m.update(beam_size=True)), ["decoding.json", "beam_size", "integer"]),
+    (_edit_json(fmt.DECODING, lambda m: m.update(max_len=2.5)), ["decoding.json", "max_len", "integer"]),
+    (_edit_json(fmt.DECODING, lambda m: m.update(no_repeat_words=3)), ["decoding.json", "no_repeat_words"]),
+], ids=["grid strings", "dim string", "extra state key", "memory key a number", "max_len_limit string",
+        "shared_memory string", "vocab_size string", "beam_size true", "max_len float", "no_repeat_words int"])
+def test_edited_fields_of_the_wrong_type_are_refused_by_name(edit, words, exports, photos, tmp_path, capsys):
+    """With the manifest re-hashed to match, each gave a raw traceback (TypeError, KeyError...)."""
+    from capgen.io import write_json
+
+    folder = _copy(exports["show_attend_tell"], tmp_path / "edited")
+    edit(folder)
+    write_json(folder / fmt.MANIFEST, fmt.manifest_for(folder))
+    _runtime_error(capsys, folder, photos[0], *words)
+
+
+def test_manifest_sizes_must_be_integers(exports, photos, tmp_path, capsys):
+    """It said "25680 bytes, the manifest says 25680" for a size given as a string."""
+    folder = _copy(exports["show_tell"], tmp_path / "edited")
+    manifest = json.loads((folder / fmt.MANIFEST).read_text())
+    manifest["files"][fmt.VOCAB]["bytes"] = str(manifest["files"][fmt.VOCAB]["bytes"])
+    (folder / fmt.MANIFEST).write_text(json.dumps(manifest))
+    _runtime_error(capsys, folder, photos[0], "manifest.json", "vocab.json", "'bytes'", "integer")

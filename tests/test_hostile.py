@@ -65,6 +65,16 @@ def _bad_checkpoint(ctx, **fields) -> Path:
     return path
 
 
+def _nan_checkpoint(ctx) -> Path:
+    """All-NaN weights: decoded to "" and exported as "matching torch" before load refused them."""
+    payload = read_payload(ctx.ckpt)
+    payload["state_dict"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                             for k, v in payload["state_dict"].items()}
+    path = ctx.tmp / "nan.pt"
+    save_checkpoint(path, payload)
+    return path
+
+
 class Payload:  # an arbitrary class: unpickling it would run code named by the file
     pass
 
@@ -187,7 +197,14 @@ BAD_INPUTS = {
                                                           c.tmp / "e"), ["'vocab_size'"]),
     "checkpoint with pickled objects": (lambda c: _evaluate(c, _pickled_checkpoint(c), "--out", c.tmp / "e"),
                                         ["refused", "weights_only"]),
+    "checkpoint weights NaN (evaluate)": (lambda c: _evaluate(c, _nan_checkpoint(c), "--out", c.tmp / "e"),
+                                          ["nan.pt", "NaN or infinite"]),
+    "checkpoint weights NaN (export)": (lambda c: ["export", _nan_checkpoint(c), "--out", c.tmp / "x"],
+                                        ["nan.pt", "NaN or infinite"]),
+    "checkpoint weights NaN (train --init)": (lambda c: _train(c, "--init", _nan_checkpoint(c)), ["NaN or infinite"]),
     # caption
+    "checkpoint weights NaN (caption)": (lambda c: ["caption", c.image, "--model", _nan_checkpoint(c)],
+                                         ["nan.pt", "NaN or infinite"]),
     "--annotate is a file": (lambda c: ["caption", c.image, "--model", c.ckpt, "--annotate", _a_file(c)],
                              ["--annotate", "is a file"]),
     "--attention is a file": (lambda c: ["caption", c.image, "--model", c.ckpt, "--attention", _a_file(c)],
@@ -331,3 +348,17 @@ def test_sessions_refuse_absurd_thread_counts():
     for bad in (0, -1, 100_000, True, 2.0):
         with pytest.raises(CapgenError, match="from 1 to 256"):
             session_options(bad)
+
+
+def test_resume_refuses_a_nan_optimizer_state(tiny_run, tmp_path, capsys):
+    """A bit flip in last.pt's Adam moments made every weight NaN after the first resumed step."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.root / "show_tell", run)
+    payload = read_payload(run / "last.pt")
+    moments = next(iter(payload["resume"]["optimizer"]["state"].values()))
+    moments["exp_avg"].view(-1)[0] = float("inf")
+    save_checkpoint(run / "last.pt", payload)
+    one_line_error(capsys, ["train", "--data", tiny_run.prepared.root, "--features", tiny_run.root / "feats",
+                            "--out", run, "--resume"], "last.pt", "optimizer state", "NaN or infinite")

@@ -309,3 +309,57 @@ def test_self_critical_scores_the_distribution_it_samples_from(prepared, feature
     assert torch.isfinite(loss)
     # with <unk> (e^30) counted, every sampled token would have NLL ~30; renormalised it is small
     assert logs["entropy"] < 10
+
+
+def test_divergence_stops_at_its_step_and_keeps_the_checkpoints_before_it(prepared, features, tmp_path,
+                                                                           monkeypatch):
+    """A NaN loss in epoch 2 used to reach validation with NaN weights (internal error: IndexError)."""
+    from capgen.training.objectives import CrossEntropy
+
+    real, seen = CrossEntropy.__call__, {"epochs": 0, "steps": 0}
+
+    def nan_at_epoch_2_step_2(self, ddp, model, b):
+        loss, logs = real(self, ddp, model, b)
+        seen["steps"] += seen["epochs"] == 1
+        if seen["steps"] == 2:
+            return loss * float("nan"), {**logs, "loss": float("nan")}
+        return loss, logs
+
+    monkeypatch.setattr(CrossEntropy, "__call__", nan_at_epoch_2_step_2)
+    run = tmp_path / "run"
+    with pytest.raises(trainer_mod.TrainingDiverged, match=r"epoch 2, step 2 of \d+ \(loss nan"):
+        train(_cfg("show_tell"), prepared, features, run, progress=False,
+              on_epoch=lambda row: seen.update(epochs=row["epoch"]))
+    assert torch.load(run / "last.pt", weights_only=True)["resume"]["epoch"] == 1  # epoch 1's, untouched
+    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1]
+    load_checkpoint(run / "best.pt")  # finite weights
+
+
+def test_cli_divergence_is_one_line(prepared, features, tmp_path, capsys):
+    from conftest import one_line_error
+
+    one_line_error(capsys, ["train", "--data", prepared.root, "--features", features.root, "--out", tmp_path / "run",
+                            "--model", "transformer", *[a for s in TINY["transformer"] for a in ("--set", s)],
+                            "--set", "epochs=1", "--set", "batch_size=4", "--set", "lr=1e6"],
+                   "training diverged at epoch 1, step", "lr")
+
+
+def test_resuming_a_run_that_stopped_early_changes_nothing(prepared, features, tmp_path, monkeypatch, capsys):
+    """It trained one more epoch on every --resume (history 24 -> 25 -> 26, last.pt rewritten)."""
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])  # no better epoch after the first: patience=1 stops at 2
+    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **kw: {"CIDEr": next(scores), "BLEU-4": 0.0})
+    run = tmp_path / "run"
+    res = train(_cfg("show_tell", "epochs=5", "patience=1"), prepared, features, run, progress=False)
+    assert res.stopped_early and len(res.history) == 2
+
+    def files():
+        return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    before = files()
+    again = train(_cfg("show_tell", "epochs=5", "patience=1"), prepared, features, run, resume=True,
+                  progress=False)
+    assert again.already_finished and again.stopped_early and [h["epoch"] for h in again.history] == [1, 2]
+    assert main(["train", "--data", str(prepared.root), "--features", str(features.root), "--out", str(run),
+                 "--resume"]) == 0
+    assert "already finished (stopped early after 2 of 5 epochs)" in capsys.readouterr().out
+    assert files() == before

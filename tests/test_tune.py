@@ -271,3 +271,51 @@ def test_tune_has_help(capsys):
     with pytest.raises(SystemExit):
         main(["tune", "--help"])
     assert "--space" in capsys.readouterr().out
+
+
+def test_a_continued_study_draws_new_points(prepared, features, tmp_path, monkeypatch):
+    """Each rerun (or restart after a kill) seeded its sampler alike and replayed its first draws:
+    `--trials 1` then `--trials 2` made trial 1 identical to trial 0."""
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(study_mod, "train", lambda *a, **kw: SimpleNamespace(best_metrics={"CIDEr": 0.1}))
+    for n in (1, 2, 3, 4):  # a new process each time: the study is opened afresh
+        study, space, base, opts = _study(prepared, features, tmp_path, trials=n, startup_trials=10)
+        run_worker(study, space, base, prepared, features, tmp_path / "study", opts, say=lambda s: None)
+    points = [tuple(sorted(t.params.items())) for t in _load(tmp_path / "study").trials]
+    assert len(points) == 4 and len(set(points)) == 4, points
+
+
+def _flip_a_key(journal):  # "user_attr" -> "user_atts": one bit (r 0x72 -> s 0x73); the line still parses
+    journal.write_bytes(journal.read_bytes().replace(b'"user_attr"', b'"user_atts"', 1))
+
+
+def _as_folder(path):
+    path.unlink()
+    path.mkdir()
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda j: j.open("ab").write(b"garbage\n"), ["line 3 is not a JSON record"]),
+    (lambda j: j.open("ab").write(b'{"op_code": 99}\n'), ["line 3 has no known op_code"]),
+    (lambda j: j.open("ab").write(b'{"op_code": 8, "key": "\xff"}\n'), ["line 3 is not a JSON record"]),
+    (lambda j: j.open("ab").write(b"[" * 100_000 + b"\n"), ["line 3 is not a JSON record"]),
+    (lambda j: j.open("ab").write(b"\n"), ["line 3 is not a JSON record"]),
+    (_flip_a_key, ["Optuna cannot replay it"]),
+    (_as_folder, ["must be a file"]),
+    (lambda j: (j.parent / "trials").write_text("x"), ["trials", "not a file"]),
+], ids=["garbage line", "op_code 99", "not UTF-8", "deep nesting", "empty line", "bit flip", "journal is a folder",
+        "trials is a file"])
+def test_damaged_journal_is_one_named_error(damage, words, prepared, features, tmp_path, capsys):
+    """Each gave an internal error (JSONDecodeError, KeyError, IsADirectoryError, NotADirectoryError,
+    UnicodeDecodeError, RecursionError, and "AssertionError: Should not reach." for op_code 99)."""
+    from capgen.tuning.storage import StudyError
+
+    _study(prepared, features, tmp_path)  # the study: two journal lines
+    damage(tmp_path / "study" / JOURNAL)
+    with pytest.raises(StudyError, match="damaged study journal|must be|not a file") as e:
+        _study(prepared, features, tmp_path)
+    assert all(w in str(e.value) for w in words), e.value
+    from conftest import one_line_error
+
+    one_line_error(capsys, _cli(prepared, features, _space_file(tmp_path), tmp_path / "study"), *words)

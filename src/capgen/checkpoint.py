@@ -88,6 +88,8 @@ def read_resume(path: str | Path) -> dict:
     payload = read_payload(path)
     if not isinstance(payload.get("resume"), dict):
         raise CheckpointError(f"{path}: not a resumable training checkpoint")
+    # Adam's moments are weights too: a NaN there makes the next step's weights NaN.
+    _check_finite(_tensors(payload["resume"].get("optimizer")), path, "optimizer state")
     return payload
 
 
@@ -114,7 +116,35 @@ def read_payload(path: str | Path) -> dict:
     if not isinstance(payload, dict) or payload.get("capgen_checkpoint") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a capgen checkpoint (version {FORMAT_VERSION})")
     _check_types(payload, path)
+    _check_finite(payload.get("state_dict", {}), path, "weight")
+    _check_finite((payload.get("encoder_top") or {}).get("state_dict", {}), path, "encoder weight")
     return payload
+
+
+def nonfinite_tensor(named) -> str | None:
+    """The name of the first floating-point tensor in `named` (a mapping or (name, tensor) pairs)
+    holding a NaN or an infinity; None if all are finite."""
+    for name, t in (named.items() if isinstance(named, dict) else named):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def _check_finite(state: dict, path: Path, what: str) -> None:
+    """NaN or infinite weights decode to nothing ("" captions) or garbage without any error: refuse
+    them by name (a bit flip in an exponent, or a run saved after it diverged)."""
+    bad = nonfinite_tensor(state)
+    if bad is not None:
+        raise CheckpointError(f"{path}: {what} {bad!r} holds NaN or infinite values (the file is damaged, or "
+                              f"its training diverged); it cannot be used")
+
+
+def _tensors(obj, prefix: str = "") -> dict:
+    """The tensors inside nested dicts/lists (an optimizer state), by their dotted path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return {k: v for key, value in items for k, v in _tensors(value, f"{prefix}.{key}" if prefix else str(key)).items()}
 
 
 # Field -> (type, what it should be); checked on read so a forged or damaged file fails by name.

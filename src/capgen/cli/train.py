@@ -50,6 +50,12 @@ def run(args) -> int:
     res = train(cfg, data, cache, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         b = res.best_metrics
+        if res.already_finished:
+            done = (f"stopped early after {len(res.history)} of {cfg.train.epochs} epochs" if res.stopped_early
+                    else f"all {cfg.train.epochs} epochs done")
+            print(f"{args.out}: already finished ({done}); nothing to resume. Best epoch {res.best_epoch}: val CIDEr-D "
+                  f"{b.get('CIDEr', 0):.3f}, BLEU-4 {b.get('BLEU-4', 0):.3f} -> {res.best_checkpoint}")
+            return 0
         print(f"trained {cfg.model} in {res.seconds / 60:.1f} min; best epoch {res.best_epoch}: val CIDEr-D "
               f"{b.get('CIDEr', 0):.3f}, BLEU-4 {b.get('BLEU-4', 0):.3f} -> {res.best_checkpoint}"
               + (" (stopped early)" if res.stopped_early else ""))

@@ -35,7 +35,8 @@ def register(sub, parents) -> None:
     p.add_argument("--pruner", choices=["median", "hyperband", "none"], default="median")
     p.add_argument("--startup-trials", type=positive_int, default=5,
                    help="random trials before TPE takes over (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampler seed; each worker and each continuation of a study draws its own stream from it")
     p.add_argument("--baseline", action="store_true",
                    help="run the base config (--config/--set with the space's fixed values) as the first trial")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)

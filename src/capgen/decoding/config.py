@@ -3,6 +3,7 @@ torch-free capgen.runtime builds the same DecodeConfig and TokenIds)."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,11 @@ class DecodeConfig:
             if not ok:
                 raise DecodeError(f"decode: {msg}")
 
+        # Types first: a settings file (an export's decoding.json) may hold anything JSON can say.
+        for name, kind, what in _TYPES:
+            value = getattr(self, name)
+            need(_is(value, kind) or (name == "seed" and value is None),
+                 f"{name} must be {what}, got {type(value).__name__} {value!r:.40}")
         need(self.method in METHODS, f"method must be one of {list(METHODS)}, got {self.method!r}")
         need(1 <= self.beam_size <= MAX_BEAM, f"beam_size must be in [1, {MAX_BEAM}], got {self.beam_size}")
         need(1 <= self.max_len <= 200, f"max_len must be in [1, 200], got {self.max_len}")
@@ -123,6 +129,18 @@ class DecodeConfig:
         need(0 < self.temperature < float("inf"), f"temperature must be > 0 and finite, got {self.temperature}")
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+
+
+_INT, _REAL = (numbers.Integral, "an integer"), (numbers.Real, "a number")
+_TYPES = [("beam_size", *_INT), ("max_len", *_INT), ("length_penalty", *_REAL), ("no_repeat_ngram", *_INT),
+          ("no_repeat_words", bool, "true or false"), ("allow_unk", bool, "true or false"), ("n_best", *_INT),
+          ("temperature", *_REAL), ("top_k", *_INT), ("top_p", *_REAL), ("seed", numbers.Integral, "an integer or null"),
+          ("return_attention", bool, "true or false")]
+
+
+def _is(value, kind) -> bool:
+    """isinstance, with True/False counted as booleans only (JSON's true is not the integer 1)."""
+    return isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
 
 
 @dataclass

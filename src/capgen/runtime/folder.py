@@ -82,6 +82,9 @@ def check_folder(folder: str | Path, verify: bool = True) -> Path:
         path, entry = folder / name, files.get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise ExportError(f"{folder / MANIFEST}: lists no hash for {name}")
+        if type(entry.get("bytes")) is not int or entry["bytes"] < 0:
+            raise ExportError(f"{folder / MANIFEST}: the size of {name} ('bytes') must be an integer >= 0, got "
+                              f"{brief(entry.get('bytes'))}")
         if not path.is_file():
             raise ExportError(f"{path}: missing from the export; export again")
         if path.stat().st_size != entry.get("bytes"):
@@ -107,4 +110,38 @@ def field(d: Any, key: str, kind: type | tuple, path: Path) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise ExportError(f"{path}: field {key!r} must be {getattr(kind, '__name__', kind)}, got "
                           f"{type(value).__name__}")
+    return value
+
+
+def count_field(d: dict, key: str, path: Path, optional: bool = False, length: int | None = None) -> Any:
+    """d[key] as an integer >= 1 (None when optional and absent or null), or with `length` a list of
+    that many such integers (an encoder's grid)."""
+    value = d.get(key)
+    if optional and value is None:
+        return None
+    def count(v: Any) -> bool:
+        return type(v) is int and v >= 1
+
+    ok = (isinstance(value, list) and len(value) == length and all(map(count, value)) if length is not None
+          else count(value))
+    if not ok:
+        what = f"a list of {length} integers >= 1" if length is not None else "an integer >= 1"
+        raise ExportError(f"{path}: field {key!r} must be {what}{' or null' if optional else ''}, got "
+                          f"{brief(value)}")
+    return value
+
+
+def brief(value: Any) -> str:
+    """A value from a file, short enough for a one-line message."""
+    try:
+        return json.dumps(value)[:60]
+    except (TypeError, ValueError, RecursionError):
+        return type(value).__name__
+
+
+def names_field(d: dict, key: str, path: Path) -> list[str]:
+    """d[key] as a list of distinct names (the graphs' memory or state keys)."""
+    value = field(d, key, list, path)
+    if not all(isinstance(v, str) and v for v in value) or len(set(value)) != len(value):
+        raise ExportError(f"{path}: field {key!r} must be a list of distinct names, got {brief(value)}")
     return value

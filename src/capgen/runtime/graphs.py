@@ -26,13 +26,13 @@ class DecoderGraphs:
         # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
         self.init_inputs = [i.name for i in self.init_session.get_inputs()]
         self.step_inputs = {i.name for i in self.step_session.get_inputs()}
-        self._init_outputs = [o.name for o in self.init_session.get_outputs()]
+        self.init_outputs = [o.name for o in self.init_session.get_outputs()]
         self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
 
     def start(self, pooled: np.ndarray, grid: np.ndarray) -> tuple[Arrays, Arrays]:
         """Features (B, D), (B, N, D) -> the memory and the initial state, one row per image."""
         features = {"pooled": pooled, "grid": grid}
-        values = dict(zip(self._init_outputs, self.init_session.run(None, {k: features[k] for k in self.init_inputs})))
+        values = dict(zip(self.init_outputs, self.init_session.run(None, {k: features[k] for k in self.init_inputs})))
         return ({k: values[f"memory.{k}"] for k in self.memory_keys},
                 {k: values[f"state.{k}"] for k in self.state_keys})
 

@@ -67,13 +67,20 @@ class Runtime:
         self.folder = fmt.check_folder(folder, verify=verify)
         d = self.folder
         self.vocab = self._vocab(d / fmt.VOCAB)
-        info = fmt.read_json(d / fmt.MODEL, "the exported model description")
-        self.architecture = fmt.field(info, "architecture", str, d / fmt.MODEL)
-        self.memory_keys = fmt.field(info, "memory", list, d / fmt.MODEL)
-        self.state_keys = fmt.field(info, "state", list, d / fmt.MODEL)
-        self.max_len_limit = info.get("max_len_limit")
-        self.shared_memory = info.get("shared_memory") is True   # absent in older exports: one row per beam
-        encoder = fmt.field(info, "encoder", dict, d / fmt.MODEL)
+        info, path = fmt.read_json(d / fmt.MODEL, "the exported model description"), d / fmt.MODEL
+        self.architecture = fmt.field(info, "architecture", str, path)
+        self.memory_keys = fmt.names_field(info, "memory", path)
+        self.state_keys = fmt.names_field(info, "state", path)
+        self.max_len_limit = fmt.count_field(info, "max_len_limit", path, optional=True)
+        # absent in older exports: one row per beam
+        self.shared_memory = fmt.field(info, "shared_memory", bool, path) if "shared_memory" in info else False
+        encoder = fmt.field(info, "encoder", dict, path)
+        fmt.field(encoder, "name", str, path)
+        fmt.count_field(encoder, "dim", path)
+        fmt.count_field(encoder, "grid", path, optional=True, length=2)
+        if info.get("vocab_size", len(self.vocab)) != len(self.vocab):
+            raise ExportError(f"{path}: field 'vocab_size' must be the vocabulary's size ({len(self.vocab)}), got "
+                              f"{str(info['vocab_size'])[:40]}")
         try:
             self.preprocess = Preprocess.from_dict(encoder.get("preprocess"))
         except CapgenError as e:
@@ -160,6 +167,13 @@ class Runtime:
                               f"({encoder.get('name')}, input {expected['x']}, dim {encoder.get('dim')}, grid {grid})")
         if not set(self.graphs.init_inputs) <= {"pooled", "grid"}:
             raise ExportError(f"{d / fmt.INIT}: expected inputs pooled and grid, got {sorted(self.graphs.init_inputs)}")
+        # Every memory and state key model.json names must come out of the graphs (an extra one
+        # failed at the first photo with KeyError).
+        made = {f"memory.{k}" for k in self.memory_keys} | {f"state.{k}" for k in self.state_keys}
+        if set(self.graphs.init_outputs) != made:
+            raise ExportError(f"{d / fmt.INIT}: its outputs do not match the memory and state {fmt.MODEL} names")
+        if {o.name for o in step.get_outputs()} != {"logp"} | {f"new_state.{k}" for k in self.state_keys}:
+            raise ExportError(f"{d / fmt.STEP}: its outputs do not match the state {fmt.MODEL} names")
 
     # ---- the pipeline ------------------------------------------------------------------------------
     def decode_config(self, **options) -> DecodeConfig:

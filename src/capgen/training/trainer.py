@@ -20,8 +20,8 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, read_resume, restore_weights,
-                               save_checkpoint, training_payload)
+from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, nonfinite_tensor, read_resume,
+                               restore_weights, save_checkpoint, training_payload)
 from capgen.config import config_to_dict
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
@@ -39,6 +39,10 @@ from capgen.training.lock import run_folder_locked
 from capgen.training.validate import validate
 
 
+class TrainingDiverged(CapgenError):
+    """The weights stopped being finite (NaN or infinite loss or gradients): the run stops at that step."""
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -48,6 +52,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
+    already_finished: bool = False   # resumed a run that had ended: nothing was trained or written
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -172,6 +177,10 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         torch.set_rng_state(r["rng"])
         epoch, skip, history, best = r["epoch"], r["step_in_epoch"], r["history"], r["best"]
         partial = (r["partial_loss_sum"], r["partial_steps"])
+        if epoch >= tc.epochs or _patience_spent(epoch, best, tc.patience):
+            # Before any file is opened: resuming a finished run changes nothing (not even tb/).
+            return TrainResult(out, out / "best.pt", best["epoch"], best, history, 0.0,
+                               stopped_early=epoch < tc.epochs, already_finished=True)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
     train_feats = Features.load(cache, train_records, memory_mb=tc.feature_memory_mb)
@@ -218,6 +227,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
                 optim.step()
                 sched.step()
+                _check_diverged(model, out, epoch, i, len(batches), loss, tc.lr)
                 loss_sum, n_steps, n_caps = loss_sum + loss, n_steps + 1, n_caps + len(idx)
                 logs_sum, logs_n = {k: logs_sum.get(k, 0.0) + v for k, v in logs.items()}, logs_n + 1
                 rate = n_caps * dist.world_size / (time.perf_counter() - t0)
@@ -257,7 +267,7 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
                     best = {"epoch": epoch, **metrics}
                     save_checkpoint(out / "best.pt", model_payload(
                         model, vocab, enc, {"run_config": cfg.to_dict(), "epoch": epoch, "val": metrics}))
-                stop = bool(tc.patience) and epoch - best["epoch"] >= tc.patience
+                stop = _patience_spent(epoch, best, tc.patience)
                 save_last(epoch, 0)
                 write_json(out / "history.json", history)
                 _plot(history, out / "curves.png")
@@ -275,6 +285,23 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     history = dist.broadcast(history)
     best = dist.broadcast(best)
     return TrainResult(out, out / "best.pt", best["epoch"], best, history, time.perf_counter() - start, stopped_early)
+
+
+def _patience_spent(epoch: int, best: dict, patience: int) -> bool:
+    """Early stopping: `patience` epochs (0 = never) have passed without a better val CIDEr-D."""
+    return bool(patience) and epoch - best["epoch"] >= patience
+
+
+def _check_diverged(model, out: Path, epoch: int, i: int, n: int, loss: float, lr: float) -> None:
+    """Stop at the step whose update left a weight NaN or infinite, before anything saves or
+    validates it. The weights, not the loss, decide: DDP all-reduces the gradients, so every rank
+    holds the same weights and stops at the same step (a NaN loss on one rank reaches them all)."""
+    bad = nonfinite_tensor(model.named_parameters())
+    if bad is None:
+        return
+    raise TrainingDiverged(f"{out}: training diverged at epoch {epoch + 1}, step {i + 1} of {n} (loss {loss:.4g}; "
+                           f"weight {bad!r} is no longer finite): stopped there, the checkpoints from before it are "
+                           f"kept; lower lr (now {lr:g}) or raise warmup_steps")
 
 
 def _init_checkpoint(path: str, vocab):

@@ -12,10 +12,12 @@ import hashlib
 import json
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from capgen.errors import CapgenError
-from capgen.io import folder_lock, write_json
+from capgen.io import folder_lock, is_disk_full, write_json
 
 JOURNAL = "journal.log"
 STUDY_JSON = "study.json"
@@ -33,9 +35,11 @@ def open_storage(study_dir: Path, url: str | None):
         study_dir.mkdir(parents=True, exist_ok=True)
         journal = study_dir / JOURNAL
         _repair_journal(journal)
+        _check_journal(journal)
         backend = optuna.storages.journal.JournalFileBackend(
             str(journal), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(journal)))
-        return optuna.storages.JournalStorage(backend)
+        with replaying(journal):
+            return optuna.storages.JournalStorage(backend)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except ModuleNotFoundError as e:
@@ -57,6 +61,9 @@ def _masked(url: str) -> str:
 
 def _repair_journal(path: Path) -> None:
     """Drop a half-written last line (a worker killed mid-append); Optuna refuses to read past one."""
+    if path.exists() and not path.is_file():
+        raise StudyError(f"{path}: the study journal must be a file, not a folder or device; move it away or "
+                         f"choose another --study")
     if not path.is_file() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
@@ -69,6 +76,49 @@ def _repair_journal(path: Path) -> None:
         if data.endswith(b"\n"):
             return
         f.truncate(data.rfind(b"\n") + 1)
+
+
+def _damaged(path: Path, what: str) -> StudyError:
+    return StudyError(f"{path}: damaged study journal ({what}); restore it from a copy, or start a new study "
+                      f"with another --study")
+
+
+def _check_journal(path: Path) -> None:
+    """Every line one JSON record with a known op_code, before Optuna replays the file: it fails on
+    damage with JSONDecodeError, UnicodeDecodeError, KeyError or "AssertionError: Should not reach."."""
+    from optuna.storages.journal._storage import JournalOperation  # the op codes Optuna replays
+
+    if not path.is_file():
+        return
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise StudyError(f"{path}: cannot read the study journal ({e.strerror or e})") from None
+    ops = {op.value for op in JournalOperation}
+    for n, line in enumerate(data.split(b"\n")[:-1], start=1):  # the last piece is "" (repaired above)
+        try:
+            record = json.loads(line)  # bytes: not UTF-8 is a ValueError too
+        except (ValueError, RecursionError):
+            raise _damaged(path, f"line {n} is not a JSON record") from None
+        op = record.get("op_code") if isinstance(record, dict) else None
+        if type(op) is not int or op not in ops:
+            raise _damaged(path, f"line {n} has no known op_code") from None
+
+
+@contextmanager
+def replaying(path: Path) -> Iterator[None]:
+    """Optuna reading the journal (it replays the file on every access): records that parse but do
+    not fit together (a bit flip in a key or an id) fail inside it with any type; name the file."""
+    try:
+        yield
+    except CapgenError:
+        raise
+    except OSError as e:
+        if is_disk_full(e):
+            raise
+        raise StudyError(f"{path}: cannot read the study journal ({e.strerror or e})") from None
+    except Exception as e:
+        raise _damaged(path, f"Optuna cannot replay it: {type(e).__name__}: {str(e)[:120]}") from None
 
 
 def fingerprint(data, cache, space, base) -> dict:

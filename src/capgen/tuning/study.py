@@ -8,6 +8,8 @@ on; a trial whose worker was killed is marked FAIL and its point queued again, r
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +19,8 @@ from typing import Callable
 from capgen.io import folder_lock, read_json, read_yaml
 from capgen.training import RunConfig, train
 from capgen.tuning.space import Space, base_point, trial_config
-from capgen.tuning.storage import HOST, StudyError, check_fingerprint, fail_dead_trials, fingerprint, open_storage, worker_id
+from capgen.tuning.storage import (HOST, JOURNAL, StudyError, check_fingerprint, fail_dead_trials, fingerprint,
+                                   open_storage, replaying, worker_id)
 
 PRUNERS = ("median", "hyperband", "none")
 
@@ -41,19 +44,35 @@ def open_study(study_dir: Path, space: Space, base: RunConfig, data, cache, opts
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     point = base_point(space, base) if opts.baseline else None  # checked before the study is touched
+    trials = study_dir / "trials"
+    if trials.exists() and not trials.is_dir():
+        raise StudyError(f"{trials}: must be the study's folder of trial runs, not a file; move it away or "
+                         f"choose another --study")
     storage = open_storage(study_dir, opts.storage)
-    # constant_liar: parallel workers do not all sample next to the same running trial
-    sampler = optuna.samplers.TPESampler(seed=opts.seed + opts.worker_index, constant_liar=True,
-                                         n_startup_trials=opts.startup_trials)
-    try:  # load first: creating appends to the journal even when the study exists
-        study = optuna.load_study(study_name=opts.study_name, storage=storage, sampler=sampler, pruner=_pruner(opts))
-    except KeyError:
-        study = optuna.create_study(storage=storage, study_name=opts.study_name, direction="maximize",
-                                    sampler=sampler, pruner=_pruner(opts), load_if_exists=True)
+    with replaying(study_dir / JOURNAL) if opts.storage is None else contextlib.nullcontext():
+        # Load an existing study: creating appends to the journal even when the study exists.
+        if opts.study_name in {s.study_name for s in storage.get_all_studies()}:
+            study = optuna.load_study(study_name=opts.study_name, storage=storage, pruner=_pruner(opts))
+        else:
+            study = optuna.create_study(storage=storage, study_name=opts.study_name, direction="maximize",
+                                        pruner=_pruner(opts), load_if_exists=True)
+        study.sampler = _sampler(opts, len(study.get_trials(deepcopy=False)))
     check_fingerprint(study, study_dir, fingerprint(data, cache, space, base))
     if opts.baseline and not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
         study.enqueue_trial(point, user_attrs={"baseline": True})
     return study
+
+
+def _sampler(opts: TuneOptions, done: int):
+    """TPE seeded by (--seed, worker, trials already in the study): reproducible for a fresh study,
+    yet a continued one (a rerun, a restart after a kill) draws new points; one seeded alike replayed
+    its first draws, so trial 1 of a study run as --trials 1 then --trials 2 repeated trial 0."""
+    import numpy as np
+    import optuna
+
+    seed = int(np.random.SeedSequence([opts.seed, opts.worker_index, done]).generate_state(1)[0])
+    # constant_liar: parallel workers do not all sample next to the same running trial
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=opts.startup_trials)
 
 
 def _pruner(opts: TuneOptions):
