@@ -9,7 +9,6 @@ on; a trial whose worker was killed is marked FAIL and its point queued again, r
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass
