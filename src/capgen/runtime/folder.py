@@ -19,6 +19,7 @@ export is refused even when the manifest was rewritten to match it.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
