@@ -298,7 +298,7 @@ def _as_folder(path):
 @pytest.mark.parametrize("damage, words", [
     (lambda j: j.open("ab").write(b"garbage\n"), ["line 3 is not a JSON record"]),
     (lambda j: j.open("ab").write(b'{"op_code": 99}\n'), ["line 3 has no known op_code"]),
-    (lambda j: j.open("ab").write(b'{"op_code": 8, "key": "\xff"}\n'), ["line 3 is not a JSON record"]),
+    (lambda j: j.open("ab").write(b'{"op_code": 8, "key": "\xff"}\n'), ["journal.log", "not UTF-8"]),
     (lambda j: j.open("ab").write(b"[" * 100_000 + b"\n"), ["line 3 is not a JSON record"]),
     (lambda j: j.open("ab").write(b"\n"), ["line 3 is not a JSON record"]),
     (_flip_a_key, ["Optuna cannot replay it"]),
@@ -313,7 +313,7 @@ def test_damaged_journal_is_one_named_error(damage, words, prepared, features, t
 
     _study(prepared, features, tmp_path)  # the study: two journal lines
     damage(tmp_path / "study" / JOURNAL)
-    with pytest.raises(StudyError, match="damaged study journal|must be|not a file") as e:
+    with pytest.raises(StudyError, match="damaged study journal|must be|not a file|not UTF-8 text") as e:
         _study(prepared, features, tmp_path)
     assert all(w in str(e.value) for w in words), e.value
     from conftest import one_line_error
