@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from capgen.tags.words import phrases_in
+
 PERSON = frozenset("man men woman women person people boy boys girl girls child children kid kids guy guys lady "
                    "ladies player players crowd group baby toddler".split())
 DOG = frozenset("dog dogs puppy puppies".split())
@@ -81,17 +83,7 @@ LONGEST = max(len(f) for f in FORMS)
 
 def objects_named(tokens: Sequence[str]) -> set[str]:
     """The object categories a tokenised caption names (longest phrase first at each position)."""
-    found, i = set(), 0
-    while i < len(tokens):
-        for n in range(min(LONGEST, len(tokens) - i), 0, -1):
-            cat = FORMS.get(tuple(tokens[i : i + n]))
-            if cat is not None:
-                found.add(cat)
-                i += n
-                break
-        else:
-            i += 1
-    return found
+    return phrases_in(tokens, FORMS, LONGEST)
 
 
 def _words(text: str) -> list[str]:

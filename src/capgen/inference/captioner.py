@@ -19,6 +19,7 @@ from capgen.errors import CapgenError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.inference.result import CaptionResult
 from capgen.tags import DEFAULT_THRESHOLD, Guidance, GuideConfig, Tag, TagConfig
+from capgen.tags.corpus_captions import CorpusCaptions
 
 # Where the model shipped with the package lives (package data; may be absent in an install).
 BUNDLED_MODEL = "assets/captioner.pt"
@@ -68,7 +69,7 @@ class Captioner:
         self.tagger = tagger
         self.tags_error = None if tagger is not None else (tags_error or "tags unavailable: no tagger given")
         self._guide = None   # built on first use: it reads GloVe vectors for the words the model lacks
-        self._corpus = False  # the caption index, loaded on first use (None: there is none)
+        self.corpus = CorpusCaptions(tagger)
         self.fast_decoder = fast_decoder if self.precision == "fp32" else None   # bf16 is a torch autocast
 
     @classmethod
@@ -191,18 +192,6 @@ class Captioner:
         plans = self._guide_for_vocab()
         return [plans.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
 
-    def corpus_captions(self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()) -> list:
-        """Per image, a caption from caption text for an object the decoder barely knows, or None
-        (capgen.tags.corpus_captions; off without a tagger, for sampling, or with guide None)."""
-        from capgen.tags.corpus_captions import CaptionIndex, corpus_picks
-
-        guide = GuideConfig.of(guide)
-        if self.tagger is None or config.method == "sample" or guide is None or not guide.corpus:
-            return [None] * len(pooled)
-        if self._corpus is False:
-            self._corpus = CaptionIndex.load(words=self.tagger.words)
-        return corpus_picks(self._corpus, self.tagger.word_probs(pooled), guide)
-
     def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided
         caption's stand-in word is written as its tag word."""
@@ -309,10 +298,7 @@ class Captioner:
         guidance = self.guidance(pooled, config, guide)
         hyps = self.forward(pooled, grid, config, guidance)
         results = [self.postprocess(h, img, g) for h, img, g in zip(hyps, images, guidance)]
-        for res, pick in zip(results, self.corpus_captions(pooled, config, guide)):
-            if pick is not None:
-                res.alternatives = [(res.caption, res.score), *res.alternatives][: max(config.n_best - 1, 1)]
-                res.caption, res.tokens, res.attention, res.from_corpus = pick.caption, pick.caption.split(), None, pick
+        self.corpus.apply(results, pooled, config, guide)
         if tags is not None and self.tagger is not None:
             for res, image_tags in zip(results, self.tagger(pooled, tags)):
                 res.tags = image_tags

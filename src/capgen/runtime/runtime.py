@@ -24,7 +24,7 @@ from capgen.ort import open_session
 from capgen.runtime.graphs import DecoderGraphs
 from capgen.decoding.consensus import rerank, search_config
 from capgen.runtime.search import beam_search, greedy_search, hypotheses
-from capgen.tags.corpus_captions import CaptionIndex, Retrieved, corpus_picks
+from capgen.tags.corpus_captions import CorpusCaptions, Retrieved
 from capgen.tags.guide import Guidance, Guide, GuideConfig
 from capgen.tags.head import LinearHead
 from capgen.tags.tagger import TagConfig, Tagger
@@ -93,7 +93,7 @@ class Runtime:
         self.graphs = DecoderGraphs(d / fmt.INIT, d / fmt.STEP, self.memory_keys, self.state_keys, decoder_threads)
         self._check_graphs(encoder)
         self.tagger, self.guide = self._tags(encoder.get("dim")) if fmt.has_tags(d) else (None, None)
-        self._corpus: CaptionIndex | None = None   # the caption index, read on first use
+        self.corpus = CorpusCaptions(self.tagger)
 
     # ---- loading, with checks that name the file ---------------------------------------------------
     @staticmethod
@@ -252,21 +252,9 @@ class Runtime:
             pooled, grid = self.encode(items[i:i + batch_size])
             guidance = self.guidance(pooled, config, guide)
             batch = [self._result(h, g) for h, g in zip(self.decode(pooled, grid, config, guidance), guidance)]
-            for res, pick in zip(batch, self.corpus_captions(pooled, config, guide)):
-                if pick is not None:   # as the Captioner does (capgen.tags.corpus_captions)
-                    res.alternatives = [(res.caption, res.score), *(res.alternatives or [])][: max(config.n_best - 1, 1)]
-                    res.caption, res.tokens, res.from_corpus = pick.caption, pick.caption.split(), pick
+            self.corpus.apply(batch, pooled, config, guide)
             results.extend(batch)
         return results[0] if single else results
-
-    def corpus_captions(self, pooled: np.ndarray, config: DecodeConfig,
-                        guide: GuideConfig | float | None = GuideConfig()) -> list[Retrieved | None]:
-        guide = GuideConfig.of(guide)
-        if self.tagger is None or config.method == "sample" or guide is None or not guide.corpus:
-            return [None] * len(pooled)
-        if self._corpus is None:
-            self._corpus = CaptionIndex.load(words=self.tagger.words)
-        return corpus_picks(self._corpus, self.tagger.word_probs(pooled), guide)
 
     def _result(self, hyps: list[Hypothesis], guided: Guidance | None) -> Caption:
         if not hyps:

@@ -91,9 +91,31 @@ class CaptionIndex:
         return Retrieved(caps[best], top, p)
 
 
-def corpus_picks(index: "CaptionIndex | None", word_probs, guide) -> list[Retrieved | None]:
-    """Per image (rows of word_probs), the index caption to use, or None; all None when the guide
-    is off or does not ask for corpus captions."""
-    if index is None or guide is None or not guide.corpus:
-        return [None] * len(word_probs)
-    return [index.choose(row) for row in word_probs]
+class CorpusCaptions:
+    """The captioners' use of the index (the Captioner's and the torch-free runtime's alike): which
+    images get a corpus caption, and putting it into their results."""
+
+    def __init__(self, tagger):
+        self.tagger, self._index = tagger, None   # the index is read on first use
+
+    def picks(self, pooled, config, guide) -> list[Retrieved | None]:
+        """Per image, the caption to take, or None; all None without a tagger, for sampling, or when
+        the guide (a GuideConfig, a probability or None) is off or does not ask for it."""
+        from capgen.tags.guide import GuideConfig
+
+        guide = GuideConfig.of(guide)
+        if self.tagger is None or config.method == "sample" or guide is None or not guide.corpus:
+            return [None] * len(pooled)
+        if self._index is None:
+            self._index = CaptionIndex.load(words=self.tagger.words)
+        return [self._index.choose(row) for row in self.tagger.word_probs(pooled)]
+
+    def apply(self, results: list, pooled, config, guide) -> None:
+        """Replace the chosen results' captions in place; the decoder's own caption leads the alternatives."""
+        for res, pick in zip(results, self.picks(pooled, config, guide)):
+            if pick is None:
+                continue
+            res.alternatives = [(res.caption, res.score), *(res.alternatives or [])][: max(config.n_best - 1, 1)]
+            res.caption, res.tokens, res.from_corpus = pick.caption, pick.caption.split(), pick
+            if hasattr(res, "attention"):
+                res.attention = None   # the decoder attended for its own words, not these

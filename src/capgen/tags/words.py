@@ -104,19 +104,22 @@ def mention_index(words: list[str]) -> dict[tuple[str, ...], int]:
     return out
 
 
-def mentions(captions, index: dict[tuple[str, ...], int], longest: int) -> list[int]:
-    """Sorted tag word indices mentioned by any caption (token tuples) of one photo. The longest
+def phrases_in(tokens, table: dict, longest: int) -> set:
+    """The values of `table` (token tuple -> value) whose phrases occur in `tokens`; the longest
     phrase wins at each position: "teddy bear" names no bear, "hot dog" no dog."""
-    found = set()
-    for tokens in captions:
-        i = 0
-        while i < len(tokens):
-            for n in range(min(longest, len(tokens) - i), 0, -1):
-                j = index.get(tuple(tokens[i : i + n]))
-                if j is not None:
-                    found.add(j)
-                    i += n
-                    break
-            else:
-                i += 1
-    return sorted(found)
+    found, i = set(), 0
+    while i < len(tokens):
+        for n in range(min(longest, len(tokens) - i), 0, -1):
+            value = table.get(tuple(tokens[i : i + n]))
+            if value is not None:
+                found.add(value)
+                i += n
+                break
+        else:
+            i += 1
+    return found
+
+
+def mentions(captions, index: dict[tuple[str, ...], int], longest: int) -> list[int]:
+    """Sorted tag word indices mentioned by any caption (token tuples) of one photo (phrases_in)."""
+    return sorted(set().union(*(phrases_in(tokens, index, longest) for tokens in captions)))
