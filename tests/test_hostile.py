@@ -251,7 +251,21 @@ BAD_INPUTS = {
     "cache grid.npy header replaced": (lambda c: ["train", "--data", c.prepared, "--features",
                                                   _copy_with(c.feats, c.tmp / "f8", "grid.npy", _garbled_npy(c)),
                                                   "--out", c.tmp / "run"], ["grid.npy", "unreadable"]),
+    "cache meta.json images reordered": (lambda c: ["train", "--data", c.prepared, "--features", _reordered_meta(c),
+                                                    "--out", c.tmp / "run"], ["meta.json", "reordered"]),
 }
+
+
+def _reordered_meta(ctx) -> Path:
+    import json
+    import shutil
+
+    root = ctx.tmp / "f-reordered"
+    shutil.copytree(ctx.feats, root)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["images"] = meta["images"][::-1]
+    (root / "meta.json").write_text(json.dumps(meta))
+    return root
 
 
 def _garbled_npy(ctx) -> bytes:

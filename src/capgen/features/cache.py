@@ -75,6 +75,14 @@ def unwritten_rows(pooled: np.ndarray, rows, chunk: int = 4096) -> list[int]:
     return bad
 
 
+def images_hash(images: list[str]) -> str:
+    """Binds the order of meta.json's `images` (row i holds image i): a reordered list would
+    silently give every image another image's features."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(images).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def check_meta(meta: dict, where: Path) -> None:
     """The fields the cache relies on, with their types; a hand-edited meta.json fails here, by name."""
     enc = meta.get("encoder")
@@ -115,6 +123,9 @@ class FeatureCache:
         if meta.get("capgen_features") != FORMAT_VERSION or not meta.get("complete"):
             raise FeatureCacheError(f"{root / META}: not a complete capgen feature cache of version {FORMAT_VERSION}")
         check_meta(meta, root / META)
+        if "images_sha256" in meta and meta["images_sha256"] != images_hash(meta["images"]):  # older caches lack it
+            raise FeatureCacheError(f"{root / META}: the 'images' list was changed or reordered after extraction "
+                                    f"(its checksum differs), so rows would go to the wrong images; extract again")
         pooled = load_array(root / "pooled.npy", "r", "extract again")
         grid = load_array(root / "grid.npy", "r", "extract again")
         n, enc = len(meta["images"]), meta["encoder"]

@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import (FORMAT_VERSION, JOB, LOCK, META, cache_kind, kind_text, load_array, read_json,
-                                    unwritten_rows)
+from capgen.features.cache import (FORMAT_VERSION, JOB, LOCK, META, cache_kind, images_hash, kind_text, load_array,
+                                    read_json, unwritten_rows)
 from capgen.images import load_image
 from capgen.io import cache_root, folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
@@ -274,7 +274,8 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
         if blank:  # counted as done but never written: refuse to seal (check() would refuse it too)
             raise FeatureCacheError(f"{out}: {len(blank)} rows counted as extracted were never written (e.g. "
                                     f"{names[blank[0]]}); extract again with --overwrite")
-        meta = {**job, "failed": failed, "complete": True, "backend": runner.backend,
+        meta = {**job, "images_sha256": images_hash(names), "failed": failed, "complete": True,
+                "backend": runner.backend,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json(out / META, meta)  # the cache is valid from here on
         for p in out.glob("progress-*.json"):
