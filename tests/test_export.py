@@ -278,3 +278,17 @@ def test_manifest_sizes_must_be_integers(exports, photos, tmp_path, capsys):
     manifest["files"][fmt.VOCAB]["bytes"] = str(manifest["files"][fmt.VOCAB]["bytes"])
     (folder / fmt.MANIFEST).write_text(json.dumps(manifest))
     _runtime_error(capsys, folder, photos[0], "manifest.json", "vocab.json", "'bytes'", "integer")
+
+
+def test_symlinks_and_unlisted_files_in_an_export_are_refused(exports, photos, tmp_path, capsys):
+    """A file linked to a copy outside the folder passed (whatever the copy later holds), and a file
+    the manifest does not list (an ONNX external-data file, say) was never hash-checked."""
+    linked = _copy(exports["show_tell"], tmp_path / "linked")
+    outside = _copy(exports["show_tell"], tmp_path / "outside")
+    (linked / fmt.VOCAB).unlink()
+    (linked / fmt.VOCAB).symlink_to(outside / fmt.VOCAB)
+    _runtime_error(capsys, linked, photos[0], "vocab.json", "symbolic link")
+
+    extra = _copy(exports["show_tell"], tmp_path / "extra")
+    (extra / "weights.bin").write_bytes(b"\0" * 64)
+    _runtime_error(capsys, extra, photos[0], "weights.bin", "not part of the export")

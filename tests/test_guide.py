@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -296,3 +297,58 @@ def test_the_runtime_tags_and_guides_like_the_captioner(tiny_run, square_words, 
     write_json(bad / fmt.MANIFEST, manifest)
     with pytest.raises(ExportError, match="not all of"):
         Runtime(bad)
+
+
+def _npy(shape, data: bytes = b"") -> bytes:
+    """An .npy member declaring float32 `shape`, followed by `data` (a header may promise anything)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+@pytest.fixture(scope="module")
+def tagged_export(tiny_run, square_words, tmp_path_factory):
+    from capgen.export import export_captioner
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "dog" has no stand-in in the synthetic vocabulary
+        captioner = Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"], backend="onnx",
+                                              encoder="capgen_tiny_headed_encoder:build_headed",
+                                              tag_words=square_words)
+    out = tmp_path_factory.mktemp("tagged") / "exported"
+    export_captioner(captioner, out)
+    return out
+
+
+def _rehashed_copy(src, dst, edit):
+    import shutil
+
+    from capgen.io import write_json
+    from capgen.runtime import folder as fmt
+
+    shutil.copytree(src, dst)
+    edit(dst)
+    write_json(dst / fmt.MANIFEST, fmt.manifest_for(dst))
+    return dst
+
+
+def test_a_head_archive_declaring_huge_arrays_is_refused_before_reading(tagged_export, tmp_path, monkeypatch):
+    """A 5 MB tag_head.npz declaring (1000, 1280000) used 5.1 GB and 12 s before it was refused."""
+    import zipfile
+
+    from capgen.errors import ExportError
+    from capgen.runtime import Runtime
+    from capgen.runtime import folder as fmt
+
+    def bomb(folder):
+        with zipfile.ZipFile(folder / fmt.TAG_HEAD, "w") as z:
+            z.writestr("weight.npy", _npy((1000, 1280000), b"\0" * 64))
+            z.writestr("bias.npy", _npy((1000,), b"\0" * 4000))
+
+    folder = _rehashed_copy(tagged_export, tmp_path / "bomb", bomb)
+    monkeypatch.setattr(np.lib.format, "read_array", lambda *a, **kw: pytest.fail("read the data"))
+    with pytest.raises(ExportError, match=r"tag_head.npz: weight must be float32 \(\d+, \d+\), the file declares "
+                                          r"float32 \(1000, 1280000\)"):
+        Runtime(folder)

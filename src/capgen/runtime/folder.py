@@ -86,6 +86,9 @@ def check_folder(folder: str | Path, verify: bool = True) -> Path:
         if type(entry.get("bytes")) is not int or entry["bytes"] < 0:
             raise ExportError(f"{folder / MANIFEST}: the size of {name} ('bytes') must be an integer >= 0, got "
                               f"{brief(entry.get('bytes'))}")
+        if path.is_symlink():  # it may point at a copy outside, that nobody checks stays as hashed
+            raise ExportError(f"{path}: a symbolic link; an export folder holds its own files (copy the file "
+                              f"in, or export again)")
         if not path.is_file():
             raise ExportError(f"{path}: missing from the export; export again")
         if path.stat().st_size != entry.get("bytes"):
@@ -94,7 +97,49 @@ def check_folder(folder: str | Path, verify: bool = True) -> Path:
         if verify and sha256_file(path) != entry["sha256"]:
             raise ExportError(f"{path}: content differs from the manifest's sha256 (corrupted or changed "
                               "after export); export again")
+    # Nothing unhashed may sit beside them: ONNX Runtime would read an external-data file a graph
+    # names from this folder, unchecked.
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in {MANIFEST, *FILES, *tagged})
+    if extra:
+        raise ExportError(f"{folder / extra[0]}: not part of the export (its manifest does not list it); an export "
+                          f"folder holds only what `capgen export` wrote: remove it, or export again")
     return folder
+
+
+def read_npz(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -> dict:
+    """The arrays of an .npz archive, each of the given (shape, dtype), checked from the .npy
+    headers before any data is read: a small compressed file may declare gigabytes."""
+    import zipfile
+
+    import numpy as np
+
+    def bad(what: str) -> ExportError:
+        return ExportError(f"{path}: {what}; export again")
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {f"{name}.npy" for name in arrays}
+            if set(z.namelist()) != members:
+                raise bad(f"expected the arrays {', '.join(sorted(arrays))}, got {brief(sorted(z.namelist()))}")
+            out = {}
+            for name, (shape, dtype) in arrays.items():
+                with z.open(f"{name}.npy") as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):  # what np.savez writes
+                        raise bad(f"{name}: .npy format version {version} is not one numpy.savez writes")
+                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0)
+                    got_shape, _, got_dtype = read_header(f)
+                    if tuple(got_shape) != tuple(shape) or got_dtype != np.dtype(dtype) or got_dtype.hasobject:
+                        raise bad(f"{name} must be {dtype} {tuple(shape)}, the file declares {got_dtype} "
+                                  f"{tuple(got_shape)}")
+                with z.open(f"{name}.npy") as f:
+                    out[name] = np.lib.format.read_array(f, allow_pickle=False)
+            return out
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001  zipfile and numpy raise many types for a damaged archive
+        raise bad(f"not a readable array archive ({type(e).__name__})") from None
 
 
 def read_json(path: Path, what: str) -> Any:

@@ -118,20 +118,15 @@ class Runtime:
 
     def _tags(self, dim) -> tuple[Tagger, Guide]:
         d = self.folder
-        try:
-            with np.load(d / fmt.TAG_HEAD, allow_pickle=False) as z:
-                weight, bias = z["weight"], z["bias"]
-        except Exception as e:  # noqa: BLE001  any unreadable archive is a bad file
-            raise ExportError(f"{d / fmt.TAG_HEAD}: cannot read the classifier head ({type(e).__name__})") from None
         info = fmt.read_json(d / fmt.TAG_WORDS, "the tag words")
         labels = fmt.field(info, "labels", str, d / fmt.TAG_WORDS)
         class_words = fmt.field(info, "class_words", list, d / fmt.TAG_WORDS)
         if not all(isinstance(w, str) for w in class_words):
             raise ExportError(f"{d / fmt.TAG_WORDS}: field 'class_words' must be a list of words")
         C = len(class_words)
-        if weight.dtype != np.float32 or weight.shape != (C, dim) or bias.dtype != np.float32 or bias.shape != (C,):
-            raise ExportError(f"{d / fmt.TAG_HEAD}: expected float32 weight ({C}, {dim}) and bias ({C},), got "
-                              f"{weight.dtype} {weight.shape} and {bias.dtype} {bias.shape}")
+        # The words first: they give the shapes the head's archive must declare before it is read.
+        head = fmt.read_npz(d / fmt.TAG_HEAD, {"weight": ((C, dim), "float32"), "bias": ((C,), "float32")})
+        weight, bias = head["weight"], head["bias"]
         words = WordMap(tuple(class_words), tuple(dict.fromkeys(w for w in class_words if w)), str(d / fmt.TAG_WORDS))
         try:
             guide = Guide.from_dict(fmt.read_json(d / fmt.GUIDE, "the guidance plans"), len(self.vocab), str(d / fmt.GUIDE))
