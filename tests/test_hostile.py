@@ -376,3 +376,20 @@ def test_resume_refuses_a_nan_optimizer_state(tiny_run, tmp_path, capsys):
     save_checkpoint(run / "last.pt", payload)
     one_line_error(capsys, ["train", "--data", tiny_run.prepared.root, "--features", tiny_run.root / "feats",
                             "--out", run, "--resume"], "last.pt", "optimizer state", "NaN or infinite")
+
+
+def test_a_bit_flip_in_the_weights_is_refused_by_the_stored_hash(tiny_run, tmp_path):
+    """Issue 20 #15: a flipped bit in tensor data loaded and trained silently."""
+    from conftest import forged_checkpoint
+
+    from capgen.checkpoint import CheckpointError, load_checkpoint
+
+    def flip(payload):
+        name = next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.numel())
+        payload["state_dict"][name].view(torch.int32).view(-1)[0] ^= 1 << 3   # a finite value, changed
+
+    assert "weights_sha256" in read_payload(tiny_run.checkpoints["show_tell"])
+    with pytest.raises(CheckpointError, match="do not match the hash"):
+        load_checkpoint(forged_checkpoint(tiny_run, tmp_path, flip))
+    old = forged_checkpoint(tiny_run, tmp_path, lambda p: p.pop("weights_sha256"))   # written before hashes
+    assert load_checkpoint(old).model is not None

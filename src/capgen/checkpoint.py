@@ -10,6 +10,8 @@ feature cache of that kind. The Captioner loads the blocks into the full encoder
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,6 +52,17 @@ def _plain_state(module, half: bool) -> dict:
             for k, v in module.state_dict().items()}
 
 
+def weights_sha256(payload: dict) -> str:
+    """A hash of every stored weight (names, dtypes, shapes and bytes), decoder and encoder blocks."""
+    h = hashlib.sha256()
+    for part in (payload.get("state_dict") or {}, (payload.get("encoder_top") or {}).get("state_dict") or {}):
+        for name in sorted(part):
+            t = part[name]
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def model_payload(model, vocab: Vocabulary, encoder: dict, meta: dict | None = None, half: bool = False) -> dict:
     from capgen.models import config_to_dict
     from capgen.models.finetuned import FinetunedModel, decoder_of
@@ -62,6 +75,7 @@ def model_payload(model, vocab: Vocabulary, encoder: dict, meta: dict | None = N
                "state_dict": _plain_state(decoder, half)}
     if isinstance(model, FinetunedModel):
         payload["encoder_top"] = {"split_at": model.split_at, "state_dict": _plain_state(model.top, half)}
+    payload["weights_sha256"] = weights_sha256(payload)   # a bit flip in the weights is refused on load
     return payload
 
 
@@ -118,6 +132,10 @@ def read_payload(path: str | Path) -> dict:
     _check_types(payload, path)
     _check_finite(payload.get("state_dict", {}), path, "weight")
     _check_finite((payload.get("encoder_top") or {}).get("state_dict", {}), path, "encoder weight")
+    stored = payload.get("weights_sha256")   # absent in checkpoints written before it: they load as ever
+    if stored is not None and stored != weights_sha256(payload):
+        raise CheckpointError(f"{path}: its weights do not match the hash stored with them (the file is damaged); "
+                              "use another copy or train again")
     return payload
 
 
