@@ -312,3 +312,19 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
     return Path(os.environ.get("CAPGEN_CACHE") or Path.home() / ".cache" / "capgen")
+
+
+def remove_leftovers(paths, pattern) -> int:
+    """Delete the files matching `pattern` (a compiled regex on names) in the folders of `paths`, each
+    folder read once: temporaries a killed run left beside its outputs. Returns how many went."""
+    removed = 0
+    for folder in {Path(p).parent for p in paths}:
+        try:
+            names = os.listdir(folder)
+        except OSError:   # not created yet, or unreadable: nothing of ours there
+            continue
+        for name in names:
+            if pattern.match(name):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed

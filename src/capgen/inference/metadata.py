@@ -34,6 +34,7 @@ from typing import Iterable
 
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import expand_paths
+from capgen.io import remove_leftovers
 
 EXIFTOOL = "exiftool"
 XMP, IPTC, EXIF = "XMP-dc:Description", "IPTC:Caption-Abstract", "IFD0:ImageDescription"
@@ -151,17 +152,7 @@ def _unwritable(photo: Path, tags: dict) -> str | None:
 
 def remove_temporaries(photos: Iterable[Path]) -> int:
     """Delete temporaries a killed run left beside the photos (each folder read once)."""
-    removed = 0
-    for folder in {Path(p).parent for p in photos}:
-        try:
-            names = os.listdir(folder)
-        except OSError:
-            continue
-        for name in names:
-            if _TEMPORARY.match(name):
-                Path(folder, name).unlink(missing_ok=True)
-                removed += 1
-    return removed
+    return remove_leftovers(photos, _TEMPORARY)
 
 
 def write_description(photo: Path, caption: str, exiftool: str | None = None) -> None:

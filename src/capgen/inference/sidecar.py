@@ -26,7 +26,7 @@ from typing import Iterable
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import expand_paths
 from capgen.inference.result import CaptionResult
-from capgen.io import atomic_path
+from capgen.io import atomic_path, remove_leftovers
 
 KINDS = ("txt", "caption", "json")
 EXISTING = ("skip", "overwrite", "append", "prepend")
@@ -114,17 +114,7 @@ def plan(inputs: Iterable[str], settings: SidecarSettings) -> Planned:
 
 def remove_temporaries(targets: Iterable[Path]) -> int:
     """Delete sidecar temporaries a killed run left in the folders of `targets` (each folder once)."""
-    removed = 0
-    for folder in {t.parent for t in targets}:
-        try:
-            names = os.listdir(folder)
-        except OSError:   # not created yet
-            continue
-        for name in names:
-            if _TEMPORARY.match(name):
-                Path(folder, name).unlink(missing_ok=True)
-                removed += 1
-    return removed
+    return remove_leftovers(targets, _TEMPORARY)
 
 
 def compose(res: CaptionResult, settings: SidecarSettings) -> str:
