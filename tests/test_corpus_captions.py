@@ -58,4 +58,83 @@ def test_apply_replaces_only_chosen_results_and_keeps_the_decoders_caption(tmp_p
 
 def test_the_bundled_index_loads_with_the_bundled_words():
     index = CaptionIndex.load()
-    assert "zebra" in index.captions and "dog" not in index.captions
+    assert "zebra" in index.rare and "dog" not in index.rare and index.person is not None
+
+
+def _vetting_index(tmp_path, head_hash):
+    from capgen.tags.vetting import PersonHead
+
+    person = PersonHead(np.array([1.0, 0, 0, 0], np.float32), 0.0, head_hash).to_dict()  # P(person) = sigmoid(x0)
+    path = tmp_path / "index.json"
+    path.write_text(json.dumps({
+        "format": FORMAT, "rare_below": 20, "paired_mentions": {"zebra": 0, "tree": 500},
+        "captions": {"zebra": ["a zebra in a field"], "tree": ["a man under a tree", "a tree in a park"]},
+        "person_head": person}))
+    return CaptionIndex.load(path, WORDS)
+
+
+def test_vetting_replaces_people_and_dogs_the_photo_does_not_support(tmp_path):
+    from capgen.tags.vetting import DOG_BELOW, PERSON_BELOW, head_sha256
+
+    head = SimpleNamespace(weight=np.ones((4, 4), np.float32), bias=np.zeros(4, np.float32))
+    index = _vetting_index(tmp_path, head_sha256(head))
+    tree = np.array([0.0, 0.0, 0.5, 0.0])
+    assert index.choose(tree) is None                      # "tree" is a word the decoder knows
+    low, high = PERSON_BELOW / 2, 0.99
+    pick = index.vet({"a", "man", "on", "a", "bench"}, tree, low)
+    assert pick.caption == "a tree in a park" and pick.replaced == ("person",)   # no person in the stand-in
+    assert index.vet({"a", "man", "on", "a", "bench"}, tree, high) is None          # the head sees a person
+    assert index.vet({"a", "man"}, tree, None) is None                              # no head for this encoder
+    dog = index.vet({"a", "dog", "runs"}, tree, high)
+    assert dog.replaced == ("dog",) and dog.caption == "a man under a tree"         # people are fine here
+    with_dog = tree.copy()
+    with_dog[3] = DOG_BELOW * 4
+    assert index.vet({"a", "dog", "runs"}, with_dog, high) is None                   # the tagger sees a dog
+    assert index.vet({"a", "man"}, np.array([0.0, 0.0, 0.01, 0.0]), low) is None     # nothing confident to say
+    # the person head applies only to the encoder it was trained on
+    pooled = np.array([[-5.0, 0, 0, 0]])
+    assert index.person_probs(pooled, head)[0] < 0.01
+    other = SimpleNamespace(weight=np.zeros((4, 4), np.float32), bias=np.zeros(4, np.float32))
+    assert index.person_probs(pooled, other) is None
+
+
+def test_apply_vets_the_decoders_captions(tmp_path):
+    from capgen.tags.vetting import head_sha256
+
+    head = SimpleNamespace(weight=np.ones((4, 4), np.float32), bias=np.zeros(4, np.float32))
+    # pooled doubles as the word probabilities here; column 0 drives the person head
+    tagger = SimpleNamespace(words=WORDS, head=head, word_probs=lambda pooled: np.clip(np.asarray(pooled), 0, 1))
+    corpus = CorpusCaptions(tagger)
+    corpus._index = _vetting_index(tmp_path, head_sha256(head))
+    results = [SimpleNamespace(caption="a man on a bench", score=-3.0, tokens=[], alternatives=[], from_corpus=None)]
+    corpus.apply(results, np.array([[-5.0, 0.0, 0.5, 0.0]]), DecodeConfig(), GuideConfig())
+    assert results[0].caption == "a tree in a park" and results[0].from_corpus.to_dict()["replaced"] == ["person"]
+    kept = [SimpleNamespace(caption="a man on a bench", score=-3.0, tokens=[], alternatives=[], from_corpus=None)]
+    corpus.apply(kept, np.array([[-5.0, 0.0, 0.5, 0.0]]), DecodeConfig(), GuideConfig(corpus=False))
+    assert kept[0].caption == "a man on a bench"
+
+
+def test_bad_person_head_and_counts(tmp_path):
+    for extra in ({"person_head": {"weight": ["x"], "bias": 0, "tagger_head": "h"}},
+                  {"person_head": {"weight": [float("nan")], "bias": 0, "tagger_head": "h"}},
+                  {"paired_mentions": {"zebra": -1}, "rare_below": 20},
+                  {"paired_mentions": {"zebra": 1}, "rare_below": "20"}):
+        (tmp_path / "i.json").write_text(json.dumps({"format": FORMAT, "captions": {"zebra": ["a zebra"]}, **extra}))
+        with pytest.raises(TagsError, match="i.json"):
+            CaptionIndex.load(tmp_path / "i.json", WORDS)
+
+
+def test_format_1_indexes_still_load_with_every_word_rare(tmp_path):
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"format": "capgen-caption-index/1", "captions": {"tree": ["a tree in a park"]}}))
+    index = CaptionIndex.load(path, WORDS)
+    assert index.person is None and index.choose(np.array([0.0, 0.0, 0.9, 0.0])).caption == "a tree in a park"
+
+
+@pytest.mark.slow
+def test_the_bundled_person_head_fits_the_bundled_encoder():
+    from capgen.encoders import create_encoder
+    from capgen.tags.tagger import make_tagger
+    from capgen.tags.vetting import head_sha256
+
+    assert CaptionIndex.load().person.tagger_head == head_sha256(make_tagger(create_encoder("efficientnet-lite2")).head)

@@ -6,9 +6,13 @@ zebra"). When the tagger is confident about such an object, the caption comes in
 captions of other photos of it (the COCO caption text, `../shared/data/text`): among the most
 typical captions naming the top tag, the one that also names the photo's other tags best.
 
-The index (assets/caption_index.json, scripts/build_caption_index.py) holds, for each tag word that
-the decoder's training captions name fewer than `rare_below` times, its `per_word` most typical
-captions (highest mean n-gram agreement with the other captions naming it), most typical first.
+The same captions stand in for a decoder caption whose person or dog the photo does not support
+(tags/vetting.py).
+
+The index (assets/caption_index.json, scripts/build_caption_index.py) holds, for each tag word, its
+`per_word` most typical captions (highest mean n-gram agreement with the other captions naming it),
+most typical first, and how often the decoder's training captions name the word: only words named
+fewer than `rare_below` times take over a caption outright. Format 1 held the rare words alone.
 Torch-free: the Captioner and the runtime share it, so both write the same captions.
 """
 
@@ -22,16 +26,19 @@ from pathlib import Path
 import numpy as np
 
 from capgen.errors import TagsError
+from capgen.tags import vetting
+from capgen.tags.vetting import PersonHead
 from capgen.tags.words import WordMap, mention_index, mentions
 
 INDEX_FILE = "assets/caption_index.json"
-FORMAT = "capgen-caption-index/1"
+FORMAT = "capgen-caption-index/2"
+FORMATS = ("capgen-caption-index/1", FORMAT)   # 1: rare words only, no counts, no person head
 # Chosen on ../shared/data/coco_dev (BENCHMARKS.md, "Captions from caption text"): a top tag this
 # probable switches to the index; among its captions, typicality weighs TYPICALITY against the
 # summed probabilities of the tags a caption names.
 THRESHOLD = 0.2
 TYPICALITY = 0.3
-OTHER_TAGS = 3        # the photo's top tags a candidate caption may also name
+OTHER_TAGS = 3        # vetting: the photo's top tags tried, in order, as the replacement's subject
 
 
 @dataclass(frozen=True)
@@ -39,14 +46,20 @@ class Retrieved:
     caption: str
     word: str         # the tag that chose the index
     p: float
+    replaced: tuple[str, ...] = ()   # vetting: the claims ("person", "dog") the photo did not support
 
     def to_dict(self) -> dict:
-        return {"tag": self.word, "p": round(self.p, 4)}
+        d = {"tag": self.word, "p": round(self.p, 4)}
+        if self.replaced:
+            d["replaced"] = list(self.replaced)
+        return d
 
 
 class CaptionIndex:
-    def __init__(self, captions: dict[str, list[str]], words: WordMap, meta: dict):
-        self.captions, self.meta = captions, meta
+    def __init__(self, captions: dict[str, list[str]], words: WordMap, meta: dict,
+                 rare: set[str] | None = None, person: PersonHead | None = None):
+        self.captions, self.meta, self.person = captions, meta, person
+        self.rare = set(captions) if rare is None else rare   # the words that take over a caption
         self.words = list(words.words)
         self._col = {w: j for j, w in enumerate(self.words)}
         self._index = mention_index(self.words)
@@ -54,6 +67,7 @@ class CaptionIndex:
         # per word: each caption's tokens and the tag words it names
         self._named = {w: [mentions([c.split()], self._index, self._longest) for c in caps]
                        for w, caps in captions.items()}
+        self._head_ok: dict[int, bool] = {}   # id(tagger head) -> whether the person head fits it
 
     @classmethod
     def load(cls, path: str | Path | None = None, words: WordMap | None = None) -> "CaptionIndex":
@@ -63,32 +77,80 @@ class CaptionIndex:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise TagsError(f"{path}: unreadable caption index ({type(e).__name__})") from None
         caps = data.get("captions") if isinstance(data, dict) else None
-        if data.get("format") != FORMAT if isinstance(data, dict) else True:
-            raise TagsError(f"{path}: not a capgen caption index ({FORMAT})")
+        if data.get("format") not in FORMATS if isinstance(data, dict) else True:
+            raise TagsError(f"{path}: not a capgen caption index ({' or '.join(FORMATS)})")
         if not isinstance(caps, dict) or not all(isinstance(k, str) and isinstance(v, list) and v and
                                                  all(isinstance(c, str) and c.strip() for c in v)
                                                  for k, v in caps.items()):
             raise TagsError(f"{path}: 'captions' must map tag words to lists of captions")
         words = words or WordMap.load(None)
         known = set(words.words)   # another class -> word file may lack some of the index's words
-        return cls({k: v for k, v in caps.items() if k in known}, words,
-                   {k: v for k, v in data.items() if k != "captions"})
+        person = PersonHead.from_dict(data["person_head"], str(path)) if "person_head" in data else None
+        meta = {k: v for k, v in data.items() if k not in ("captions", "person_head", "paired_mentions")}
+        return cls({k: v for k, v in caps.items() if k in known}, words, meta, _rare_words(data, path), person)
 
     def choose(self, word_probs: np.ndarray) -> Retrieved | None:
         """One photo's tag word probabilities (W,) -> a caption from the index, or None (the top tag
         is not confident enough, or the decoder knows it well: no entry)."""
-        order = np.argsort(-word_probs, kind="stable")[:OTHER_TAGS]
-        top = self.words[int(order[0])]
-        p = float(word_probs[order[0]])
-        if p < THRESHOLD or top not in self.captions:
+        j = int(np.argmax(word_probs))   # argmax: the first of equal maxima, as a stable sort
+        top, p = self.words[j], float(word_probs[j])
+        if p < THRESHOLD or top not in self.rare or top not in self.captions:
             return None
-        caps = self.captions[top]
-        best, best_score = 0, -1.0
-        for rank, named in enumerate(self._named[top]):
+        return Retrieved(self._best(top, word_probs, frozenset()), top, p)
+
+    def vet(self, words: set[str], word_probs: np.ndarray, person_p: float | None) -> Retrieved | None:
+        """A replacement for a caption (its word set) naming a person or dog the photo does not
+        support (tags/vetting.py), about the photo's most probable object that has captions without
+        the refused words; None when the caption may stand or nothing fits."""
+        dog_p = float(word_probs[self._col["dog"]]) if "dog" in self._col else 1.0
+        claims = vetting.unsupported(words, dog_p, person_p)
+        if not claims:
+            return None
+        avoid = vetting.avoid_in_replacement(claims, dog_p, person_p)
+        for j in np.argsort(-word_probs, kind="stable")[:OTHER_TAGS]:
+            word, p = self.words[int(j)], float(word_probs[j])
+            if p < vetting.FALLBACK_MIN_P:
+                break
+            caption = self._best(word, word_probs, avoid) if word in self.captions else None
+            if caption is not None:
+                replaced = tuple(c for c, ws in (("person", vetting.PERSON), ("dog", vetting.DOG)) if claims & ws)
+                return Retrieved(caption, word, p, replaced)
+        return None
+
+    def person_probs(self, pooled: np.ndarray, tagger_head) -> np.ndarray | None:
+        """(B,) P(person) for the encoder whose classifier head is `tagger_head`; None when the index
+        holds no person head for that encoder."""
+        if self.person is None or self._head_ok.get(id(tagger_head)) is False:
+            return None
+        if id(tagger_head) not in self._head_ok:
+            self._head_ok[id(tagger_head)] = vetting.head_sha256(tagger_head) == self.person.tagger_head
+            return self.person_probs(pooled, tagger_head)
+        return self.person.probs(pooled)
+
+    def _best(self, word: str, word_probs: np.ndarray, avoid: frozenset[str]) -> str | None:
+        """Among `word`'s captions without `avoid` words, the one naming the photo's tags best,
+        typicality breaking near-ties."""
+        caps, best, best_score = self.captions[word], None, -1.0
+        for rank, named in enumerate(self._named[word]):
+            if avoid and not avoid.isdisjoint(caps[rank].split()):
+                continue
             s = sum(float(word_probs[j]) for j in named) + TYPICALITY * (1 - rank / len(caps))
             if s > best_score:   # ties: the more typical caption (the earlier one)
-                best, best_score = rank, s
-        return Retrieved(caps[best], top, p)
+                best, best_score = caps[rank], s
+        return best
+
+
+def _rare_words(data: dict, path: Path) -> set[str] | None:
+    """The words that take over a caption: named fewer than rare_below times by the decoder's
+    training captions (format 2), or every word of a format-1 index (None)."""
+    if "paired_mentions" not in data:
+        return None
+    counts, below = data["paired_mentions"], data.get("rare_below")
+    if not isinstance(counts, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                               for v in counts.values()) \
+            or not isinstance(below, int) or isinstance(below, bool):
+        raise TagsError(f"{path}: 'paired_mentions' must map words to counts >= 0, with an integer 'rare_below'")
+    return {w for w in data["captions"] if counts.get(w, 0) < below}
 
 
 class CorpusCaptions:
@@ -98,21 +160,36 @@ class CorpusCaptions:
     def __init__(self, tagger):
         self.tagger, self._index = tagger, None   # the index is read on first use
 
-    def picks(self, pooled, config, guide) -> list[Retrieved | None]:
-        """Per image, the caption to take, or None; all None without a tagger, for sampling, or when
-        the guide (a GuideConfig, a probability or None) is off or does not ask for it."""
+    def _active(self, config, guide) -> bool:
         from capgen.tags.guide import GuideConfig
 
         guide = GuideConfig.of(guide)
-        if self.tagger is None or config.method == "sample" or guide is None or not guide.corpus:
-            return [None] * len(pooled)
+        return self.tagger is not None and config.method != "sample" and guide is not None and guide.corpus
+
+    def _load(self) -> CaptionIndex:
         if self._index is None:
             self._index = CaptionIndex.load(words=self.tagger.words)
-        return [self._index.choose(row) for row in self.tagger.word_probs(pooled)]
+        return self._index
+
+    def picks(self, pooled, config, guide, captions=None) -> list[Retrieved | None]:
+        """Per image, the caption to take, or None; all None without a tagger, for sampling, or when
+        the guide (a GuideConfig, a probability or None) is off or does not ask for it. `captions`
+        (the decoder's, one per image) are vetted for people and dogs when given."""
+        if not self._active(config, guide):
+            return [None] * len(pooled)
+        index = self._load()
+        probs = self.tagger.word_probs(pooled)
+        head = getattr(self.tagger, "head", None)
+        person = index.person_probs(pooled, head) if captions is not None and head is not None else None
+        picks = [index.choose(row) for row in probs]
+        for i, caption in enumerate(captions or ()):
+            if picks[i] is None:
+                picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
+        return picks
 
     def apply(self, results: list, pooled, config, guide) -> None:
         """Replace the chosen results' captions in place; the decoder's own caption leads the alternatives."""
-        for res, pick in zip(results, self.picks(pooled, config, guide)):
+        for res, pick in zip(results, self.picks(pooled, config, guide, [r.caption for r in results])):
             if pick is None:
                 continue
             res.alternatives = [(res.caption, res.score), *(res.alternatives or [])][: max(config.n_best - 1, 1)]
