@@ -85,27 +85,8 @@ def prepare_dataset(
     if not allow_outside_root:
         check_inside_root(raw.records, raw.images_dir, str(raw.source))
     assign_random_splits(raw, seed, val_fraction, test_fraction)
-
-    missing = [k for k in raw.records if not (raw.images_dir / k).is_file()]
-    if missing and not skip_missing:
-        raise DatasetError(f"{len(missing)} of {len(raw.records)} images with captions do not exist "
-                           f"under {raw.images_dir} (e.g. {missing[0]}); pass --skip-missing to drop them")
-    for k in missing:
-        del raw.records[k]
-
-    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for key, rec in raw.records.items():  # dataset order (Flickr: the order of the split lists)
-        by_split[rec.split].append({"image": key, "raw": rec.captions,
-                                    "tokens": [normalize_caption(c) for c in rec.captions]})
-    for s in SPLITS:
-        if not by_split[s]:
-            raise DatasetError(f"{raw.source}: split {s!r} is empty; every split needs images "
-                               f"(train, val, test)")
-        for item in by_split[s]:
-            if any(not t for t in item["tokens"]):
-                raise DatasetError(f"{raw.source}: a caption of {item['image']} has no words after "
-                                   f"normalisation")
-
+    missing = _drop_missing(raw, skip_missing)
+    by_split = _split_items(raw)
     train_tokens = [t for item in by_split["train"] for t in item["tokens"]]
     vocab = Vocabulary.build(train_tokens + [t for r in text_records for t in r.tokens], min_count, max_vocab)
     manifest = {
@@ -119,7 +100,7 @@ def prepare_dataset(
         "max_vocab": max_vocab,
         "seed": seed,
         "allow_outside_root": allow_outside_root,
-        "dropped": {"not_in_any_split": raw.not_in_split, "missing_image_files": len(missing)},
+        "dropped": {"not_in_any_split": raw.not_in_split, "missing_image_files": missing},
         # Kept, not dropped: the benchmarks' reference sets hold them too (Flickr8k has 10), and
         # metrics must match the published protocol. `capgen prepare` reports the count.
         "duplicate_captions": sum(len(r.captions) - len(set(r.captions)) for r in raw.records.values()),
@@ -127,6 +108,42 @@ def prepare_dataset(
         # Vocabulary words seen in the paired training captions (the rest come from the text corpora).
         "vocab_from_pairs": len(set(vocab.itos) & {w for t in train_tokens for w in t}),
     }
+    _write(out, by_split, text_records, vocab, manifest)
+    return PreparedDataset.load(out, allow_outside_root=allow_outside_root)
+
+
+def _drop_missing(raw: RawDataset, skip_missing: bool) -> int:
+    """Drop images whose file does not exist (only with skip_missing; else DatasetError); their count."""
+    missing = [k for k in raw.records if not (raw.images_dir / k).is_file()]
+    if missing and not skip_missing:
+        raise DatasetError(f"{len(missing)} of {len(raw.records)} images with captions do not exist "
+                           f"under {raw.images_dir} (e.g. {missing[0]}); pass --skip-missing to drop them")
+    for k in missing:
+        del raw.records[k]
+    return len(missing)
+
+
+def _split_items(raw: RawDataset) -> dict[str, list[dict]]:
+    """Per split, the lines of its .jsonl in dataset order (Flickr: the order of the split lists);
+    DatasetError for an empty split or a caption with no words."""
+    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for key, rec in raw.records.items():
+        by_split[rec.split].append({"image": key, "raw": rec.captions,
+                                    "tokens": [normalize_caption(c) for c in rec.captions]})
+    for s in SPLITS:
+        if not by_split[s]:
+            raise DatasetError(f"{raw.source}: split {s!r} is empty; every split needs images "
+                               f"(train, val, test)")
+        for item in by_split[s]:
+            if any(not t for t in item["tokens"]):
+                raise DatasetError(f"{raw.source}: a caption of {item['image']} has no words after "
+                                   f"normalisation")
+    return by_split
+
+
+def _write(out, by_split: dict[str, list[dict]], text_records: list[TextRecord], vocab: Vocabulary,
+           manifest: dict) -> None:
+    """The prepared folder, atomically; the manifest last, as the mark of a complete folder."""
     with atomic_dir(out, replace_if=json_marker(MANIFEST, "capgen_prepared", FORMAT_VERSION),
                     what="prepared dataset") as tmp:
         for s, items in by_split.items():
@@ -137,7 +154,6 @@ def prepare_dataset(
             write_text_records(tmp / TEXT_FILE, text_records)
         vocab.save(tmp / "vocab.json")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return PreparedDataset.load(out, allow_outside_root=allow_outside_root)
 
 
 def check_manifest(manifest: dict, where: Path) -> None:
