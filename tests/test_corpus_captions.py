@@ -91,6 +91,8 @@ def test_vetting_replaces_people_and_dogs_the_photo_does_not_support(tmp_path):
     with_dog[3] = DOG_BELOW * 4
     assert index.vet({"a", "dog", "runs"}, with_dog, high) is None                   # the tagger sees a dog
     assert index.vet({"a", "man"}, np.array([0.0, 0.0, 0.01, 0.0]), low) is None     # nothing confident to say
+    plain = index.vet({"a", "dog", "runs"}, np.array([0.0, 0.5, 0.0, 0.0]), high)   # giraffe: no captions of it
+    assert plain.caption == "a photo of a giraffe" and plain.replaced == ("dog",)
     # the person head applies only to the encoder it was trained on
     pooled = np.array([[-5.0, 0, 0, 0]])
     assert index.person_probs(pooled, head)[0] < 0.01

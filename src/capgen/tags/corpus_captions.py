@@ -107,14 +107,15 @@ class CaptionIndex:
         if not claims:
             return None
         avoid = vetting.avoid_in_replacement(claims, dog_p, person_p)
-        for j in np.argsort(-word_probs, kind="stable")[:OTHER_TAGS]:
-            word, p = self.words[int(j)], float(word_probs[j])
-            if p < vetting.FALLBACK_MIN_P:
-                break
+        replaced = tuple(c for c, ws in (("person", vetting.PERSON), ("dog", vetting.DOG)) if claims & ws)
+        top = [(self.words[int(j)], float(word_probs[j])) for j in np.argsort(-word_probs, kind="stable")[:OTHER_TAGS]]
+        top = [(w, p) for w, p in top if p >= vetting.FALLBACK_MIN_P]
+        for word, p in top:
             caption = self._best(word, word_probs, avoid) if word in self.captions else None
             if caption is not None:
-                replaced = tuple(c for c, ws in (("person", vetting.PERSON), ("dog", vetting.DOG)) if claims & ws)
                 return Retrieved(caption, word, p, replaced)
+        if top:   # an object no caption text describes (rocket, crossword): say only what is seen
+            return Retrieved(vetting.plain_caption(top[0][0]), top[0][0], top[0][1], replaced)
         return None
 
     def person_probs(self, pooled: np.ndarray, tagger_head) -> np.ndarray | None:

@@ -97,3 +97,11 @@ def avoid_in_replacement(claims: frozenset[str], dog_p: float, person_p: float |
     if dog_p < DOG_BELOW:
         out |= DOG
     return frozenset(out)
+
+
+def plain_caption(word: str) -> str:
+    """A caption claiming only the tagged object, for a vetted caption no caption text can replace:
+    "a photo of a rocket", "a photo of an oil rig", "a photo of skis"."""
+    if word.endswith("s") and not word.endswith("ss"):
+        return f"a photo of {word}"
+    return f"a photo of {'an' if word[0] in 'aeiou' else 'a'} {word}"
