@@ -91,46 +91,63 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
     if "*" not in settings.allowed_hosts:  # added last = runs first: a foreign Host header gets nothing
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
     _add_error_handlers(app)
+    _add_routes(app)
+    return app
+
+
+def _add_routes(app: FastAPI) -> None:
     page = resources.files("capgen.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
         return HTMLResponse(page)
 
-    @app.get("/health")
-    def health() -> dict:
-        """Model, encoder and queue status."""
-        return {"status": "ok", **captioner.info(), "queued": worker.pending, "version": __version__}
+    app.get("/health")(_health)
+    app.post("/caption", openapi_extra=_CAPTION_BODY)(_caption)
 
-    @app.post("/caption", openapi_extra=_CAPTION_BODY)
-    async def caption(request: Request) -> JSONResponse:
-        """Caption one or several images (multipart field `files`)."""
-        form_items, options = await _parse(request, settings)
-        if options["return_attention"] and not captioner.supports_attention:
-            raise UploadError(422, f"attention: this model ({captioner.info()['architecture']}) has no attention")
-        pixels = await run_in_threadpool(_request_pixels, form_items, settings)
-        budget.take(pixels)  # before decoding: 503 when the images in progress would not fit
-        try:
-            images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
-            future = worker.submit(images, options)
-        except BaseException:
-            budget.give(pixels)
-            raise
-        del images  # the worker holds them until its job is done, and the budget until then too
-        future.add_done_callback(lambda _: budget.give(pixels))
-        warnings = [captioner.tags_error] if options["tags"] and captioner.tags_error else []
-        try:
-            results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout)
-        except asyncio.TimeoutError:
-            future.cancel()  # if still queued, the worker skips it
-            raise UploadError(504, f"captioning took longer than {settings.timeout:g} s; try again") from None
-        body = {"results": [{"filename": name, **res.to_dict(attention=options["return_attention"])}
-                            for (name, _), res in zip(form_items, results)]}
-        if warnings:  # e.g. tags asked for but the encoder has no classifier: captions still come
-            body["warnings"] = warnings
-        return JSONResponse(body)
 
-    return app
+def _health(request: Request) -> dict:
+    """Model, encoder and queue status."""
+    state = request.app.state
+    return {"status": "ok", **state.captioner.info(), "queued": state.worker.pending, "version": __version__}
+
+
+async def _caption(request: Request) -> JSONResponse:
+    """Caption one or several images (multipart field `files`)."""
+    state = request.app.state
+    captioner, settings = state.captioner, state.settings
+    form_items, options = await _parse(request, settings)
+    if options["return_attention"] and not captioner.supports_attention:
+        raise UploadError(422, f"attention: this model ({captioner.info()['architecture']}) has no attention")
+    future = await _submit(state, form_items, options)
+    warnings = [captioner.tags_error] if options["tags"] and captioner.tags_error else []
+    try:
+        results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=settings.timeout)
+    except asyncio.TimeoutError:
+        future.cancel()  # if still queued, the worker skips it
+        raise UploadError(504, f"captioning took longer than {settings.timeout:g} s; try again") from None
+    body = {"results": [{"filename": name, **res.to_dict(attention=options["return_attention"])}
+                        for (name, _), res in zip(form_items, results)]}
+    if warnings:  # e.g. tags asked for but the encoder has no classifier: captions still come
+        body["warnings"] = warnings
+    return JSONResponse(body)
+
+
+async def _submit(state, form_items: list[tuple[str, bytes]], options: dict):
+    """Decode the images and queue them for the model worker, holding their pixels in the budget
+    until the job is done; the job's future."""
+    settings, budget = state.settings, state.pixels
+    pixels = await run_in_threadpool(_request_pixels, form_items, settings)
+    budget.take(pixels)  # before decoding: 503 when the images in progress would not fit
+    try:
+        images = [await run_in_threadpool(read_image, data, name, settings.max_pixels) for name, data in form_items]
+        future = state.worker.submit(images, options)
+    except BaseException:
+        budget.give(pixels)
+        raise
+    del images  # the worker holds them until its job is done, and the budget until then too
+    future.add_done_callback(lambda _: budget.give(pixels))
+    return future
 
 
 def _request_pixels(items: list[tuple[str, bytes]], settings: ServeSettings) -> int:
