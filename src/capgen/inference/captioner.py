@@ -17,7 +17,7 @@ from PIL import Image
 
 from capgen.errors import CapgenError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult, from_hypotheses
 from capgen.tags import DEFAULT_THRESHOLD, Guidance, GuideConfig, Tag, TagConfig
 from capgen.tags.corpus_captions import CorpusCaptions
 
@@ -195,21 +195,7 @@ class Captioner:
     def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided
         caption's stand-in word is written as its tag word."""
-        from capgen.tags import Guide
-
-        if not hyps:  # only possible when n-gram blocking leaves nothing; keep the output shape
-            return CaptionResult("", float("-inf"), [], image_size=image.size)
-        best, h, w = hyps[0], *self.grid_hw
-        words, source = Guide.render(self.vocab.decode(best.tokens), guided)
-        attention = None
-        if best.attention is not None:
-            attention = np.asarray(best.attention, dtype=np.float32)[source].reshape(len(words), h, w)
-        # Guided only when the word made it in (blocking can make it impossible).
-        used = guided if guided is not None and any(t in guided.include for t in best.tokens) else None
-        return CaptionResult(caption=" ".join(words), score=float(best.score), tokens=words,
-                             alternatives=[(" ".join(Guide.render(self.vocab.decode(x.tokens), guided)[0]),
-                                            float(x.score)) for x in hyps[1:]],
-                             attention=attention, image_size=image.size, truncated=best.truncated, guided=used)
+        return from_hypotheses(hyps, self.vocab.decode, guided, image.size, self.grid_hw)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16, tags: int = 0,
                 tag_threshold: float = DEFAULT_THRESHOLD, guide: GuideConfig | float | None = GuideConfig(),
