@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from capgen.data.vocab import Vocabulary
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
@@ -55,7 +56,10 @@ class Runtime:
         self.max_len_limit = fmt.count_field(info, "max_len_limit", path, optional=True)
         # absent in older exports: one row per beam
         self.shared_memory = fmt.field(info, "shared_memory", bool, path) if "shared_memory" in info else False
-        encoder = fmt.field(info, "encoder", dict, path)
+        # what it was exported from: the Captioner's name, the checkpoints' weights_sha256
+        self.source = info["source"][:200] if isinstance(info.get("source"), str) else f"{self.architecture} ({d.name})"
+        self.weights_sha256 = fmt.weights_of(d)
+        self.encoder_spec = encoder = fmt.field(info, "encoder", dict, path)
         fmt.field(encoder, "name", str, path)
         fmt.count_field(encoder, "dim", path)
         fmt.count_field(encoder, "grid", path, optional=True, length=2)
@@ -170,7 +174,11 @@ class Runtime:
 
     def encode(self, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray]:
         """Images -> pooled (B, D), grid (B, N, D) float32."""
-        x = np.stack([self.preprocess.array(load_image(i, max_pixels=self.max_pixels)) for i in images])
+        return self.encode_loaded([load_image(i, max_pixels=self.max_pixels) for i in images])
+
+    def encode_loaded(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Loaded RGB images (capgen.images.load_image) -> pooled (B, D), grid (B, N, D) float32."""
+        x = np.stack([self.preprocess.array(img) for img in images])
         pooled, grid = self.encoder.run(["pooled", "grid"], {"x": x})
         return pooled, grid
 
