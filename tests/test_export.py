@@ -16,7 +16,7 @@ from capgen import Captioner
 from capgen.checkpoint import model_payload, read_payload, save_checkpoint
 from capgen.cli import main
 from capgen.data.vocab import Vocabulary
-from capgen.errors import ExportError
+from capgen.errors import CapgenError, ExportError
 from capgen.models import create_model
 from capgen.runtime import Runtime
 from capgen.runtime import folder as fmt
@@ -292,3 +292,34 @@ def test_symlinks_and_unlisted_files_in_an_export_are_refused(exports, photos, t
     extra = _copy(exports["show_tell"], tmp_path / "extra")
     (extra / "weights.bin").write_bytes(b"\0" * 64)
     _runtime_error(capsys, extra, photos[0], "weights.bin", "not part of the export")
+
+
+def test_the_manifest_names_the_weights_it_was_exported_from(checkpoints, exports, photos, tmp_path, capsys):
+    """Issue 20 #15: the export records each checkpoint's weights_sha256 and the runtime reports it."""
+    for name in ("show_tell", "ensemble"):
+        paths = checkpoints[name] if isinstance(checkpoints[name], list) else [checkpoints[name]]
+        want = [read_payload(p)["weights_sha256"] for p in paths]
+        assert json.loads((exports[name] / fmt.MANIFEST).read_text())["weights_sha256"] == want
+        assert Runtime(exports[name]).weights_sha256 == tuple(want)
+        assert Captioner.from_pretrained(exports[name]).info()["weights_sha256"] == want
+    old = _copy(exports["show_tell"], tmp_path / "old")       # an export from before the field: still loads
+    manifest = json.loads((old / fmt.MANIFEST).read_text())
+    del manifest["weights_sha256"]
+    (old / fmt.MANIFEST).write_text(json.dumps(manifest))
+    assert Runtime(old).weights_sha256 == ()
+    manifest["weights_sha256"] = ["not a hash"]
+    (old / fmt.MANIFEST).write_text(json.dumps(manifest))
+    _runtime_error(capsys, old, photos[0], "manifest.json", "weights_sha256", "sha256 hex digests")
+
+
+def test_an_exported_folder_captions_like_its_checkpoint_through_the_captioner(tiny_run, checkpoints, exports, photos):
+    ref = Captioner.from_pretrained(checkpoints["show_attend_tell"], encoder=tiny_run.encoder, backend="onnx")
+    cap = Captioner.from_pretrained(exports["show_attend_tell"])
+    assert type(cap).__name__ == "ExportedCaptioner" and cap.name == ref.name
+    for options in ({"beam_size": 1}, {"beam_size": 3, "n_best": 2}):
+        got, want = cap.caption(photos, **options), ref.caption(photos, **options)
+        assert [r.to_dict() for r in got] == [r.to_dict() for r in want], options
+    with pytest.raises(CapgenError, match="needs a .pt checkpoint"):
+        cap.caption(photos[0], return_attention=True)
+    with pytest.raises(CapgenError, match="needs a .pt checkpoint"):
+        Captioner.from_pretrained(exports["show_tell"], backend="torch")

@@ -320,7 +320,7 @@ class _ServedHeld:
         return {"architecture": "held"}
 
     def caption_encoded(self, images, *a, **kw):
-        from capgen.inference.result import CaptionResult
+        from capgen.result import CaptionResult
 
         return [CaptionResult("held", 0.0, ["held"]) for _ in super().caption_encoded(images, *a, **kw)]
 

@@ -13,7 +13,7 @@ import pytest
 
 from capgen.cli import main
 from capgen.errors import CapgenError
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult
 from capgen.inference.sidecar import SidecarSettings, compose, plan, remove_temporaries, write_sidecar
 from capgen.tags import Tag
 from conftest import one_line_error

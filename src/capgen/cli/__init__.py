@@ -14,6 +14,7 @@ from typing import Sequence
 from capgen import __version__
 from capgen.cli import alt, caption, evaluate, export, extract, prepare, serve, synth, train, tune
 from capgen.errors import CapgenError
+from capgen.extras import require
 from capgen.io import echo
 from capgen.parallel import shutdown_distributed
 
@@ -57,6 +58,8 @@ def _run(args) -> int:
     if not args.debug:  # a warning is one line like an error, without the source line Python adds
         warnings.formatwarning = lambda message, *_, **__: f"capgen {args.command}: warning: {message}\n"
     try:
+        for module in getattr(args, "needs", ()):  # a command of an optional install: say which, before any work
+            require(module, "this command")
         return int(args.func(args) or 0)
     except CapgenError as e:
         if args.debug:
@@ -69,8 +72,13 @@ def _run(args) -> int:
     except Exception as e:  # a bug, not bad input: still one line unless --debug
         if args.debug:
             raise
+        from capgen.extras import missing_extra
         from capgen.io import is_disk_full
 
+        missing = missing_extra(e)
+        if missing is not None:  # a package of an optional install: name the extra that brings it
+            print(f"capgen {args.command}: error: {missing}", file=sys.stderr)
+            return missing.exit_code
         if is_disk_full(e):  # a write outside capgen.io's helpers (logs, figures): name the file
             print(f"capgen {args.command}: error: no space left on device writing "
                   f"{getattr(e, 'filename', None) or 'an output file'}", file=sys.stderr)

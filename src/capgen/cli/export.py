@@ -22,7 +22,7 @@ def register(sub, parents) -> None:
     p.add_argument("--encoder", metavar="NAME",
                    help="build the encoder as NAME or 'module:factory' (it must match the checkpoint's)")
     add_decode_args(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs=("torch", "onnx"))
 
 
 def run(args) -> int:

@@ -34,7 +34,7 @@ def register(sub, parents) -> None:
     add_precision_args(p, calibration=False)
     p.add_argument("--strict", action="store_true", help="stop at the first bad image instead of skipping it")
     p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs=("torch",))
 
 
 def run(args) -> int:

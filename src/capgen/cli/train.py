@@ -25,7 +25,7 @@ def register(sub, parents) -> None:
                    help="start from this checkpoint's weights and architecture (e.g. a cross-entropy best.pt "
                         "for --set objective=scst); its vocabulary and encoder must match --data/--features")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs=("torch",))
 
 
 def run(args) -> int:

@@ -40,7 +40,7 @@ def register(sub, parents) -> None:
     p.add_argument("--baseline", action="store_true",
                    help="run the base config (--config/--set with the space's fixed values) as the first trial")
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, needs=("torch", "optuna"))
 
 
 def run(args) -> int:

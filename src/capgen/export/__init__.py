@@ -20,8 +20,10 @@ from capgen.runtime import folder as fmt
 def export_checkpoint(paths: str | Path | Sequence[str | Path], out: str | Path,
                       config: DecodeConfig | None = None, encoder: str | None = None) -> dict:
     """Export checkpoint(s) (several: an ensemble) to `out`; returns what export_captioner returns."""
+    from capgen.checkpoint import read_payload, weights_sha256
     from capgen.inference import Captioner
 
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
     try:
         # The Captioner's own way to its encoder ONNX: whatever it runs (fine-tuned blocks included)
         # is what gets exported.
@@ -29,12 +31,16 @@ def export_checkpoint(paths: str | Path | Sequence[str | Path], out: str | Path,
     except EncoderError as e:
         raise ExportError(f"the encoder cannot run in ONNX Runtime, so the runtime cannot express this "
                           f"checkpoint: {e}") from None
-    return export_captioner(captioner, out, config)
+    # The hash each checkpoint stores (checked as it loaded above); computed for an older file without one.
+    weights = [payload.get("weights_sha256") or weights_sha256(payload) for payload in map(read_payload, paths)]
+    return export_captioner(captioner, out, config, weights)
 
 
-def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = None) -> dict:
+def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = None,
+                     weights_sha256: Sequence[str] = ()) -> dict:
     """Write the exported folder atomically (nothing half-written loads). Returns a summary:
-    {"files": {name: bytes}, "step_max_diff": |log-prob| difference ONNX vs torch}."""
+    {"files": {name: bytes}, "step_max_diff": |log-prob| difference ONNX vs torch}.
+    weights_sha256: the checkpoints' weight hashes, recorded in the manifest."""
     from capgen.models.onnx import export_decoder, set_metadata, verify_decoder
 
     config = config if config is not None else DecodeConfig()
@@ -65,7 +71,7 @@ def export_captioner(captioner, out: str | Path, config: DecodeConfig | None = N
                                      "max_len_limit": limit, "step_max_diff": diff})
         if captioner.tagger is not None:
             _write_tags(tmp, captioner)
-        manifest = fmt.manifest_for(tmp)
+        manifest = fmt.manifest_for(tmp, weights_sha256)
         write_json(tmp / fmt.MANIFEST, manifest)   # last: it marks the folder complete
     return {"files": {k: v["bytes"] for k, v in manifest["files"].items()}, "step_max_diff": diff}
 

@@ -10,7 +10,7 @@
 from capgen.inference.captioner import Captioner, bundled_model_path, check_encoder_spec
 from capgen.inference.figures import save_annotated, save_attention_figure
 from capgen.inference.files import UniqueNames, caption_paths, expand_paths
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult
 
 __all__ = [
     "CaptionResult",

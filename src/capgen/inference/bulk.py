@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import caption_paths, display_name, expand_paths
 from capgen.tags import GuideConfig
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult
 from capgen.io import _disk_full_error, is_disk_full, write_json
 from capgen.parallel import dist_info
 

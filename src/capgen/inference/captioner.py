@@ -17,12 +17,16 @@ from PIL import Image
 
 from capgen.errors import CapgenError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult, from_hypotheses
 from capgen.tags import DEFAULT_THRESHOLD, Guidance, GuideConfig, Tag, TagConfig
 from capgen.tags.corpus_captions import CorpusCaptions
 
-# Where the model shipped with the package lives (package data; may be absent in an install).
+# Where the model shipped with the package lives (package data; may be absent in an install): the
+# checkpoint (torch) and the same model exported (ONNX Runtime alone), made with
+# `capgen export src/capgen/assets/captioner.pt --out src/capgen/assets/captioner`; the tests check
+# that its manifest names the checkpoint's weights_sha256.
 BUNDLED_MODEL = "assets/captioner.pt"
+BUNDLED_EXPORT = "assets/captioner"
 
 
 def bundled_model_path() -> Path:
@@ -30,6 +34,14 @@ def bundled_model_path() -> Path:
     path = Path(str(resources.files("capgen").joinpath(BUNDLED_MODEL)))
     if not path.is_file():
         raise CapgenError("no bundled model in this install; pass a checkpoint path (e.g. runs/NAME/best.pt)")
+    return path
+
+
+def bundled_export_path() -> Path:
+    """Path of the bundled exported folder; CapgenError when this install has none."""
+    path = Path(str(resources.files("capgen").joinpath(BUNDLED_EXPORT)))
+    if not path.is_dir():
+        raise CapgenError("no bundled model in this install; pass an exported folder (capgen export)")
     return path
 
 
@@ -92,7 +104,22 @@ class Captioner:
           busy with other work, 1 thread avoids the stalls of oversubscribed thread pools.
         backend: "auto" runs the encoder, and the decoder's steps, in ONNX Runtime where they export
           (else in torch, with a warning); "onnx" requires it; "torch" uses torch for both.
+
+        A folder written by `capgen export` (and the bundled model when torch is not installed) gives
+        an ExportedCaptioner: the same pipeline run by ONNX Runtime alone (capgen.inference.exported).
         """
+        from capgen.extras import available
+        from capgen.inference.exported import ExportedCaptioner, is_export, needs_checkpoint
+
+        if path is None and not available("torch"):   # `pip install capgen`: the bundled model as exported
+            path = bundled_export_path()
+        if is_export(path):
+            return ExportedCaptioner.from_folder(path if isinstance(path, (str, Path)) else path[0], encoder=encoder,
+                                                 backend=backend, max_pixels=max_pixels, tag_words=tag_words,
+                                                 precision=precision, calibration=calibration, threads=threads)
+        if not available("torch"):
+            first = Path(path if isinstance(path, (str, Path)) else path[0])
+            raise needs_checkpoint(f"{first.name}: a checkpoint", first)
         from capgen.checkpoint import load_checkpoints
         from capgen.encoders import create_encoder, make_runner
         from capgen.errors import TagsError
@@ -170,7 +197,7 @@ class Captioner:
 
     def encode(self, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray]:
         """Images -> pooled (B, dim), grid (B, H*W, dim) float32: the features a feature cache holds."""
-        return self.runner(self.preprocess([self.load(i) for i in images]))
+        return self.encode_loaded([self.load(i) for i in images])
 
     def forward(self, pooled: np.ndarray, grid: np.ndarray, config, guidance: Sequence[Guidance | None] = ()) -> list:
         """Features -> per image, a list of Hypothesis (best first); one batched decode call."""
@@ -195,21 +222,7 @@ class Captioner:
     def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided
         caption's stand-in word is written as its tag word."""
-        from capgen.tags import Guide
-
-        if not hyps:  # only possible when n-gram blocking leaves nothing; keep the output shape
-            return CaptionResult("", float("-inf"), [], image_size=image.size)
-        best, h, w = hyps[0], *self.grid_hw
-        words, source = Guide.render(self.vocab.decode(best.tokens), guided)
-        attention = None
-        if best.attention is not None:
-            attention = np.asarray(best.attention, dtype=np.float32)[source].reshape(len(words), h, w)
-        # Guided only when the word made it in (blocking can make it impossible).
-        used = guided if guided is not None and any(t in guided.include for t in best.tokens) else None
-        return CaptionResult(caption=" ".join(words), score=float(best.score), tokens=words,
-                             alternatives=[(" ".join(Guide.render(self.vocab.decode(x.tokens), guided)[0]),
-                                            float(x.score)) for x in hyps[1:]],
-                             attention=attention, image_size=image.size, truncated=best.truncated, guided=used)
+        return from_hypotheses(hyps, self.vocab.decode, guided, image.size, self.grid_hw)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16, tags: int = 0,
                 tag_threshold: float = DEFAULT_THRESHOLD, guide: GuideConfig | float | None = GuideConfig(),

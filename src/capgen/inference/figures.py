@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from capgen.errors import CapgenError
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult
 from capgen.io import atomic_path
 
 # Figures show the photo at most this many pixels on its long side: enough to read, small to write.

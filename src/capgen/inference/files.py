@@ -11,7 +11,7 @@ from typing import Iterable, Iterator, Sequence
 
 from capgen.errors import ImageLoadError
 from capgen.images import is_image_file
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult
 from capgen.tags import GuideConfig
 
 _GLOB_CHARS = frozenset("*?[")

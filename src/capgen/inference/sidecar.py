@@ -25,7 +25,7 @@ from typing import Iterable
 
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import expand_paths
-from capgen.inference.result import CaptionResult
+from capgen.result import CaptionResult
 from capgen.io import atomic_path, remove_leftovers
 
 KINDS = ("txt", "caption", "json")

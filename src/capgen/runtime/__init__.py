@@ -7,6 +7,7 @@
 Command line: `python -m capgen.runtime DIR IMAGES... [--greedy | --beam-size K]`.
 """
 
-from capgen.runtime.runtime import Caption, Runtime
+from capgen.result import CaptionResult
+from capgen.runtime.runtime import Runtime
 
-__all__ = ["Caption", "Runtime"]
+__all__ = ["CaptionResult", "Runtime"]

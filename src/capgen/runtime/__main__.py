@@ -23,7 +23,7 @@ def _threads(text: str) -> int:
     return int(text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m capgen.runtime",
                                 description="Caption images with a folder written by `capgen export`, "
                                             "using only onnxruntime, numpy and pillow.")
@@ -43,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=_threads, help="encoder threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     options = {k: v for k, v in (("beam_size", 1 if args.greedy else args.beam_size), ("max_len", args.max_len),
                                  ("min_words", args.min_words), ("max_words", args.max_words),
                                  ("n_best", args.n_best)) if v is not None}
@@ -55,16 +59,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             options["n_best"] = 1
         results = rt.caption(list(args.images), batch_size=args.batch_size,
                              **({"guide": None} if args.no_guide else {}), **options)
+        for path, res in zip(args.images, results):
+            if args.format == "jsonl":
+                print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False))
+            else:
+                print(f"{path}\t{res.caption}")
     except CapgenError as e:
         if args.debug:
             raise
         print(f"capgen.runtime: error: {echo(str(e), 2000)}", file=sys.stderr)
         return e.exit_code
-    for path, res in zip(args.images, results):
-        if args.format == "jsonl":
-            print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False))
-        else:
-            print(f"{path}\t{res.caption}")
+    except KeyboardInterrupt:
+        print("capgen.runtime: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug or an input nothing checked: still one line, exit 2, unless --debug
+        if args.debug:
+            raise
+        print(f"capgen.runtime: internal error: {type(e).__name__}: {echo(str(e), 2000)} (rerun with --debug for "
+              "the traceback)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -10,7 +10,8 @@ DIR/
   tag_head.npz        optional, with the two below (an encoder with a classifier head): weight, bias
   tag_words.json      the head's label set and each class's caption word ('' = none)
   guide.json          tag guidance plans: per tag word, the word ids a caption must contain (Guide)
-  manifest.json       sha256 and size of every file above; written last, so it marks completeness
+  manifest.json       sha256 and size of every file above; written last, so it marks completeness;
+                      also the weights_sha256 of the checkpoint(s) exported (absent in older exports)
 
 The step graph also carries the vocabulary's sha256 in its metadata, so a vocabulary from another
 export is refused even when the manifest was rewritten to match it.
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from capgen.errors import ExportError
 
@@ -33,6 +35,7 @@ FILES = (ENCODER, INIT, STEP, VOCAB, DECODING, MODEL)
 TAG_HEAD, TAG_WORDS, GUIDE = "tag_head.npz", "tag_words.json", "guide.json"
 TAG_FILES = (TAG_HEAD, TAG_WORDS, GUIDE)   # all or none
 VOCAB_HASH_KEY = "capgen.vocab_sha256"   # metadata_props key in decoder_step.onnx
+_HEX64 = re.compile("[0-9a-f]{64}")
 
 
 def sha256_file(path: Path) -> str:
@@ -43,13 +46,24 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def manifest_for(folder: Path) -> dict:
-    """What manifest.json holds for the files now in `folder`."""
+def manifest_for(folder: Path, weights_sha256: Sequence[str] = ()) -> dict:
+    """What manifest.json holds for the files now in `folder`; weights_sha256: the hash stored in each
+    checkpoint exported (capgen.checkpoint.weights_sha256), so an export names the weights it came from."""
     from capgen import __version__
 
     return {"format": FORMAT, "version": VERSION, "capgen": __version__,
             "files": {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-                      for name in FILES + TAG_FILES if name in FILES or (folder / name).is_file()}}
+                      for name in FILES + TAG_FILES if name in FILES or (folder / name).is_file()},
+            **({"weights_sha256": list(weights_sha256)} if weights_sha256 else {})}
+
+
+def weights_of(folder: Path) -> tuple[str, ...]:
+    """The weights_sha256 of the checkpoint(s) an export came from; () for an export older than it."""
+    path = folder / MANIFEST
+    value = read_json(path, "a capgen export manifest").get("weights_sha256", [])
+    if not (isinstance(value, list) and all(isinstance(h, str) and _HEX64.fullmatch(h) for h in value)):
+        raise ExportError(f"{path}: field 'weights_sha256' must be a list of sha256 hex digests, got {brief(value)}")
+    return tuple(value)
 
 
 def has_tags(folder: Path) -> bool:

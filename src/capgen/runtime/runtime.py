@@ -8,54 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from capgen.data.vocab import Vocabulary
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
 from capgen.errors import CapgenError, ExportError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.preprocess import Preprocess
+from capgen.result import CaptionResult, from_hypotheses
 from capgen.runtime import folder as fmt
 from capgen.ort import open_session
 from capgen.runtime.graphs import DecoderGraphs
 from capgen.decoding.consensus import rerank, search_config
 from capgen.runtime.search import beam_search, greedy_search, hypotheses
-from capgen.tags.corpus_captions import CorpusCaptions, Retrieved
+from capgen.tags.corpus_captions import CorpusCaptions
 from capgen.tags.guide import Guidance, Guide, GuideConfig
 from capgen.tags.head import LinearHead
 from capgen.tags.tagger import TagConfig, Tagger
 from capgen.tags.words import WordMap
 
 
-@dataclass
-class Caption:
-    """One image's caption: text, score (as in capgen's CaptionResult), the next best captions, and
-    the tag that guided it (as in CaptionResult.guided)."""
-
-    caption: str
-    score: float
-    tokens: list[str]
-    truncated: bool = False
-    alternatives: list[tuple[str, float]] | None = None
-    guided: Guidance | None = None
-    from_corpus: Retrieved | None = None    # as CaptionResult.from_corpus
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["guided"] = self.guided.to_dict() if self.guided is not None else None
-        d["from_corpus"] = self.from_corpus.to_dict() if self.from_corpus is not None else None
-        return d
-
-
 class Runtime:
     """An exported captioner (`capgen export CHECKPOINT --out DIR`).
 
         rt = Runtime("exported/")
-        rt.caption(["a.jpg", "b.jpg"])            # [Caption('a dog runs on the grass', ...), ...]
+        rt.caption(["a.jpg", "b.jpg"])            # [CaptionResult('a dog runs on the grass', ...), ...]
         rt.caption("a.jpg", beam_size=1).caption  # greedy
 
     threads: ONNX Runtime threads for the encoder (default: all cores); the decoder step is a few
@@ -74,7 +56,10 @@ class Runtime:
         self.max_len_limit = fmt.count_field(info, "max_len_limit", path, optional=True)
         # absent in older exports: one row per beam
         self.shared_memory = fmt.field(info, "shared_memory", bool, path) if "shared_memory" in info else False
-        encoder = fmt.field(info, "encoder", dict, path)
+        # what it was exported from: the Captioner's name, the checkpoints' weights_sha256
+        self.source = info["source"][:200] if isinstance(info.get("source"), str) else f"{self.architecture} ({d.name})"
+        self.weights_sha256 = fmt.weights_of(d)
+        self.encoder_spec = encoder = fmt.field(info, "encoder", dict, path)
         fmt.field(encoder, "name", str, path)
         fmt.count_field(encoder, "dim", path)
         fmt.count_field(encoder, "grid", path, optional=True, length=2)
@@ -189,7 +174,11 @@ class Runtime:
 
     def encode(self, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray]:
         """Images -> pooled (B, D), grid (B, N, D) float32."""
-        x = np.stack([self.preprocess.array(load_image(i, max_pixels=self.max_pixels)) for i in images])
+        return self.encode_loaded([load_image(i, max_pixels=self.max_pixels) for i in images])
+
+    def encode_loaded(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Loaded RGB images (capgen.images.load_image) -> pooled (B, D), grid (B, N, D) float32."""
+        x = np.stack([self.preprocess.array(img) for img in images])
         pooled, grid = self.encoder.run(["pooled", "grid"], {"x": x})
         return pooled, grid
 
@@ -233,7 +222,7 @@ class Runtime:
         return rerank(hypotheses(found, config.n_best), asked)
 
     def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
-                guide: GuideConfig | float | None = GuideConfig(), **options) -> Caption | list[Caption]:
+                guide: GuideConfig | float | None = GuideConfig(), **options) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list; options are DecodeConfig fields.
         guide: tag guidance as in Captioner.caption (on by default when the export has a tagger;
         None turns it off)."""
@@ -251,12 +240,5 @@ class Runtime:
             results.extend(batch)
         return results[0] if single else results
 
-    def _result(self, hyps: list[Hypothesis], guided: Guidance | None) -> Caption:
-        if not hyps:
-            return Caption("", float("-inf"), [], alternatives=[])
-        words = Guide.render(self.vocab.decode(hyps[0].tokens), guided)[0]
-        # Guided only when the word made it in (blocking can make it impossible), as in the Captioner.
-        used = guided if guided is not None and any(t in guided.include for t in hyps[0].tokens) else None
-        return Caption(" ".join(words), hyps[0].score, words, hyps[0].truncated,
-                       [(" ".join(Guide.render(self.vocab.decode(h.tokens), guided)[0]), h.score) for h in hyps[1:]],
-                       used)
+    def _result(self, hyps: list[Hypothesis], guided: Guidance | None) -> CaptionResult:
+        return from_hypotheses(hyps, self.vocab.decode, guided)

@@ -1,9 +1,14 @@
-"""What captioning returns: one `CaptionResult` per image."""
+"""What captioning returns, one `CaptionResult` per image, and its one JSON schema (`to_dict`).
+
+The torch Captioner, the torch-free Runtime and the server all build results with `from_hypotheses`
+and write them with `to_dict`, so every path writes the same JSON for the same photo.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -56,6 +61,31 @@ class CaptionResult:
             d["attention"] = {"words": list(self.tokens), "grid": list(self.attention.shape[1:]),
                               "weights": np.round(weights, 5).tolist()}
         return d
+
+
+def from_hypotheses(hyps: Sequence, words_of, guided=None, image_size: tuple[int, int] = (0, 0),
+                    grid_hw: tuple[int, int] | None = None) -> CaptionResult:
+    """One image's hypotheses (capgen.decoding.Hypothesis, best first) -> its CaptionResult.
+
+    words_of: token ids -> words (Vocabulary.decode). guided: the image's capgen.tags.Guidance or
+    None; its stand-in word is written as the tag word. grid_hw: the encoder grid, to shape the best
+    hypothesis's attention (len(words), H, W) when it has some.
+    """
+    from capgen.tags.guide import Guide
+
+    if not hyps:  # only possible when n-gram blocking leaves nothing; keep the output shape
+        return CaptionResult("", float("-inf"), [], image_size=image_size)
+    best = hyps[0]
+    words, source = Guide.render(words_of(best.tokens), guided)
+    attention = None
+    if best.attention is not None and grid_hw is not None:
+        attention = np.asarray(best.attention, dtype=np.float32)[source].reshape(len(words), *grid_hw)
+    # Guided only when the word made it in (blocking can make it impossible).
+    used = guided if guided is not None and any(t in guided.include for t in best.tokens) else None
+    return CaptionResult(caption=" ".join(words), score=float(best.score), tokens=words,
+                         alternatives=[(" ".join(Guide.render(words_of(h.tokens), guided)[0]), float(h.score))
+                                       for h in hyps[1:]],
+                         attention=attention, image_size=image_size, truncated=bool(best.truncated), guided=used)
 
 
 def _score(x: float) -> float | None:
