@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from capgen.tags.guide import Guide
+
 
 @dataclass
 class CaptionResult:
@@ -71,8 +73,6 @@ def from_hypotheses(hyps: Sequence, words_of, guided=None, image_size: tuple[int
     None; its stand-in word is written as the tag word. grid_hw: the encoder grid, to shape the best
     hypothesis's attention (len(words), H, W) when it has some.
     """
-    from capgen.tags.guide import Guide
-
     if not hyps:  # only possible when n-gram blocking leaves nothing; keep the output shape
         return CaptionResult("", float("-inf"), [], image_size=image_size)
     best = hyps[0]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +12,9 @@ from torch import Tensor
 from capgen.decoding.common import NEG_INF, Constraints, State, expand_rows, select_rows
 from capgen.decoding.config import DecodeConfig, TokenIds
 from capgen.decoding.rules import EARLY_BONUS, EARLY_WORDS, UNMET_PENALTY, length_normalised
-from capgen.models.base import CaptionModel
+
+if TYPE_CHECKING:  # models sit above decoding: the search only calls their step
+    from capgen.models.base import CaptionModel
 
 
 @dataclass

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from capgen.decoding.beam import Found
 from capgen.decoding.common import NEG_INF, Constraints, State
 from capgen.decoding.config import DecodeConfig, TokenIds
-from capgen.models.base import CaptionModel
+
+if TYPE_CHECKING:  # models sit above decoding: the search only calls their step
+    from capgen.models.base import CaptionModel
 
 
 def sample_search(model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig,

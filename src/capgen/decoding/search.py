@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Collection, Sequence
+from typing import Collection, Sequence, TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -14,7 +14,9 @@ from capgen.decoding.common import expand_rows, select_rows
 from capgen.decoding.config import DecodeConfig, DecodeError, Hypothesis, TokenIds
 from capgen.decoding.consensus import rerank, search_config
 from capgen.decoding.sampling import sample_search
-from capgen.models.base import CaptionModel
+
+if TYPE_CHECKING:  # models sit above decoding: the search only calls their step
+    from capgen.models.base import CaptionModel
 
 
 def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
