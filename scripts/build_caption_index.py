@@ -13,7 +13,6 @@ pooled features and captions train the person head (tags/vetting.py); without it
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections import Counter
 
@@ -34,8 +33,10 @@ def typical_first(captions: list[tuple[str, ...]], sample: int, rng: random.Rand
     rng.shuffle(pool)
     pool = pool[:sample]
     grams = [_ngrams(c) for c in pool]
-    score = [np.mean([_similarity(grams[a], grams[b], len(pool[a]), len(pool[b]))
-                      for b in range(len(pool)) if b != a]) for a in range(len(pool))]
+    score = [
+        np.mean([_similarity(grams[a], grams[b], len(pool[a]), len(pool[b])) for b in range(len(pool)) if b != a])
+        for a in range(len(pool))
+    ]
     return [pool[i] for i in np.argsort(score, kind="stable")[::-1]]
 
 
@@ -50,27 +51,40 @@ def person_head(prepared, features: str, l2: float = 0.3) -> tuple[PersonHead, d
     from capgen.tags.tagger import make_tagger
 
     cache = FeatureCache.open(features)
+
     def split(name):
         records = prepared.split(name)
         x = np.asarray(cache.pooled([r.image for r in records]), dtype=np.float64)
         y = np.array([sum(bool(PERSON.intersection(t)) for t in r.tokens) >= 3 for r in records], dtype=np.float64)
         return x, y
+
     x, y = split("train")
     mu, sd = x.mean(0), x.std(0) + 1e-6
     xt, yt = torch.tensor((x - mu) / sd), torch.tensor(y)
-    w, b = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True), torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    w, b = (
+        torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True),
+        torch.zeros(1, dtype=torch.float64, requires_grad=True),
+    )
     opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+
     def closure():
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w + b, yt) + l2 * w.pow(2).sum()
         loss.backward()
         return loss
+
     opt.step(closure)
     weight = w.detach().numpy() / sd
-    head = PersonHead(weight.astype(np.float32), float(b.item() - weight @ mu),
-                      head_sha256(make_tagger(create_encoder(cache.encoder_name)).head))
+    head = PersonHead(
+        weight.astype(np.float32),
+        float(b.item() - weight @ mu),
+        head_sha256(make_tagger(create_encoder(cache.encoder_name)).head),
+    )
     xv, yv = split("val")
-    return head, {"trained_on": f"{len(y)} train photos, {y.mean():.1%} with people", "val_auc": round(_auc(head.probs(xv), yv), 4)}
+    return head, {
+        "trained_on": f"{len(y)} train photos, {y.mean():.1%} with people",
+        "val_auc": round(_auc(head.probs(xv), yv), 4),
+    }
 
 
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -114,9 +128,17 @@ def main() -> None:
     for j in sorted(groups):
         if len(set(groups[j])) < args.min_captions:
             continue
-        captions[words[j]] = [" ".join(c) for c in typical_first(groups[j], args.sample, random.Random(words[j]))[: args.per_word]]
-    out = {"format": FORMAT, "sources": sources, "rare_below": args.rare_below, "per_word": args.per_word,
-           "paired_mentions": {w: paired[words.index(w)] for w in captions}, "captions": captions}
+        captions[words[j]] = [
+            " ".join(c) for c in typical_first(groups[j], args.sample, random.Random(words[j]))[: args.per_word]
+        ]
+    out = {
+        "format": FORMAT,
+        "sources": sources,
+        "rare_below": args.rare_below,
+        "per_word": args.per_word,
+        "paired_mentions": {w: paired[words.index(w)] for w in captions},
+        "captions": captions,
+    }
     if args.features:
         head, figures = person_head(prepared, args.features)
         out["person_head"] = {**head.to_dict(), **figures}

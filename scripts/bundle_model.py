@@ -27,8 +27,10 @@ def main(argv=None) -> int:
     meta["source"] = Path(args.checkpoint).name
     save_checkpoint(args.out, model_payload(ck.model, ck.vocab, ck.encoder, meta, half=True))
     size = Path(args.out).stat().st_size / 2**20
-    print(f"bundled {ck.model.name} ({sum(p.numel() for p in ck.model.parameters()) / 1e6:.1f}M params) -> "
-          f"{args.out} ({size:.1f} MB)")
+    print(
+        f"bundled {ck.model.name} ({sum(p.numel() for p in ck.model.parameters()) / 1e6:.1f}M params) -> "
+        f"{args.out} ({size:.1f} MB)"
+    )
     if size > LIMIT_MB:
         print(f"warning: over the {LIMIT_MB} MB limit for the bundled model", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import pytest
 from capgen.data import prepare_dataset
 from capgen.data.synthetic import make_synthetic_dataset
 
-TINY_ENCODER_MODULE = '''
+TINY_ENCODER_MODULE = """
 import torch
 from capgen.encoders import GridEncoder, Preprocess
 
@@ -28,7 +28,7 @@ class _Tiny(torch.nn.Module):
 
 def build():
     return GridEncoder(_Tiny(), Preprocess(size=32), name="tiny-test", dim=8, grid_hw=(4, 4))
-'''
+"""
 
 
 @pytest.fixture
@@ -88,8 +88,9 @@ def tiny_run(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.syspath_prepend(str(mod_dir))
     encoder = "capgen_tiny_session_encoder:build"
-    data = prepare_dataset(make_synthetic_dataset(root / "synth", n_images=30, fmt="kaggle", seed=1),
-                           root / "prepared", min_count=1)
+    data = prepare_dataset(
+        make_synthetic_dataset(root / "synth", n_images=30, fmt="kaggle", seed=1), root / "prepared", min_count=1
+    )
     extract_features(data, root / "feats", encoder=encoder, progress=False)
     cache = FeatureCache.open(root / "feats")
     checkpoints = {}

@@ -51,13 +51,15 @@ def test_only_missing_or_empty_alts_of_local_images_change(site):
     text, imgs = find_images(site / "index.html", site)
     assert [(i.line, i.image.name) for i in imgs] == [(7, "a.jpg"), (8, "b.jpg"), (10, "b.jpg"), (16, "a.jpg")]
     new = splice(text, imgs, {site / "img" / "a.jpg": 'a dog & "cat"', site / "img" / "b.jpg": "a b"})
-    expected = (PAGE.replace('<IMG SRC="img/a.jpg"', '<IMG alt="a dog &amp; &quot;cat&quot;" SRC="img/a.jpg"')
-                .replace("""<img src='img/b.jpg' alt="">""", """<img src='img/b.jpg' alt="a b">""")
-                .replace("  alt\n/>", '  alt="a b"\n/>')
-                .replace('<img alt=" " src="img/%61.jpg"', '<img alt="a dog &amp; &quot;cat&quot;" src="img/%61.jpg"'))
+    expected = (
+        PAGE.replace('<IMG SRC="img/a.jpg"', '<IMG alt="a dog &amp; &quot;cat&quot;" SRC="img/a.jpg"')
+        .replace("""<img src='img/b.jpg' alt="">""", """<img src='img/b.jpg' alt="a b">""")
+        .replace("  alt\n/>", '  alt="a b"\n/>')
+        .replace('<img alt=" " src="img/%61.jpg"', '<img alt="a dog &amp; &quot;cat&quot;" src="img/%61.jpg"')
+    )
     assert new == expected
     _, kept = find_images(site / "index.html", site, keep_empty=True)
-    assert [i.line for i in kept] == [7]      # alt="", bare alt and alt=" " are deliberate with --keep-empty
+    assert [i.line for i in kept] == [7]  # alt="", bare alt and alt=" " are deliberate with --keep-empty
 
 
 def test_cli_out_dry_run_and_in_place(tiny_run, site, tmp_path, capsys):

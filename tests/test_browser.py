@@ -37,8 +37,13 @@ def server(tiny_captioner):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = uvicorn.Config(create_app(tiny_captioner, ServeSettings(timeout=30)), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(tiny_captioner, ServeSettings(timeout=30)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+    )
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -62,9 +67,18 @@ def test_pick_a_photo_and_see_its_caption(server, tiny_run, tmp_path):
 
     requested = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-background-networking", "--disable-component-update",
-            "--disable-default-apps", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-default-apps",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 720})
             page.on("request", lambda r: requested.append(r.url))
@@ -74,7 +88,9 @@ def test_pick_a_photo_and_see_its_caption(server, tiny_run, tmp_path):
             caption = page.locator(".card .caption")
             page.wait_for_function(
                 "() => { const c = document.querySelector('.card .caption');"
-                " return c && c.textContent && c.textContent !== '…'; }", timeout=30_000)
+                " return c && c.textContent && c.textContent !== '…'; }",
+                timeout=30_000,
+            )
             text = caption.inner_text().strip()
             assert text and text != "—", page.locator("#status").inner_text()
             assert "score" in page.locator(".card .score").inner_text()

@@ -49,7 +49,7 @@ def test_a_kill_loses_at_most_the_batch_in_flight(tiny_captioner, photos, tmp_pa
     def dying(fmt, path, res):
         calls["n"] += 1
         if calls["n"] == 6:
-            return real(fmt, path, res)[:20]   # a torn write, then the process is gone
+            return real(fmt, path, res)[:20]  # a torn write, then the process is gone
         if calls["n"] > 6:
             raise KeyboardInterrupt
         return real(fmt, path, res)
@@ -72,19 +72,18 @@ def test_changed_inputs_are_reported_and_other_settings_refused(tiny_captioner, 
     gone = sorted(photos.glob("*.png")) or sorted(p for p in photos.iterdir() if p.name != "broken.jpg")
     gone[0].unlink()
     res = caption_to_file(tiny_captioner, [str(photos)], out, progress=False)
-    assert res.captioned == 0 and any("inputs changed" in n and "1 captioned files are no longer" in n
-                                      for n in res.notes)
+    assert res.captioned == 0 and any(
+        "inputs changed" in n and "1 captioned files are no longer" in n for n in res.notes
+    )
     with pytest.raises(CapgenError, match="another decode"):
-        caption_to_file(tiny_captioner, [str(photos)], out, tiny_captioner.decode_config(beam_size=1),
-                        progress=False)
-    job_path = tmp_path / "caps.csv.job.json"       # a job from before min_words/max_words existed
+        caption_to_file(tiny_captioner, [str(photos)], out, tiny_captioner.decode_config(beam_size=1), progress=False)
+    job_path = tmp_path / "caps.csv.job.json"  # a job from before min_words/max_words existed
     job = json.loads(job_path.read_text())
     job["decode"] = {k: v for k, v in job["decode"].items() if k not in ("min_words", "max_words")}
     job_path.write_text(json.dumps(job))
     assert caption_to_file(tiny_captioner, [str(photos)], out, progress=False).captioned == 0
     with pytest.raises(CapgenError, match="another decode"):
-        caption_to_file(tiny_captioner, [str(photos)], out, tiny_captioner.decode_config(min_words=3),
-                        progress=False)
+        caption_to_file(tiny_captioner, [str(photos)], out, tiny_captioner.decode_config(min_words=3), progress=False)
     (tmp_path / "other.jsonl").write_text("hello\n")
     with pytest.raises(CapgenError, match="not written by capgen caption"):
         caption_to_file(tiny_captioner, [str(photos)], tmp_path / "other.jsonl", progress=False)
@@ -92,17 +91,39 @@ def test_changed_inputs_are_reported_and_other_settings_refused(tiny_captioner, 
 
 def test_cli_bulk_mode(tiny_run, photos, tmp_path, capsys):
     out = tmp_path / "c.jsonl"
-    code = main(["caption", str(photos), "--model", str(tiny_run.checkpoints["show_tell"]), "--encoder",
-                 tiny_run.encoder, "--out", str(out), "--greedy"])
+    code = main(
+        [
+            "caption",
+            str(photos),
+            "--model",
+            str(tiny_run.checkpoints["show_tell"]),
+            "--encoder",
+            tiny_run.encoder,
+            "--out",
+            str(out),
+            "--greedy",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "10 captioned" in err and "1 failed" in err and len(_lines(out)) == 10
     assert f"failed {photos / 'broken.jpg'}" in err
-    code = main(["caption", str(photos), "--model", str(tiny_run.checkpoints["show_tell"]), "--encoder",
-                 tiny_run.encoder, "--out", str(tmp_path / "c.txt")])
+    code = main(
+        [
+            "caption",
+            str(photos),
+            "--model",
+            str(tiny_run.checkpoints["show_tell"]),
+            "--encoder",
+            tiny_run.encoder,
+            "--out",
+            str(tmp_path / "c.txt"),
+        ]
+    )
     assert code == 2 and "must end in .jsonl or .csv" in capsys.readouterr().err
 
 
 # ---- issue 20 #4-#9: hostile file names and damaged job state ---------------------------------------
+
 
 def _odd_names(photos, *names):
     """Copies of one photo under each of `names` (str, or bytes for a name that is not UTF-8)."""
@@ -121,8 +142,18 @@ def test_odd_file_names_are_captioned_once_and_found_again(tiny_captioner, photo
     import csv
     import os
 
-    _odd_names(photos, b"a\xff.jpg", "new\nline.jpg", "cr\rx.jpg", "ls\u2028x.jpg", "nel\x85x.jpg",
-               "t\tx.jpg", "esc\x1b[31mx.jpg", "=cmd()+1.jpg", "'q.jpg")
+    _odd_names(
+        photos,
+        b"a\xff.jpg",
+        "new\nline.jpg",
+        "cr\rx.jpg",
+        "ls\u2028x.jpg",
+        "nel\x85x.jpg",
+        "t\tx.jpg",
+        "esc\x1b[31mx.jpg",
+        "=cmd()+1.jpg",
+        "'q.jpg",
+    )
     (photos / "bad\u2028\x85name.jpg").write_bytes(b"unreadable")  # a failure under such a name (#6)
     out = tmp_path / f"caps.{fmt}"
     res = caption_to_file(tiny_captioner, [str(photos)], out, batch_size=4, progress=False)
@@ -132,8 +163,10 @@ def test_odd_file_names_are_captioned_once_and_found_again(tiny_captioner, photo
     text = data.decode()
     if fmt == "jsonl":
         assert len(text.splitlines()) == 19
-        assert {d["image"] for d in map(json.loads, text.splitlines())} >= {str(photos / "a\udcff.jpg"),
-                                                                               str(photos / "new\nline.jpg")}
+        assert {d["image"] for d in map(json.loads, text.splitlines())} >= {
+            str(photos / "a\udcff.jpg"),
+            str(photos / "new\nline.jpg"),
+        }
     else:
         rows = list(csv.reader(text.splitlines()))
         assert len(rows) == 20 and all(len(r) == 4 for r in rows)
@@ -150,8 +183,9 @@ def test_a_file_named_twice_is_captioned_once(tiny_captioner, photos, tmp_path):
     """#8: the same path twice, or a folder and a file in it (also through another spelling)."""
     one = next(p for p in sorted(photos.iterdir()) if p.name != "broken.jpg")
     out = tmp_path / "caps.jsonl"
-    res = caption_to_file(tiny_captioner, [str(one), str(photos), str(one), f"{photos}/./{one.name}"], out,
-                          progress=False)
+    res = caption_to_file(
+        tiny_captioner, [str(one), str(photos), str(one), f"{photos}/./{one.name}"], out, progress=False
+    )
     images = [d["image"] for d in _lines(out)]
     assert res.inputs == 11 and len(images) == 10 == len(set(images)) and images.count(str(one)) == 1
 
@@ -173,8 +207,14 @@ def test_a_damaged_job_file_is_a_named_error(tiny_captioner, photos, tmp_path, d
     if damage == "folder":
         job.mkdir()
     else:
-        job.write_bytes({"empty": b"", "truncated": text[: len(text) // 2], "list": b"[1, 2]",
-                         "not-utf8": b'{"capgen_bulk": 1, "model": "\xff"}'}[damage])
+        job.write_bytes(
+            {
+                "empty": b"",
+                "truncated": text[: len(text) // 2],
+                "list": b"[1, 2]",
+                "not-utf8": b'{"capgen_bulk": 1, "model": "\xff"}',
+            }[damage]
+        )
     with pytest.raises(CapgenError, match=r"caps\.jsonl\.job\.json: damaged"):
         caption_to_file(tiny_captioner, [str(photos)], out, progress=False)
     assert out.read_bytes() == before
@@ -253,8 +293,20 @@ def test_long_names_get_figures_and_one_failed_figure_does_not_stop_the_batch(ti
     long = keep[0].rename(photos / ("é" * 120 + ".jpg"))  # 240 bytes of stem
     annotated = tmp_path / "ann"
     (annotated / f"{keep[1].stem}.jpg").mkdir(parents=True)  # in the way of the second photo's figure
-    code = main(["caption", str(long), str(keep[1]), "--model", str(tiny_run.checkpoints["show_tell"]),
-                 "--encoder", tiny_run.encoder, "--greedy", "--annotate", str(annotated)])
+    code = main(
+        [
+            "caption",
+            str(long),
+            str(keep[1]),
+            "--model",
+            str(tiny_run.checkpoints["show_tell"]),
+            "--encoder",
+            tiny_run.encoder,
+            "--greedy",
+            "--annotate",
+            str(annotated),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and len(captured.out.splitlines()) == 2
     assert (annotated / f"{long.stem}.jpg").is_file()

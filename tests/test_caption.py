@@ -32,6 +32,7 @@ def _words_ok(res, vocab):
 
 # ---- the API ----------------------------------------------------------------------------------------
 
+
 def test_caption_path_bytes_pil_and_list(tiny_captioner, photos):
     one = tiny_captioner.caption(photos[0])
     _words_ok(one, tiny_captioner.vocab)
@@ -89,7 +90,8 @@ def test_bad_inputs_and_encoder_mismatch(tiny_run, tiny_captioner, tmp_path):
     mod.mkdir()
     (mod / "capgen_other_encoder.py").write_text(
         "from capgen.encoders import GridEncoder, Preprocess\nimport torch\n"
-        "def build():\n    return GridEncoder(torch.nn.Conv2d(3, 8, 8, 8), Preprocess(size=64), name='tiny-test')\n")
+        "def build():\n    return GridEncoder(torch.nn.Conv2d(3, 8, 8, 8), Preprocess(size=64), name='tiny-test')\n"
+    )
     mp = pytest.MonkeyPatch()
     mp.syspath_prepend(str(mod))
     try:
@@ -117,8 +119,10 @@ def test_caption_paths_keeps_order_and_reports_bad_files(tiny_captioner, photos,
     # the same through the method, with a folder and decode options
     (tmp_path / "ok.png").write_bytes(Path(photos[2]).read_bytes())
     out = list(tiny_captioner.caption_paths([tmp_path], beam_size=2, n_best=2))
-    assert [(Path(p).name, type(r).__name__) for p, r in out] == [("bad.jpg", "ImageLoadError"),
-                                                                  ("ok.png", "CaptionResult")]
+    assert [(Path(p).name, type(r).__name__) for p, r in out] == [
+        ("bad.jpg", "ImageLoadError"),
+        ("ok.png", "CaptionResult"),
+    ]
 
 
 def test_figures_are_readable_images(tiny_captioner, photos, tmp_path):
@@ -136,6 +140,7 @@ def test_figures_are_readable_images(tiny_captioner, photos, tmp_path):
 
 # ---- the CLI ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def folder(photos, tmp_path):
     """A folder of photos (two with the same name in sub-folders) and bad files."""
@@ -151,8 +156,9 @@ def folder(photos, tmp_path):
 
 
 def _cli(tiny_run, args, model="show_attend_tell"):
-    return main(["caption", *map(str, args), "--model", str(tiny_run.checkpoints[model]),
-                 "--encoder", tiny_run.encoder])
+    return main(
+        ["caption", *map(str, args), "--model", str(tiny_run.checkpoints[model]), "--encoder", tiny_run.encoder]
+    )
 
 
 def test_cli_folder_with_a_bad_file(tiny_run, folder, capsys):

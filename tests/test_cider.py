@@ -23,10 +23,11 @@ def test_matches_pycocoevalcap_per_image():
     rng = random.Random(0)
     refs = {f"img{i}": [_caption(rng) for _ in range(rng.randint(1, 5))] for i in range(60)}
     cands = {k: _caption(rng) for k in refs}
-    cands["img0"] = list(refs["img0"][0])      # an exact match scores high
+    cands["img0"] = list(refs["img0"][0])  # an exact match scores high
     with contextlib.redirect_stdout(io.StringIO()):
-        mean, per_image = Cider().compute_score({k: [" ".join(r) for r in v] for k, v in refs.items()},
-                                                {k: [" ".join(c)] for k, c in cands.items()})
+        mean, per_image = Cider().compute_score(
+            {k: [" ".join(r) for r in v] for k, v in refs.items()}, {k: [" ".join(c)] for k, c in cands.items()}
+        )
     keys = list(refs)  # pycocoevalcap scores the images in the order of its dict keys
     ours = CiderD(refs).scores(keys, [cands[k] for k in keys])
     np.testing.assert_allclose(ours, per_image, rtol=1e-6)

@@ -39,18 +39,27 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, prepared, tiny_encoder):
     _one_line_error(capsys, ["prepare", str(bad), "--out", str(tmp_path / "p")], "bad.jsonl:2", "malformed JSON")
     assert not (tmp_path / "p").exists()
     _one_line_error(capsys, ["extract", str(tmp_path / "nope"), "--out", str(tmp_path / "f")], "nope")
-    _one_line_error(capsys, ["extract", str(prepared.root), "--out", str(tmp_path / "f"), "--encoder", "resnet9000"],
-                    "resnet9000", "efficientnet-lite2")
+    _one_line_error(
+        capsys,
+        ["extract", str(prepared.root), "--out", str(tmp_path / "f"), "--encoder", "resnet9000"],
+        "resnet9000",
+        "efficientnet-lite2",
+    )
     assert not (tmp_path / "f").exists()
     if importlib.util.find_spec("timm") is None:
-        _one_line_error(capsys, ["extract", str(prepared.root), "--out", str(tmp_path / "f"), "--encoder",
-                                 "timm:resnet18"], "capgen[timm]")
+        _one_line_error(
+            capsys,
+            ["extract", str(prepared.root), "--out", str(tmp_path / "f"), "--encoder", "timm:resnet18"],
+            "capgen[timm]",
+        )
 
 
 def test_bad_option_values_exit_2(capsys, tmp_path):
-    for argv in (["prepare", "x", "--out", "y", "--min-count", "zero"],
-                 ["prepare", "x", "--out", "y", "--format", "xml"],
-                 ["extract", "x", "--out", "y", "--batch-size", "-3"]):
+    for argv in (
+        ["prepare", "x", "--out", "y", "--min-count", "zero"],
+        ["prepare", "x", "--out", "y", "--format", "xml"],
+        ["extract", "x", "--out", "y", "--batch-size", "-3"],
+    ):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
@@ -59,8 +68,11 @@ def test_bad_option_values_exit_2(capsys, tmp_path):
 
 
 def test_debug_shows_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "capgen", "prepare", str(tmp_path / "nope"), "--out",
-                           str(tmp_path / "p"), "--debug"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "capgen", "prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "p"), "--debug"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -68,8 +80,21 @@ def test_debug_shows_traceback(tmp_path):
 def test_synth_prepare_extract_end_to_end_with_a_real_encoder(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "d"), "--images", "12", "--format", "flickr"]) == 0
     assert main(["prepare", str(tmp_path / "d"), "--out", str(tmp_path / "p"), "--min-count", "1"]) == 0
-    assert main(["extract", str(tmp_path / "p"), "--out", str(tmp_path / "f"), "--encoder",
-                 "efficientnet-lite0", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(tmp_path / "p"),
+                "--out",
+                str(tmp_path / "f"),
+                "--encoder",
+                "efficientnet-lite0",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "extracted 12 images" in out
     cache = FeatureCache.open(tmp_path / "f")

@@ -24,10 +24,10 @@ def _index(tmp_path, captions):
 def test_choose_the_caption_naming_the_photos_tags(tmp_path):
     index = _index(tmp_path, {"zebra": ["a zebra in a field", "a zebra and a giraffe near a tree"]})
     probs = np.array([0.6, 0.3, 0.05, 0.0])
-    assert index.choose(probs).caption == "a zebra and a giraffe near a tree"   # names both tags
+    assert index.choose(probs).caption == "a zebra and a giraffe near a tree"  # names both tags
     assert index.choose(np.array([0.6, 0.0, 0.0, 0.0])).caption == "a zebra in a field"  # the typical one
-    assert index.choose(np.array([THRESHOLD / 2, 0, 0, 0])) is None            # not confident enough
-    assert index.choose(np.array([0.0, 0.0, 0.0, 0.9])) is None                # a word the decoder knows
+    assert index.choose(np.array([THRESHOLD / 2, 0, 0, 0])) is None  # not confident enough
+    assert index.choose(np.array([0.0, 0.0, 0.0, 0.9])) is None  # a word the decoder knows
 
 
 def test_bad_index_files(tmp_path):
@@ -42,10 +42,12 @@ def test_apply_replaces_only_chosen_results_and_keeps_the_decoders_caption(tmp_p
     tagger = SimpleNamespace(words=WORDS, word_probs=lambda pooled: np.asarray(pooled))
     corpus = CorpusCaptions(tagger)
     corpus._index = index
-    results = [SimpleNamespace(caption="a man on a zebra", score=-3.0, tokens=[], alternatives=[], attention=1,
-                               from_corpus=None),
-               SimpleNamespace(caption="a dog runs", score=-2.0, tokens=[], alternatives=[], attention=1,
-                               from_corpus=None)]
+    results = [
+        SimpleNamespace(
+            caption="a man on a zebra", score=-3.0, tokens=[], alternatives=[], attention=1, from_corpus=None
+        ),
+        SimpleNamespace(caption="a dog runs", score=-2.0, tokens=[], alternatives=[], attention=1, from_corpus=None),
+    ]
     pooled = np.array([[0.9, 0, 0, 0], [0, 0, 0, 0.9]])
     corpus.apply(results, pooled, DecodeConfig(), GuideConfig())
     assert results[0].caption == "a zebra in a field" and results[0].from_corpus.word == "zebra"
@@ -66,10 +68,17 @@ def _vetting_index(tmp_path, head_hash):
 
     person = PersonHead(np.array([1.0, 0, 0, 0], np.float32), 0.0, head_hash).to_dict()  # P(person) = sigmoid(x0)
     path = tmp_path / "index.json"
-    path.write_text(json.dumps({
-        "format": FORMAT, "rare_below": 20, "paired_mentions": {"zebra": 0, "tree": 500},
-        "captions": {"zebra": ["a zebra in a field"], "tree": ["a man under a tree", "a tree in a park"]},
-        "person_head": person}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "rare_below": 20,
+                "paired_mentions": {"zebra": 0, "tree": 500},
+                "captions": {"zebra": ["a zebra in a field"], "tree": ["a man under a tree", "a tree in a park"]},
+                "person_head": person,
+            }
+        )
+    )
     return CaptionIndex.load(path, WORDS)
 
 
@@ -79,19 +88,19 @@ def test_vetting_replaces_people_and_dogs_the_photo_does_not_support(tmp_path):
     head = SimpleNamespace(weight=np.ones((4, 4), np.float32), bias=np.zeros(4, np.float32))
     index = _vetting_index(tmp_path, head_sha256(head))
     tree = np.array([0.0, 0.0, 0.5, 0.0])
-    assert index.choose(tree) is None                      # "tree" is a word the decoder knows
+    assert index.choose(tree) is None  # "tree" is a word the decoder knows
     low, high = PERSON_BELOW / 2, 0.99
-    pick = index.vet({"a", "man", "on", "a", "bench"}, tree, low)
-    assert pick.caption == "a tree in a park" and pick.replaced == ("person",)   # no person in the stand-in
-    assert index.vet({"a", "man", "on", "a", "bench"}, tree, high) is None          # the head sees a person
-    assert index.vet({"a", "man"}, tree, None) is None                              # no head for this encoder
+    pick = index.vet({"a", "man", "on", "bench"}, tree, low)
+    assert pick.caption == "a tree in a park" and pick.replaced == ("person",)  # no person in the stand-in
+    assert index.vet({"a", "man", "on", "bench"}, tree, high) is None  # the head sees a person
+    assert index.vet({"a", "man"}, tree, None) is None  # no head for this encoder
     dog = index.vet({"a", "dog", "runs"}, tree, high)
-    assert dog.replaced == ("dog",) and dog.caption == "a man under a tree"         # people are fine here
+    assert dog.replaced == ("dog",) and dog.caption == "a man under a tree"  # people are fine here
     with_dog = tree.copy()
     with_dog[3] = DOG_BELOW * 4
-    assert index.vet({"a", "dog", "runs"}, with_dog, high) is None                   # the tagger sees a dog
-    assert index.vet({"a", "man"}, np.array([0.0, 0.0, 0.01, 0.0]), low) is None     # nothing confident to say
-    plain = index.vet({"a", "dog", "runs"}, np.array([0.0, 0.5, 0.0, 0.0]), high)   # giraffe: no captions of it
+    assert index.vet({"a", "dog", "runs"}, with_dog, high) is None  # the tagger sees a dog
+    assert index.vet({"a", "man"}, np.array([0.0, 0.0, 0.01, 0.0]), low) is None  # nothing confident to say
+    plain = index.vet({"a", "dog", "runs"}, np.array([0.0, 0.5, 0.0, 0.0]), high)  # giraffe: no captions of it
     assert plain.caption == "a photo of a giraffe" and plain.replaced == ("dog",)
     # the person head applies only to the encoder it was trained on
     pooled = np.array([[-5.0, 0, 0, 0]])
@@ -117,10 +126,12 @@ def test_apply_vets_the_decoders_captions(tmp_path):
 
 
 def test_bad_person_head_and_counts(tmp_path):
-    for extra in ({"person_head": {"weight": ["x"], "bias": 0, "tagger_head": "h"}},
-                  {"person_head": {"weight": [float("nan")], "bias": 0, "tagger_head": "h"}},
-                  {"paired_mentions": {"zebra": -1}, "rare_below": 20},
-                  {"paired_mentions": {"zebra": 1}, "rare_below": "20"}):
+    for extra in (
+        {"person_head": {"weight": ["x"], "bias": 0, "tagger_head": "h"}},
+        {"person_head": {"weight": [float("nan")], "bias": 0, "tagger_head": "h"}},
+        {"paired_mentions": {"zebra": -1}, "rare_below": 20},
+        {"paired_mentions": {"zebra": 1}, "rare_below": "20"},
+    ):
         (tmp_path / "i.json").write_text(json.dumps({"format": FORMAT, "captions": {"zebra": ["a zebra"]}, **extra}))
         with pytest.raises(TagsError, match="i.json"):
             CaptionIndex.load(tmp_path / "i.json", WORDS)

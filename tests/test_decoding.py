@@ -50,7 +50,7 @@ def brute_force(model: CaptionModel, pooled, grid, words: list[int], max_len: in
         for seq in itertools.product(words, repeat=n):
             caps = torch.tensor([[START, *seq, END]])
             with torch.no_grad():
-                logp = model(pooled, grid, caps)["logits"].log_softmax(-1)[0]   # (n+1, V)
+                logp = model(pooled, grid, caps)["logits"].log_softmax(-1)[0]  # (n+1, V)
             total = logp[torch.arange(n + 1), caps[0, 1:]].sum().item()
             scored.append((list(seq), total / ((5 + n) / 6) ** alpha))
     return sorted(scored, key=lambda x: -x[1])
@@ -59,20 +59,44 @@ def brute_force(model: CaptionModel, pooled, grid, words: list[int], max_len: in
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 @pytest.mark.parametrize("name", MODELS)
 def test_beam_search_equals_brute_force(name, alpha):
-    vocab_size, max_len = 6, 3                   # <unk> (allowed here) and 2 words: 39 captions in all
+    vocab_size, max_len = 6, 3  # <unk> (allowed here) and 2 words: 39 captions in all
     model = sharp(name, vocab_size).eval()
     for seed in range(3):
         pooled, grid = features(1, seed=seed)
         expected = brute_force(model, pooled, grid, [3, 4, 5], max_len, alpha)
         # 32 >= the 27 candidates of the longest step: nothing is pruned, so the 5 best must match exactly.
-        hyps = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, n_best=5, max_len=max_len, allow_unk=True,
-                                                             length_penalty=alpha, no_repeat_ngram=0,
-                                                             no_repeat_words=False))[0]
+        hyps = decode(
+            model,
+            pooled,
+            grid,
+            IDS,
+            DecodeConfig(
+                beam_size=32,
+                n_best=5,
+                max_len=max_len,
+                allow_unk=True,
+                length_penalty=alpha,
+                no_repeat_ngram=0,
+                no_repeat_words=False,
+            ),
+        )[0]
         assert [h.tokens for h in hyps] == [t for t, _ in expected[:5]]
         assert [h.score for h in hyps] == pytest.approx([s for _, s in expected[:5]], rel=1e-5)
         # A small beam finds the best caption's score or a worse one, never a better one.
-        small = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=2, max_len=max_len, length_penalty=alpha,
-                                                              allow_unk=True, no_repeat_ngram=0, no_repeat_words=False))[0][0]
+        small = decode(
+            model,
+            pooled,
+            grid,
+            IDS,
+            DecodeConfig(
+                beam_size=2,
+                max_len=max_len,
+                length_penalty=alpha,
+                allow_unk=True,
+                no_repeat_ngram=0,
+                no_repeat_words=False,
+            ),
+        )[0][0]
         assert small.score <= expected[0][1] + 1e-4
 
 
@@ -94,8 +118,11 @@ class NeverEnds(CaptionModel):
         return logp.index_fill(1, torch.tensor([END]), float("-inf")), state, att
 
 
-@pytest.mark.parametrize("cfg", [dict(method="greedy"), dict(method="beam", beam_size=3, n_best=3),
-                                 dict(method="sample", seed=0, n_best=2)], ids=lambda c: c["method"])
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(method="greedy"), dict(method="beam", beam_size=3, n_best=3), dict(method="sample", seed=0, n_best=2)],
+    ids=lambda c: c["method"],
+)
 def test_model_that_never_ends_is_capped_at_max_len(cfg):
     model = NeverEnds(build("show_tell"))
     for hyps in run(model, max_len=5, **cfg):
@@ -115,7 +142,7 @@ def test_n_best_distinct_and_sorted(name):
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
 def test_no_repeat_ngram(method):
-    model = NeverEnds(build("transformer", vocab_size=40))    # long captions: repeats are likely
+    model = NeverEnds(build("transformer", vocab_size=40))  # long captions: repeats are likely
     for hyps in run(model, method=method, no_repeat_ngram=1, max_len=12, seed=0):
         assert len(hyps[0].tokens) == 12 and len(set(hyps[0].tokens)) == 12
     for hyps in run(model, method=method, no_repeat_ngram=2, max_len=12, seed=0):
@@ -134,7 +161,7 @@ def test_no_repeat_blocking_everything_stops_the_caption():
 def test_pad_start_and_unk_are_never_emitted():
     model = build("show_tell")
     with torch.no_grad():
-        model.head.bias[PAD_ID] = 50.0          # make them the model's favourites
+        model.head.bias[PAD_ID] = 50.0  # make them the model's favourites
         model.head.bias[START] = 50.0
         model.head.bias[UNK] = 40.0
     for cfg in (dict(method="greedy"), dict(method="beam"), dict(method="sample", seed=0)):
@@ -168,8 +195,14 @@ def test_sampling_seeded_and_top_k_one_is_greedy(name):
 def test_batched_equals_one_by_one(name, method):
     model = sharp(name, 20)
     pooled, grid = features(4, seed=5)
-    cfg = DecodeConfig(method=method, beam_size=4, n_best=1 if method == "greedy" else 3, max_len=7,
-                       length_penalty=0.6, return_attention=True)
+    cfg = DecodeConfig(
+        method=method,
+        beam_size=4,
+        n_best=1 if method == "greedy" else 3,
+        max_len=7,
+        length_penalty=0.6,
+        return_attention=True,
+    )
     batched = decode(model, pooled, grid, IDS, cfg)
     for i in range(4):
         alone = decode(model, pooled[i : i + 1], grid[i : i + 1], IDS, cfg)[0]
@@ -182,8 +215,9 @@ def test_batched_equals_one_by_one(name, method):
 @pytest.mark.parametrize("name", MODELS)
 def test_return_attention_one_row_per_word(name, method):
     model = sharp(name, 20)
-    for hyps in run(model, method=method, return_attention=True, max_len=6, seed=0, n_best=2
-                    if method != "greedy" else 1):
+    for hyps in run(
+        model, method=method, return_attention=True, max_len=6, seed=0, n_best=2 if method != "greedy" else 1
+    ):
         for h in hyps:
             if not model.supports_attention:
                 assert h.attention is None
@@ -201,14 +235,25 @@ def test_training_mode_is_restored_and_no_grad_state_leaks():
     assert not model.training
 
 
-@pytest.mark.parametrize("cfg,match", [
-    (dict(beam_size=0), "beam_size"), (dict(beam_size=2, n_best=3), "n_best"), (dict(method="topk"), "method"),
-    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(temperature=0), "temperature"),
-    (dict(max_len=0), "max_len"), (dict(method="greedy", n_best=2), "n_best"), (dict(top_k=-1), "top_k"),
-    (dict(length_penalty=-1), "length_penalty"), (dict(no_repeat_ngram=-2), "no_repeat_ngram"),
-    (dict(beam_size=MAX_BEAM + 1), "beam_size"), (dict(beam_size=100000), "beam_size"),
-    (dict(temperature=float("inf")), "temperature"),
-])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        (dict(beam_size=0), "beam_size"),
+        (dict(beam_size=2, n_best=3), "n_best"),
+        (dict(method="topk"), "method"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=0), "temperature"),
+        (dict(max_len=0), "max_len"),
+        (dict(method="greedy", n_best=2), "n_best"),
+        (dict(top_k=-1), "top_k"),
+        (dict(length_penalty=-1), "length_penalty"),
+        (dict(no_repeat_ngram=-2), "no_repeat_ngram"),
+        (dict(beam_size=MAX_BEAM + 1), "beam_size"),
+        (dict(beam_size=100000), "beam_size"),
+        (dict(temperature=float("inf")), "temperature"),
+    ],
+)
 def test_bad_config_is_a_clear_error(cfg, match):
     with pytest.raises(DecodeError, match=match):
         DecodeConfig(**cfg)
@@ -246,8 +291,9 @@ class Favours(NeverEnds):
         return (logp + self.bonus).log_softmax(-1), state, att
 
 
-@pytest.mark.parametrize("cfg", [dict(method="greedy"), dict(beam_size=3, n_best=3), dict(method="sample", seed=0,
-                                                                                           n_best=3)])
+@pytest.mark.parametrize(
+    "cfg", [dict(method="greedy"), dict(beam_size=3, n_best=3), dict(method="sample", seed=0, n_best=3)]
+)
 def test_no_empty_caption_and_no_bad_ending(cfg):
     """The model loves <end> and word 4, a 'bad ending' (like "a"): captions still have words and
     never end on 4, also when cut at max_len."""
@@ -280,14 +326,17 @@ def test_no_repeat_words_blocks_repeated_content_words(method):
         assert len(content) == len(set(content))
 
 
-@pytest.mark.parametrize("cfg", [dict(method="greedy"), dict(beam_size=3, n_best=3),
-                                 dict(method="sample", seed=0, n_best=3)], ids=["greedy", "beam", "sample"])
+@pytest.mark.parametrize(
+    "cfg",
+    [dict(method="greedy"), dict(beam_size=3, n_best=3), dict(method="sample", seed=0, n_best=3)],
+    ids=["greedy", "beam", "sample"],
+)
 def test_min_and_max_words_are_enforced_inside_the_search(cfg):
     """A model that loves <end> still says min_words words; one that never ends stops at max_words
     (overriding max_len) on a word a caption may end on."""
     ids = TokenIds(PAD_ID, START, END, UNK, bad_endings=(4,))
     eager = Favours(build("show_tell", vocab_size=12), {END: 8.0})
-    assert all(len(hyps[0].tokens) < 4 for hyps in run(eager, B=3, ids=ids, **cfg))   # so min_words has work to do
+    assert all(len(hyps[0].tokens) < 4 for hyps in run(eager, B=3, ids=ids, **cfg))  # so min_words has work to do
     for hyps in run(eager, B=3, ids=ids, min_words=4, no_repeat_ngram=0, **cfg):
         assert hyps and all(4 <= len(h.tokens) <= 20 and not h.truncated for h in hyps)
     looping = Favours(build("show_tell", vocab_size=12), {4: 6.0, END: -8.0})
@@ -297,9 +346,16 @@ def test_min_and_max_words_are_enforced_inside_the_search(cfg):
     assert all(len(h.tokens) == 5 for hyps in exact for h in hyps)
 
 
-@pytest.mark.parametrize("cfg,match", [(dict(min_words=0), "min_words"), (dict(min_words=21), "min_words"),
-                                       (dict(max_words=3, min_words=4), "min_words"), (dict(max_words=0), "max_words"),
-                                       (dict(max_words=201), "max_words")])
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        (dict(min_words=0), "min_words"),
+        (dict(min_words=21), "min_words"),
+        (dict(max_words=3, min_words=4), "min_words"),
+        (dict(max_words=0), "max_words"),
+        (dict(max_words=201), "max_words"),
+    ],
+)
 def test_bad_word_limits(cfg, match):
     with pytest.raises(DecodeError, match=match):
         DecodeConfig(**cfg)
@@ -308,21 +364,28 @@ def test_bad_word_limits(cfg, match):
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
 def test_numpy_search_applies_the_word_limits_like_the_torch_one(method):
-    from capgen.runtime.search import beam_search as numpy_beam, greedy_search as numpy_greedy, hypotheses
+    from capgen.runtime.search import beam_search as numpy_beam
+    from capgen.runtime.search import greedy_search as numpy_greedy
+    from capgen.runtime.search import hypotheses
     from test_guide import _numpy_step
 
     ids = TokenIds(PAD_ID, START, END, UNK, bad_endings=(4,))
     model = Favours(build("show_tell", vocab_size=12), {END: 4.0, 4: 2.0}).eval()
     pooled, grid = features(3, seed=2)
-    for cfg in (DecodeConfig(method=method, min_words=4, max_words=6, beam_size=1 if method == "greedy" else 3),
-                DecodeConfig(method=method, max_words=2, beam_size=1 if method == "greedy" else 2)):
+    for cfg in (
+        DecodeConfig(method=method, min_words=4, max_words=6, beam_size=1 if method == "greedy" else 3),
+        DecodeConfig(method=method, max_words=2, beam_size=1 if method == "greedy" else 2),
+    ):
         ref = decode(model, pooled, grid, ids, cfg)
         with torch.inference_mode():
             memory = model.init_memory(pooled, grid)
             state = model.init_state(memory)
         memory, state = ({k: v.numpy() for k, v in d.items()} for d in (memory, state))
-        found = (numpy_greedy(_numpy_step(model), memory, state, ids, cfg, 12) if method == "greedy" else
-                 numpy_beam(_numpy_step(model), memory, state, ids, cfg, 12, model.shared_memory))
+        found = (
+            numpy_greedy(_numpy_step(model), memory, state, ids, cfg, 12)
+            if method == "greedy"
+            else numpy_beam(_numpy_step(model), memory, state, ids, cfg, 12, model.shared_memory)
+        )
         got = hypotheses(found, cfg.n_best)
         assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
         assert all(cfg.min_words <= len(h.tokens) <= cfg.length_limit for hs in got for h in hs)

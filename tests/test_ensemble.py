@@ -62,8 +62,22 @@ def test_checkpoint_ensembles_through_captioner_cli_and_errors(tiny_run, tmp_pat
     assert json.loads(capsys.readouterr().out)["caption"]
     # evaluate takes several checkpoints
     out = tmp_path / "ev"
-    assert main(["evaluate", *map(str, ckpts), "--data", str(tiny_run.prepared.root), "--features",
-                 str(tiny_run.cache.root), "--out", str(out), "--no-meteor"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                *map(str, ckpts),
+                "--data",
+                str(tiny_run.prepared.root),
+                "--features",
+                str(tiny_run.cache.root),
+                "--out",
+                str(out),
+                "--no-meteor",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "metrics.json").read_text())["checkpoint"] == [str(p) for p in ckpts]
     capsys.readouterr()
     # a member with another vocabulary: one line naming it

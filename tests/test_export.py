@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import one_line_error
 
 from capgen import Captioner
 from capgen.checkpoint import model_payload, read_payload, save_checkpoint
@@ -20,7 +21,6 @@ from capgen.errors import CapgenError, ExportError
 from capgen.models import create_model
 from capgen.runtime import Runtime
 from capgen.runtime import folder as fmt
-from tests.conftest import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,8 +32,13 @@ def _transformer(tiny_run, tmp: Path, name: str, **overrides) -> Path:
     payload = read_payload(tiny_run.checkpoints["show_tell"])
     vocab = Vocabulary.from_dict(payload["vocab"])
     torch.manual_seed(0)
-    model = create_model("transformer", len(vocab), payload["feature_dim"], payload["num_regions"],
-                         overrides={"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, **overrides})
+    model = create_model(
+        "transformer",
+        len(vocab),
+        payload["feature_dim"],
+        payload["num_regions"],
+        overrides={"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, **overrides},
+    )
     path = tmp / f"{name}.pt"
     save_checkpoint(path, model_payload(model, vocab, payload["encoder"]))
     return path
@@ -42,9 +47,12 @@ def _transformer(tiny_run, tmp: Path, name: str, **overrides) -> Path:
 @pytest.fixture(scope="module")
 def checkpoints(tiny_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export-ckpts")
-    return {**tiny_run.checkpoints, "transformer": _transformer(tiny_run, tmp, "transformer"),
-            "transformer_learned": _transformer(tiny_run, tmp, "learned", positions="learned", max_positions=24),
-            "ensemble": [tiny_run.checkpoints["show_tell"], tiny_run.checkpoints["show_attend_tell"]]}
+    return {
+        **tiny_run.checkpoints,
+        "transformer": _transformer(tiny_run, tmp, "transformer"),
+        "transformer_learned": _transformer(tiny_run, tmp, "learned", positions="learned", max_positions=24),
+        "ensemble": [tiny_run.checkpoints["show_tell"], tiny_run.checkpoints["show_attend_tell"]],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +78,14 @@ def test_runtime_captions_equal_torch_captions(name, tiny_run, checkpoints, expo
     rt = Runtime(exports[name], threads=1)
     info = json.loads((exports[name] / fmt.MODEL).read_text())
     assert info["architecture"] == name.split("_learned")[0] and info["step_max_diff"] < 1e-4
-    for options in ({"beam_size": 1}, {"beam_size": 3}, {"beam_size": 3, "n_best": 3, "length_penalty": 0.7},
-                    {"beam_size": 1, "no_repeat_words": True, "max_len": 5},
-                    {"beam_size": 3, "min_words": 6, "max_words": 8}, {"beam_size": 1, "max_words": 3}):
+    for options in (
+        {"beam_size": 1},
+        {"beam_size": 3},
+        {"beam_size": 3, "n_best": 3, "length_penalty": 0.7},
+        {"beam_size": 1, "no_repeat_words": True, "max_len": 5},
+        {"beam_size": 3, "min_words": 6, "max_words": 8},
+        {"beam_size": 1, "max_words": 3},
+    ):
         ref = captioner.caption(photos, **options)
         got = rt.caption(photos, **options)
         assert [r.caption for r in got] == [r.caption for r in ref], options
@@ -94,14 +107,21 @@ def test_step_graphs_match_torch_steps(checkpoints, exports):
 
 
 def test_runtime_never_imports_torch(exports, photos, tiny_run, checkpoints):
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from capgen.runtime.__main__ import main\n"
-            "rc = main([sys.argv[1], *sys.argv[2:], '--format', 'jsonl'])\n"
-            "assert sys.modules['torch'] is None and not any(m.startswith('torch.') for m in sys.modules)\n"
-            "sys.exit(rc)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from capgen.runtime.__main__ import main\n"
+        "rc = main([sys.argv[1], *sys.argv[2:], '--format', 'jsonl'])\n"
+        "assert sys.modules['torch'] is None and not any(m.startswith('torch.') for m in sys.modules)\n"
+        "sys.exit(rc)\n"
+    )
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code, str(exports["transformer"]), *photos[:3]],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(exports["transformer"]), *photos[:3]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     got = [json.loads(line)["caption"] for line in done.stdout.splitlines()]
     captioner = Captioner.from_pretrained(checkpoints["transformer"], encoder=tiny_run.encoder)
@@ -109,6 +129,7 @@ def test_runtime_never_imports_torch(exports, photos, tiny_run, checkpoints):
 
 
 # ---- bad input -----------------------------------------------------------------------------------
+
 
 def _copy(src: Path, dst: Path) -> Path:
     import shutil
@@ -156,7 +177,7 @@ def test_wrong_vocabulary_or_graph_is_refused_even_with_a_rewritten_manifest(exp
 
     swapped = _copy(exports["show_tell"], tmp_path / "vocab")
     vocab = json.loads((swapped / fmt.VOCAB).read_text())
-    vocab["itos"][4], vocab["itos"][5] = vocab["itos"][5], vocab["itos"][4]   # same size, other words
+    vocab["itos"][4], vocab["itos"][5] = vocab["itos"][5], vocab["itos"][4]  # same size, other words
     write_json(swapped / fmt.VOCAB, vocab, indent=None)
     write_json(swapped / fmt.MANIFEST, fmt.manifest_for(swapped))
     _runtime_error(capsys, swapped, photos[0], "vocab.json", "not the vocabulary")
@@ -168,15 +189,21 @@ def test_wrong_vocabulary_or_graph_is_refused_even_with_a_rewritten_manifest(exp
     assert "vocab.json" in line or "decoder_step.onnx" in line, line
 
 
-def test_checkpoints_the_runtime_cannot_express_are_refused(tiny_run, checkpoints, tmp_path, capsys,
-                                                             monkeypatch):
+def test_checkpoints_the_runtime_cannot_express_are_refused(tiny_run, checkpoints, tmp_path, capsys, monkeypatch):
     # Learned positions cover fewer words than the decoding settings ask for.
     short = _transformer(tiny_run, tmp_path, "short", positions="learned", max_positions=8)
-    one_line_error(capsys, ["export", short, "--out", tmp_path / "a", "--encoder", tiny_run.encoder],
-                   "learned positions", "--max-len 7")
+    one_line_error(
+        capsys,
+        ["export", short, "--out", tmp_path / "a", "--encoder", tiny_run.encoder],
+        "learned positions",
+        "--max-len 7",
+    )
     # Sampling is not a search the runtime runs.
-    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", tmp_path / "b", "--encoder",
-                            tiny_run.encoder, "--sample"], "greedy or beam")
+    one_line_error(
+        capsys,
+        ["export", checkpoints["show_tell"], "--out", tmp_path / "b", "--encoder", tiny_run.encoder, "--sample"],
+        "greedy or beam",
+    )
     # An encoder whose graph cannot be traced (numpy inside its forward): ONNX would compute constants.
     (tmp_path / "mods").mkdir()
     (tmp_path / "mods" / "capgen_untraceable_encoder.py").write_text(
@@ -184,10 +211,15 @@ def test_checkpoints_the_runtime_cannot_express_are_refused(tiny_run, checkpoint
         "class _Numpy(torch.nn.Module):\n"
         "    def __init__(self, inner):\n        super().__init__(); self.inner = inner\n"
         "    def forward(self, x):\n        return torch.from_numpy(self.inner(x).detach().numpy() ** 2)\n"
-        "def build():\n    enc = tiny(); enc.module = _Numpy(enc.module); return enc\n")
+        "def build():\n    enc = tiny(); enc.module = _Numpy(enc.module); return enc\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", tmp_path / "c", "--encoder",
-                            "capgen_untraceable_encoder:build"], "encoder", "cannot express")
+    one_line_error(
+        capsys,
+        ["export", checkpoints["show_tell"], "--out", tmp_path / "c", "--encoder", "capgen_untraceable_encoder:build"],
+        "encoder",
+        "cannot express",
+    )
     # A decoder step with Python control flow on tensor values: traced once, it would decode wrongly.
     from capgen.export import export_captioner
 
@@ -206,16 +238,30 @@ def test_checkpoints_the_runtime_cannot_express_are_refused(tiny_run, checkpoint
 
 def test_export_replaces_only_an_earlier_export(tiny_run, checkpoints, exports, tmp_path, capsys):
     target = _copy(exports["show_tell"], tmp_path / "again")
-    assert main(["export", str(checkpoints["show_attend_tell"]), "--out", str(target), "--encoder",
-                 tiny_run.encoder, "--beam-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoints["show_attend_tell"]),
+                "--out",
+                str(target),
+                "--encoder",
+                tiny_run.encoder,
+                "--beam-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert json.loads((target / fmt.MODEL).read_text())["architecture"] == "show_attend_tell"
     assert json.loads((target / fmt.DECODING).read_text())["beam_size"] == 2
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", other, "--encoder", tiny_run.encoder],
-                   "not empty")
+    one_line_error(
+        capsys, ["export", checkpoints["show_tell"], "--out", other, "--encoder", tiny_run.encoder], "not empty"
+    )
     assert (other / "notes.txt").read_text() == "mine"
 
 
@@ -225,12 +271,16 @@ def test_export_never_replaces_a_folder_it_did_not_write(tiny_run, checkpoints, 
     app.mkdir()
     (app / "manifest.json").write_text('{"name": "pwa"}')
     (app / "index.html").write_text("hi")
-    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", app, "--encoder", tiny_run.encoder],
-                   "not a capgen export")
+    one_line_error(
+        capsys, ["export", checkpoints["show_tell"], "--out", app, "--encoder", tiny_run.encoder], "not a capgen export"
+    )
     assert (app / "index.html").read_text() == "hi"
     prepared = _copy(tiny_run.prepared.root, tmp_path / "prepared")
-    one_line_error(capsys, ["export", checkpoints["show_tell"], "--out", prepared, "--encoder", tiny_run.encoder],
-                   "not a capgen export")
+    one_line_error(
+        capsys,
+        ["export", checkpoints["show_tell"], "--out", prepared, "--encoder", tiny_run.encoder],
+        "not a capgen export",
+    )
     assert (prepared / "train.jsonl").is_file()
 
 
@@ -245,22 +295,37 @@ def _edit_json(name: str, edit):
         data = json.loads((folder / name).read_text())
         edit(data)
         (folder / name).write_text(json.dumps(data))
+
     return apply
 
 
-@pytest.mark.parametrize("edit, words", [
-    (_edit_json(fmt.MODEL, lambda m: m["encoder"].update(grid=["9", "9"])), ["model.json", "'grid'"]),
-    (_edit_json(fmt.MODEL, lambda m: m["encoder"].update(dim="8")), ["model.json", "'dim'"]),
-    (_edit_json(fmt.MODEL, lambda m: m["state"].append("x")), ["decoder_init.onnx", "outputs"]),
-    (_edit_json(fmt.MODEL, lambda m: m["memory"].append(3)), ["model.json", "'memory'"]),
-    (_edit_json(fmt.MODEL, lambda m: m.update(max_len_limit="x")), ["model.json", "'max_len_limit'"]),
-    (_edit_json(fmt.MODEL, lambda m: m.update(shared_memory="yes")), ["model.json", "'shared_memory'"]),
-    (_edit_json(fmt.MODEL, lambda m: m.update(vocab_size="x")), ["model.json", "'vocab_size'"]),
-    (_edit_json(fmt.DECODING, lambda m: m.update(beam_size=True)), ["decoding.json", "beam_size", "integer"]),
-    (_edit_json(fmt.DECODING, lambda m: m.update(max_len=2.5)), ["decoding.json", "max_len", "integer"]),
-    (_edit_json(fmt.DECODING, lambda m: m.update(no_repeat_words=3)), ["decoding.json", "no_repeat_words"]),
-], ids=["grid strings", "dim string", "extra state key", "memory key a number", "max_len_limit string",
-        "shared_memory string", "vocab_size string", "beam_size true", "max_len float", "no_repeat_words int"])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (_edit_json(fmt.MODEL, lambda m: m["encoder"].update(grid=["9", "9"])), ["model.json", "'grid'"]),
+        (_edit_json(fmt.MODEL, lambda m: m["encoder"].update(dim="8")), ["model.json", "'dim'"]),
+        (_edit_json(fmt.MODEL, lambda m: m["state"].append("x")), ["decoder_init.onnx", "outputs"]),
+        (_edit_json(fmt.MODEL, lambda m: m["memory"].append(3)), ["model.json", "'memory'"]),
+        (_edit_json(fmt.MODEL, lambda m: m.update(max_len_limit="x")), ["model.json", "'max_len_limit'"]),
+        (_edit_json(fmt.MODEL, lambda m: m.update(shared_memory="yes")), ["model.json", "'shared_memory'"]),
+        (_edit_json(fmt.MODEL, lambda m: m.update(vocab_size="x")), ["model.json", "'vocab_size'"]),
+        (_edit_json(fmt.DECODING, lambda m: m.update(beam_size=True)), ["decoding.json", "beam_size", "integer"]),
+        (_edit_json(fmt.DECODING, lambda m: m.update(max_len=2.5)), ["decoding.json", "max_len", "integer"]),
+        (_edit_json(fmt.DECODING, lambda m: m.update(no_repeat_words=3)), ["decoding.json", "no_repeat_words"]),
+    ],
+    ids=[
+        "grid strings",
+        "dim string",
+        "extra state key",
+        "memory key a number",
+        "max_len_limit string",
+        "shared_memory string",
+        "vocab_size string",
+        "beam_size true",
+        "max_len float",
+        "no_repeat_words int",
+    ],
+)
 def test_edited_fields_of_the_wrong_type_are_refused_by_name(edit, words, exports, photos, tmp_path, capsys):
     """With the manifest re-hashed to match, each gave a raw traceback (TypeError, KeyError...)."""
     from capgen.io import write_json
@@ -302,7 +367,7 @@ def test_the_manifest_names_the_weights_it_was_exported_from(checkpoints, export
         assert json.loads((exports[name] / fmt.MANIFEST).read_text())["weights_sha256"] == want
         assert Runtime(exports[name]).weights_sha256 == tuple(want)
         assert Captioner.from_pretrained(exports[name]).info()["weights_sha256"] == want
-    old = _copy(exports["show_tell"], tmp_path / "old")       # an export from before the field: still loads
+    old = _copy(exports["show_tell"], tmp_path / "old")  # an export from before the field: still loads
     manifest = json.loads((old / fmt.MANIFEST).read_text())
     del manifest["weights_sha256"]
     (old / fmt.MANIFEST).write_text(json.dumps(manifest))

@@ -3,13 +3,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run_torchrun
 
 import capgen.features.extract as extract_mod
 from capgen.data import prepare_dataset
 from capgen.data.synthetic import make_synthetic_dataset
 from capgen.errors import FeatureCacheError, ImageLoadError
 from capgen.features import FeatureCache, extract_features
+from conftest import run_torchrun
 
 
 def test_extract_and_load(prepared, tiny_encoder, tmp_path):
@@ -40,8 +40,7 @@ def test_checks_say_what_differs(prepared, tiny_encoder, tmp_path):
         cache.check(other, "test")
     with pytest.raises(FeatureCacheError, match="different .*--overwrite"):
         extract_features(prepared, tmp_path / "f", encoder=tiny_encoder, split="val", progress=False)
-    res = extract_features(prepared, tmp_path / "f", encoder=tiny_encoder, split="val", overwrite=True,
-                           progress=False)
+    res = extract_features(prepared, tmp_path / "f", encoder=tiny_encoder, split="val", overwrite=True, progress=False)
     assert res.images == 3
 
 
@@ -105,8 +104,24 @@ def test_unfinished_cache_from_other_settings_is_refused(prepared, tiny_encoder,
 def test_torchrun_shards_across_two_ranks(prepared, tiny_encoder, tmp_path):
     single = extract_features(prepared, tmp_path / "one", encoder=tiny_encoder, batch_size=4, progress=False)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = run_torchrun(["--nproc_per_node", "2", "-m", "capgen", "extract", str(prepared.root), "--out",
-                         str(tmp_path / "two"), "--encoder", tiny_encoder, "--batch-size", "4"], env, timeout=120)
+    proc = run_torchrun(
+        [
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "capgen",
+            "extract",
+            str(prepared.root),
+            "--out",
+            str(tmp_path / "two"),
+            "--encoder",
+            tiny_encoder,
+            "--batch-size",
+            "4",
+        ],
+        env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = FeatureCache.open(tmp_path / "one"), FeatureCache.open(tmp_path / "two")
     ids = [r.image for r in prepared.records()]

@@ -19,7 +19,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 # ---- 5: one writer per folder; unwritten or damaged rows never load ---------------------------------
 
 # The tiny test encoder, 0.2 s per batch: slow enough to run two extractions at once.
-SLOW_ENCODER_MODULE = TINY_ENCODER_MODULE + '''
+SLOW_ENCODER_MODULE = (
+    TINY_ENCODER_MODULE
+    + """
 
 import time
 
@@ -32,7 +34,8 @@ class _Slow(_Tiny):
 
 def build():
     return GridEncoder(_Slow(), Preprocess(size=32), name="slow-test", dim=8, grid_hw=(4, 4))
-'''
+"""
+)
 
 
 def _python_env(*extra: Path) -> dict:
@@ -55,8 +58,23 @@ def test_two_extractions_into_one_folder(prepared, tmp_path, capsys, monkeypatch
     (mods / "capgen_slow_encoder.py").write_text(SLOW_ENCODER_MODULE)
     monkeypatch.syspath_prepend(str(mods))
     out = tmp_path / "feats"
-    cmd = [sys.executable, "-m", "capgen", "extract", str(prepared.root), "--out", str(out), "--encoder",
-           "capgen_slow_encoder:build", "--batch-size", "2", "--backend", "torch", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "capgen",
+        "extract",
+        str(prepared.root),
+        "--out",
+        str(out),
+        "--encoder",
+        "capgen_slow_encoder:build",
+        "--batch-size",
+        "2",
+        "--backend",
+        "torch",
+        "--threads",
+        "1",
+    ]
     first = subprocess.Popen(cmd, env=_python_env(mods), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -104,8 +122,23 @@ def test_nan_grid_features_are_a_named_error(tiny_run, tmp_path, capsys):
     grid[0, 0, 0] = np.nan
     grid.flush()
     del grid
-    one_line_error(capsys, ["train", "--data", tiny_run.prepared.root, "--features", out, "--model", "show_tell",
-                            "--out", tmp_path / "run", "--set", "epochs=1"], "NaN or infinite")
+    one_line_error(
+        capsys,
+        [
+            "train",
+            "--data",
+            tiny_run.prepared.root,
+            "--features",
+            out,
+            "--model",
+            "show_tell",
+            "--out",
+            tmp_path / "run",
+            "--set",
+            "epochs=1",
+        ],
+        "NaN or infinite",
+    )
     assert not list((tmp_path / "run").glob("*.pt"))
 
 
@@ -114,14 +147,30 @@ def test_a_second_training_into_a_run_folder_is_refused(tiny_run, tmp_path, caps
 
     run = tmp_path / "run"
     with folder_lock(run, "training run"):  # as a running `capgen train` holds it
-        one_line_error(capsys, ["train", "--data", tiny_run.prepared.root, "--features", tiny_run.root / "feats",
-                                "--model", "show_tell", "--out", run, "--set", "epochs=1"],
-                       "another capgen process is writing this training run")
+        one_line_error(
+            capsys,
+            [
+                "train",
+                "--data",
+                tiny_run.prepared.root,
+                "--features",
+                tiny_run.root / "feats",
+                "--model",
+                "show_tell",
+                "--out",
+                run,
+                "--set",
+                "epochs=1",
+            ],
+            "another capgen process is writing this training run",
+        )
         assert [p.name for p in run.iterdir()] == [".lock"]
 
 
-@pytest.mark.parametrize("meta_edit", [lambda m: m.pop("images"), lambda m: m.update(images=[1, 2]),
-                                       lambda m: m["encoder"].update(grid="9x9")])
+@pytest.mark.parametrize(
+    "meta_edit",
+    [lambda m: m.pop("images"), lambda m: m.update(images=[1, 2]), lambda m: m["encoder"].update(grid="9x9")],
+)
 def test_malformed_cache_meta_is_a_named_error(tiny_run, tmp_path, meta_edit):
     import json
 
@@ -137,6 +186,7 @@ def test_malformed_cache_meta_is_a_named_error(tiny_run, tmp_path, meta_edit):
 
 # ---- 6: a full disk is a message, and the output is valid or absent ---------------------------------
 
+
 def _enospc(*args, **kwargs):
     import errno
     import os
@@ -149,8 +199,13 @@ def test_extract_on_a_full_disk(prepared, tiny_encoder, tmp_path, capsys, monkey
 
     monkeypatch.setattr(os, "posix_fallocate", _enospc)
     out = tmp_path / "feats"
-    line = one_line_error(capsys, ["extract", prepared.root, "--out", out, "--encoder", tiny_encoder,
-                                   "--backend", "torch"], "no space left on device writing", "pooled.npy", "MB")
+    line = one_line_error(
+        capsys,
+        ["extract", prepared.root, "--out", out, "--encoder", tiny_encoder, "--backend", "torch"],
+        "no space left on device writing",
+        "pooled.npy",
+        "MB",
+    )
     assert "needs ~" in line
     assert not out.exists()
 
@@ -172,8 +227,9 @@ def test_prepare_on_a_full_disk(synth_dir, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("capgen.data.prepared.json.dumps", dumps)
     out = tmp_path / "prepared"
-    one_line_error(capsys, ["prepare", synth_dir, "--out", out, "--min-count", "1"],
-                   "no space left on device writing", str(out))
+    one_line_error(
+        capsys, ["prepare", synth_dir, "--out", out, "--min-count", "1"], "no space left on device writing", str(out)
+    )
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".prepared")]
 
 
@@ -185,9 +241,25 @@ def test_train_on_a_full_disk_keeps_the_last_valid_checkpoint(tiny_run, tmp_path
     from capgen.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
-    base = ["train", "--data", tiny_run.prepared.root, "--features", tiny_run.root / "feats", "--model",
-            "show_tell", "--out", run, "--set", "model.embed_dim=16", "--set", "model.hidden_dim=16",
-            "--set", "batch_size=8", "--set", "warmup_steps=1"]
+    base = [
+        "train",
+        "--data",
+        tiny_run.prepared.root,
+        "--features",
+        tiny_run.root / "feats",
+        "--model",
+        "show_tell",
+        "--out",
+        run,
+        "--set",
+        "model.embed_dim=16",
+        "--set",
+        "model.hidden_dim=16",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "warmup_steps=1",
+    ]
     assert main([str(a) for a in base + ["--set", "epochs=1"]]) == 0
     capsys.readouterr()
     before = (run / "best.pt").read_bytes()
@@ -212,6 +284,7 @@ def test_train_on_a_full_disk_keeps_the_last_valid_checkpoint(tiny_run, tmp_path
 
 
 # ---- 8: loading from several threads leaves the process alone ---------------------------------------
+
 
 def test_loading_efficientnet_from_threads_keeps_stdout(capsys):
     import threading
@@ -238,6 +311,7 @@ def test_loading_efficientnet_from_threads_keeps_stdout(capsys):
 
 
 # ---- 9: the server's model worker answers every waiting request on shutdown ---------------------------
+
 
 def test_worker_answers_every_waiting_job_on_close():
     import threading

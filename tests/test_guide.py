@@ -26,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ---- constrained beam search ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", MODELS)
 def test_required_words_appear_and_other_images_are_untouched(name):
     model = sharp(name, 20)
@@ -53,9 +54,14 @@ def test_wide_constrained_beam_finds_the_best_caption_with_the_word(name, early_
         pooled, grid = features(1, seed=seed)
         with_5 = [(t, s) for t, s in brute_force(model, pooled, grid, [3, 4, 5], 3, 0.0) if 5 in t]
         tokens, score = max(with_5, key=lambda x: x[1] + beam.EARLY_BONUS * (x[0].index(5) < early_words))
-        hyp = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0,
-                                                  no_repeat_words=False),
-                     include=[{5}])[0][0]
+        hyp = decode(
+            model,
+            pooled,
+            grid,
+            IDS,
+            DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0, no_repeat_words=False),
+            include=[{5}],
+        )[0][0]
         assert hyp.tokens == tokens and hyp.score == pytest.approx(score, rel=1e-5)
 
 
@@ -64,14 +70,17 @@ def test_an_impossible_word_still_gives_a_caption_with_its_own_score():
     pooled, grid = features(1, seed=1)
     cfg = DecodeConfig(beam_size=3, max_len=8)
     free = decode(model, pooled, grid, IDS, cfg)[0][0]
-    hyp = decode(model, pooled, grid, IDS, cfg, include=[{IDS.unk}])[0][0]   # <unk> is never emitted
+    hyp = decode(model, pooled, grid, IDS, cfg, include=[{IDS.unk}])[0][0]  # <unk> is never emitted
     assert IDS.unk not in hyp.tokens and hyp.tokens == free.tokens and hyp.score == pytest.approx(free.score, rel=1e-5)
 
 
-@pytest.mark.parametrize("include, message", [
-    ([{7}], "one entry per image (2), got 1"),
-    ([{7}, {99}], "required word id 99 is outside the vocabulary"),
-])
+@pytest.mark.parametrize(
+    "include, message",
+    [
+        ([{7}], "one entry per image (2), got 1"),
+        ([{7}, {99}], "required word id 99 is outside the vocabulary"),
+    ],
+)
 def test_bad_required_words(include, message):
     pooled, grid = features(2)
     with pytest.raises(DecodeError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -99,7 +108,7 @@ def test_known_words_are_required_as_they_are_and_new_ones_get_the_nearest_known
     g = guide.plan([Tag("ball", 0.8), Tag("circle", 0.1)], 0.5)
     assert g == Guidance(Tag("ball", 0.8), ball.include, ball.stand_in)
     assert g.to_dict() == {"word": "ball", "p": 0.8, "stand_in": ball.stand_in}
-    assert guide.plan([Tag("ball", 0.4)], 0.5) is None                     # not confident
+    assert guide.plan([Tag("ball", 0.4)], 0.5) is None  # not confident
     assert guide.plan([Tag("qzxvw", 0.9), Tag("square", 0.6)], 0.5).tag.word == "square"
     # a word the model lacks can have its own, lower bar; a known word keeps the higher one
     low = GuideConfig(threshold=0.5, novel_threshold=0.2)
@@ -116,15 +125,18 @@ def test_no_known_word_to_stand_in_says_so():
     assert guide.plans == {} and guide.unplaceable == ("ball", "apple")
 
 
-@pytest.mark.parametrize("decoded, tag, stand_in, expected, source", [
-    ("a red circle on a square", "ball", "circle", "a red ball on a square", [0, 1, 2, 3, 4, 5]),
-    ("a circle on a square", "apple", "circle", "an apple on a square", [0, 1, 2, 3, 4]),
-    ("an circle", "ball", "circle", "a ball", [0, 1]),
-    ("a circle on a square", "skis", "circle", "skis on a square", [1, 2, 3, 4]),
-    ("a circle on a square", "soccer ball", "circle", "a soccer ball on a square", [0, 1, 1, 2, 3, 4]),
-    ("a square", "square", None, "a square", [0, 1]),
-    ("a apple", "apple", None, "an apple", [0, 1]),
-])
+@pytest.mark.parametrize(
+    "decoded, tag, stand_in, expected, source",
+    [
+        ("a red circle on a square", "ball", "circle", "a red ball on a square", [0, 1, 2, 3, 4, 5]),
+        ("a circle on a square", "apple", "circle", "an apple on a square", [0, 1, 2, 3, 4]),
+        ("an circle", "ball", "circle", "a ball", [0, 1]),
+        ("a circle on a square", "skis", "circle", "skis on a square", [1, 2, 3, 4]),
+        ("a circle on a square", "soccer ball", "circle", "a soccer ball on a square", [0, 1, 1, 2, 3, 4]),
+        ("a square", "square", None, "a square", [0, 1]),
+        ("a apple", "apple", None, "an apple", [0, 1]),
+    ],
+)
 def test_render(decoded, tag, stand_in, expected, source):
     out, src = Guide.render(decoded.split(), Guidance(Tag(tag, 0.9), (6,), stand_in))
     assert " ".join(out) == expected and src == source
@@ -138,7 +150,7 @@ SQUARE_TSV = "0\tbox\tsquare\n1\tcrate\tsquare\n2\tbeagle\tdog\n3\tvelvet\t\n"
 
 
 @pytest.fixture(scope="module")
-def square_words(headed):
+def square_words(headed):  # noqa: F811 (the imported fixture)
     """The headed tiny encoder (test_tags) with a word file whose likeliest word the model knows."""
     path = headed / "square.tsv"
     path.write_text(SQUARE_TSV)
@@ -147,8 +159,11 @@ def square_words(headed):
 
 @pytest.fixture(scope="module")
 def guided_captioner(tiny_run, square_words):
-    return Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"],
-                                     encoder="capgen_tiny_headed_encoder:build_headed", tag_words=square_words)
+    return Captioner.from_pretrained(
+        tiny_run.checkpoints["show_attend_tell"],
+        encoder="capgen_tiny_headed_encoder:build_headed",
+        tag_words=square_words,
+    )
 
 
 def test_captioner_guides_by_default_when_confident(guided_captioner, tiny_run):
@@ -173,9 +188,18 @@ def test_captioner_without_a_head_is_never_guided(tiny_captioner, tiny_run):
 
 
 def test_cli_guide_options(tiny_run, square_words, capsys):
-    base = ["caption", str(photo(tiny_run)), "--model", str(tiny_run.checkpoints["show_attend_tell"]),
-            "--encoder", "capgen_tiny_headed_encoder:build_headed", "--tag-words", str(square_words),
-            "--format", "jsonl"]
+    base = [
+        "caption",
+        str(photo(tiny_run)),
+        "--model",
+        str(tiny_run.checkpoints["show_attend_tell"]),
+        "--encoder",
+        "capgen_tiny_headed_encoder:build_headed",
+        "--tag-words",
+        str(square_words),
+        "--format",
+        "jsonl",
+    ]
     assert main(base) == 0
     line = json.loads(capsys.readouterr().out)
     assert "square" in line["caption"].split() and line["guided"]["word"] == "square"
@@ -188,11 +212,20 @@ def test_cli_guide_options(tiny_run, square_words, capsys):
 
 
 def test_evaluate_guide_needs_a_classifier_head(tiny_run, tmp_path, capsys):
-    argv = ["evaluate", str(tiny_run.checkpoints["show_tell"]), "--data", str(tiny_run.prepared.root),
-            "--features", str(tiny_run.cache.root), "--out", str(tmp_path / "ev"), "--no-meteor", "--guide"]
+    argv = [
+        "evaluate",
+        str(tiny_run.checkpoints["show_tell"]),
+        "--data",
+        str(tiny_run.prepared.root),
+        "--features",
+        str(tiny_run.cache.root),
+        "--out",
+        str(tmp_path / "ev"),
+        "--no-meteor",
+        "--guide",
+    ]
     one_line_error(capsys, argv, "tiny")
     assert not (tmp_path / "ev" / "predictions.json").exists()
-
 
 
 def test_server_guides_by_default(guided_captioner, tiny_run):
@@ -216,13 +249,19 @@ def test_server_guides_by_default(guided_captioner, tiny_run):
 
 # ---- the torch-free runtime guides like the Captioner --------------------------------------------
 
+
 def _numpy_step(model):
     """A torch model's step as the runtime's numpy Step."""
+
     def step(tokens, state, memory):
         with torch.inference_mode():
-            logp, new, _ = model.step(torch.from_numpy(tokens), {k: torch.from_numpy(v) for k, v in state.items()},
-                                      {k: torch.from_numpy(v) for k, v in memory.items()})
+            logp, new, _ = model.step(
+                torch.from_numpy(tokens),
+                {k: torch.from_numpy(v) for k, v in state.items()},
+                {k: torch.from_numpy(v) for k, v in memory.items()},
+            )
         return logp.numpy(), {k: v.numpy() for k, v in new.items()}
+
     return step
 
 
@@ -242,9 +281,19 @@ def test_numpy_constrained_search_equals_the_torch_one(name):
         with torch.inference_mode():
             memory = model.init_memory(pooled, grid)
             state = model.init_state(memory)
-        got = hypotheses(numpy_beam_search(_numpy_step(model), {k: v.numpy() for k, v in memory.items()},
-                                           {k: v.numpy() for k, v in state.items()}, IDS, cfg, 20,
-                                           model.shared_memory, include), cfg.n_best)
+        got = hypotheses(
+            numpy_beam_search(
+                _numpy_step(model),
+                {k: v.numpy() for k, v in memory.items()},
+                {k: v.numpy() for k, v in state.items()},
+                IDS,
+                cfg,
+                20,
+                model.shared_memory,
+                include,
+            ),
+            cfg.n_best,
+        )
         assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
         assert [h.score for hs in got for h in hs] == pytest.approx([h.score for hs in ref for h in hs], rel=1e-5)
 
@@ -260,9 +309,12 @@ def test_the_runtime_tags_and_guides_like_the_captioner(tiny_run, square_words, 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "dog" has no stand-in in the synthetic vocabulary
-        guided_captioner = Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"], backend="onnx",
-                                                     encoder="capgen_tiny_headed_encoder:build_headed",
-                                                     tag_words=square_words)
+        guided_captioner = Captioner.from_pretrained(
+            tiny_run.checkpoints["show_attend_tell"],
+            backend="onnx",
+            encoder="capgen_tiny_headed_encoder:build_headed",
+            tag_words=square_words,
+        )
         export_captioner(guided_captioner, tmp_path / "exported")
         images = [str(r.path) for r in tiny_run.prepared.split("test")[:4]]
         ref, plain = guided_captioner.caption(images), guided_captioner.caption(images, guide=None)
@@ -272,23 +324,31 @@ def test_the_runtime_tags_and_guides_like_the_captioner(tiny_run, square_words, 
     assert [r.guided for r in got] == [r.guided for r in ref] and any(r.guided for r in got)
     assert [r.caption for r in rt.caption(images, guide=None)] == [r.caption for r in plain]
     # ... and with no torch at all
-    code = ("import sys, json; sys.modules['torch'] = None\n"
-            "from capgen.runtime import Runtime\n"
-            "print(json.dumps([r.to_dict() for r in Runtime(sys.argv[1]).caption(sys.argv[2:])]))\n")
+    code = (
+        "import sys, json; sys.modules['torch'] = None\n"
+        "from capgen.runtime import Runtime\n"
+        "print(json.dumps([r.to_dict() for r in Runtime(sys.argv[1]).caption(sys.argv[2:])]))\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "exported"), *images],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "exported"), *images],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert [d["caption"] for d in json.loads(done.stdout)] == [r.caption for r in ref]
-    assert [d["guided"]["word"] if d["guided"] else None for d in json.loads(done.stdout)] == \
-        [r.guided.tag.word if r.guided else None for r in ref]
+    assert [d["guided"]["word"] if d["guided"] else None for d in json.loads(done.stdout)] == [
+        r.guided.tag.word if r.guided else None for r in ref
+    ]
     # damaged guidance files are refused by name, even with a manifest rewritten to match them
     from capgen.errors import ExportError
     from capgen.io import write_json
     from capgen.runtime import folder as fmt
 
     bad = tmp_path / "exported"
-    write_json(bad / fmt.GUIDE, {"plans": {"square": {"include": [10 ** 6], "stand_in": None}}})
+    write_json(bad / fmt.GUIDE, {"plans": {"square": {"include": [10**6], "stand_in": None}}})
     write_json(bad / fmt.MANIFEST, fmt.manifest_for(bad))
     with pytest.raises(ExportError, match="guide.json.*word ids"):
         Runtime(bad)
@@ -314,9 +374,12 @@ def tagged_export(tiny_run, square_words, tmp_path_factory):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "dog" has no stand-in in the synthetic vocabulary
-        captioner = Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"], backend="onnx",
-                                              encoder="capgen_tiny_headed_encoder:build_headed",
-                                              tag_words=square_words)
+        captioner = Captioner.from_pretrained(
+            tiny_run.checkpoints["show_attend_tell"],
+            backend="onnx",
+            encoder="capgen_tiny_headed_encoder:build_headed",
+            tag_words=square_words,
+        )
     out = tmp_path_factory.mktemp("tagged") / "exported"
     export_captioner(captioner, out)
     return out
@@ -349,6 +412,9 @@ def test_a_head_archive_declaring_huge_arrays_is_refused_before_reading(tagged_e
 
     folder = _rehashed_copy(tagged_export, tmp_path / "bomb", bomb)
     monkeypatch.setattr(np.lib.format, "read_array", lambda *a, **kw: pytest.fail("read the data"))
-    with pytest.raises(ExportError, match=r"tag_head.npz: weight must be float32 \(\d+, \d+\), the file declares "
-                                          r"float32 \(1000, 1280000\)"):
+    with pytest.raises(
+        ExportError,
+        match=r"tag_head.npz: weight must be float32 \(\d+, \d+\), the file declares "
+        r"float32 \(1000, 1280000\)",
+    ):
         Runtime(folder)

@@ -56,8 +56,7 @@ def test_bad_files_raise_typed_errors_naming_the_file(tmp_path):
     good = io.BytesIO()
     Image.new("RGB", (64, 64), "blue").save(good, "JPEG")
     (tmp_path / "trunc.jpg").write_bytes(good.getvalue()[:200])
-    cases = {"missing.jpg": "no such file", "empty.jpg": "empty", "text.jpg": "not an image",
-             "trunc.jpg": "truncated"}
+    cases = {"missing.jpg": "no such file", "empty.jpg": "empty", "text.jpg": "not an image", "trunc.jpg": "truncated"}
     for name, words in cases.items():
         with pytest.raises(ImageLoadError, match=words) as e:
             load_image(tmp_path / name)
@@ -75,6 +74,7 @@ def test_decompression_bomb_refused(tmp_path):
 
 
 # ---- issue 20 #16: the same photo formats everywhere, never EPS (Ghostscript) ---------------------
+
 
 @pytest.mark.parametrize("fmt", ["EPS", "SGI", "PCX", "TGA", "XBM", "DDS", "ICO"])
 def test_only_photo_formats_are_opened(tmp_path, fmt, monkeypatch):

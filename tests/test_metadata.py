@@ -33,7 +33,7 @@ def exiftool():
 
 def _camera_exif():
     exif = Image.Exif()
-    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS 5D", 6         # Make, Model, Orientation
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS 5D", 6  # Make, Model, Orientation
     exif[0x8825] = {1: "N", 2: (52.0, 30.0, 0.0), 3: "E", 4: (13.0, 24.0, 0.0)}  # GPS
     return exif
 
@@ -92,7 +92,7 @@ def test_unsupported_read_only_and_corrupt_are_reported(exiftool, tmp_path):
     planned = plan([str(tmp_path)])
     assert "GIF files are not supported" in planned.failed[str(tmp_path / "a.gif")]
     assert "read-only" in planned.failed[str(ro)] and set(planned.failed) == {str(tmp_path / "a.gif"), str(ro)}
-    assert planned.todo == [good, tmp_path / "junk.jpg"]     # its EXIF block is only found broken when written
+    assert planned.todo == [good, tmp_path / "junk.jpg"]  # its EXIF block is only found broken when written
     junk = (tmp_path / "junk.jpg").read_bytes()
     with pytest.raises(MetadataError, match="junk.jpg"):
         write_description(tmp_path / "junk.jpg", "a caption")
@@ -116,9 +116,18 @@ def test_cli_write_metadata(exiftool, tiny_run, tmp_path, capsys):
         shutil.copy(r.path, folder / r.path.name)
     gps = _photo(folder / "gps.jpg")
     Image.new("RGB", (8, 8)).save(folder / "a.gif")
-    args = ["caption", str(folder), "--write-metadata", "--model", str(tiny_run.checkpoints["show_tell"]),
-            "--encoder", tiny_run.encoder, "--backend", "torch"]
-    assert main(args) == 1                                         # the GIF
+    args = [
+        "caption",
+        str(folder),
+        "--write-metadata",
+        "--model",
+        str(tiny_run.checkpoints["show_tell"]),
+        "--encoder",
+        tiny_run.encoder,
+        "--backend",
+        "torch",
+    ]
+    assert main(args) == 1  # the GIF
     out, err = capsys.readouterr()
     captions = dict(line.split("\t") for line in out.splitlines())
     assert len(captions) == 4 and "a.gif" in err and "4 written, 0 kept their description, 1 failed" in err

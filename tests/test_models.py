@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from capgen.config import ConfigError
-
 from capgen.decoding import DecodeConfig, TokenIds, decode
 from capgen.models import (
     PAD_ID,
@@ -24,17 +23,30 @@ from capgen.models import (
     model_config_class,
 )
 
-V, D, N = 20, 24, 5          # tiny vocabulary, feature dim, grid regions
-START, END, UNK = 1, 2, 3    # Vocabulary's order: <pad>, <start>, <end>, <unk>
+V, D, N = 20, 24, 5  # tiny vocabulary, feature dim, grid regions
+START, END, UNK = 1, 2, 3  # Vocabulary's order: <pad>, <start>, <end>, <unk>
 IDS = TokenIds(pad=PAD_ID, start=START, end=END, unk=UNK)
 
 # Small values for whichever of these keys a model's config has: new models are tested for free.
-TINY = {"embed_dim": 16, "hidden_dim": 32, "region_dim": 16, "attention_dim": 16, "d_model": 32,
-        "num_heads": 4, "ff_dim": 64, "num_layers": 2}
+TINY = {
+    "embed_dim": 16,
+    "hidden_dim": 32,
+    "region_dim": 16,
+    "attention_dim": 16,
+    "d_model": 32,
+    "num_heads": 4,
+    "ff_dim": 64,
+    "num_layers": 2,
+}
 
 # Extra variants worth checking for step == forward (keys a model lacks are skipped).
-VARIANTS = [{}, {"tie_embeddings": False}, {"rnn": "gru", "image_first_input": True, "num_layers": 3},
-            {"rnn": "lstm", "image_first_input": True}, {"positions": "learned"}]
+VARIANTS = [
+    {},
+    {"tie_embeddings": False},
+    {"rnn": "gru", "image_first_input": True, "num_layers": 3},
+    {"rnn": "lstm", "image_first_input": True},
+    {"positions": "learned"},
+]
 
 
 def tiny(name: str, **extra) -> dict:
@@ -83,8 +95,10 @@ def test_forward_shapes_backward_finite(name):
         assert out["attention"].shape == (3, 8, N)
     else:
         assert out["attention"] is None
-    loss = torch.nn.functional.cross_entropy(out["logits"].reshape(-1, V), caps[:, 1:].reshape(-1),
-                                             ignore_index=PAD_ID) + out["aux_loss"]
+    loss = (
+        torch.nn.functional.cross_entropy(out["logits"].reshape(-1, V), caps[:, 1:].reshape(-1), ignore_index=PAD_ID)
+        + out["aux_loss"]
+    )
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -96,15 +110,18 @@ def _applicable(name: str, variant: dict) -> bool:
     return set(variant) <= {f.name for f in dataclasses.fields(model_config_class(name))}
 
 
-@pytest.mark.parametrize("name,variant", [(m, v) for m in MODELS for v in VARIANTS if _applicable(m, v)],
-                         ids=lambda x: x if isinstance(x, str) else ",".join(f"{k}={v}" for k, v in x.items()) or "default")
+@pytest.mark.parametrize(
+    "name,variant",
+    [(m, v) for m in MODELS for v in VARIANTS if _applicable(m, v)],
+    ids=lambda x: x if isinstance(x, str) else ",".join(f"{k}={v}" for k, v in x.items()) or "default",
+)
 def test_step_equals_teacher_forcing(name, variant):
     model = build(name, **variant).eval()
     pooled, grid = features(3)
     caps = captions(3, 8)
     with torch.no_grad():
         out = model(pooled, grid, caps)
-        expected = out["logits"].log_softmax(-1)                          # (B, T-1, V)
+        expected = out["logits"].log_softmax(-1)  # (B, T-1, V)
         memory = model.init_memory(pooled, grid)
         state = model.init_state(memory)
         for t in range(caps.shape[1] - 1):
@@ -136,8 +153,9 @@ def test_tiny_model_overfits_two_images(name):
     losses = []
     for _ in range(150):
         out = model(pooled, grid, caps)
-        loss = torch.nn.functional.cross_entropy(out["logits"].reshape(-1, V), caps[:, 1:].reshape(-1),
-                                                 ignore_index=PAD_ID)
+        loss = torch.nn.functional.cross_entropy(
+            out["logits"].reshape(-1, V), caps[:, 1:].reshape(-1), ignore_index=PAD_ID
+        )
         opt.zero_grad()
         (loss + out["aux_loss"]).backward()
         opt.step()
@@ -170,6 +188,7 @@ def test_wrong_features_raise_model_error():
 
 
 # ---- configs ---------------------------------------------------------------------------------
+
 
 def test_unknown_model_name():
     with pytest.raises(ModelError, match="unknown model 'nope'"):
@@ -213,8 +232,18 @@ def test_config_from_dict_coerces_command_line_strings():
     assert isinstance(config_from_dict(_Cfg, {"b": 2}).b, float)
     assert config_from_dict(_Cfg, None) == _Cfg()
     assert config_from_dict(_Cfg, config_to_dict(_Cfg(a=5, e=2))) == _Cfg(a=5, e=2)
-    for bad in ({"a": "3.5"}, {"a": 2.0}, {"c": "maybe"}, {"c": 1}, {"d": 3}, {"e": "x"}, {"b": "fast"},
-                {"b": "nan"}, {"b": float("inf")}, {"b": "-inf"}):
+    for bad in (
+        {"a": "3.5"},
+        {"a": 2.0},
+        {"c": "maybe"},
+        {"c": 1},
+        {"d": 3},
+        {"e": "x"},
+        {"b": "fast"},
+        {"b": "nan"},
+        {"b": float("inf")},
+        {"b": "-inf"},
+    ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             config_from_dict(_Cfg, bad)
     with pytest.raises(ModelError, match="expected a mapping"):
@@ -222,13 +251,15 @@ def test_config_from_dict_coerces_command_line_strings():
 
 
 def test_create_model_with_string_overrides():
-    model = create_model("show_tell", V, D, N,
-                         overrides={"rnn": "gru", "num_layers": "2", "dropout": "0.1", "glove": "false"})
+    model = create_model(
+        "show_tell", V, D, N, overrides={"rnn": "gru", "num_layers": "2", "dropout": "0.1", "glove": "false"}
+    )
     assert model.config.num_layers == 2 and model.config.dropout == 0.1 and model.config.glove is False
     assert isinstance(model.rnn, torch.nn.GRU)
 
 
 # ---- GloVe -----------------------------------------------------------------------------------
+
 
 def _glove_vector(word: str) -> torch.Tensor:
     """Read GloVe directly (independently of capgen) from the installed package."""
@@ -248,7 +279,7 @@ def test_glove_initialises_word_vectors(name):
     model = create_model(name, len(itos), D, N, overrides=tiny(name, glove=True), itos=itos)
     emb = model.word_embedding
     torch.testing.assert_close(emb.table.weight[5].detach(), dog)
-    assert emb.glove_found == 3           # "a", "dog", "runs"; specials and the made-up word keep random rows
+    assert emb.glove_found == 3  # "a", "dog", "runs"; specials and the made-up word keep random rows
     assert torch.all(emb.table.weight[PAD_ID] == 0)
     assert model.word_embedding(torch.tensor([5])).shape == (1, emb.dim)  # projected 50 -> model width
 

@@ -14,23 +14,25 @@ from capgen.evaluation.mentions import mention_f1, mentions
 
 def test_mentions_words_plurals_and_phrases():
     assert mentions("a man rides a bike".split(), {"bicycle", "bike"})
-    assert not mentions("a biker rides".split(), {"bike"})          # whole words only
+    assert not mentions("a biker rides".split(), {"bike"})  # whole words only
     assert mentions("a child hugs a teddy bear".split(), {"teddy bear"})
     assert not mentions("a teddy and a bear".split(), {"teddy bear"})
 
 
 def test_mention_f1_counts_over_all_images():
-    refs = {"a": [["a", "cat", "sits"], ["a", "kitten"]],   # has the object
-            "b": [["a", "cat"]],                             # has it
-            "c": [["a", "dog"]],                             # does not
-            "d": [["a", "dog", "runs"]]}                     # does not
+    refs = {
+        "a": [["a", "cat", "sits"], ["a", "kitten"]],  # has the object
+        "b": [["a", "cat"]],  # has it
+        "c": [["a", "dog"]],  # does not
+        "d": [["a", "dog", "runs"]],
+    }  # does not
     preds = {"a": ["a", "cat"], "b": ["a", "dog"], "c": ["a", "cat"], "d": ["a", "dog"]}
     s = mention_f1(preds, refs, {"cat", "cats", "kitten"})
     assert (s.positives, s.predicted, s.true_positives) == (2, 2, 1)
     assert s.precision == s.recall == s.f1 == pytest.approx(0.5)
-    never = mention_f1({}, refs, {"cat"})                   # no prediction for any image
+    never = mention_f1({}, refs, {"cat"})  # no prediction for any image
     assert never.f1 == 0.0 and never.precision == 0.0 and never.positives == 2
-    assert mention_f1(preds, refs, {"zebra"}).f1 == 0.0     # no positives, no predictions
+    assert mention_f1(preds, refs, {"zebra"}).f1 == 0.0  # no positives, no predictions
 
 
 def _script():
@@ -57,7 +59,17 @@ def test_held_out_split_and_f1_table(prepared, tmp_path, capsys):
     # predictions that copy the first reference: F1 100 for an object every positive image names there
     preds = [{"image_id": r.image, "caption": " ".join(r.tokens[0])} for r in prepared.split("test")]
     (tmp_path / "predictions.json").write_text(json.dumps(preds))
-    script.main(["--data", str(prepared.root), "--predictions", str(tmp_path / "predictions.json"),
-                 "--objects", "circle", "--json", str(tmp_path / "f1.json")])
+    script.main(
+        [
+            "--data",
+            str(prepared.root),
+            "--predictions",
+            str(tmp_path / "predictions.json"),
+            "--objects",
+            "circle",
+            "--json",
+            str(tmp_path / "f1.json"),
+        ]
+    )
     table = json.loads((tmp_path / "f1.json").read_text())
     assert table["objects"][0]["precision"] == 100.0 and table["mean_f1"] > 0

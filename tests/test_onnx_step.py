@@ -10,15 +10,19 @@ import torch
 from capgen import Captioner
 from capgen.decoding import DecodeConfig, decode
 from capgen.inference.onnx_step import OnnxStepModel
-from capgen.models.ensemble import EnsembleModel
 from capgen.models import onnx as graphs
+from capgen.models.ensemble import EnsembleModel
 from test_decoding import MODELS, sharp
 from test_models import IDS, features
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CONFIGS = [DecodeConfig(beam_size=3, max_len=8), DecodeConfig(method="greedy", max_len=8),
-           DecodeConfig(method="sample", seed=3, top_k=1, max_len=8), DecodeConfig(beam_size=2, n_best=2, max_len=8)]
+CONFIGS = [
+    DecodeConfig(beam_size=3, max_len=8),
+    DecodeConfig(method="greedy", max_len=8),
+    DecodeConfig(method="sample", seed=3, top_k=1, max_len=8),
+    DecodeConfig(beam_size=2, n_best=2, max_len=8),
+]
 
 
 def same(a, b) -> None:
@@ -45,7 +49,7 @@ def test_onnx_steps_give_the_torch_captions(name, tmp_path):
 def test_an_ensemble_runs_as_one_graph(tmp_path):
     ensemble = EnsembleModel([sharp("transformer", 20), sharp("show_attend_tell", 20)]).eval()
     fast = OnnxStepModel(ensemble, cache_dir=tmp_path)
-    assert not fast.shared_memory   # one member reads one memory row per beam, so every row is copied
+    assert not fast.shared_memory  # one member reads one memory row per beam, so every row is copied
     pooled, grid = features(3, seed=2)
     same(decode(fast, pooled, grid, IDS, CONFIGS[0]), decode(ensemble, pooled, grid, IDS, CONFIGS[0]))
 
@@ -73,7 +77,7 @@ def test_graphs_are_exported_once_per_weights(tmp_path, monkeypatch):
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
     monkeypatch.undo()
-    assert graphs.cached_decoder_graphs(model, tmp_path)[0] != first   # other weights, other graphs
+    assert graphs.cached_decoder_graphs(model, tmp_path)[0] != first  # other weights, other graphs
 
 
 def test_a_damaged_cache_entry_is_exported_again(tmp_path):
@@ -122,7 +126,7 @@ def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(tiny_run, monkey
     from capgen.encoders.base import ImageEncoder
 
     monkeypatch.setattr(onnx_step, "cached_decoder_graphs", unwritable)
-    monkeypatch.setattr(ImageEncoder, "onnx_exportable", True)   # "auto" picks ONNX Runtime for the tiny encoder
+    monkeypatch.setattr(ImageEncoder, "onnx_exportable", True)  # "auto" picks ONNX Runtime for the tiny encoder
     path = tiny_run.checkpoints["show_tell"]
     with pytest.warns(RuntimeWarning, match="Permission denied.*decoding with torch"):
         cap = Captioner.from_pretrained(path, encoder=tiny_run.encoder)
@@ -136,25 +140,39 @@ def test_the_int8_step_stays_close_and_is_made_once(name, tmp_path, monkeypatch)
     from capgen import ort as ort_settings
     from test_models import build
 
-    model = build(name, 20).eval()   # not `sharp`: its tripled weights are far from a trained model's
+    model = build(name, 20).eval()  # not `sharp`: its tripled weights are far from a trained model's
     fast = OnnxStepModel(model, cache_dir=tmp_path, precision="int8")
     folder, iface = graphs.cached_decoder_graphs(model, tmp_path)
     assert fast.precision == "int8" and (folder / graphs.STEP_INT8).is_file()
-    assert graphs.verify_decoder(model, folder / graphs.INIT, folder / graphs.STEP_INT8, iface, relative=True,
-                                 tolerance=graphs.INT8_TOLERANCE) < graphs.INT8_TOLERANCE
+    assert (
+        graphs.verify_decoder(
+            model,
+            folder / graphs.INIT,
+            folder / graphs.STEP_INT8,
+            iface,
+            relative=True,
+            tolerance=graphs.INT8_TOLERANCE,
+        )
+        < graphs.INT8_TOLERANCE
+    )
     pooled, grid = features(4, seed=3)
     got = decode(fast, pooled, grid, IDS, CONFIGS[0])
     assert all(h and h[0].tokens for h in got)
     monkeypatch.setattr(ort_settings, "quantize_dynamic_int8", lambda *a: pytest.fail("quantized again"))
     OnnxStepModel(model, cache_dir=tmp_path, precision="int8")
     monkeypatch.undo()
-    (folder / graphs.STEP_INT8).write_bytes(b"damaged")          # a damaged int8 file is made again
+    (folder / graphs.STEP_INT8).write_bytes(b"damaged")  # a damaged int8 file is made again
     assert decode(OnnxStepModel(model, cache_dir=tmp_path, precision="int8"), pooled, grid, IDS, CONFIGS[0])
 
 
 def test_the_captioner_at_int8_runs_the_int8_step(tiny_run):
     photos = [r.path for r in tiny_run.prepared.split("train")[:8]]
-    cap = Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"], encoder=tiny_run.encoder,
-                                    backend="onnx", precision="int8", calibration=photos)
+    cap = Captioner.from_pretrained(
+        tiny_run.checkpoints["show_attend_tell"],
+        encoder=tiny_run.encoder,
+        backend="onnx",
+        precision="int8",
+        calibration=photos,
+    )
     assert cap.info()["precision"] == {"encoder": "int8", "decoder": "int8"}
     assert cap.fast_decoder.precision == "int8" and cap.caption(photos[0]).caption

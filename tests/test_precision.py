@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime.quantization")
 
 def _images(n: int = 8, size: int = 32) -> np.ndarray:
     rng = np.random.default_rng(0)  # (n, 3, S, S) in the normalised range, like preprocessed photos
-    return (rng.random((n, 3, size, size), dtype=np.float32) * 2 - 1)
+    return rng.random((n, 3, size, size), dtype=np.float32) * 2 - 1
 
 
 def test_unknown_precision_is_refused(tiny_encoder):
@@ -50,8 +50,9 @@ def test_int8_is_calibrated_once_then_cached_and_checked(tiny_encoder, tmp_path)
 def test_bf16_without_native_support_falls_back_to_fp32_with_a_warning(tiny_run, monkeypatch):
     monkeypatch.setattr(precision_module, "bf16_supported", lambda: False)
     with pytest.warns(RuntimeWarning, match="no native bf16"):
-        cap = Captioner.from_pretrained(tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder, precision="bf16",
-                                        threads=1)
+        cap = Captioner.from_pretrained(
+            tiny_run.checkpoints["show_tell"], encoder=tiny_run.encoder, precision="bf16", threads=1
+        )
     assert cap.precision == "fp32" and cap.info()["precision"] == {"encoder": "fp32", "decoder": "fp32"}
 
 
@@ -74,12 +75,24 @@ def test_bf16_captions_and_features_stay_close_to_fp32(tiny_run, monkeypatch):
 def test_cli_int8_without_a_calibrated_model_is_one_clear_line(tiny_run, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("CAPGEN_CACHE", str(tmp_path / "cache"))
     image = tiny_run.prepared.records("test")[0].path
-    one_line_error(capsys, ["caption", image, "--model", tiny_run.checkpoints["show_tell"], "--encoder",
-                            tiny_run.encoder, "--precision", "int8"], "no int8 model", "--calibration")
+    one_line_error(
+        capsys,
+        [
+            "caption",
+            image,
+            "--model",
+            tiny_run.checkpoints["show_tell"],
+            "--encoder",
+            tiny_run.encoder,
+            "--precision",
+            "int8",
+        ],
+        "no int8 model",
+        "--calibration",
+    )
 
 
-def test_extract_int8_calibrates_on_training_images_and_marks_the_cache(prepared, tiny_encoder, tmp_path,
-                                                                       monkeypatch):
+def test_extract_int8_calibrates_on_training_images_and_marks_the_cache(prepared, tiny_encoder, tmp_path, monkeypatch):
     from capgen.features import extract_features
 
     monkeypatch.setenv("CAPGEN_CACHE", str(tmp_path / "cache"))

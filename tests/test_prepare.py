@@ -64,10 +64,13 @@ def test_missing_images_error_or_skip(tmp_path, synth_dir):
     assert len(ds.records()) == 29 and ds.manifest["dropped"]["missing_image_files"] == 1
 
 
-@pytest.mark.parametrize("content,words", [
-    ("image,caption\nshape_00000.jpg,a dog\nshape_00001.jpg\n", "expected 2 columns"),
-    ("picture,text\nx.jpg,a dog\n", "'image' and 'caption'"),
-])
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        ("image,caption\nshape_00000.jpg,a dog\nshape_00001.jpg\n", "expected 2 columns"),
+        ("picture,text\nx.jpg,a dog\n", "'image' and 'caption'"),
+    ],
+)
 def test_malformed_csv(tmp_path, synth_dir, content, words):
     (synth_dir / "captions.txt").write_text(content)
     with pytest.raises(DatasetError, match=words):
@@ -129,8 +132,10 @@ def test_prepare_refuses_to_clobber_foreign_folder(tmp_path, synth_dir):
     assert len(prepare_dataset(synth_dir, tmp_path / "p", min_count=1000).vocab) == 4
 
 
-@pytest.mark.parametrize("manifest", ['{"name": "pwa"}', '{"format": "capgen-export", "version": 1}',
-                                      '{"capgen_prepared": true}', "\xff not json"])
+@pytest.mark.parametrize(
+    "manifest",
+    ['{"name": "pwa"}', '{"format": "capgen-export", "version": 1}', '{"capgen_prepared": true}', "\xff not json"],
+)
 def test_prepare_replaces_only_a_prepared_dataset(tmp_path, synth_dir, manifest):
     """Another program's manifest.json, an export's or an unreadable one: the folder is kept."""
     out = tmp_path / "app"

@@ -16,17 +16,17 @@ from conftest import csv_dataset, forged_checkpoint, one_line_error
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # A module whose factory leaves a mark: if it ever runs, a forged file made capgen import code.
-EVIL_MODULE = '''
+EVIL_MODULE = """
 from pathlib import Path
 import os
 
 def run():
     Path(os.environ["CAPGEN_EVIL_MARK"]).write_text("ran")
-'''
-
+"""
 
 
 # ---- 1: a file never makes capgen import code ----------------------------------------------------
+
 
 @pytest.fixture
 def evil(tmp_path, monkeypatch) -> Path:
@@ -49,6 +49,7 @@ def test_checkpoint_cannot_name_an_import_path(tiny_run, tmp_path, capsys, evil,
         Captioner.from_pretrained(ck)
     img = tmp_path / "x.png"
     from PIL import Image
+
     Image.new("RGB", (32, 32)).save(img)
     one_line_error(capsys, ["caption", img, "--model", ck], "not registered", "--encoder")
     assert not evil.exists() and "capgen_evil" not in sys.modules
@@ -64,6 +65,7 @@ def test_own_encoder_flag_may_import(tiny_run, tmp_path):
 
 # ---- 2: dataset paths stay inside the images folder --------------------------------------------
 
+
 @pytest.mark.parametrize("escape", ["../secret.png", "ABS", "link.png"])
 def test_dataset_paths_outside_the_root_are_refused(tmp_path, capsys, escape):
     from PIL import Image
@@ -74,8 +76,12 @@ def test_dataset_paths_outside_the_root_are_refused(tmp_path, capsys, escape):
     csv_path = csv_dataset(tmp_path, [f"{name},a secret file"])
     (csv_path.parent / "link.png").symlink_to(secret)
     out = tmp_path / "prepared"
-    one_line_error(capsys, ["prepare", csv_path, "--out", out, "--min-count", "1"],
-                   "outside the images folder", "--allow-outside-root")
+    one_line_error(
+        capsys,
+        ["prepare", csv_path, "--out", out, "--min-count", "1"],
+        "outside the images folder",
+        "--allow-outside-root",
+    )
     assert not out.exists()
     assert main(["prepare", str(csv_path), "--out", str(out), "--min-count", "1", "--allow-outside-root"]) == 0
     from capgen.data import PreparedDataset
@@ -104,6 +110,7 @@ def test_hand_edited_split_file_cannot_escape(prepared, capsys):
 
 # ---- 3, 4, 13: the server -----------------------------------------------------------------------
 
+
 def _png_bytes() -> bytes:
     import io
 
@@ -128,11 +135,15 @@ def test_nothing_the_server_sends_names_another_host(local_client):
     import re
 
     external = re.compile(r"https?://(?!127\.0\.0\.1|localhost)", re.I)
-    responses = [local_client.get(p) for p in ("/", "/health", "/openapi.json", "/docs", "/redoc",
-                                               "/docs/oauth2-redirect", "/nope", "/static/x.js")]
-    responses += [local_client.post("/caption", files={"files": ("a.png", _png_bytes(), "image/png")}),
-                  local_client.post("/caption", files={"files": ("a.txt", b"hello", "text/plain")}),
-                  local_client.post("/caption", content=b"x")]
+    responses = [
+        local_client.get(p)
+        for p in ("/", "/health", "/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect", "/nope", "/static/x.js")
+    ]
+    responses += [
+        local_client.post("/caption", files={"files": ("a.png", _png_bytes(), "image/png")}),
+        local_client.post("/caption", files={"files": ("a.txt", b"hello", "text/plain")}),
+        local_client.post("/caption", content=b"x"),
+    ]
     for r in responses:
         text = r.text + " ".join(f"{k}: {v}" for k, v in r.headers.items())
         assert not external.search(text), (r.request.url, external.search(text))

@@ -124,10 +124,12 @@ def test_oversize_body_and_other_bad_requests(client):
     big = b"\x89PNG" + b"\0" * 600_000  # over the 0.5 MB limit of this app
     assert "too large" in _error(client.post("/caption", files={"files": ("big.png", big, "image/png")}), 413)
     assert "multipart" in _error(client.post("/caption", json={"files": "x"}), 415)
-    assert "beam_size" in _error(client.post("/caption", files={"files": ("a.png", png())},
-                                             params={"beam_size": "lots"}), 422)
-    assert "n_best" in _error(client.post("/caption", files={"files": ("a.png", png())},
-                                          params={"beam_size": 2, "n_best": 5}), 422)
+    assert "beam_size" in _error(
+        client.post("/caption", files={"files": ("a.png", png())}, params={"beam_size": "lots"}), 422
+    )
+    assert "n_best" in _error(
+        client.post("/caption", files={"files": ("a.png", png())}, params={"beam_size": 2, "n_best": 5}), 422
+    )
     assert "multipart" in _error(client.post("/caption", data={"files": "just text"}), 415)
     msg = _error(client.post("/caption", data={"files": "just text"}, files={"x": ("x.png", png())}), 422)
     assert "'files' is not a file" in msg
@@ -186,8 +188,9 @@ def test_timeout_gives_504_and_the_server_recovers(tiny_run):
         image = Image.open(io.BytesIO(png())).convert("RGB")
         results = app.state.worker.submit([image], {"beam_size": 1}).result(timeout=60)
         assert results[0].caption
-        assert "no attention" in _error(c.post("/caption", files={"files": ("a.png", png())},
-                                               params={"attention": "true"}), 422)
+        assert "no attention" in _error(
+            c.post("/caption", files={"files": ("a.png", png())}, params={"attention": "true"}), 422
+        )
 
 
 def _gated_captioner(tiny_run):
@@ -224,7 +227,7 @@ def test_overload_gets_503_with_retry_after_and_the_server_recovers(tiny_run):
     with fastapi_testclient.TestClient(app, base_url="http://localhost") as c:
         first = threading.Thread(target=post, args=(c, "a.png"))
         first.start()
-        assert started.wait(60)          # the model is busy with the first request
+        assert started.wait(60)  # the model is busy with the first request
         second = threading.Thread(target=post, args=(c, "b.png"))
         second.start()
         _wait_until(lambda: app.state.worker.pending == 1)  # the second waits in the full queue
@@ -234,14 +237,13 @@ def test_overload_gets_503_with_retry_after_and_the_server_recovers(tiny_run):
         gate.set()
         first.join(60)
         second.join(60)
-        assert statuses == [200, 200]    # the admitted requests are answered
-        _still_answers(c)                # and the overload leaves nothing behind
+        assert statuses == [200, 200]  # the admitted requests are answered
+        _still_answers(c)  # and the overload leaves nothing behind
 
 
 def test_work_that_would_outlast_the_wait_limit_is_refused_at_once(monkeypatch):
     from capgen.serve import worker as worker_module
     from capgen.serve.worker import ModelWorker, ServerBusy
-
     from conftest import HeldCaptioner
 
     clock = [0.0]
@@ -255,17 +257,17 @@ def test_work_that_would_outlast_the_wait_limit_is_refused_at_once(monkeypatch):
     release, started = model.release, model.started
     worker = ModelWorker(model, max_batch=4, max_queue=100, max_wait=25.0)
     release.set()
-    assert worker.submit(["a"], {}).result(60) == ["a"]   # measures the rate: 10 s per image
+    assert worker.submit(["a"], {}).result(60) == ["a"]  # measures the rate: 10 s per image
     release.clear()
     started.clear()
-    busy = worker.submit(["b", "c"], {})                  # 20 s of work: admitted
+    busy = worker.submit(["b", "c"], {})  # 20 s of work: admitted
     assert started.wait(60)
-    with pytest.raises(ServerBusy) as refused:            # 20 + 10 s > 25 s: refused, not left to time out
+    with pytest.raises(ServerBusy) as refused:  # 20 + 10 s > 25 s: refused, not left to time out
         worker.submit(["d"], {})
     assert refused.value.retry_after == 5
     release.set()
     assert busy.result(60) == ["b", "c"]
-    assert worker.submit(["e"], {}).result(60) == ["e"]   # drained: admitted again
+    assert worker.submit(["e"], {}).result(60) == ["e"]  # drained: admitted again
     worker.close()
 
 
@@ -289,9 +291,9 @@ def test_the_encoder_works_on_the_next_batch_while_the_decoder_is_busy(tiny_run)
     worker = ModelWorker(cap, max_batch=1)
     image = Image.open(io.BytesIO(png())).convert("RGB")
     first = worker.submit([image], {"beam_size": 1})
-    assert decoding.wait(60)                       # the decoder holds the first batch
+    assert decoding.wait(60)  # the decoder holds the first batch
     second = worker.submit([image], {"beam_size": 1})
-    _wait_until(lambda: len(encoded) == 2)         # ... and the second is encoded meanwhile
+    _wait_until(lambda: len(encoded) == 2)  # ... and the second is encoded meanwhile
     assert not first.done() and not second.done()
     release.set()
     assert first.result(60)[0].caption == second.result(60)[0].caption
@@ -299,17 +301,23 @@ def test_the_encoder_works_on_the_next_batch_while_the_decoder_is_busy(tiny_run)
 
 
 def test_min_and_max_words(client):
-    r = client.post("/caption", files={"files": ("a.png", png(), "image/png")},
-                    params={"min_words": 5, "max_words": 6, "beam_size": 2})
+    r = client.post(
+        "/caption",
+        files={"files": ("a.png", png(), "image/png")},
+        params={"min_words": 5, "max_words": 6, "beam_size": 2},
+    )
     assert r.status_code == 200, r.text
     assert 5 <= len(r.json()["results"][0]["caption"].split()) <= 6
-    assert "max_words" in _error(client.post("/caption", files={"files": ("a.png", png())},
-                                             params={"max_words": 0}), 422)
-    assert "min_words" in _error(client.post("/caption", files={"files": ("a.png", png())},
-                                             params={"min_words": 8, "max_words": 4}), 422)
+    assert "max_words" in _error(
+        client.post("/caption", files={"files": ("a.png", png())}, params={"max_words": 0}), 422
+    )
+    assert "min_words" in _error(
+        client.post("/caption", files={"files": ("a.png", png())}, params={"min_words": 8, "max_words": 4}), 422
+    )
 
 
 # ---- issue 20 #2: a pixel budget per request and per queue, checked before decoding ----------------
+
 
 class _ServedHeld:
     """HeldCaptioner with what the app asks of a captioner."""
@@ -352,12 +360,13 @@ def test_images_in_progress_past_the_queue_budget_get_503_and_the_budget_comes_b
     cap, app = _held_app(ServeSettings(max_pixels=10_000, max_queued_pixels=20_000, timeout=60))
     statuses = []
     with fastapi_testclient.TestClient(app, base_url="http://localhost") as c:
+
         def post(name):
             statuses.append(c.post("/caption", files={"files": (name, png(size=(100, 100)))}).status_code)
 
         first = threading.Thread(target=post, args=("a.png",))
         first.start()
-        assert cap.started.wait(60)          # a's 10,000 pixels are held by the model
+        assert cap.started.wait(60)  # a's 10,000 pixels are held by the model
         second = threading.Thread(target=post, args=("b.png",))
         second.start()
         _wait_until(lambda: app.state.pixels.held == 20_000)  # b's wait in the queue
@@ -373,8 +382,10 @@ def test_server_errors_name_no_path_and_memory_errors_are_503():
     from capgen.errors import CapgenError
 
     class Failing(_ServedHeld):
-        error: Exception = CapgenError("glove=True needs pyarrow (/usr/lib/python3/pyarrow/libparquet.so.2600: "
-                                       "failed to map segment from shared object)")
+        error: Exception = CapgenError(
+            "glove=True needs pyarrow (/usr/lib/python3/pyarrow/libparquet.so.2600: "
+            "failed to map segment from shared object)"
+        )
 
         def decode_config(self, **options):
             return options
@@ -420,5 +431,6 @@ def test_a_failed_lazy_load_is_not_kept(tiny_captioner, monkeypatch):
 @pytest.mark.parametrize("value", ["1_0", " 3", "3.0", "0x3", "1" * 30])
 def test_integer_options_are_digits_only(client, value):
     """issue 20 #20: int() took beam_size=1_0 as 10."""
-    assert "expected an integer" in _error(client.post("/caption", files={"files": ("a.png", png())},
-                                                       params={"beam_size": value}), 422)
+    assert "expected an integer" in _error(
+        client.post("/caption", files={"files": ("a.png", png())}, params={"beam_size": value}), 422
+    )

@@ -13,8 +13,8 @@ import pytest
 
 from capgen.cli import main
 from capgen.errors import CapgenError
-from capgen.result import CaptionResult
 from capgen.inference.sidecar import SidecarSettings, compose, plan, remove_temporaries, write_sidecar
+from capgen.result import CaptionResult
 from capgen.tags import Tag
 from conftest import one_line_error
 
@@ -33,8 +33,18 @@ def photos(tiny_run, tmp_path):
 
 
 def _cli(tiny_run, *args):
-    return main(["caption", *map(str, args), "--model", str(tiny_run.checkpoints["show_tell"]),
-                 "--encoder", tiny_run.encoder, "--backend", "torch"])
+    return main(
+        [
+            "caption",
+            *map(str, args),
+            "--model",
+            str(tiny_run.checkpoints["show_tell"]),
+            "--encoder",
+            tiny_run.encoder,
+            "--backend",
+            "torch",
+        ]
+    )
 
 
 def _images(folder):
@@ -42,7 +52,7 @@ def _images(folder):
 
 
 def test_sidecar_beside_each_photo_and_a_rerun_skips_them(tiny_run, photos, capsys):
-    assert _cli(tiny_run, photos, "--sidecar") == 1            # broken.jpg
+    assert _cli(tiny_run, photos, "--sidecar") == 1  # broken.jpg
     out, err = capsys.readouterr()
     images = _images(photos)
     for img in images:
@@ -60,8 +70,10 @@ def test_sidecar_beside_each_photo_and_a_rerun_skips_them(tiny_run, photos, caps
 
 def test_sidecar_dir_mirrors_the_folders_json_and_prefix_suffix(tiny_run, photos, tmp_path, capsys):
     out_dir = tmp_path / "captions"
-    assert _cli(tiny_run, photos, "--sidecar", "json", "--sidecar-dir", out_dir, "--prefix", "sks",
-                "--suffix", "photo") == 1
+    assert (
+        _cli(tiny_run, photos, "--sidecar", "json", "--sidecar-dir", out_dir, "--prefix", "sks", "--suffix", "photo")
+        == 1
+    )
     capsys.readouterr()
     for img in _images(photos):
         side = out_dir / img.relative_to(photos).with_suffix(".json")
@@ -76,7 +88,7 @@ def test_existing_overwrite_append_prepend(tmp_path):
     side.write_text("old words\n")
     assert write_sidecar(photo, side, res, SidecarSettings(existing="append"))
     assert side.read_text() == "old words, dog, grass, a dog runs\n"
-    assert not write_sidecar(photo, side, res, SidecarSettings(existing="append"))   # a rerun adds nothing
+    assert not write_sidecar(photo, side, res, SidecarSettings(existing="append"))  # a rerun adds nothing
     side.write_text("old words\n")
     assert write_sidecar(photo, side, res, SidecarSettings(existing="prepend", prefix="sks"))
     assert side.read_text() == "sks, dog, grass, a dog runs, old words\n"
@@ -118,9 +130,24 @@ def test_kill_9_at_random_points_then_a_rerun_finishes(tiny_run, tmp_path):
     for k in range(40):
         shutil.copy(records[k % len(records)].path, folder / f"{k:02d}.jpg")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tiny_run.root / "mods"), *sys.path])}
-    cmd = [sys.executable, "-m", "capgen", "caption", str(folder), "--sidecar", "--batch-size", "1",
-           "--model", str(tiny_run.checkpoints["show_tell"]), "--encoder", tiny_run.encoder,
-           "--backend", "torch", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "capgen",
+        "caption",
+        str(folder),
+        "--sidecar",
+        "--batch-size",
+        "1",
+        "--model",
+        str(tiny_run.checkpoints["show_tell"]),
+        "--encoder",
+        tiny_run.encoder,
+        "--backend",
+        "torch",
+        "--threads",
+        "1",
+    ]
     rng = random.Random(0)
     for _ in range(2):
         target = rng.randrange(1, 39)

@@ -27,7 +27,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 BIAS = [2.0, 2.0, 1.5, 0.0]
 P = np.exp(BIAS) / np.exp(BIAS).sum()
 WORDS_TSV = "# a toy label set\n0\ttabby, tabby cat\tcat\n1\ttiger cat\tCat\n\n2\tbeagle\tdog\n3\tvelvet\t\n"
-HEADED = TINY_ENCODER_MODULE + f'''
+HEADED = (
+    TINY_ENCODER_MODULE
+    + f"""
 
 def build_headed():
     head = torch.nn.Linear(8, 4)
@@ -36,7 +38,8 @@ def build_headed():
         head.bias.copy_(torch.tensor({BIAS}))
     return GridEncoder(_Tiny(), Preprocess(size=32), name="tiny-test", dim=8, grid_hw=(4, 4), head=head,
                        labels="toy-4")
-'''
+"""
+)
 
 
 def toy_words() -> WordMap:
@@ -44,6 +47,7 @@ def toy_words() -> WordMap:
 
 
 # ---- the word file ------------------------------------------------------------------------------------
+
 
 def test_word_file_parses_comments_case_and_empty_words():
     wm = toy_words()
@@ -53,16 +57,19 @@ def test_word_file_parses_comments_case_and_empty_words():
     assert WordMap.from_lines(["0\tx\tcat", "1\tvelvet"]).class_words == ("cat", "")
 
 
-@pytest.mark.parametrize("lines, message", [
-    (["0\ttabby\tcat", "1 tiger cat cat"], "toy.tsv, line 2: expected 'index<TAB>class name<TAB>word', got 1"),
-    (["0\ttabby\tcat\textra"], "line 1: expected .* got 4"),
-    (["# c", "x\ttabby\tcat"], "line 2: class index must be a non-negative integer, got 'x'"),
-    (["0\ttabby\tcat", "0\ttiger\tcat"], "line 2: class 0 is listed twice"),
-    (["0\ttabby\tcat!"], "line 1: word 'cat!' must be letters and spaces only"),
-    (["0\ttabby\tcat", "2\tbeagle\tdog"], "toy.tsv: classes must be numbered 0..2 without gaps; missing 1"),
-    (["# nothing"], "toy.tsv: no classes listed"),
-    (["0\ttabby\t", "1\tbeagle\t"], "every word is empty"),
-])
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["0\ttabby\tcat", "1 tiger cat cat"], "toy.tsv, line 2: expected 'index<TAB>class name<TAB>word', got 1"),
+        (["0\ttabby\tcat\textra"], "line 1: expected .* got 4"),
+        (["# c", "x\ttabby\tcat"], "line 2: class index must be a non-negative integer, got 'x'"),
+        (["0\ttabby\tcat", "0\ttiger\tcat"], "line 2: class 0 is listed twice"),
+        (["0\ttabby\tcat!"], "line 1: word 'cat!' must be letters and spaces only"),
+        (["0\ttabby\tcat", "2\tbeagle\tdog"], "toy.tsv: classes must be numbered 0..2 without gaps; missing 1"),
+        (["# nothing"], "toy.tsv: no classes listed"),
+        (["0\ttabby\t", "1\tbeagle\t"], "every word is empty"),
+    ],
+)
 def test_malformed_word_file_names_file_and_line(lines, message):
     with pytest.raises(TagsError, match=message):
         WordMap.from_lines(lines, "toy.tsv")
@@ -82,7 +89,7 @@ def test_word_file_on_disk(tmp_path):
 def test_bundled_imagenet_words():
     wm = WordMap.load()
     assert wm.num_classes == 1000
-    assert {wm.class_words[i] for i in range(151, 269)} == {"dog"}        # every breed
+    assert {wm.class_words[i] for i in range(151, 269)} == {"dog"}  # every breed
     assert {wm.class_words[i] for i in range(281, 286)} == {"cat"}
     assert wm.class_words[963] == "pizza" and wm.class_words[671] == "bicycle" and wm.class_words[21] == "bird"
     assert sum(1 for w in wm.class_words if not w) < 20
@@ -90,10 +97,15 @@ def test_bundled_imagenet_words():
 
 # ---- probabilities -> words -----------------------------------------------------------------------------
 
+
 def test_class_probabilities_are_summed_per_word_then_thresholded():
     wm = toy_words()
-    probs = np.array([[0.3, 0.3, 0.35, 0.05],     # cat 0.6 beats dog 0.35, though dog is the top class
-                      [0.01, 0.01, 0.02, 0.96]])  # the top class has no word: only weak tags
+    probs = np.array(
+        [
+            [0.3, 0.3, 0.35, 0.05],  # cat 0.6 beats dog 0.35, though dog is the top class
+            [0.01, 0.01, 0.02, 0.96],
+        ]
+    )  # the top class has no word: only weak tags
     wp = word_probabilities(probs, wm)
     np.testing.assert_allclose(wp, [[0.6, 0.35], [0.02, 0.02]])
     tags = top_tags(wp, wm, TagConfig(top_k=5, threshold=0.1))
@@ -110,7 +122,7 @@ def test_class_probabilities_are_summed_per_word_then_thresholded():
 def test_tiny_class_probabilities_do_not_add_up_to_a_tag():
     wm = WordMap.from_lines([f"{i}\tbreed {i}\tdog" for i in range(100)] + ["100\tplate\tplate"])
     probs = np.full((1, 101), 0.002)
-    probs[0, 100] = 0.8                        # 100 dog classes at 0.002 each: 0.2 of noise
+    probs[0, 100] = 0.8  # 100 dog classes at 0.002 each: 0.2 of noise
     assert word_probabilities(probs, wm)[0].tolist() == pytest.approx([0.2, 0.8])
     assert word_probabilities(probs, wm, class_floor=0.005)[0].tolist() == pytest.approx([0.0, 0.8])
     logits = np.log(probs)
@@ -153,6 +165,7 @@ def test_an_encoder_without_a_head_says_so():
 
 # ---- the Captioner, the CLI and the server ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def headed(tiny_run, tmp_path_factory):
     """The tiny run's checkpoint with the same tiny encoder plus a toy 4-class head and word file."""
@@ -167,8 +180,11 @@ def headed(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tagged_captioner(tiny_run, headed):
-    return Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"],
-                                     encoder="capgen_tiny_headed_encoder:build_headed", tag_words=headed / "words.tsv")
+    return Captioner.from_pretrained(
+        tiny_run.checkpoints["show_attend_tell"],
+        encoder="capgen_tiny_headed_encoder:build_headed",
+        tag_words=headed / "words.tsv",
+    )
 
 
 def photo(tiny_run) -> Path:
@@ -200,8 +216,9 @@ def test_no_head_warns_and_still_captions(tiny_captioner, tiny_run):
 def test_malformed_word_file_still_captions(tiny_run, headed, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_text("0\ttabby\tcat\n1 tiger cat\n")
-    cap = Captioner.from_pretrained(tiny_run.checkpoints["show_attend_tell"],
-                                    encoder="capgen_tiny_headed_encoder:build_headed", tag_words=bad)
+    cap = Captioner.from_pretrained(
+        tiny_run.checkpoints["show_attend_tell"], encoder="capgen_tiny_headed_encoder:build_headed", tag_words=bad
+    )
     assert cap.tagger is None and f"{bad}, line 2" in cap.tags_error
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -211,8 +228,19 @@ def test_malformed_word_file_still_captions(tiny_run, headed, tmp_path):
 
 
 def _cli(tiny_run, headed, *args, encoder="capgen_tiny_headed_encoder:build_headed"):
-    return main(["caption", str(photo(tiny_run)), "--model", str(tiny_run.checkpoints["show_attend_tell"]),
-                 "--encoder", encoder, "--tag-words", str(headed / "words.tsv"), *args])
+    return main(
+        [
+            "caption",
+            str(photo(tiny_run)),
+            "--model",
+            str(tiny_run.checkpoints["show_attend_tell"]),
+            "--encoder",
+            encoder,
+            "--tag-words",
+            str(headed / "words.tsv"),
+            *args,
+        ]
+    )
 
 
 def test_cli_tags_in_every_format(tiny_run, headed, capsys):
@@ -236,10 +264,12 @@ def test_cli_tags_in_every_format(tiny_run, headed, capsys):
 def test_cli_tags_without_a_head(tiny_run, headed, capsys):
     assert _cli(tiny_run, headed, "--tags", encoder=tiny_run.encoder) == 0
     out, err = capsys.readouterr()
-    assert out.count("\t") == 1 and out.split("\t")[1].strip()           # the caption, no tag column
-    assert err.strip() == ("capgen caption: tags unavailable: encoder tiny-test has no classifier head (only the "
-                           "efficientnet-lite encoders, or your own GridEncoder given head=, have one); "
-                           "captions are unaffected")
+    assert out.count("\t") == 1 and out.split("\t")[1].strip()  # the caption, no tag column
+    assert err.strip() == (
+        "capgen caption: tags unavailable: encoder tiny-test has no classifier head (only the "
+        "efficientnet-lite encoders, or your own GridEncoder given head=, have one); "
+        "captions are unaffected"
+    )
 
 
 def test_server_tags_field(tagged_captioner, tiny_captioner, tiny_run):
@@ -251,7 +281,7 @@ def test_server_tags_field(tagged_captioner, tiny_captioner, tiny_run):
         assert c.get("/health").json()["tags"] is True
         res = c.post("/caption?tags=5", files=files).json()["results"][0]
         assert res["caption"] and [t["word"] for t in res["tags"]] == ["cat", "dog"]
-        assert math.isclose(res["tags"][0]["p"], P[0] + P[1], abs_tol=1e-4)   # the server rounds p to 4 decimals
+        assert math.isclose(res["tags"][0]["p"], P[0] + P[1], abs_tol=1e-4)  # the server rounds p to 4 decimals
         assert "tags" not in c.post("/caption", files=files).json()["results"][0]
         assert len(c.post("/caption?tags=5&tag_threshold=0.5", files=files).json()["results"][0]["tags"]) == 1
         for bad in ("tags=-1", "tags=x", "tags=2&tag_threshold=nan"):
@@ -266,6 +296,7 @@ def test_server_tags_field(tagged_captioner, tiny_captioner, tiny_run):
 
 
 # ---- the real encoder ----------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_efficientnet_head_gives_cat_and_coffee():

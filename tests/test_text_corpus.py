@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import one_line_error
 
 import capgen.encoders.registry as encoder_registry
 import capgen.training.trainer as trainer_mod
@@ -14,9 +13,9 @@ from capgen.data import PreparedDataset, prepare_dataset
 from capgen.decoding import DecodeConfig, TokenIds, decode
 from capgen.features import FeatureCache, extract_features
 from capgen.tags.head import LinearHead
-from capgen.tags.words import WordMap
+from capgen.tags.words import WordMap, mention_index, mentions
 from capgen.training import load_run_config, train
-from capgen.tags.words import mention_index, mentions
+from conftest import one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,15 +72,18 @@ def test_prepare_with_text_adds_words_and_records_corpora(tmp_path, synth_dir):
     assert plain.text() == [] and "zebra" not in plain.vocab.itos
 
 
-@pytest.mark.parametrize("content, where", [
-    (None, "cannot read"),
-    ("", "is empty"),
-    ('{"id": "a", "captions": ["a cat"]}\nnot json\n', ":2: not a JSON object"),
-    ('{"id": "a", "captions": ["a cat"]}\n{"id": "b"}\n', ":2: expected a \"captions\" list"),
-    ('{"id": "a", "captions": ["..."]}\n', ":1: no caption has words"),
-    ('{"id": "a", "captions": ["a cat"]}\n{"id": "a", "captions": ["a dog"]}\n', ":2: id 'a' appears twice"),
-    (b'{"id": "a", "captions": ["caf\xe9"]}\n', ":1: not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        (None, "cannot read"),
+        ("", "is empty"),
+        ('{"id": "a", "captions": ["a cat"]}\nnot json\n', ":2: not a JSON object"),
+        ('{"id": "a", "captions": ["a cat"]}\n{"id": "b"}\n', ':2: expected a "captions" list'),
+        ('{"id": "a", "captions": ["..."]}\n', ":1: no caption has words"),
+        ('{"id": "a", "captions": ["a cat"]}\n{"id": "a", "captions": ["a dog"]}\n', ":2: id 'a' appears twice"),
+        (b'{"id": "a", "captions": ["caf\xe9"]}\n', ":1: not UTF-8"),
+    ],
+)
 def test_bad_text_corpus_is_one_line_naming_file_and_line(tmp_path, synth_dir, capsys, content, where):
     path = tmp_path / "bad.jsonl"
     if isinstance(content, bytes):
@@ -128,16 +130,17 @@ def test_decoder_learns_to_caption_from_tags_alone(text_data):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
         logits = model(*zeros, captions, word_probs=probs, has_image=hidden)["logits"]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1),
-                                                 ignore_index=0)
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), captions[:, 1:].reshape(-1), ignore_index=0
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     with torch.no_grad():
         memory = model.init_memory(*zeros, word_probs=probs, has_image=hidden)
-    from capgen.decoding.search import _hypotheses
     from capgen.decoding.beam import beam_search
+    from capgen.decoding.search import _hypotheses
 
     found = beam_search(model, memory, model.init_state(memory), TokenIds.from_vocab(vocab), DecodeConfig(beam_size=2))
     got = [" ".join(vocab.decode(h[0].tokens)) for h in _hypotheses(found, 1)]
@@ -207,8 +210,11 @@ def test_warm_start_copies_rows_by_word(prepared, text_data, tmp_path, tiny_enco
     small = prepare_dataset(data.manifest["source"], tmp_path / "small", min_count=1)
     cfg = load_run_config(None, TAGS[:-1] + ["epochs=1", "batch_size=4", "warmup_steps=2"], "transformer")
     first = train(cfg, small, cache, tmp_path / "first", progress=False)
-    cfg2 = load_run_config(None, TAGS + ["epochs=1", "batch_size=4", f"warm_start={first.best_checkpoint}",
-                                         "lr=1e-12", "warmup_steps=1"], "transformer")
+    cfg2 = load_run_config(
+        None,
+        TAGS + ["epochs=1", "batch_size=4", f"warm_start={first.best_checkpoint}", "lr=1e-12", "warmup_steps=1"],
+        "transformer",
+    )
     second = train(cfg2, data, cache, tmp_path / "second", progress=False)
     a, b = load_checkpoint(first.best_checkpoint), load_checkpoint(second.best_checkpoint)
     ta, tb = a.model.word_embedding.table.weight, b.model.word_embedding.table.weight

@@ -5,12 +5,28 @@ from capgen.errors import DatasetError
 
 
 def test_normalize_like_karpathy():
-    assert normalize_caption('A black-and-white dog, running; "fast"! Isn\'t it?') == \
-        ["a", "black", "and", "white", "dog", "running", "fast", "isnt", "it"]
+    assert normalize_caption('A black-and-white dog, running; "fast"! Isn\'t it?') == [
+        "a",
+        "black",
+        "and",
+        "white",
+        "dog",
+        "running",
+        "fast",
+        "isnt",
+        "it",
+    ]
     assert normalize_caption("  Two   dogs .  ") == ["two", "dogs"]
     # every punctuation mark goes, as in Karpathy's prepro: no "shapes:" or "cat/kitten" words
-    assert normalize_caption("Shapes: a cat/kitten (small) & 2 dogs...") == \
-        ["shapes", "a", "cat", "kitten", "small", "2", "dogs"]
+    assert normalize_caption("Shapes: a cat/kitten (small) & 2 dogs...") == [
+        "shapes",
+        "a",
+        "cat",
+        "kitten",
+        "small",
+        "2",
+        "dogs",
+    ]
 
 
 def test_vocab_min_count_max_size_and_specials():

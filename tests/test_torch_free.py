@@ -25,13 +25,13 @@ import capgen
 from capgen.extras import EXTRA_OF
 from capgen.runtime import folder as fmt
 
-CAPGEN_ROOT = str(Path(capgen.__file__).resolve().parents[1])   # the capgen this test imported
+CAPGEN_ROOT = str(Path(capgen.__file__).resolve().parents[1])  # the capgen this test imported
 BUNDLED = Path(capgen.__file__).resolve().parent / "assets" / "captioner"
 TRAIN_HINT = "pip install 'capgen[train]'"
 
 # Installed first on sys.meta_path by sitecustomize: importing any of these raises ModuleNotFoundError,
 # as on a machine where only the core install is.
-BLOCKER = f'''
+BLOCKER = f"""
 import sys
 
 BLOCKED = {sorted(EXTRA_OF)!r}
@@ -45,7 +45,7 @@ class _Blocker:
 
 
 sys.meta_path.insert(0, _Blocker())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -89,14 +89,16 @@ def test_capgen_caption_without_torch(without_extras, photos):
 
 
 def test_captioner_api_without_torch(without_extras, photos):
-    code = ("import json, sys\n"
-            "from capgen import Captioner\n"
-            "cap = Captioner.from_pretrained()\n"
-            "one = cap.caption(sys.argv[1])\n"
-            "many = cap.caption(sys.argv[1:], n_best=3, beam_size=3)\n"
-            "assert [r.caption for r in many][0] == one.caption and len(many[0].alternatives) == 2\n"
-            "print(json.dumps([type(one).__name__, cap.info(), [r.to_dict() for r in many]]))\n"
-            "assert not any(m.split('.')[0] == 'torch' for m in sys.modules)\n")
+    code = (
+        "import json, sys\n"
+        "from capgen import Captioner\n"
+        "cap = Captioner.from_pretrained()\n"
+        "one = cap.caption(sys.argv[1])\n"
+        "many = cap.caption(sys.argv[1:], n_best=3, beam_size=3)\n"
+        "assert [r.caption for r in many][0] == one.caption and len(many[0].alternatives) == 2\n"
+        "print(json.dumps([type(one).__name__, cap.info(), [r.to_dict() for r in many]]))\n"
+        "assert not any(m.split('.')[0] == 'torch' for m in sys.modules)\n"
+    )
     done = _run(without_extras, *photos, code=code)
     assert done.returncode == 0, done.stderr
     kind, info, results = json.loads(done.stdout)
@@ -106,16 +108,28 @@ def test_captioner_api_without_torch(without_extras, photos):
 
 
 def test_what_needs_torch_names_the_extra(without_extras, photos, tmp_path):
-    for args in (["train", "--data", str(tmp_path), "--features", str(tmp_path), "--out", str(tmp_path / "run")],
-                 ["export", str(tmp_path / "x.pt"), "--out", str(tmp_path / "exp")],
-                 ["caption", photos[0], "--attention", str(tmp_path / "att")],
-                 ["caption", photos[0], "--precision", "bf16"],
-                 ["caption", photos[0], "--model", str(tmp_path / "best.pt")]):
+    for args in (
+        ["train", "--data", str(tmp_path), "--features", str(tmp_path), "--out", str(tmp_path / "run")],
+        ["export", str(tmp_path / "x.pt"), "--out", str(tmp_path / "exp")],
+        ["caption", photos[0], "--attention", str(tmp_path / "att")],
+        ["caption", photos[0], "--precision", "bf16"],
+        ["caption", photos[0], "--model", str(tmp_path / "best.pt")],
+    ):
         done = _run(without_extras, *args)
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and TRAIN_HINT in lines[0], (args, done.stderr)
-    done = _run(without_extras, "tune", "--data", str(tmp_path), "--features", str(tmp_path), "--space", "s.yaml",
-                "--study", str(tmp_path / "study"))
+    done = _run(
+        without_extras,
+        "tune",
+        "--data",
+        str(tmp_path),
+        "--features",
+        str(tmp_path),
+        "--space",
+        "s.yaml",
+        "--study",
+        str(tmp_path / "study"),
+    )
     assert done.returncode == 2 and "needs torch" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -127,8 +141,14 @@ def _free_port() -> int:
 
 def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -140,8 +160,13 @@ def _get(url: str, data: bytes | None = None, ctype: str | None = None) -> tuple
 
 def test_capgen_serve_and_its_page_without_torch(without_extras, photos):
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "capgen", "serve", "--port", str(port), "--threads", "1"],
-                              env=without_extras, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "capgen", "serve", "--port", str(port), "--threads", "1"],
+        env=without_extras,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -155,7 +180,7 @@ def test_capgen_serve_and_its_page_without_torch(without_extras, photos):
         health = json.loads(body)
         assert status == 200 and health["status"] == "ok" and health["decoder"] == "onnx"
         status, page = _get(f"{base}/")
-        assert status == 200 and b"/caption" in page           # the page posts its photos there
+        assert status == 200 and b"/caption" in page  # the page posts its photos there
         body, ctype = _multipart("photo.png", Path(photos[1]).read_bytes())
         status, answer = _get(f"{base}/caption?tags=3", body, ctype)
         result = json.loads(answer)["results"][0]
@@ -167,8 +192,14 @@ def test_capgen_serve_and_its_page_without_torch(without_extras, photos):
 
 def test_runtime_and_capgen_caption_write_the_same_json(without_extras, photos):
     caption = _run(without_extras, "caption", *photos, "--format", "jsonl")
-    runtime = _run(without_extras, str(BUNDLED), *photos, "--format", "jsonl",
-                   code="import sys; from capgen.runtime.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    runtime = _run(
+        without_extras,
+        str(BUNDLED),
+        *photos,
+        "--format",
+        "jsonl",
+        code="import sys; from capgen.runtime.__main__ import main; sys.exit(main(sys.argv[1:]))",
+    )
     assert caption.returncode == 0 and runtime.returncode == 0, caption.stderr + runtime.stderr
     assert runtime.stdout == caption.stdout and len(caption.stdout.splitlines()) == 3
 
@@ -183,13 +214,15 @@ def test_runtime_entry_point_reports_an_unexpected_error_in_one_line(monkeypatch
     monkeypatch.setattr(Runtime, "caption", broken)
     assert runtime_main([str(BUNDLED), photos[0]]) == 2
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == ["capgen.runtime: internal error: RuntimeError: boom (rerun with --debug for "
-                                        "the traceback)"]
+    assert err.strip().splitlines() == [
+        "capgen.runtime: internal error: RuntimeError: boom (rerun with --debug for the traceback)"
+    ]
     with pytest.raises(RuntimeError, match="boom"):
         runtime_main([str(BUNDLED), photos[0], "--debug"])
 
 
 # ---- against the torch path, where torch is installed ---------------------------------------------
+
 
 def test_the_bundled_export_is_the_bundled_checkpoint():
     pytest.importorskip("torch")

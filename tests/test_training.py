@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import run_torchrun
 
 import capgen.training.trainer as trainer_mod
 from capgen.checkpoint import CheckpointError, load_checkpoint
@@ -17,6 +16,7 @@ from capgen.evaluation.run import evaluate_checkpoint
 from capgen.features import FeatureCache, extract_features
 from capgen.training import load_run_config, train
 from capgen.training.config import ConfigError
+from conftest import run_torchrun
 
 TINY = {
     "show_tell": ["model.embed_dim=16", "model.hidden_dim=32"],
@@ -44,8 +44,9 @@ def test_train_then_evaluate_every_model(model, prepared, features, tmp_path):
     assert any((run / "tb").iterdir())
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == model
     assert len(res.history) == 2 and res.history[1]["train_loss"] < res.history[0]["train_loss"] + 0.5
-    evaluate_checkpoint(res.best_checkpoint, prepared, features, "test", DecodeConfig(beam_size=2),
-                              out=tmp_path / "eval", meteor=False)
+    evaluate_checkpoint(
+        res.best_checkpoint, prepared, features, "test", DecodeConfig(beam_size=2), out=tmp_path / "eval", meteor=False
+    )
     preds = json.loads((tmp_path / "eval" / "predictions.json").read_text())
     assert [p["image_id"] for p in preds] == [r.image for r in prepared.split("test")]
     assert all(isinstance(p["caption"], str) for p in preds)
@@ -96,8 +97,9 @@ def test_checkpoint_round_trip_and_bad_checkpoints(prepared, features, tmp_path)
     caps = torch.tensor([prepared.vocab.encode(["a", "red", "circle"])] * len(ids))
     again = load_checkpoint(res.best_checkpoint)
     with torch.no_grad():
-        torch.testing.assert_close(ck.model(pooled, grid, caps)["logits"], again.model(pooled, grid, caps)["logits"],
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            ck.model(pooled, grid, caps)["logits"], again.model(pooled, grid, caps)["logits"], rtol=0, atol=0
+        )
     data = res.best_checkpoint.read_bytes()
     (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.pt").write_text("hello")
@@ -114,15 +116,37 @@ def test_evaluate_refuses_other_vocabulary_and_encoder(prepared, features, tmp_p
 
     res = train(_cfg("show_tell", "epochs=1"), prepared, features, tmp_path / "run", progress=False)
     other = prepare_dataset(prepared.manifest["source"], tmp_path / "p2", min_count=1, max_vocab=10)
-    code = main(["evaluate", str(res.best_checkpoint), "--data", str(other.root), "--features",
-                 str(features.root), "--out", str(tmp_path / "e"), "--no-meteor"])
+    code = main(
+        [
+            "evaluate",
+            str(res.best_checkpoint),
+            "--data",
+            str(other.root),
+            "--features",
+            str(features.root),
+            "--out",
+            str(tmp_path / "e"),
+            "--no-meteor",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "another vocabulary" in err and len(err.strip().splitlines()) == 1
     meta = json.loads((features.root / "meta.json").read_text())
     meta["encoder"]["name"] = "efficientnet-lite0"
     (features.root / "meta.json").write_text(json.dumps(meta))
-    code = main(["evaluate", str(res.best_checkpoint), "--data", str(prepared.root), "--features",
-                 str(features.root), "--out", str(tmp_path / "e"), "--no-meteor"])
+    code = main(
+        [
+            "evaluate",
+            str(res.best_checkpoint),
+            "--data",
+            str(prepared.root),
+            "--features",
+            str(features.root),
+            "--out",
+            str(tmp_path / "e"),
+            "--no-meteor",
+        ]
+    )
     assert code == 2 and "extracted with efficientnet-lite0, but tiny-test is expected" in capsys.readouterr().err
 
 
@@ -144,16 +168,57 @@ def test_config_errors(tmp_path):
 
 
 def test_cli_train_and_evaluate(prepared, features, tmp_path, capsys):
-    argv = ["train", "--data", str(prepared.root), "--features", str(features.root), "--model", "show_tell",
-            "--out", str(tmp_path / "run"), "--set", "epochs=1", "--set", "batch_size=8", *sum(
-                (["--set", s] for s in TINY["show_tell"]), [])]
+    argv = [
+        "train",
+        "--data",
+        str(prepared.root),
+        "--features",
+        str(features.root),
+        "--model",
+        "show_tell",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "epochs=1",
+        "--set",
+        "batch_size=8",
+        *sum((["--set", s] for s in TINY["show_tell"]), []),
+    ]
     assert main(argv) == 0
     assert "best epoch 1" in capsys.readouterr().out
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err
-    assert main(["train", "--data", str(prepared.root), "--features", str(features.root), "--out",
-                 str(tmp_path / "run"), "--resume"]) == 0  # already finished: nothing more to do
-    assert main(["evaluate", str(tmp_path / "run" / "best.pt"), "--data", str(prepared.root), "--features",
-                 str(features.root), "--out", str(tmp_path / "e"), "--beam-size", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(prepared.root),
+                "--features",
+                str(features.root),
+                "--out",
+                str(tmp_path / "run"),
+                "--resume",
+            ]
+        )
+        == 0
+    )  # already finished: nothing more to do
+    assert (
+        main(
+            [
+                "evaluate",
+                str(tmp_path / "run" / "best.pt"),
+                "--data",
+                str(prepared.root),
+                "--features",
+                str(features.root),
+                "--out",
+                str(tmp_path / "e"),
+                "--beam-size",
+                "1",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "BLEU-4" in out and "CIDEr" in out
 
@@ -161,10 +226,30 @@ def test_cli_train_and_evaluate(prepared, features, tmp_path, capsys):
 @pytest.mark.slow
 def test_torchrun_ddp_two_processes(prepared, features, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = run_torchrun(["--nproc_per_node", "2", "-m", "capgen", "train", "--data", str(prepared.root),
-                         "--features", str(features.root), "--model", "show_tell", "--out", str(tmp_path / "ddp"),
-                         "--set", "epochs=2", "--set", "batch_size=4",
-                         *sum((["--set", s] for s in TINY["show_tell"]), [])], env, timeout=180)
+    proc = run_torchrun(
+        [
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "capgen",
+            "train",
+            "--data",
+            str(prepared.root),
+            "--features",
+            str(features.root),
+            "--model",
+            "show_tell",
+            "--out",
+            str(tmp_path / "ddp"),
+            "--set",
+            "epochs=2",
+            "--set",
+            "batch_size=4",
+            *sum((["--set", s] for s in TINY["show_tell"]), []),
+        ],
+        env,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert (tmp_path / "ddp" / "best.pt").is_file()
     assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2
@@ -214,8 +299,13 @@ def test_grouped_captions_equal_repeated_images(model):
     torch.testing.assert_close(grouped, repeated)
 
 
-@pytest.mark.parametrize("argv", [["synth", "{tmp}/s", "--images", "4"], ["train", "--data", "{tmp}/nope",
-                                                                           "--features", "{tmp}/x", "--out", "{tmp}/r"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth", "{tmp}/s", "--images", "4"],
+        ["train", "--data", "{tmp}/nope", "--features", "{tmp}/x", "--out", "{tmp}/r"],
+    ],
+)
 def test_cli_destroys_the_process_group_on_every_exit_path(tmp_path, argv):
     """A live gloo group at interpreter exit aborts the process (SIGABRT after the last epoch, seen
     in ~1 of 5 DDP runs): the CLI must tear it down whether the command succeeds or fails."""
@@ -236,8 +326,20 @@ def test_cli_destroys_the_process_group_on_every_exit_path(tmp_path, argv):
 @pytest.mark.parametrize("model", ["transformer", "show_attend_tell"])
 def test_self_critical_from_a_cross_entropy_checkpoint(model, prepared, features, tmp_path, capsys):
     xe = train(_cfg(model, "epochs=1"), prepared, features, tmp_path / "xe", progress=False)
-    cfg = load_run_config(None, ["objective=scst", f"init={xe.best_checkpoint}", "epochs=2", "batch_size=4",
-                                 "lr=1e-4", "warmup_steps=0", "min_lr_ratio=1.0", "scst_samples=3"], "show_tell")
+    cfg = load_run_config(
+        None,
+        [
+            "objective=scst",
+            f"init={xe.best_checkpoint}",
+            "epochs=2",
+            "batch_size=4",
+            "lr=1e-4",
+            "warmup_steps=0",
+            "min_lr_ratio=1.0",
+            "scst_samples=3",
+        ],
+        "show_tell",
+    )
     res = train(cfg, prepared, features, tmp_path / "scst", progress=False)
     # the architecture is the init checkpoint's, whatever --model said
     assert yaml.safe_load((tmp_path / "scst" / "config.yaml").read_text())["model"] == model
@@ -252,8 +354,19 @@ def test_self_critical_resumes_exactly(prepared, features, tmp_path, monkeypatch
     import contextlib
 
     xe = train(_cfg("show_tell", "epochs=1"), prepared, features, tmp_path / "xe", progress=False)
-    cfg = load_run_config(None, ["objective=scst", f"init={xe.best_checkpoint}", "epochs=2", "batch_size=4",
-                                 "lr=1e-4", "warmup_steps=0", "scst_samples=3"], "show_tell")
+    cfg = load_run_config(
+        None,
+        [
+            "objective=scst",
+            f"init={xe.best_checkpoint}",
+            "epochs=2",
+            "batch_size=4",
+            "lr=1e-4",
+            "warmup_steps=0",
+            "scst_samples=3",
+        ],
+        "show_tell",
+    )
     full = train(cfg, prepared, features, tmp_path / "full", progress=False)
     monkeypatch.setattr(trainer_mod, "_graceful_interrupt", lambda: contextlib.nullcontext(_StopAfter(3)))
     with pytest.raises(KeyboardInterrupt):
@@ -303,16 +416,20 @@ def test_self_critical_scores_the_distribution_it_samples_from(prepared, feature
     obj = SelfCritical(prepared.vocab, prepared.split("train"), samples=3, max_len=6)
     recs = prepared.split("train")[:2]
     ids = [r.image for r in recs]
-    b = Batch(torch.from_numpy(features.pooled(ids)), torch.from_numpy(features.grid(ids)),
-              torch.tensor([0, 1]), torch.zeros(2, 3, dtype=torch.long), ids)
+    b = Batch(
+        torch.from_numpy(features.pooled(ids)),
+        torch.from_numpy(features.grid(ids)),
+        torch.tensor([0, 1]),
+        torch.zeros(2, 3, dtype=torch.long),
+        ids,
+    )
     loss, logs = obj(model, model, b)
     assert torch.isfinite(loss)
     # with <unk> (e^30) counted, every sampled token would have NLL ~30; renormalised it is small
     assert logs["entropy"] < 10
 
 
-def test_divergence_stops_at_its_step_and_keeps_the_checkpoints_before_it(prepared, features, tmp_path,
-                                                                           monkeypatch):
+def test_divergence_stops_at_its_step_and_keeps_the_checkpoints_before_it(prepared, features, tmp_path, monkeypatch):
     """A NaN loss in epoch 2 used to reach validation with NaN weights (internal error: IndexError)."""
     from capgen.training.objectives import CrossEntropy
 
@@ -328,8 +445,14 @@ def test_divergence_stops_at_its_step_and_keeps_the_checkpoints_before_it(prepar
     monkeypatch.setattr(CrossEntropy, "__call__", nan_at_epoch_2_step_2)
     run = tmp_path / "run"
     with pytest.raises(trainer_mod.TrainingDiverged, match=r"epoch 2, step 2 of \d+ \(loss nan"):
-        train(_cfg("show_tell"), prepared, features, run, progress=False,
-              on_epoch=lambda row: seen.update(epochs=row["epoch"]))
+        train(
+            _cfg("show_tell"),
+            prepared,
+            features,
+            run,
+            progress=False,
+            on_epoch=lambda row: seen.update(epochs=row["epoch"]),
+        )
     assert torch.load(run / "last.pt", weights_only=True)["resume"]["epoch"] == 1  # epoch 1's, untouched
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1]
     load_checkpoint(run / "best.pt")  # finite weights
@@ -338,10 +461,29 @@ def test_divergence_stops_at_its_step_and_keeps_the_checkpoints_before_it(prepar
 def test_cli_divergence_is_one_line(prepared, features, tmp_path, capsys):
     from conftest import one_line_error
 
-    one_line_error(capsys, ["train", "--data", prepared.root, "--features", features.root, "--out", tmp_path / "run",
-                            "--model", "transformer", *[a for s in TINY["transformer"] for a in ("--set", s)],
-                            "--set", "epochs=1", "--set", "batch_size=4", "--set", "lr=1e6"],
-                   "training diverged at epoch 1, step", "lr")
+    one_line_error(
+        capsys,
+        [
+            "train",
+            "--data",
+            prepared.root,
+            "--features",
+            features.root,
+            "--out",
+            tmp_path / "run",
+            "--model",
+            "transformer",
+            *[a for s in TINY["transformer"] for a in ("--set", s)],
+            "--set",
+            "epochs=1",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "lr=1e6",
+        ],
+        "training diverged at epoch 1, step",
+        "lr",
+    )
 
 
 def test_resuming_a_run_that_stopped_early_changes_nothing(prepared, features, tmp_path, monkeypatch, capsys):
@@ -356,10 +498,11 @@ def test_resuming_a_run_that_stopped_early_changes_nothing(prepared, features, t
         return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
 
     before = files()
-    again = train(_cfg("show_tell", "epochs=5", "patience=1"), prepared, features, run, resume=True,
-                  progress=False)
+    again = train(_cfg("show_tell", "epochs=5", "patience=1"), prepared, features, run, resume=True, progress=False)
     assert again.already_finished and again.stopped_early and [h["epoch"] for h in again.history] == [1, 2]
-    assert main(["train", "--data", str(prepared.root), "--features", str(features.root), "--out", str(run),
-                 "--resume"]) == 0
+    assert (
+        main(["train", "--data", str(prepared.root), "--features", str(features.root), "--out", str(run), "--resume"])
+        == 0
+    )
     assert "already finished (stopped early after 2 of 5 epochs)" in capsys.readouterr().out
     assert files() == before

@@ -49,13 +49,28 @@ def _space_file(tmp_path, space=None, name="space.yaml"):
 
 
 def _cli(prepared, features, space_path, study, *extra):
-    return ["tune", "--data", str(prepared.root), "--features", str(features.root), "--space", str(space_path),
-            "--study", str(study), "--set", "threads=1", *extra]
+    return [
+        "tune",
+        "--data",
+        str(prepared.root),
+        "--features",
+        str(features.root),
+        "--space",
+        str(space_path),
+        "--study",
+        str(study),
+        "--set",
+        "threads=1",
+        *extra,
+    ]
 
 
 def _load(study_dir):
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(study_dir / JOURNAL), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(study_dir / JOURNAL))))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(
+            str(study_dir / JOURNAL), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(study_dir / JOURNAL))
+        )
+    )
     return optuna.load_study(study_name="capgen", storage=storage)
 
 
@@ -69,11 +84,19 @@ def _study(prepared, features, tmp_path, space=None, **opts):
 
 # ---- the search space ---------------------------------------------------------------------------
 
+
 def test_space_draws_typed_values_and_conditional_keys():
-    space = parse_space({"model": {"choices": ["show_tell", "transformer"]}, "train.lr": {"low": 1e-4, "high": 1e-2,
-                         "log": True}, "train.batch_size": {"low": 2, "high": 8, "step": 2},
-                         "transformer.d_model": {"choices": [16, 32]}, "show_tell.rnn": {"choices": ["gru"]},
-                         "model_config.dropout": 0.2}, "show_attend_tell")
+    space = parse_space(
+        {
+            "model": {"choices": ["show_tell", "transformer"]},
+            "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+            "train.batch_size": {"low": 2, "high": 8, "step": 2},
+            "transformer.d_model": {"choices": [16, 32]},
+            "show_tell.rnn": {"choices": ["gru"]},
+            "model_config.dropout": 0.2,
+        },
+        "show_attend_tell",
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     seen = set()
     for _ in range(12):
@@ -86,24 +109,29 @@ def test_space_draws_typed_values_and_conditional_keys():
     assert seen == {"show_tell", "transformer"}
 
 
-@pytest.mark.parametrize("space, words", [
-    ({"train.lrr": 0.1}, ["train.lrr", "TrainConfig"]),
-    ({"foo.bar": 1}, ["foo.bar", "MODEL"]),
-    ({"lr": 0.1}, ["'lr'", "train.KEY"]),
-    ({"train.lr": {"low": 0.1, "high": 0.01}}, ["train.lr", "greater than high"]),
-    ({"train.lr": {"low": 0.0, "high": 0.01, "log": True}}, ["train.lr", "> 0"]),
-    ({"train.lr": {"low": "abc", "high": 0.01}}, ["train.lr", "expected float"]),
-    ({"train.epochs": {"low": 1.5, "high": 3}}, ["train.epochs", "expected int"]),
-    ({"train.lr": {"low": 0.1}}, ["train.lr", "choices"]),
-    ({"train.batch_size": {"choices": []}}, ["train.batch_size", "non-empty"]),
-    ({"train.batch_size": [8, 16]}, ["train.batch_size", "choices: [8, 16]"]),
-    ({"model_config.positions": {"low": 1, "high": 2}}, ["model_config.positions", "number setting"]),
-    ({"model_config.d_model": {"choices": [16, 32]}, "model": {"choices": ["transformer", "show_tell"]}},
-     ["model_config.d_model", "ShowTellConfig"]),
-    ({"show_tell.rnn": {"choices": ["gru"]}}, ["show_tell.rnn", "not among the space's models"]),
-    ({"model": "resnet"}, ["resnet", "expected one of"]),
-    ({"model": {"low": 1, "high": 2}}, ["model", "choices"]),
-])
+@pytest.mark.parametrize(
+    "space, words",
+    [
+        ({"train.lrr": 0.1}, ["train.lrr", "TrainConfig"]),
+        ({"foo.bar": 1}, ["foo.bar", "MODEL"]),
+        ({"lr": 0.1}, ["'lr'", "train.KEY"]),
+        ({"train.lr": {"low": 0.1, "high": 0.01}}, ["train.lr", "greater than high"]),
+        ({"train.lr": {"low": 0.0, "high": 0.01, "log": True}}, ["train.lr", "> 0"]),
+        ({"train.lr": {"low": "abc", "high": 0.01}}, ["train.lr", "expected float"]),
+        ({"train.epochs": {"low": 1.5, "high": 3}}, ["train.epochs", "expected int"]),
+        ({"train.lr": {"low": 0.1}}, ["train.lr", "choices"]),
+        ({"train.batch_size": {"choices": []}}, ["train.batch_size", "non-empty"]),
+        ({"train.batch_size": [8, 16]}, ["train.batch_size", "choices: [8, 16]"]),
+        ({"model_config.positions": {"low": 1, "high": 2}}, ["model_config.positions", "number setting"]),
+        (
+            {"model_config.d_model": {"choices": [16, 32]}, "model": {"choices": ["transformer", "show_tell"]}},
+            ["model_config.d_model", "ShowTellConfig"],
+        ),
+        ({"show_tell.rnn": {"choices": ["gru"]}}, ["show_tell.rnn", "not among the space's models"]),
+        ({"model": "resnet"}, ["resnet", "expected one of"]),
+        ({"model": {"low": 1, "high": 2}}, ["model", "choices"]),
+    ],
+)
 def test_bad_space_file_is_one_clear_line_and_touches_no_study(space, words, prepared, features, tmp_path, capsys):
     path = _space_file(tmp_path, {"model": "transformer", **space} if "model" not in space else space)
     rc = main(_cli(prepared, features, path, tmp_path / "study"))
@@ -129,6 +157,7 @@ def test_baseline_outside_the_space_is_refused_before_the_study_exists(prepared,
 
 # ---- studies ------------------------------------------------------------------------------------
 
+
 def _fake_validate(model, *args, **kwargs):
     """val CIDEr-D = 0.1 per decoder layer: a deterministic stand-in, so pruning is predictable."""
     return {"CIDEr": 0.1 * model.config.num_layers, "BLEU-4": 0.0}
@@ -142,7 +171,7 @@ def test_study_prunes_weak_trials_and_reports(prepared, features, tmp_path, monk
     run_worker(study, space, base, prepared, features, tmp_path / "study", opts)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
-    assert study.trials[2].user_attrs["epochs"] == 1          # stopped after its first epoch
+    assert study.trials[2].user_attrs["epochs"] == 1  # stopped after its first epoch
     assert study.trials[0].value == pytest.approx(0.2)
     assert "trial 2 PRUNED" in capsys.readouterr().out
 
@@ -181,8 +210,12 @@ def test_killed_tune_continues_without_losing_a_trial(prepared, features, tmp_pa
     study_dir = tmp_path / "study"
     # no pruning: whether a tiny random trial is pruned depends on its draw, not on what is tested here
     argv = _cli(prepared, features, space, study_dir, "--trials", "3", "--startup-trials", "2", "--pruner", "none")
-    proc = subprocess.Popen([sys.executable, "-m", "capgen", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "capgen", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     history = study_dir / "trials" / "1" / "history.json"
     deadline = time.monotonic() + 300
     while not history.is_file() and proc.poll() is None and time.monotonic() < deadline:
@@ -200,7 +233,7 @@ def test_killed_tune_continues_without_losing_a_trial(prepared, features, tmp_pa
     assert t1.state == TrialState.FAIL and t1.user_attrs["interrupted"]
     retry = next(t for t in after.trials if t.user_attrs.get("retry_of") == 1)
     assert retry.params == t1.params and retry.state == TrialState.COMPLETE
-    assert retry.user_attrs["resumed_from_trial"] == 1         # continued its run, did not start over
+    assert retry.user_attrs["resumed_from_trial"] == 1  # continued its run, did not start over
     assert retry.user_attrs["epochs"] == 4
     assert not (study_dir / "trials" / "1").exists()
     assert sum(t.state == TrialState.COMPLETE for t in after.trials) == 3
@@ -210,8 +243,10 @@ def test_killed_tune_continues_without_losing_a_trial(prepared, features, tmp_pa
 def test_two_workers_share_one_study(prepared, features, tmp_path, capsys):
     space = _space_file(tmp_path, {**TINY_SPACE, "train.epochs": 1})
     # no pruning: which tiny random trial would be pruned depends on its draw, not on sharing
-    assert main(_cli(prepared, features, space, tmp_path / "study", "--trials", "4", "--workers", "2",
-                     "--pruner", "none")) == 0
+    assert (
+        main(_cli(prepared, features, space, tmp_path / "study", "--trials", "4", "--workers", "2", "--pruner", "none"))
+        == 0
+    )
     study = _load(tmp_path / "study")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) >= 4 and len(done) == len(study.trials)  # two may start the last one at once
@@ -249,10 +284,13 @@ def test_folder_that_is_not_a_study_is_refused(prepared, features, tmp_path, cap
     assert "not a capgen study" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("url, words", [
-    ("sqlite:////nonexistent-dir/sub/x.db", ["cannot reach the database"]),
-    ("postgresql://alice:s3cret@127.0.0.1:1/capgen", ["postgresql://alice:***@127.0.0.1:1/capgen"]),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("sqlite:////nonexistent-dir/sub/x.db", ["cannot reach the database"]),
+        ("postgresql://alice:s3cret@127.0.0.1:1/capgen", ["postgresql://alice:***@127.0.0.1:1/capgen"]),
+    ],
+)
 def test_unreachable_database_is_one_line(url, words, prepared, features, tmp_path, capsys):
     assert main(_cli(prepared, features, _space_file(tmp_path), tmp_path / "study", "--storage", url)) == 2
     err = capsys.readouterr().err
@@ -295,17 +333,29 @@ def _as_folder(path):
     path.mkdir()
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda j: j.open("ab").write(b"garbage\n"), ["line 3 is not a JSON record"]),
-    (lambda j: j.open("ab").write(b'{"op_code": 99}\n'), ["line 3 has no known op_code"]),
-    (lambda j: j.open("ab").write(b'{"op_code": 8, "key": "\xff"}\n'), ["journal.log", "not UTF-8"]),
-    (lambda j: j.open("ab").write(b"[" * 100_000 + b"\n"), ["line 3 is not a JSON record"]),
-    (lambda j: j.open("ab").write(b"\n"), ["line 3 is not a JSON record"]),
-    (_flip_a_key, ["Optuna cannot replay it"]),
-    (_as_folder, ["must be a file"]),
-    (lambda j: (j.parent / "trials").write_text("x"), ["trials", "not a file"]),
-], ids=["garbage line", "op_code 99", "not UTF-8", "deep nesting", "empty line", "bit flip", "journal is a folder",
-        "trials is a file"])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda j: j.open("ab").write(b"garbage\n"), ["line 3 is not a JSON record"]),
+        (lambda j: j.open("ab").write(b'{"op_code": 99}\n'), ["line 3 has no known op_code"]),
+        (lambda j: j.open("ab").write(b'{"op_code": 8, "key": "\xff"}\n'), ["journal.log", "not UTF-8"]),
+        (lambda j: j.open("ab").write(b"[" * 100_000 + b"\n"), ["line 3 is not a JSON record"]),
+        (lambda j: j.open("ab").write(b"\n"), ["line 3 is not a JSON record"]),
+        (_flip_a_key, ["Optuna cannot replay it"]),
+        (_as_folder, ["must be a file"]),
+        (lambda j: (j.parent / "trials").write_text("x"), ["trials", "not a file"]),
+    ],
+    ids=[
+        "garbage line",
+        "op_code 99",
+        "not UTF-8",
+        "deep nesting",
+        "empty line",
+        "bit flip",
+        "journal is a folder",
+        "trials is a file",
+    ],
+)
 def test_damaged_journal_is_one_named_error(damage, words, prepared, features, tmp_path, capsys):
     """Each gave an internal error (JSONDecodeError, KeyError, IsADirectoryError, NotADirectoryError,
     UnicodeDecodeError, RecursionError, and "AssertionError: Should not reach." for op_code 99)."""

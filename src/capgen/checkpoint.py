@@ -11,7 +11,6 @@ feature cache of that kind. The Captioner loads the blocks into the full encoder
 from __future__ import annotations
 
 import hashlib
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,10 +30,10 @@ class CheckpointError(CapgenError):
 
 @dataclass
 class Checkpoint:
-    model: Any                      # CaptionModel
+    model: Any  # CaptionModel
     vocab: Vocabulary
-    encoder: dict                   # ImageEncoder.spec(): name, preprocess, dim, grid
-    meta: dict = field(default_factory=dict)   # metrics, train config, epoch...
+    encoder: dict  # ImageEncoder.spec(): name, preprocess, dim, grid
+    meta: dict = field(default_factory=dict)  # metrics, train config, epoch...
 
 
 def spec_diff(a: dict, b: dict) -> list[str]:
@@ -48,8 +47,10 @@ def _float_state(state: dict) -> dict:
 
 
 def _plain_state(module, half: bool) -> dict:
-    return {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
-            for k, v in module.state_dict().items()}
+    return {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in module.state_dict().items()
+    }
 
 
 def weights_sha256(payload: dict) -> str:
@@ -59,7 +60,9 @@ def weights_sha256(payload: dict) -> str:
         for name in sorted(part):
             t = part[name]
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            h.update(
+                t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            )
     return h.hexdigest()
 
 
@@ -68,14 +71,21 @@ def model_payload(model, vocab: Vocabulary, encoder: dict, meta: dict | None = N
     from capgen.models.finetuned import FinetunedModel, decoder_of
 
     decoder = decoder_of(model)
-    payload = {"capgen_checkpoint": FORMAT_VERSION, "model_name": decoder.name,
-               "model_config": config_to_dict(decoder.config), "vocab_size": decoder.vocab_size,
-               "feature_dim": decoder.feature_dim, "num_regions": decoder.num_regions,
-               "vocab": vocab.to_dict(), "encoder": encoder, "meta": meta or {},
-               "state_dict": _plain_state(decoder, half)}
+    payload = {
+        "capgen_checkpoint": FORMAT_VERSION,
+        "model_name": decoder.name,
+        "model_config": config_to_dict(decoder.config),
+        "vocab_size": decoder.vocab_size,
+        "feature_dim": decoder.feature_dim,
+        "num_regions": decoder.num_regions,
+        "vocab": vocab.to_dict(),
+        "encoder": encoder,
+        "meta": meta or {},
+        "state_dict": _plain_state(decoder, half),
+    }
     if isinstance(model, FinetunedModel):
         payload["encoder_top"] = {"split_at": model.split_at, "state_dict": _plain_state(model.top, half)}
-    payload["weights_sha256"] = weights_sha256(payload)   # a bit flip in the weights is refused on load
+    payload["weights_sha256"] = weights_sha256(payload)  # a bit flip in the weights is refused on load
     return payload
 
 
@@ -124,25 +134,29 @@ def read_payload(path: str | Path) -> dict:
     except Exception as e:  # torch raises many types (EOFError, KeyError, UnpicklingError...) for bad files
         first = (str(e).splitlines() or [type(e).__name__])[0][:120]
         if "weights only load failed" in str(e).lower():  # the file holds pickled code or objects
-            raise CheckpointError(f"{path}: refused: it holds pickled objects or code beyond weights and plain "
-                                  f"data, which capgen never loads (weights_only=True)") from None
+            raise CheckpointError(
+                f"{path}: refused: it holds pickled objects or code beyond weights and plain "
+                f"data, which capgen never loads (weights_only=True)"
+            ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {first})") from None
     if not isinstance(payload, dict) or payload.get("capgen_checkpoint") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: not a capgen checkpoint (version {FORMAT_VERSION})")
     _check_types(payload, path)
     _check_finite(payload.get("state_dict", {}), path, "weight")
     _check_finite((payload.get("encoder_top") or {}).get("state_dict", {}), path, "encoder weight")
-    stored = payload.get("weights_sha256")   # absent in checkpoints written before it: they load as ever
+    stored = payload.get("weights_sha256")  # absent in checkpoints written before it: they load as ever
     if stored is not None and stored != weights_sha256(payload):
-        raise CheckpointError(f"{path}: its weights do not match the hash stored with them (the file is damaged); "
-                              "use another copy or train again")
+        raise CheckpointError(
+            f"{path}: its weights do not match the hash stored with them (the file is damaged); "
+            "use another copy or train again"
+        )
     return payload
 
 
 def nonfinite_tensor(named) -> str | None:
     """The name of the first floating-point tensor in `named` (a mapping or (name, tensor) pairs)
     holding a NaN or an infinity; None if all are finite."""
-    for name, t in (named.items() if isinstance(named, dict) else named):
+    for name, t in named.items() if isinstance(named, dict) else named:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             return name
     return None
@@ -153,8 +167,10 @@ def _check_finite(state: dict, path: Path, what: str) -> None:
     them by name (a bit flip in an exponent, or a run saved after it diverged)."""
     bad = nonfinite_tensor(state)
     if bad is not None:
-        raise CheckpointError(f"{path}: {what} {bad!r} holds NaN or infinite values (the file is damaged, or "
-                              f"its training diverged); it cannot be used")
+        raise CheckpointError(
+            f"{path}: {what} {bad!r} holds NaN or infinite values (the file is damaged, or "
+            f"its training diverged); it cannot be used"
+        )
 
 
 def _tensors(obj, prefix: str = "") -> dict:
@@ -166,10 +182,17 @@ def _tensors(obj, prefix: str = "") -> dict:
 
 
 # Field -> (type, what it should be); checked on read so a forged or damaged file fails by name.
-_FIELDS = {"model_name": (str, "a model name"), "model_config": (dict, "a mapping"),
-           "vocab_size": (int, "an integer"), "feature_dim": (int, "an integer"), "num_regions": (int, "an integer"),
-           "vocab": (dict, "a vocabulary mapping"), "encoder": (dict, "an encoder spec mapping"),
-           "meta": (dict, "a mapping"), "state_dict": (dict, "a mapping of name -> tensor")}
+_FIELDS = {
+    "model_name": (str, "a model name"),
+    "model_config": (dict, "a mapping"),
+    "vocab_size": (int, "an integer"),
+    "feature_dim": (int, "an integer"),
+    "num_regions": (int, "an integer"),
+    "vocab": (dict, "a vocabulary mapping"),
+    "encoder": (dict, "an encoder spec mapping"),
+    "meta": (dict, "a mapping"),
+    "state_dict": (dict, "a mapping of name -> tensor"),
+}
 
 
 def _check_types(payload: dict, path: Path) -> None:
@@ -188,11 +211,17 @@ def _check_types(payload: dict, path: Path) -> None:
     top = payload.get("encoder_top")
     if top is not None:
         n, state = (top.get("split_at"), top.get("state_dict")) if isinstance(top, dict) else (None, None)
-        if (type(n) is not int or n < 1 or not isinstance(state, dict)
-                or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
-                or payload.get("encoder", {}).get("split_at") != n):
-            raise CheckpointError(f"{path}: field 'encoder_top' must hold 'split_at' (an integer >= 1, the same as "
-                                  f"the encoder spec's) and 'state_dict' (names -> tensors)")
+        if (
+            type(n) is not int
+            or n < 1
+            or not isinstance(state, dict)
+            or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+            or payload.get("encoder", {}).get("split_at") != n
+        ):
+            raise CheckpointError(
+                f"{path}: field 'encoder_top' must hold 'split_at' (an integer >= 1, the same as "
+                f"the encoder spec's) and 'state_dict' (names -> tensors)"
+            )
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -203,11 +232,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         vocab = Vocabulary.from_dict(payload["vocab"])
         if len(vocab) != payload["vocab_size"]:
-            raise CheckpointError(f"{path}: vocabulary has {len(vocab)} words but the model expects "
-                                  f"{payload['vocab_size']}")
-        model = create_model(payload["model_name"], vocab_size=payload["vocab_size"],
-                             feature_dim=payload["feature_dim"], num_regions=payload["num_regions"],
-                             overrides=payload["model_config"], itos=vocab.itos)
+            raise CheckpointError(
+                f"{path}: vocabulary has {len(vocab)} words but the model expects {payload['vocab_size']}"
+            )
+        model = create_model(
+            payload["model_name"],
+            vocab_size=payload["vocab_size"],
+            feature_dim=payload["feature_dim"],
+            num_regions=payload["num_regions"],
+            overrides=payload["model_config"],
+            itos=vocab.itos,
+        )
         model.load_state_dict(_float_state(payload["state_dict"]))
         if "encoder_top" in payload:
             model = _with_encoder_top(model, payload)
@@ -230,8 +265,10 @@ def _with_encoder_top(decoder, payload: dict):
     spec, top = payload["encoder"], payload["encoder_top"]
     model, stem_spec = attach_top(decoder, spec["name"], top["split_at"])
     if stem_spec != spec:
-        raise CheckpointError(f"its encoder blocks do not fit {spec['name']} split at {top['split_at']} "
-                              f"blocks ({', '.join(spec_diff(spec, stem_spec))} differ)")
+        raise CheckpointError(
+            f"its encoder blocks do not fit {spec['name']} split at {top['split_at']} "
+            f"blocks ({', '.join(spec_diff(spec, stem_spec))} differ)"
+        )
     model.top.load_state_dict(_float_state(top["state_dict"]))
     return model
 
@@ -249,12 +286,16 @@ def load_checkpoints(paths: Sequence[str | Path]) -> Checkpoint:
     first = cks[0]
     for path, ck in zip(paths[1:], cks[1:]):
         if ck.vocab.itos != first.vocab.itos:
-            raise CheckpointError(f"{path}: ensemble members must share the vocabulary; it has {len(ck.vocab)} "
-                                  f"words, {paths[0]} has {len(first.vocab)}" +
-                                  (" (same size, other words)" if len(ck.vocab) == len(first.vocab) else ""))
+            raise CheckpointError(
+                f"{path}: ensemble members must share the vocabulary; it has {len(ck.vocab)} "
+                f"words, {paths[0]} has {len(first.vocab)}"
+                + (" (same size, other words)" if len(ck.vocab) == len(first.vocab) else "")
+            )
         if ck.encoder != first.encoder:
-            raise CheckpointError(f"{path}: ensemble members must share the encoder input; "
-                                  f"{', '.join(spec_diff(ck.encoder, first.encoder))} "
-                                  f"differ from {paths[0]} ({ck.encoder.get('name')} vs {first.encoder.get('name')})")
+            raise CheckpointError(
+                f"{path}: ensemble members must share the encoder input; "
+                f"{', '.join(spec_diff(ck.encoder, first.encoder))} "
+                f"differ from {paths[0]} ({ck.encoder.get('name')} vs {first.encoder.get('name')})"
+            )
     model = EnsembleModel([c.model for c in cks]).eval()
     return Checkpoint(model, first.vocab, first.encoder, {"members": [str(p) for p in paths]})

@@ -24,8 +24,7 @@ class ConfigError(CapgenError):
     """A config file, key or value is wrong."""
 
 
-def config_from_dict(cls: type[T], d: dict[str, Any] | None,
-                     error: type[CapgenError] = ConfigError) -> T:
+def config_from_dict(cls: type[T], d: dict[str, Any] | None, error: type[CapgenError] = ConfigError) -> T:
     """Build dataclass `cls` from `d`; missing keys keep their defaults.
 
     Unknown keys and values of the wrong type raise `error`, naming the key. Supported field

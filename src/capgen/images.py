@@ -89,7 +89,9 @@ def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS, name: str | No
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(label, f"not an image of a supported format (expected {', '.join(photo_formats())})") from None
+        raise ImageLoadError(
+            label, f"not an image of a supported format (expected {', '.join(photo_formats())})"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(label, f"refused as a decompression bomb ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -107,7 +109,9 @@ def to_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if bad:
-            raise ImageLoadError(name, f"{bad:,} of {arr.size:,} pixels are NaN or infinite; expected finite pixel values")
+            raise ImageLoadError(
+                name, f"{bad:,} of {arr.size:,} pixels are NaN or infinite; expected finite pixel values"
+            )
         lo, hi = float(arr.min()), float(arr.max())
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         arr8 = ((arr - lo) * scale).round().astype(np.uint8)

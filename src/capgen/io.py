@@ -24,11 +24,11 @@ def _disk_full_error(path: Path, needs: int | None = None, at_least: bool = Fals
         free = shutil.disk_usage(path.parent if not path.is_dir() else path).free
     except OSError:
         free = None
-    need = (f"needs {'more than ' if at_least else ''}~{max(needs / 2**20, 0.1):.1f} MB" if needs
-            else "needs more space")
+    need = f"needs {'more than ' if at_least else ''}~{max(needs / 2**20, 0.1):.1f} MB" if needs else "needs more space"
     have = f", {free / 2**20:.1f} MB free" if free is not None else ""
-    return DiskFullError(f"no space left on device writing {path} ({need}{have}); free some space and run "
-                         f"the same command again")
+    return DiskFullError(
+        f"no space left on device writing {path} ({need}{have}); free some space and run the same command again"
+    )
 
 
 def is_disk_full(e: BaseException, where: Path | None = None) -> bool:
@@ -36,8 +36,11 @@ def is_disk_full(e: BaseException, where: Path | None = None) -> bool:
     "[enforce fail at inline_container.cc] unexpected pos") when `where` has under 1 MB free."""
     if isinstance(e, OSError):
         return e.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(e, RuntimeError) and where is not None and (
-            "inline_container" in str(e) or "PytorchStreamWriter" in str(e)):
+    if (
+        isinstance(e, RuntimeError)
+        and where is not None
+        and ("inline_container" in str(e) or "PytorchStreamWriter" in str(e))
+    ):
         try:
             return shutil.disk_usage(where).free < 2**20
         except OSError:
@@ -112,7 +115,7 @@ def preallocate(path: Path, what: Path | None = None) -> None:
 # them turns every way it can be wrong (not UTF-8, malformed, nested past the recursion limit, an
 # integer too long to convert, YAML aliases) into one error naming the file, never a traceback.
 
-ECHO_LIMIT = 200   # characters of a value an error message repeats
+ECHO_LIMIT = 200  # characters of a value an error message repeats
 
 
 def echo(value: Any, limit: int = ECHO_LIMIT) -> str:
@@ -139,8 +142,9 @@ def read_text(path: str | os.PathLike, what: str, error: type | None = None) -> 
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _error(error)(f"{path}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                            f"{e.start}); save it as UTF-8") from None
+        raise _error(error)(
+            f"{path}: {what} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
 
 
 def parse_json(text: str, where: str, what: str, error: type | None = None) -> Any:
@@ -169,8 +173,9 @@ def parse_yaml(text: str, where: str, what: str, error: type | None = None) -> A
         def compose_node(self, parent, index):
             if self.check_event(yaml.AliasEvent):
                 event = self.peek_event()
-                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed here; write "
-                                                              "the value out", event.start_mark)
+                raise yaml.composer.ComposerError(
+                    None, None, "aliases (*name) are not allowed here; write the value out", event.start_mark
+                )
             return super().compose_node(parent, index)
 
     try:
@@ -202,6 +207,7 @@ def json_marker(name: str, key: str, value: Any) -> Callable[[Path], bool]:
     """An atomic_dir `replace_if`: the folder holds JSON file `name` whose field `key` is `value`
     (a command's own format marker and kind). A file of that name that says anything else, or
     cannot be read, does not qualify: a web app's manifest.json is not an export."""
+
     def check(folder: Path) -> bool:
         try:
             obj = read_json(folder / name, name)
@@ -213,8 +219,9 @@ def json_marker(name: str, key: str, value: Any) -> Callable[[Path], bool]:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike, replace_if: Callable[[Path], bool] | None = None,
-               what: str = "folder") -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike, replace_if: Callable[[Path], bool] | None = None, what: str = "folder"
+) -> Iterator[Path]:
     """Build a directory under a temporary name and rename it into place when done.
 
     An existing non-empty `path` is replaced only if `replace_if(path)` says it is an earlier output
@@ -227,8 +234,10 @@ def atomic_dir(path: str | os.PathLike, replace_if: Callable[[Path], bool] | Non
         if not path.is_dir():
             raise CapgenError(f"{path}: exists and is not a directory; choose another --out")
         if any(path.iterdir()) and not (replace_if and replace_if(path)):
-            raise CapgenError(f"{path}: folder exists, is not empty and is not a {what} this command wrote; "
-                              f"choose another --out (nothing was changed)")
+            raise CapgenError(
+                f"{path}: folder exists, is not empty and is not a {what} this command wrote; "
+                f"choose another --out (nothing was changed)"
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent))
@@ -292,8 +301,9 @@ def folder_lock(path: str | os.PathLike, what: str, allow_nested: bool = False) 
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise CapgenError(f"{path}: another capgen process is writing this {what}; wait for it to finish "
-                          f"or choose another folder") from None
+        raise CapgenError(
+            f"{path}: another capgen process is writing this {what}; wait for it to finish or choose another folder"
+        ) from None
     if allow_nested:
         _HELD[key] = 1
     try:
@@ -321,7 +331,7 @@ def remove_leftovers(paths, pattern) -> int:
     for folder in {Path(p).parent for p in paths}:
         try:
             names = os.listdir(folder)
-        except OSError:   # not created yet, or unreadable: nothing of ours there
+        except OSError:  # not created yet, or unreadable: nothing of ours there
             continue
         for name in names:
             if pattern.match(name):

@@ -46,8 +46,9 @@ def open_session(path, threads: int, error: type[Exception] | None = None):
     try:
         return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001  onnxruntime raises its own types for unreadable or invalid graphs
-        raise (error or ExportError)(f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:120]})") \
-            from None
+        raise (error or ExportError)(
+            f"{path}: ONNX Runtime cannot load it ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
 
 
 def quantize_dynamic_int8(src, dst) -> None:
@@ -64,6 +65,8 @@ def quantize_dynamic_int8(src, dst) -> None:
     try:
         quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
     except Exception as e:  # noqa: BLE001  the quantizer raises many types for graphs it cannot take
-        raise ExportError(f"{src}: ONNX Runtime cannot quantize it to int8 ({type(e).__name__}: {str(e)[:120]})") from None
+        raise ExportError(
+            f"{src}: ONNX Runtime cannot quantize it to int8 ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
     finally:
         root.setLevel(level)

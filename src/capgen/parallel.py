@@ -99,7 +99,8 @@ def dist_info() -> DistInfo:
             raise CapgenError(
                 f"rank {os.environ.get('RANK', '?')} of {world} could not join the process group at {where} "
                 f"within {timeout:g} s ({str(e).splitlines()[0][:200]}); start every node with the same "
-                f"--nnodes and --rdzv-endpoint, or raise {TIMEOUT_ENV}") from None
+                f"--nnodes and --rdzv-endpoint, or raise {TIMEOUT_ENV}"
+            ) from None
         atexit.register(shutdown_distributed)  # library callers that never call it themselves
     return DistInfo(td.get_rank(), td.get_world_size())
 

@@ -60,13 +60,17 @@ class CaptionResult:
         if attention and self.attention is not None:
             # per word, the H*W weights row-major (top-left first); float64 so rounding prints short
             weights = self.attention.reshape(len(self.tokens), -1).astype(np.float64)
-            d["attention"] = {"words": list(self.tokens), "grid": list(self.attention.shape[1:]),
-                              "weights": np.round(weights, 5).tolist()}
+            d["attention"] = {
+                "words": list(self.tokens),
+                "grid": list(self.attention.shape[1:]),
+                "weights": np.round(weights, 5).tolist(),
+            }
         return d
 
 
-def from_hypotheses(hyps: Sequence, words_of, guided=None, image_size: tuple[int, int] = (0, 0),
-                    grid_hw: tuple[int, int] | None = None) -> CaptionResult:
+def from_hypotheses(
+    hyps: Sequence, words_of, guided=None, image_size: tuple[int, int] = (0, 0), grid_hw: tuple[int, int] | None = None
+) -> CaptionResult:
     """One image's hypotheses (capgen.decoding.Hypothesis, best first) -> its CaptionResult.
 
     words_of: token ids -> words (Vocabulary.decode). guided: the image's capgen.tags.Guidance or
@@ -82,10 +86,16 @@ def from_hypotheses(hyps: Sequence, words_of, guided=None, image_size: tuple[int
         attention = np.asarray(best.attention, dtype=np.float32)[source].reshape(len(words), *grid_hw)
     # Guided only when the word made it in (blocking can make it impossible).
     used = guided if guided is not None and any(t in guided.include for t in best.tokens) else None
-    return CaptionResult(caption=" ".join(words), score=float(best.score), tokens=words,
-                         alternatives=[(" ".join(Guide.render(words_of(h.tokens), guided)[0]), float(h.score))
-                                       for h in hyps[1:]],
-                         attention=attention, image_size=image_size, truncated=bool(best.truncated), guided=used)
+    return CaptionResult(
+        caption=" ".join(words),
+        score=float(best.score),
+        tokens=words,
+        alternatives=[(" ".join(Guide.render(words_of(h.tokens), guided)[0]), float(h.score)) for h in hyps[1:]],
+        attention=attention,
+        image_size=image_size,
+        truncated=bool(best.truncated),
+        guided=used,
+    )
 
 
 def _score(x: float) -> float | None:

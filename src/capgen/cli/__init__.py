@@ -19,7 +19,7 @@ from capgen.io import echo
 from capgen.parallel import shutdown_distributed
 
 COMMANDS = (prepare, extract, train, tune, evaluate, caption, alt, export, serve, synth)
-MESSAGE_LIMIT = 2000   # characters of an error line: a message echoing a hostile value stays one line
+MESSAGE_LIMIT = 2000  # characters of an error line: a message echoing a hostile value stays one line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,14 +28,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="capgen", description="Image captioning toolkit: prepare data, extract features, "
-                                                "train, caption.")
+    parser = _Parser(
+        prog="capgen", description="Image captioning toolkit: prepare data, extract features, train, caption."
+    )
     parser.add_argument("--version", action="version", version=f"capgen {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     # --debug is accepted after the subcommand too; SUPPRESS keeps the top-level value otherwise.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show full tracebacks on errors")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for module in COMMANDS:
         module.register(sub, [common])
@@ -80,9 +82,16 @@ def _run(args) -> int:
             print(f"capgen {args.command}: error: {missing}", file=sys.stderr)
             return missing.exit_code
         if is_disk_full(e):  # a write outside capgen.io's helpers (logs, figures): name the file
-            print(f"capgen {args.command}: error: no space left on device writing "
-                  f"{getattr(e, 'filename', None) or 'an output file'}", file=sys.stderr)
+            print(
+                f"capgen {args.command}: error: no space left on device writing "
+                f"{getattr(e, 'filename', None) or 'an output file'}",
+                file=sys.stderr,
+            )
             return 2
-        print(f"capgen {args.command}: internal error: {type(e).__name__}: {echo(str(e), MESSAGE_LIMIT)} (rerun with --debug for the "
-              f"traceback)", file=sys.stderr)
+        print(
+            f"capgen {args.command}: internal error: {type(e).__name__}: {echo(str(e), MESSAGE_LIMIT)} "
+            f"(rerun with --debug for the "
+            f"traceback)",
+            file=sys.stderr,
+        )
         return 1

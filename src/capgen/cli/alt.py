@@ -14,20 +14,31 @@ from capgen.tags.guide import GuideConfig
 
 
 def register(sub, parents) -> None:
-    p = sub.add_parser("alt", parents=parents, help="write alt text for the images of web pages",
-                       description="Fill the alt attribute of <img> elements that have none (or an empty one) and "
-                                   "show a local file, with the image's caption; everything else in the page stays "
-                                   "byte for byte. A page that is not UTF-8 or not HTML, or an image outside the "
-                                   "site folder, stops the run before anything is written (exit 2).")
+    p = sub.add_parser(
+        "alt",
+        parents=parents,
+        help="write alt text for the images of web pages",
+        description="Fill the alt attribute of <img> elements that have none (or an empty one) and "
+        "show a local file, with the image's caption; everything else in the page stays "
+        "byte for byte. A page that is not UTF-8 or not HTML, or an image outside the "
+        "site folder, stops the run before anything is written (exit 2).",
+    )
     p.add_argument("path", metavar="PAGE|SITE_DIR", help="an HTML page, or a folder of pages (searched recursively)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--out", metavar="FILE|DIR", help="write the new page to FILE (a folder: the site's pages, "
-                                                         "mirrored, for a SITE_DIR)")
+    where.add_argument(
+        "--out",
+        metavar="FILE|DIR",
+        help="write the new page to FILE (a folder: the site's pages, mirrored, for a SITE_DIR)",
+    )
     where.add_argument("--in-place", action="store_true", help="replace each changed page, keeping PAGE.bak")
     where.add_argument("--dry-run", action="store_true", help="list the alt text it would write; write nothing")
     p.add_argument("--keep-empty", action="store_true", help='keep alt="" (decorative images) as it is')
-    p.add_argument("--root", metavar="DIR", help="the site folder image paths must stay in, and that /abs/src "
-                                                 "paths start from (default: SITE_DIR, or the page's folder)")
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="the site folder image paths must stay in, and that /abs/src "
+        "paths start from (default: SITE_DIR, or the page's folder)",
+    )
     add_model_args(p)
     add_decode_args(p)
     add_guide_args(p, default=GuideConfig())
@@ -49,7 +60,7 @@ def run(args) -> int:
     if not pages:
         raise CapgenError(f"{path}: holds no .html pages")
     targets = _targets(path, pages, args)
-    found = {page: find_images(page, root, args.keep_empty) for page in pages}   # every page checked first
+    found = {page: find_images(page, root, args.keep_empty) for page in pages}  # every page checked first
     images = sorted({img.image for _, imgs in found.values() for img in imgs})
     missing = [i for i in images if not i.is_file()]
     for i in missing:
@@ -75,8 +86,11 @@ def run(args) -> int:
             continue
         _write(page, targets[page], splice(text, done, alts), text, args.in_place)
     verb = "would fill" if args.dry_run else "filled"
-    print(f"capgen alt: {verb} {filled} alt attributes in {len(pages)} pages" +
-          (f", {failed} images failed" if failed else ""), file=sys.stderr)
+    print(
+        f"capgen alt: {verb} {filled} alt attributes in {len(pages)} pages"
+        + (f", {failed} images failed" if failed else ""),
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 
@@ -113,4 +127,4 @@ def _write(page: Path, target: Path, new: str, old: str, in_place: bool) -> None
     with atomic_path(target) as tmp:
         tmp.write_bytes(new.encode("utf-8"))
     if in_place:
-        os.chmod(page, mode)   # atomic_path writes 0644; the page keeps its own permissions
+        os.chmod(page, mode)  # atomic_path writes 0644; the page keeps its own permissions

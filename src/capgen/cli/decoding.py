@@ -7,8 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from capgen.cli.types import (finite_float, non_negative_int, positive_float, positive_int, probability,
-                              unit_interval)
+from capgen.cli.types import finite_float, non_negative_int, positive_float, positive_int, probability, unit_interval
 from capgen.decoding import MAX_BEAM, DecodeConfig
 from capgen.tags.guide import GuideConfig
 
@@ -18,30 +17,67 @@ _D = DecodeConfig()
 def add_decode_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("decoding (defaults are DecodeConfig's, the same for every command)")
     method = g.add_mutually_exclusive_group()
-    method.add_argument("--beam-size", type=positive_int, default=_D.beam_size,
-                        help=f"beam width, at most {MAX_BEAM} (default {_D.beam_size}; 1 = greedy)")
+    method.add_argument(
+        "--beam-size",
+        type=positive_int,
+        default=_D.beam_size,
+        help=f"beam width, at most {MAX_BEAM} (default {_D.beam_size}; 1 = greedy)",
+    )
     method.add_argument("--greedy", action="store_true", help="greedy decoding")
     method.add_argument("--sample", action="store_true", help="sample captions (see --temperature, --seed)")
     g.add_argument("--n-best", type=positive_int, default=_D.n_best, help="also report the next best captions")
-    g.add_argument("--max-len", type=positive_int, default=_D.max_len,
-                   help=f"maximum caption length in words (default {_D.max_len})")
-    g.add_argument("--min-words", type=positive_int, default=_D.min_words,
-                   help="no caption shorter than this many words (default 1)")
-    g.add_argument("--max-words", type=positive_int, default=_D.max_words,
-                   help="captions of at most this many words, ending on a word a caption may end on (default: "
-                        "--max-len)")
-    g.add_argument("--length-penalty", type=finite_float, default=_D.length_penalty,
-                   help="GNMT length normalisation alpha (default 0: raw log-prob sums)")
-    g.add_argument("--no-repeat-ngram", type=non_negative_int, default=_D.no_repeat_ngram,
-                   help=f"block repeated n-grams of this size (default {_D.no_repeat_ngram}; 0 = off)")
+    g.add_argument(
+        "--max-len",
+        type=positive_int,
+        default=_D.max_len,
+        help=f"maximum caption length in words (default {_D.max_len})",
+    )
+    g.add_argument(
+        "--min-words",
+        type=positive_int,
+        default=_D.min_words,
+        help="no caption shorter than this many words (default 1)",
+    )
+    g.add_argument(
+        "--max-words",
+        type=positive_int,
+        default=_D.max_words,
+        help="captions of at most this many words, ending on a word a caption may end on (default: --max-len)",
+    )
+    g.add_argument(
+        "--length-penalty",
+        type=finite_float,
+        default=_D.length_penalty,
+        help="GNMT length normalisation alpha (default 0: raw log-prob sums)",
+    )
+    g.add_argument(
+        "--no-repeat-ngram",
+        type=non_negative_int,
+        default=_D.no_repeat_ngram,
+        help=f"block repeated n-grams of this size (default {_D.no_repeat_ngram}; 0 = off)",
+    )
     repeat = g.add_mutually_exclusive_group()
-    repeat.add_argument("--no-repeat-words", dest="no_repeat_words", action="store_true", default=_D.no_repeat_words,
-                        help="block a second use of any content word, 'a woman and a woman' (the default)")
-    repeat.add_argument("--repeat-words", dest="no_repeat_words", action="store_false",
-                        help="let content words repeat (only --no-repeat-ngram blocks repeats)")
-    g.add_argument("--consensus", type=non_negative_int, default=_D.consensus, metavar="K",
-                   help="rerank K beam candidates by their agreement with each other (minimum Bayes risk, "
-                        "CIDEr-D-like utility); 0 = off (the default)")
+    repeat.add_argument(
+        "--no-repeat-words",
+        dest="no_repeat_words",
+        action="store_true",
+        default=_D.no_repeat_words,
+        help="block a second use of any content word, 'a woman and a woman' (the default)",
+    )
+    repeat.add_argument(
+        "--repeat-words",
+        dest="no_repeat_words",
+        action="store_false",
+        help="let content words repeat (only --no-repeat-ngram blocks repeats)",
+    )
+    g.add_argument(
+        "--consensus",
+        type=non_negative_int,
+        default=_D.consensus,
+        metavar="K",
+        help="rerank K beam candidates by their agreement with each other (minimum Bayes risk, "
+        "CIDEr-D-like utility); 0 = off (the default)",
+    )
     g.add_argument("--allow-unk", action="store_true", help="let <unk> appear in captions (research use)")
     g.add_argument("--temperature", type=positive_float, default=_D.temperature, help="sampling temperature")
     g.add_argument("--top-k", type=non_negative_int, default=_D.top_k, help="sample from the k best words")
@@ -63,19 +99,33 @@ def add_guide_args(p, default: GuideConfig | None) -> None:
     """--guide-threshold / --novel-guide-threshold (and --no-guide when guidance is on by default)."""
     on = default is not None
     d = default or GuideConfig()
-    p.add_argument("--guide-threshold", type=probability, default=d.threshold, metavar="P",
-                   help=f"{'' if on else 'with --guide: '}a tag this probable makes the caption name it (default "
-                        f"{d.threshold}); jsonl says which in 'guided'")
-    p.add_argument("--novel-guide-threshold", type=probability, default=d.novel_threshold, metavar="P",
-                   help=f"the same for a word the model never learned (default {d.novel_threshold})")
-    p.add_argument("--no-corpus-captions", action="store_true",
-                   help="never take a caption from human captions of an object the model barely knows "
-                        "(zebra, pizza, bus: see capgen.tags.corpus_captions)")
+    p.add_argument(
+        "--guide-threshold",
+        type=probability,
+        default=d.threshold,
+        metavar="P",
+        help=f"{'' if on else 'with --guide: '}a tag this probable makes the caption name it (default "
+        f"{d.threshold}); jsonl says which in 'guided'",
+    )
+    p.add_argument(
+        "--novel-guide-threshold",
+        type=probability,
+        default=d.novel_threshold,
+        metavar="P",
+        help=f"the same for a word the model never learned (default {d.novel_threshold})",
+    )
+    p.add_argument(
+        "--no-corpus-captions",
+        action="store_true",
+        help="never take a caption from human captions of an object the model barely knows "
+        "(zebra, pizza, bus: see capgen.tags.corpus_captions)",
+    )
     if on:
         p.add_argument("--no-guide", action="store_true", help="captions from the model alone, without tag guidance")
     else:
-        p.add_argument("--guide", action="store_true", help="tag guidance as in capgen caption (default: off, "
-                                                            "the model alone)")
+        p.add_argument(
+            "--guide", action="store_true", help="tag guidance as in capgen caption (default: off, the model alone)"
+        )
 
 
 def guide_config(args) -> GuideConfig | None:

@@ -8,22 +8,37 @@ from capgen.cli.types import out_dir
 
 
 def register(sub, parents) -> None:
-    p = sub.add_parser("train", parents=parents, help="train a captioning model on cached features",
-                       description="Teacher-forced training with per-epoch validation (CIDEr-D, BLEU-4); "
-                                   "keeps the best checkpoint by val CIDEr. Ctrl-C checkpoints; --resume "
-                                   "continues. Under torchrun it uses DistributedDataParallel (gloo).")
+    p = sub.add_parser(
+        "train",
+        parents=parents,
+        help="train a captioning model on cached features",
+        description="Teacher-forced training with per-epoch validation (CIDEr-D, BLEU-4); "
+        "keeps the best checkpoint by val CIDEr. Ctrl-C checkpoints; --resume "
+        "continues. Under torchrun it uses DistributedDataParallel (gloo).",
+    )
     p.add_argument("--data", required=True, metavar="PREPARED", help="folder written by capgen prepare")
-    p.add_argument("--allow-outside-root", action="store_true",
-                   help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)")
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)",
+    )
     p.add_argument("--features", required=True, metavar="FEATURES", help="folder written by capgen extract")
     p.add_argument("--model", help="show_tell, show_attend_tell or transformer (default: the config's)")
     p.add_argument("--out", required=True, metavar="RUN", type=out_dir, help="run folder (checkpoints, logs, curves)")
     p.add_argument("--config", metavar="YAML", help="run config file (see configs/)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting: model.hidden_dim=512, epochs=10 (repeatable)")
-    p.add_argument("--init", metavar="CKPT",
-                   help="start from this checkpoint's weights and architecture (e.g. a cross-entropy best.pt "
-                        "for --set objective=scst); its vocabulary and encoder must match --data/--features")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting: model.hidden_dim=512, epochs=10 (repeatable)",
+    )
+    p.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="start from this checkpoint's weights and architecture (e.g. a cross-entropy best.pt "
+        "for --set objective=scst); its vocabulary and encoder must match --data/--features",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in RUN from its last checkpoint")
     p.set_defaults(func=run, needs=("torch",))
 
@@ -51,12 +66,19 @@ def run(args) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         b = res.best_metrics
         if res.already_finished:
-            done = (f"stopped early after {len(res.history)} of {cfg.train.epochs} epochs" if res.stopped_early
-                    else f"all {cfg.train.epochs} epochs done")
-            print(f"{args.out}: already finished ({done}); nothing to resume. Best epoch {res.best_epoch}: val CIDEr-D "
-                  f"{b.get('CIDEr', 0):.3f}, BLEU-4 {b.get('BLEU-4', 0):.3f} -> {res.best_checkpoint}")
+            done = (
+                f"stopped early after {len(res.history)} of {cfg.train.epochs} epochs"
+                if res.stopped_early
+                else f"all {cfg.train.epochs} epochs done"
+            )
+            print(
+                f"{args.out}: already finished ({done}); nothing to resume. Best epoch {res.best_epoch}: val CIDEr-D "
+                f"{b.get('CIDEr', 0):.3f}, BLEU-4 {b.get('BLEU-4', 0):.3f} -> {res.best_checkpoint}"
+            )
             return 0
-        print(f"trained {cfg.model} in {res.seconds / 60:.1f} min; best epoch {res.best_epoch}: val CIDEr-D "
-              f"{b.get('CIDEr', 0):.3f}, BLEU-4 {b.get('BLEU-4', 0):.3f} -> {res.best_checkpoint}"
-              + (" (stopped early)" if res.stopped_early else ""))
+        print(
+            f"trained {cfg.model} in {res.seconds / 60:.1f} min; best epoch {res.best_epoch}: val CIDEr-D "
+            f"{b.get('CIDEr', 0):.3f}, BLEU-4 {b.get('BLEU-4', 0):.3f} -> {res.best_checkpoint}"
+            + (" (stopped early)" if res.stopped_early else "")
+        )
     return 0

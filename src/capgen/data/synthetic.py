@@ -51,8 +51,9 @@ def make_image(rng: random.Random, size: int = 96) -> tuple[Image.Image, list[st
     return img, captions
 
 
-def make_synthetic_dataset(out: str | Path, n_images: int = 40, fmt: str = "kaggle", seed: int = 0,
-                           captions_per_image: int = 5, size: int = 96) -> Path:
+def make_synthetic_dataset(
+    out: str | Path, n_images: int = 40, fmt: str = "kaggle", seed: int = 0, captions_per_image: int = 5, size: int = 96
+) -> Path:
     """Write `n_images` images and their captions in format `fmt`; returns the path to prepare."""
     if fmt not in SYNTH_FORMATS:
         raise ValueError(f"unknown synthetic format {fmt!r}, expected one of {SYNTH_FORMATS}")
@@ -91,15 +92,19 @@ def make_synthetic_dataset(out: str | Path, n_images: int = 40, fmt: str = "kagg
                 f.writelines(f"{n}#{k}\t{c}\n" for k, c in enumerate(caps))
         for split, fname in (("train", "train"), ("val", "dev"), ("test", "test")):
             (out / f"Synth_{fname}Images.txt").write_text(
-                "".join(f"{n}\n" for n, _, s in items if s == split), encoding="utf-8")
+                "".join(f"{n}\n" for n, _, s in items if s == split), encoding="utf-8"
+            )
         return out
     if fmt == "karpathy":
         images = [{"filename": n, "split": s, "sentences": [{"raw": c} for c in caps]} for n, caps, s in items]
         (out / "dataset_synth.json").write_text(json.dumps({"images": images}), encoding="utf-8")
         return out
     # coco: no split in the file; prepare assigns a seeded random one
-    coco = {"images": [{"id": i, "file_name": n} for i, (n, _, _) in enumerate(items)],
-            "annotations": [{"id": k, "image_id": i, "caption": c}
-                            for i, (_, caps, _) in enumerate(items) for k, c in enumerate(caps)]}
+    coco = {
+        "images": [{"id": i, "file_name": n} for i, (n, _, _) in enumerate(items)],
+        "annotations": [
+            {"id": k, "image_id": i, "caption": c} for i, (_, caps, _) in enumerate(items) for k, c in enumerate(caps)
+        ],
+    }
     (out / "captions_synth.json").write_text(json.dumps(coco), encoding="utf-8")
     return out

@@ -9,8 +9,9 @@ import string
 _SPLIT = re.compile(r"[-/\u2010-\u2015]")
 # Every other punctuation mark is dropped, as Karpathy's prepro does (string.punctuation), plus the
 # typographic quotes and ellipsis that Flickr captions carry: "shapes:" must not become a word.
-_DROP = re.compile("[" + re.escape(string.punctuation.replace("-", "").replace("/", "")) +
-                   "\u2018\u2019\u201c\u201d\u2026\u00b4`]")
+_DROP = re.compile(
+    "[" + re.escape(string.punctuation.replace("-", "").replace("/", "")) + "\u2018\u2019\u201c\u201d\u2026\u00b4`]"
+)
 
 
 def normalize_caption(text: str) -> list[str]:

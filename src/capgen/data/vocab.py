@@ -37,9 +37,7 @@ class Vocabulary:
         return len(self.itos)
 
     @classmethod
-    def build(
-        cls, captions: Iterable[Sequence[str]], min_count: int = 5, max_size: int | None = None
-    ) -> "Vocabulary":
+    def build(cls, captions: Iterable[Sequence[str]], min_count: int = 5, max_size: int | None = None) -> "Vocabulary":
         """Words seen at least `min_count` times, most frequent first (ties alphabetical),
         at most `max_size` entries including the 4 special tokens."""
         if min_count < 1:
@@ -47,8 +45,9 @@ class Vocabulary:
         if max_size is not None and max_size <= len(SPECIALS):
             raise DatasetError(f"max vocabulary size must be > {len(SPECIALS)}, got {max_size}")
         counts = Counter(w for tokens in captions for w in tokens)
-        words = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
-                       key=lambda w: (-counts[w], w))
+        words = sorted(
+            (w for w, c in counts.items() if c >= min_count and w not in SPECIALS), key=lambda w: (-counts[w], w)
+        )
         if max_size is not None:
             words = words[: max_size - len(SPECIALS)]
         return cls(list(SPECIALS) + words, min_count=min_count, max_size=max_size)
@@ -74,13 +73,17 @@ class Vocabulary:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Vocabulary":
-        if not isinstance(d, dict) or not isinstance(d.get("itos"), list) \
-                or not all(isinstance(w, str) for w in d["itos"]):
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("itos"), list)
+            or not all(isinstance(w, str) for w in d["itos"])
+        ):
             raise DatasetError("vocabulary: expected a JSON object with an 'itos' list of words (strings)")
         min_count, max_size = d.get("min_count", 1), d.get("max_size")
         if not isinstance(min_count, int) or not (max_size is None or isinstance(max_size, int)):
-            raise DatasetError(f"vocabulary: 'min_count' and 'max_size' must be integers, got {min_count!r} "
-                               f"and {max_size!r}")
+            raise DatasetError(
+                f"vocabulary: 'min_count' and 'max_size' must be integers, got {min_count!r} and {max_size!r}"
+            )
         return cls(list(d["itos"]), min_count=min_count, max_size=max_size)
 
     def save(self, path: str | Path) -> None:

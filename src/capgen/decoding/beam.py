@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -34,17 +33,28 @@ class _Pool:
     ranked by score + offset (the offset of a caption's beam group; 0 without constraints)."""
 
     def __init__(self, B: int, K: int, L: int, pad: int, device: torch.device):
-        self.found = Found(torch.full((B, K, L), pad, dtype=torch.long, device=device),
-                           torch.zeros(B, K, dtype=torch.long, device=device),
-                           torch.full((B, K), NEG_INF, device=device),
-                           torch.zeros(B, K, dtype=torch.bool, device=device), None)
+        self.found = Found(
+            torch.full((B, K, L), pad, dtype=torch.long, device=device),
+            torch.zeros(B, K, dtype=torch.long, device=device),
+            torch.full((B, K), NEG_INF, device=device),
+            torch.zeros(B, K, dtype=torch.bool, device=device),
+            None,
+        )
         self.keys = torch.full((B, K), NEG_INF, device=device)
 
     def worst_score(self, images: Tensor | None) -> Tensor:
-        return self.keys[:, -1] if images is None else self.keys[images, -1]   # (b,)
+        return self.keys[:, -1] if images is None else self.keys[images, -1]  # (b,)
 
-    def add(self, images: Tensor | None, scores: Tensor, offsets: Tensor, words: Tensor, lengths: Tensor,
-            truncated: Tensor, attention: Tensor | None) -> None:
+    def add(
+        self,
+        images: Tensor | None,
+        scores: Tensor,
+        offsets: Tensor,
+        words: Tensor,
+        lengths: Tensor,
+        truncated: Tensor,
+        attention: Tensor | None,
+    ) -> None:
         """Merge candidates (b, C) (-inf = none) of the images `images` (b,; None = all) and keep the
         K best of each."""
         f = self.found
@@ -88,36 +98,38 @@ class _Required:
     @staticmethod
     def of(include: Tensor) -> "_Required":
         I = max(1, int(include.sum(dim=1).max()))
-        valid, ids = include.to(torch.int8).topk(I, dim=1)                  # required ones first
+        valid, ids = include.to(torch.int8).topk(I, dim=1)  # required ones first
         return _Required(ids, valid.bool())
 
 
-def _top_in_group(cand: Tensor, g: int, K: int, lift: int, required: _Required, n: int
-                  ) -> tuple[Tensor, Tensor, Tensor]:
+def _top_in_group(
+    cand: Tensor, g: int, K: int, lift: int, required: _Required, n: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """The n best candidates landing in group g of cand (B, G*K, V): its own K beams' words that do not
     lift them higher, and lower groups' beams with a required word of level `lift` == g. Only these
     few words can move a beam, so they are gathered instead of masking every group's full grid."""
     B, _, V = cand.shape
-    own = cand[:, g * K:(g + 1) * K]                                        # (B, K, V)
+    own = cand[:, g * K : (g + 1) * K]  # (B, K, V)
     if lift > g:  # its required words would lift these beams out of the group
-        ids = required.ids.unsqueeze(1).expand(B, K, -1)                    # (B, K, I)
+        ids = required.ids.unsqueeze(1).expand(B, K, -1)  # (B, K, I)
         own = own.scatter(2, ids, own.gather(2, ids).masked_fill(required.valid.unsqueeze(1), NEG_INF))
     if g == 0 or lift != g:
         scores, beam, tok = _top(own, n)
         return scores, beam + g * K, tok
-    below = cand[:, :g * K].gather(2, required.ids.unsqueeze(1).expand(B, g * K, -1))  # (B, gK, I)
+    below = cand[:, : g * K].gather(2, required.ids.unsqueeze(1).expand(B, g * K, -1))  # (B, gK, I)
     below = below.masked_fill(~required.valid.unsqueeze(1), NEG_INF)
     I = below.shape[2]
     scores, idx = torch.cat([own.reshape(B, K * V), below.reshape(B, g * K * I)], dim=1).topk(n, dim=1)
     lower = idx >= K * V
-    j = (idx - K * V).clamp_min(0)                                          # index into `below`
+    j = (idx - K * V).clamp_min(0)  # index into `below`
     beam = torch.where(lower, j // I, g * K + idx // V)
     tok = torch.where(lower, required.ids.gather(1, j % I), idx % V)
     return scores, beam, tok
 
 
-def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig,
-                include: Tensor | None = None) -> Found:
+def beam_search(
+    model: CaptionModel, memory: State, state: State, ids: TokenIds, cfg: DecodeConfig, include: Tensor | None = None
+) -> Found:
     """K = beam_size captions per image, best first.
 
     Alive beams are ranked by raw log-prob sums; finished captions by the length-normalised score.
@@ -135,9 +147,9 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     """
     B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.length_limit
     device = next(iter(memory.values())).device
-    G = 1 if include is None else 3                                        # beam groups per image
+    G = 1 if include is None else 3  # beam groups per image
     GK = G * K
-    memory, state = expand_rows(model, memory, state, GK)                 # rows b*GK .. b*GK+GK-1
+    memory, state = expand_rows(model, memory, state, GK)  # rows b*GK .. b*GK+GK-1
     per_image_memory = model.shared_memory
     R = B * GK
     rules = Constraints(ids, cfg, model.vocab_size, device)
@@ -155,24 +167,24 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
     group_of = torch.arange(G, device=device).repeat_interleave(K).unsqueeze(0)  # (1, GK)
     offset = torch.tensor([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], device=device)  # (G,)
     history = torch.full((B, GK, L), ids.pad, dtype=torch.long, device=device)  # words of each beam
-    att_history: Tensor | None = None                                      # (B, GK, L, N)
+    att_history: Tensor | None = None  # (B, GK, L, N)
     pool = _Pool(B, K, L, ids.pad, device)
     # The images still searching: their index into the pool, and a per-step flag. An image that is
     # done leaves every tensor at the end of the step, so later steps do not compute its rows.
-    images: Tensor | None = None                                           # None: every image
-    beam_index = torch.arange(GK, device=device)                            # (GK,)
-    row_base = torch.arange(B, device=device).unsqueeze(1) * GK             # (B, 1) first row of each image
+    images: Tensor | None = None  # None: every image
+    beam_index = torch.arange(GK, device=device)  # (GK,)
+    row_base = torch.arange(B, device=device).unsqueeze(1) * GK  # (B, 1) first row of each image
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    rank = torch.arange(2 * K, device=device)                               # (2K,)
+    rank = torch.arange(2 * K, device=device)  # (2K,)
     required = None if include is None else _Required.of(include)
     for t in range(L + 1):
-        beam_group = group_of.expand(B, GK)                                 # (B, GK)
-        raw, state, att = model.step(tokens, state, memory)               # (R, V), state, (R, N)
+        beam_group = group_of.expand(B, GK)  # (B, GK)
+        raw, state, att = model.step(tokens, state, memory)  # (R, V), state, (R, N)
         logp = rules.apply(raw, t, tokens, history.view(R, L))
         V = logp.shape[-1]
         if cfg.return_attention and att is not None and att_history is None:
             att_history = att.new_zeros(B, GK, L, att.shape[-1])
-        cand = (beam_scores.view(R, 1) + logp).view(B, GK, V)             # (B, GK, V)
+        cand = (beam_scores.view(R, 1) + logp).view(B, GK, V)  # (B, GK, V)
         # A candidate lands in its beam's group, or higher with a required word: the word's level.
         lift = (2 if t < EARLY_WORDS else 1) if G > 1 else 0
 
@@ -181,10 +193,11 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
         cut_all = (raw.argmax(dim=-1) != ids.end).view(B, GK) if rules.final(t) else None
         for g in range(G):
             # 2K candidates always hold K that are not <end>: only the group's K beams can end in it.
-            top_scores, top_beam, top_tok = (_top(cand, 2 * K) if G == 1 else
-                                             _top_in_group(cand, g, K, lift, required, 2 * K))  # (B, 2K) each
+            top_scores, top_beam, top_tok = (
+                _top(cand, 2 * K) if G == 1 else _top_in_group(cand, g, K, lift, required, 2 * K)
+            )  # (B, 2K) each
             is_end = top_tok == ids.end
-            ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K])      # (B, K)
+            ended = is_end[:, :K] & torch.isfinite(top_scores[:, :K])  # (B, K)
             end_beam = top_beam[:, :K]
             fin_scores.append(norm(top_scores[:, :K], t).masked_fill(~ended, NEG_INF))
             fin_offsets.append(offset[g].expand(B, K))
@@ -202,14 +215,20 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
         fin_beams.append(beam_index.expand(B, GK))
         fin_cut.append(torch.ones_like(stuck))
         fin_beam = torch.cat(fin_beams, dim=1)
-        pool.add(images, torch.cat(fin_scores, dim=1), torch.cat(fin_offsets, dim=1), _gather(history, fin_beam),
-                 torch.full_like(fin_beam, t), torch.cat(fin_cut, dim=1),
-                 None if att_history is None else _gather(att_history, fin_beam))
+        pool.add(
+            images,
+            torch.cat(fin_scores, dim=1),
+            torch.cat(fin_offsets, dim=1),
+            _gather(history, fin_beam),
+            torch.full_like(fin_beam, t),
+            torch.cat(fin_cut, dim=1),
+            None if att_history is None else _gather(att_history, fin_beam),
+        )
         if rules.final(t):
             break
 
         parent, beam_scores, word = torch.cat(parents, 1), torch.cat(scores, 1), torch.cat(words, 1)  # (B, GK)
-        rows = (row_base + parent).view(R)                                 # (R,) flat parent rows
+        rows = (row_base + parent).view(R)  # (R,) flat parent rows
         state = select_rows(state, rows)
         history = _gather(history, parent)
         history[:, :, t] = word
@@ -223,14 +242,14 @@ def beam_search(model: CaptionModel, memory: State, state: State, ids: TokenIds,
         # required word can still come among the first EARLY_WORDS; else the middle group's).
         reach = norm(beam_scores, L)
         if G > 1:
-            rise = include.any(dim=1, keepdim=True) & (t + 1 < EARLY_WORDS)   # (B, 1)
+            rise = include.any(dim=1, keepdim=True) & (t + 1 < EARLY_WORDS)  # (B, 1)
             reach = reach + torch.where((beam_group == G - 1) | rise, offset[-1], offset[1])
-        done = pool.worst_score(images) >= reach.max(dim=1).values            # (B,)
+        done = pool.worst_score(images) >= reach.max(dim=1).values  # (B,)
         if bool(done.all()):
             break
         if bool(done.any()):  # drop the finished images' rows from every tensor
-            keep = (~done).nonzero().squeeze(1)                                # (B',)
-            keep_rows = (keep.unsqueeze(1) * GK + beam_index).view(-1)     # (B'*GK,)
+            keep = (~done).nonzero().squeeze(1)  # (B',)
+            keep_rows = (keep.unsqueeze(1) * GK + beam_index).view(-1)  # (B'*GK,)
             images = keep if images is None else images[keep]
             beam_scores, history = beam_scores[keep], history[keep]
             att_history = None if att_history is None else att_history[keep]

@@ -35,10 +35,10 @@ def _ban_ngrams(ban: Tensor, history: Tensor, length: int, n: int) -> None:
     (column V is a dummy that absorbs the rows' non-matching n-grams)."""
     if n <= 0 or length < n:  # no complete n-gram yet
         return
-    hist = history[:, :length]                                          # (R, L)
-    grams = hist.unfold(1, n, 1)                                        # (R, L-n+1, n)
-    prefix = hist[:, length - (n - 1):]                                  # (R, n-1) the current context
-    match = (grams[:, :, :-1] == prefix.unsqueeze(1)).all(dim=-1)       # (R, L-n+1); n=1: all True
+    hist = history[:, :length]  # (R, L)
+    grams = hist.unfold(1, n, 1)  # (R, L-n+1, n)
+    prefix = hist[:, length - (n - 1) :]  # (R, n-1) the current context
+    match = (grams[:, :, :-1] == prefix.unsqueeze(1)).all(dim=-1)  # (R, L-n+1); n=1: all True
     ban.scatter_(1, grams[:, :, -1].masked_fill(~match, ban.shape[1] - 1), True)
 
 
@@ -55,8 +55,10 @@ class Constraints:
 
     def __init__(self, ids: TokenIds, cfg: DecodeConfig, vocab_size: int, device: torch.device):
         self.ids, self.cfg = ids, cfg
-        self.never, self.bad_end, self.may_repeat = (torch.from_numpy(m).to(device)    # (V,) each
-                                                     for m in token_masks(ids, cfg, vocab_size))
+        self.never, self.bad_end, self.may_repeat = (
+            torch.from_numpy(m).to(device)  # (V,) each
+            for m in token_masks(ids, cfg, vocab_size)
+        )
 
     def final(self, t: int) -> bool:
         return t == self.cfg.length_limit
@@ -82,4 +84,4 @@ class Constraints:
             ban[:, end] |= self.bad_end[prev]
         if t == self.cfg.length_limit - 1:  # the last word the limit allows: <end> must be able to follow it
             ban |= self.bad_end
-        return logp.masked_fill(ban, NEG_INF)                             # (R, V)
+        return logp.masked_fill(ban, NEG_INF)  # (R, V)

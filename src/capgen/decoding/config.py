@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capgen.data.vocab import Vocabulary
+
 # The rules live in torch-free rules.py, shared with capgen.runtime; re-exported for old imports.
 from capgen.decoding.rules import BAD_ENDINGS, FUNCTION_WORDS, MAX_BEAM, METHODS  # noqa: F401
 from capgen.errors import CapgenError
@@ -26,16 +27,15 @@ class TokenIds:
     start: int
     end: int
     unk: int
-    bad_endings: tuple[int, ...] = ()      # <end> may not follow these words
-    function_words: tuple[int, ...] = ()   # words exempt from `no_repeat_words`
+    bad_endings: tuple[int, ...] = ()  # <end> may not follow these words
+    function_words: tuple[int, ...] = ()  # words exempt from `no_repeat_words`
 
     @classmethod
     def from_vocab(cls, vocab: Vocabulary) -> "TokenIds":
         def ids(words: frozenset) -> tuple[int, ...]:
             return tuple(sorted(vocab.stoi[w] for w in words if w in vocab.stoi))
 
-        return cls(vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id, ids(BAD_ENDINGS),
-                   ids(FUNCTION_WORDS))
+        return cls(vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id, ids(BAD_ENDINGS), ids(FUNCTION_WORDS))
 
     def check(self, vocab_size: int) -> None:
         for name in ("pad", "start", "end", "unk"):
@@ -43,8 +43,10 @@ class TokenIds:
             if not 0 <= int(token) < vocab_size:
                 raise DecodeError(f"decode: {name} id {token} is outside the vocabulary (size {vocab_size})")
         if len({self.pad, self.start, self.end, self.unk}) != 4:
-            raise DecodeError(f"decode: <pad> ({self.pad}), <start> ({self.start}), <end> ({self.end}) and "
-                              f"<unk> ({self.unk}) ids must differ")
+            raise DecodeError(
+                f"decode: <pad> ({self.pad}), <start> ({self.start}), <end> ({self.end}) and "
+                f"<unk> ({self.unk}) ids must differ"
+            )
         if any(not 0 <= i < vocab_size for i in self.bad_endings + self.function_words):
             raise DecodeError(f"decode: a word id is outside the vocabulary (size {vocab_size})")
 
@@ -58,22 +60,22 @@ class DecodeConfig:
     else beam search.
     """
 
-    method: str | None = None     # "greedy" | "sample" | "beam" | None (from beam_size, as above)
+    method: str | None = None  # "greedy" | "sample" | "beam" | None (from beam_size, as above)
     beam_size: int = 3
-    max_len: int = 20             # max words, excluding <start>/<end>
-    min_words: int = 1            # no <end> before this many words
+    max_len: int = 20  # max words, excluding <start>/<end>
+    min_words: int = 1  # no <end> before this many words
     max_words: int | None = None  # the caption's word limit when set (then max_len is not used); see length_limit
-    length_penalty: float = 0.0   # GNMT alpha: beam score = logprob / ((5 + len) / 6) ** alpha; 0 = raw sum
-    no_repeat_ngram: int = 3      # block repeated n-grams of this size (0 = off)
+    length_penalty: float = 0.0  # GNMT alpha: beam score = logprob / ((5 + len) / 6) ** alpha; 0 = raw sum
+    no_repeat_ngram: int = 3  # block repeated n-grams of this size (0 = off)
     # Block a second use of any word outside FUNCTION_WORDS: on the Flickr8k val split (bundled model,
     # beam 3) CIDEr 48.8 -> 50.0 and captions with a repeated content word 5.5% -> 0% (BENCHMARKS.md).
     no_repeat_words: bool = True
-    allow_unk: bool = False       # research use: let <unk> be emitted
-    n_best: int = 1               # hypotheses per image (beam: <= beam_size; sample: independent draws)
-    temperature: float = 1.0      # sampling only, as are top_k, top_p and seed
-    top_k: int = 0                # 0 = off
-    top_p: float = 1.0            # nucleus sampling; 1.0 = off
-    seed: int | None = None       # None = torch's global generator
+    allow_unk: bool = False  # research use: let <unk> be emitted
+    n_best: int = 1  # hypotheses per image (beam: <= beam_size; sample: independent draws)
+    temperature: float = 1.0  # sampling only, as are top_k, top_p and seed
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # nucleus sampling; 1.0 = off
+    seed: int | None = None  # None = torch's global generator
     return_attention: bool = False
     # Consensus reranking (decoding/consensus.py): beam search keeps this many candidates (the beam
     # widened to it) and the one the others agree with most comes first; 0 = off. Measured in
@@ -101,41 +103,64 @@ class DecodeConfig:
         # Types first: a settings file (an export's decoding.json) may hold anything JSON can say.
         for name, kind, what in _TYPES:
             value = getattr(self, name)
-            need(_is(value, kind) or (name == "seed" and value is None),
-                 f"{name} must be {what}, got {type(value).__name__} {value!r:.40}")
+            need(
+                _is(value, kind) or (name == "seed" and value is None),
+                f"{name} must be {what}, got {type(value).__name__} {value!r:.40}",
+            )
         need(self.method in METHODS, f"method must be one of {list(METHODS)}, got {self.method!r}")
         need(1 <= self.beam_size <= MAX_BEAM, f"beam_size must be in [1, {MAX_BEAM}], got {self.beam_size}")
         need(1 <= self.max_len <= 200, f"max_len must be in [1, 200], got {self.max_len}")
-        need(self.max_words is None or 1 <= self.max_words <= 200,
-             f"max_words must be in [1, 200], got {self.max_words}")
-        need(1 <= self.min_words <= self.length_limit,
-             f"min_words must be in [1, {'max_words' if self.max_words else 'max_len'} = {self.length_limit}], "
-             f"got {self.min_words}")
+        need(
+            self.max_words is None or 1 <= self.max_words <= 200, f"max_words must be in [1, 200], got {self.max_words}"
+        )
+        need(
+            1 <= self.min_words <= self.length_limit,
+            f"min_words must be in [1, {'max_words' if self.max_words else 'max_len'} = {self.length_limit}], "
+            f"got {self.min_words}",
+        )
         need(0 <= self.length_penalty <= 10, f"length_penalty must be in [0, 10], got {self.length_penalty}")
         need(self.no_repeat_ngram >= 0, f"no_repeat_ngram must be >= 0, got {self.no_repeat_ngram}")
         need(1 <= self.n_best <= MAX_BEAM, f"n_best must be in [1, {MAX_BEAM}], got {self.n_best}")
         if self.method == "beam":
-            need(self.n_best <= self.beam_size,
-                 f"n_best ({self.n_best}) must be <= beam_size ({self.beam_size})")
+            need(self.n_best <= self.beam_size, f"n_best ({self.n_best}) must be <= beam_size ({self.beam_size})")
         if self.method == "greedy":
-            need(self.n_best == 1, f"greedy decoding gives one caption; n_best must be 1, got {self.n_best} "
-                                   "(use method 'beam' or 'sample')")
-        need(self.consensus == 0 or 3 <= self.consensus <= MAX_BEAM,
-             f"consensus must be 0 (off) or a number of candidates in [3, {MAX_BEAM}], got {self.consensus}")
-        need(not self.consensus or self.method == "beam", "consensus reranks beam search candidates; "
-                                                          f"method {self.method!r} has none")
-        need(not self.consensus or self.n_best <= self.consensus,
-             f"n_best ({self.n_best}) must be <= consensus ({self.consensus})")
+            need(
+                self.n_best == 1,
+                f"greedy decoding gives one caption; n_best must be 1, got {self.n_best} "
+                "(use method 'beam' or 'sample')",
+            )
+        need(
+            self.consensus == 0 or 3 <= self.consensus <= MAX_BEAM,
+            f"consensus must be 0 (off) or a number of candidates in [3, {MAX_BEAM}], got {self.consensus}",
+        )
+        need(
+            not self.consensus or self.method == "beam",
+            f"consensus reranks beam search candidates; method {self.method!r} has none",
+        )
+        need(
+            not self.consensus or self.n_best <= self.consensus,
+            f"n_best ({self.n_best}) must be <= consensus ({self.consensus})",
+        )
         need(0 < self.temperature < float("inf"), f"temperature must be > 0 and finite, got {self.temperature}")
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
 
 
 _INT, _REAL = (numbers.Integral, "an integer"), (numbers.Real, "a number")
-_TYPES = [("beam_size", *_INT), ("max_len", *_INT), ("length_penalty", *_REAL), ("no_repeat_ngram", *_INT),
-          ("no_repeat_words", bool, "true or false"), ("allow_unk", bool, "true or false"), ("n_best", *_INT),
-          ("temperature", *_REAL), ("top_k", *_INT), ("top_p", *_REAL), ("seed", numbers.Integral, "an integer or null"),
-          ("return_attention", bool, "true or false")]
+_TYPES = [
+    ("beam_size", *_INT),
+    ("max_len", *_INT),
+    ("length_penalty", *_REAL),
+    ("no_repeat_ngram", *_INT),
+    ("no_repeat_words", bool, "true or false"),
+    ("allow_unk", bool, "true or false"),
+    ("n_best", *_INT),
+    ("temperature", *_REAL),
+    ("top_k", *_INT),
+    ("top_p", *_REAL),
+    ("seed", numbers.Integral, "an integer or null"),
+    ("return_attention", bool, "true or false"),
+]
 
 
 def _is(value, kind) -> bool:

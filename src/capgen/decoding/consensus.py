@@ -17,8 +17,8 @@ import math
 from collections import Counter
 from typing import Sequence, TypeVar
 
-H = TypeVar("H")      # anything with .tokens (list of ids) and .score (a log-probability)
-SIGMA = 6.0           # CIDEr-D's length penalty width
+H = TypeVar("H")  # anything with .tokens (list of ids) and .score (a log-probability)
+SIGMA = 6.0  # CIDEr-D's length penalty width
 
 
 def _ngrams(tokens: Sequence[int]) -> list[Counter]:
@@ -44,8 +44,11 @@ def consensus_order(hyps: Sequence[H]) -> list[H]:
     grams = [_ngrams(h.tokens) for h in hyps]
     gain = []
     for i, h in enumerate(hyps):
-        g = sum(weight[j] * _similarity(grams[i], grams[j], len(h.tokens), len(o.tokens))
-                for j, o in enumerate(hyps) if j != i)
+        g = sum(
+            weight[j] * _similarity(grams[i], grams[j], len(h.tokens), len(o.tokens))
+            for j, o in enumerate(hyps)
+            if j != i
+        )
         gain.append(g / (sum(weight) - weight[i]))
     order = sorted(range(len(hyps)), key=lambda i: (-gain[i], i))
     return [hyps[i] for i in order]
@@ -58,8 +61,9 @@ def search_config(config):
         return config
     import dataclasses
 
-    return dataclasses.replace(config, beam_size=max(config.beam_size, config.consensus), n_best=config.consensus,
-                               consensus=0)
+    return dataclasses.replace(
+        config, beam_size=max(config.beam_size, config.consensus), n_best=config.consensus, consensus=0
+    )
 
 
 def rerank(hyps: list[list[H]], config) -> list[list[H]]:

@@ -24,12 +24,14 @@ MAX_BEAM = 32
 # ("... standing in front of a"). <end> is not allowed after them.
 BAD_ENDINGS = frozenset(
     "a an the of in on at to for from with by and or but as into onto over under near while his her "
-    "their its is are was were be".split())
+    "their its is are was were be".split()
+)
 # Words that may repeat in a caption ("a dog and a cat"); with `no_repeat_words` every other word
 # may appear only once ("a woman and a woman" is blocked).
 FUNCTION_WORDS = BAD_ENDINGS | frozenset(
     "it they he she them there that which who one two three four other another each some up down out "
-    "off through together very front back side top next".split())
+    "off through together very front back side top next".split()
+)
 
 
 # Tag guidance (include=) ranks a caption by its group: one without any required word pays

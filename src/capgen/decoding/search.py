@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Collection, Sequence, TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -19,9 +19,14 @@ if TYPE_CHECKING:  # models sit above decoding: the search only calls their step
     from capgen.models.base import CaptionModel
 
 
-def decode(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds,
-           config: DecodeConfig | None = None,
-           include: Sequence[Collection[int] | None] | None = None) -> list[list[Hypothesis]]:
+def decode(
+    model: CaptionModel,
+    pooled: Tensor,
+    grid: Tensor,
+    ids: TokenIds,
+    config: DecodeConfig | None = None,
+    include: Sequence[Collection[int] | None] | None = None,
+) -> list[list[Hypothesis]]:
     """Caption a batch of images: pooled (B, D), grid (B, N, D) -> per image, up to `n_best`
     hypotheses, best first. `ids` comes from `TokenIds.from_vocab(vocab)`.
 
@@ -92,18 +97,27 @@ def _beam(model, memory, state, ids: TokenIds, config: DecodeConfig, required: T
     """Beam search, with the images that must name a word decoded apart from the others: those need
     three beam groups (see beam_search), and in one batch every image would pay for them. Images
     are independent in the search, so the captions are the same either way."""
-    has = None if required is None else required.any(dim=1)              # (B,)
+    has = None if required is None else required.any(dim=1)  # (B,)
     if has is None or bool(has.all()):
         return beam_search(model, memory, state, ids, config, required)
     guided, free = has.nonzero().squeeze(1), (~has).nonzero().squeeze(1)
-    return _combine(required.shape[0], [
-        (guided, beam_search(model, select_rows(memory, guided), select_rows(state, guided), ids, config,
-                             required[guided])),
-        (free, beam_search(model, select_rows(memory, free), select_rows(state, free), ids, config))])
+    return _combine(
+        required.shape[0],
+        [
+            (
+                guided,
+                beam_search(
+                    model, select_rows(memory, guided), select_rows(state, guided), ids, config, required[guided]
+                ),
+            ),
+            (free, beam_search(model, select_rows(memory, free), select_rows(state, free), ids, config)),
+        ],
+    )
 
 
 def _combine(B: int, parts: list[tuple[Tensor, Found]]) -> Found:
     """Found of row subsets (their image indices, Found) -> one Found of B images."""
+
     def field(name: str) -> Tensor | None:
         xs = [getattr(f, name) for _, f in parts]
         if any(x is None for x in xs):
@@ -126,14 +140,13 @@ def _sample_n(model, memory, state, ids: TokenIds, config: DecodeConfig) -> Foun
     if n > 1:
         memory, state = expand_rows(model, memory, state, n)
     f = sample_search(model, memory, state, ids, config, generator)
-    scores, order = f.scores.view(B, n).sort(dim=1, descending=True)      # (B, n)
+    scores, order = f.scores.view(B, n).sort(dim=1, descending=True)  # (B, n)
     rows = torch.arange(B, device=order.device).unsqueeze(1)
 
     def per_image(x: Tensor | None) -> Tensor | None:
         return None if x is None else x.view(B, n, *x.shape[2:])[rows, order]  # (B, n, ...)
 
-    return Found(per_image(f.words), per_image(f.lengths), scores, per_image(f.truncated),
-                 per_image(f.attention))
+    return Found(per_image(f.words), per_image(f.lengths), scores, per_image(f.truncated), per_image(f.attention))
 
 
 def _hypotheses(found: Found, n_best: int) -> list[list[Hypothesis]]:
@@ -148,8 +161,13 @@ def _hypotheses(found: Found, n_best: int) -> list[list[Hypothesis]]:
             if not math.isfinite(scores[b][m]):
                 continue
             n = lengths[b][m]
-            hyps.append(Hypothesis(tokens=words[b, m, :n].tolist(), score=float(scores[b][m]),
-                                   attention=None if attention is None else attention[b, m, :n].copy(),
-                                   truncated=bool(truncated[b][m])))
+            hyps.append(
+                Hypothesis(
+                    tokens=words[b, m, :n].tolist(),
+                    score=float(scores[b][m]),
+                    attention=None if attention is None else attention[b, m, :n].copy(),
+                    truncated=bool(truncated[b][m]),
+                )
+            )
         out.append(hyps)
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -68,8 +67,10 @@ class ImageEncoder(nn.Module):
           in eval mode (BatchNorm frozen). Both share this encoder's modules: loading weights into
           `top` changes this encoder, which is how a fine-tuned checkpoint reaches ONNX export.
         """
-        raise EncoderError(f"encoder {self.name} cannot be split into blocks; fine-tuning the top of the "
-                           f"encoder needs an EfficientNet-Lite encoder")
+        raise EncoderError(
+            f"encoder {self.name} cannot be split into blocks; fine-tuning the top of the "
+            f"encoder needs an EfficientNet-Lite encoder"
+        )
 
     def features_module(self) -> nn.Module:
         """A module mapping x (B, 3, S, S) -> grid map (B, dim, H, W), e.g. for export."""
@@ -118,8 +119,9 @@ class GridEncoder(ImageEncoder):
         self.module = module
         self.head = linear_head(head, labels) if isinstance(head, nn.Linear) else head
         if self.head is not None and self.head.weight.shape[1] != self.dim:
-            raise EncoderError(f"encoder {name}: head takes {self.head.weight.shape[1]} features, "
-                               f"the grid has {self.dim}")
+            raise EncoderError(
+                f"encoder {name}: head takes {self.head.weight.shape[1]} features, the grid has {self.dim}"
+            )
 
     def classifier(self) -> LinearHead | None:
         return self.head
@@ -146,5 +148,6 @@ def _probe_output_shape(module: nn.Module, size: int, name: str) -> tuple[int, .
 def linear_head(fc: nn.Linear, labels: str) -> LinearHead:
     """A torch Linear layer as a LinearHead (numpy copies of its weights)."""
     bias = fc.bias if fc.bias is not None else torch.zeros(fc.out_features)
-    return LinearHead(fc.weight.detach().cpu().float().numpy().copy(), bias.detach().cpu().float().numpy().copy(),
-                      labels)
+    return LinearHead(
+        fc.weight.detach().cpu().float().numpy().copy(), bias.detach().cpu().float().numpy().copy(), labels
+    )

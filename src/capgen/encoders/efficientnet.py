@@ -70,7 +70,7 @@ class _LiteStem(ImageEncoder):
     def __init__(self, full: EfficientNetLite, first_top: int, split_at: int):
         size = full.preprocess.size
         was_training = full.model.training
-        full.model.eval()   # in train mode the probe would update BatchNorm running statistics
+        full.model.eval()  # in train mode the probe would update BatchNorm running statistics
         with torch.no_grad():
             _, c, h, w = _stem_forward(full.model, first_top, torch.zeros(1, 3, size, size)).shape
         full.model.train(was_training)
@@ -78,7 +78,7 @@ class _LiteStem(ImageEncoder):
         self.model, self.first_top, self.split_at = full.model, first_top, split_at
 
     def forward_grid(self, x: torch.Tensor) -> torch.Tensor:
-        return _stem_forward(self.model, self.first_top, x)   # (B, C, h, w)
+        return _stem_forward(self.model, self.first_top, x)  # (B, C, h, w)
 
     def spec(self) -> dict:
         return {**super().spec(), "split_at": self.split_at}
@@ -86,9 +86,9 @@ class _LiteStem(ImageEncoder):
 
 def _stem_forward(m: nn.Module, first_top: int, x: torch.Tensor) -> torch.Tensor:
     """`extract_features` up to block `first_top` (excluded)."""
-    x = m._swish(m._bn0(m._conv_stem(x)))                      # (B, C0, S/2, S/2)
+    x = m._swish(m._bn0(m._conv_stem(x)))  # (B, C0, S/2, S/2)
     for block in m._blocks[:first_top]:
-        x = block(x, drop_connect_rate=0.0)   # drop connect is off in eval mode anyway
+        x = block(x, drop_connect_rate=0.0)  # drop connect is off in eval mode anyway
     return x
 
 
@@ -115,7 +115,7 @@ class LiteTop(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
             x = block(x, drop_connect_rate=0.0)
-        return self.act(self.bn1(self.conv_head(x)))            # (B, 1280, H, W)
+        return self.act(self.bn1(self.conv_head(x)))  # (B, 1280, H, W)
 
 
 def load_efficientnet_lite(arch: str) -> EfficientNetLite:

@@ -20,8 +20,15 @@ from torch import nn
 
 from capgen.encoders.base import ImageEncoder, pool_grid
 from capgen.encoders.flops import count_flops  # noqa: F401  re-exported for benchmark code
-from capgen.encoders.precision import INT8_REFUSE, autocast, check_precision, int8_path, quantize_int8, \
-    relative_error, resolve_bf16
+from capgen.encoders.precision import (
+    INT8_REFUSE,
+    autocast,
+    check_precision,
+    int8_path,
+    quantize_int8,
+    relative_error,
+    resolve_bf16,
+)
 from capgen.errors import EncoderError
 from capgen.io import atomic_path, cache_root
 
@@ -158,26 +165,33 @@ def _export(encoder: ImageEncoder, path: Path) -> None:
         encoder.eval()
 
 
-def _int8_runner(encoder: ImageEncoder, threads: int | None, cache_root: Path,
-                 calibration: np.ndarray | None) -> OnnxRunner:
+def _int8_runner(
+    encoder: ImageEncoder, threads: int | None, cache_root: Path, calibration: np.ndarray | None
+) -> OnnxRunner:
     fp32 = _onnx_runner(encoder, threads, cache_root)  # the verified float32 export it is made from
     path = int8_path(fp32.path)
     if calibration is not None:
         quantize_int8(fp32.path, np.ascontiguousarray(calibration, dtype=np.float32))
     elif not path.is_file():
-        raise EncoderError(f"precision int8: no int8 model of {encoder.name} in {path.parent} yet; make it once "
-                           "with `capgen extract PREPARED --precision int8` (calibrates on the training "
-                           "images) or pass --calibration with a folder of typical photos")
+        raise EncoderError(
+            f"precision int8: no int8 model of {encoder.name} in {path.parent} yet; make it once "
+            "with `capgen extract PREPARED --precision int8` (calibrates on the training "
+            "images) or pass --calibration with a folder of typical photos"
+        )
     runner = OnnxRunner(_session(path, threads), encoder.spec(), path, precision="int8")
     x = _check_batch(encoder)
     try:
         _, grid = runner(x)
     except Exception as e:  # noqa: BLE001
-        raise EncoderError(f"{path}: int8 ONNX model fails to run ({type(e).__name__}); delete it to remake it") from None
+        raise EncoderError(
+            f"{path}: int8 ONNX model fails to run ({type(e).__name__}); delete it to remake it"
+        ) from None
     err = relative_error(grid, TorchRunner(encoder)(x)[1])
     if not err < INT8_REFUSE:
-        raise EncoderError(f"{path}: int8 grid is off by {err:.2f} relative to torch (expected < {INT8_REFUSE}); "
-                           "delete it and calibrate again")
+        raise EncoderError(
+            f"{path}: int8 grid is off by {err:.2f} relative to torch (expected < {INT8_REFUSE}); "
+            "delete it and calibrate again"
+        )
     return runner
 
 

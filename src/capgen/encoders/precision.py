@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import warnings
 from pathlib import Path
 
@@ -51,8 +50,11 @@ def resolve_bf16(precision: str) -> str:
     """'bf16' where the CPU runs it natively, else 'fp32' with a warning (emulated bf16 would be
     slower than fp32 and no more accurate)."""
     if check_precision(precision) == "bf16" and not bf16_supported():
-        warnings.warn("precision bf16: this CPU has no native bf16 (AVX-512 BF16 / AMX); running fp32",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            "precision bf16: this CPU has no native bf16 (AVX-512 BF16 / AMX); running fp32",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return "fp32"
     return precision
 
@@ -74,8 +76,13 @@ def quantize_int8(fp32_path: Path, calibration: np.ndarray, batch_size: int = 8)
     preprocessed real images; a few dozen are enough). Written atomically beside the float32 file,
     with a JSON note of what it was calibrated on."""
     try:
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as e:
         raise EncoderError(f"precision int8: this onnxruntime has no quantization tools ({e})") from None
@@ -84,7 +91,7 @@ def quantize_int8(fp32_path: Path, calibration: np.ndarray, batch_size: int = 8)
 
     class Batches(CalibrationDataReader):
         def __init__(self):
-            self.it = iter({"x": calibration[i:i + batch_size]} for i in range(0, len(calibration), batch_size))
+            self.it = iter({"x": calibration[i : i + batch_size]} for i in range(0, len(calibration), batch_size))
 
         def get_next(self):
             return next(self.it, None)
@@ -98,9 +105,16 @@ def quantize_int8(fp32_path: Path, calibration: np.ndarray, batch_size: int = 8)
         with atomic_path(out) as tmp:
             # QOperator with uint8 activations runs the VNNI kernels (measured ~2x fp32 here); QDQ with
             # int8 activations was no faster than fp32 and no more accurate.
-            quantize_static(str(pre), str(tmp), Batches(), quant_format=QuantFormat.QOperator, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+            quantize_static(
+                str(pre),
+                str(tmp),
+                Batches(),
+                quant_format=QuantFormat.QOperator,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
         pre.unlink(missing_ok=True)
     except EncoderError:
         raise

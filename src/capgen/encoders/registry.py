@@ -54,11 +54,11 @@ def create_encoder(name: str, allow_import: bool = False) -> ImageEncoder:
     elif ":" in name:
         raise EncoderError(
             f"encoder {name!r} is not registered ({', '.join(list_encoders())}); 'module:factory' "
-            "encoders are only built from your own --encoder flag, never from a name stored in a file")
+            "encoders are only built from your own --encoder flag, never from a name stored in a file"
+        )
     else:
         raise EncoderError(
-            f"unknown encoder {name!r}; expected one of {list_encoders()}, "
-            "'package.module:factory' or 'timm:MODEL'"
+            f"unknown encoder {name!r}; expected one of {list_encoders()}, 'package.module:factory' or 'timm:MODEL'"
         )
     return encoder.eval()
 

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from capgen.encoders.base import GridEncoder, ImageEncoder
-from capgen.preprocess import Preprocess
 from capgen.errors import EncoderError
+from capgen.preprocess import Preprocess
 
 _OFFLINE_HINT = "use the offline encoder 'efficientnet-lite2' instead"
 
@@ -39,8 +39,7 @@ def create_timm_encoder(model_name: str) -> ImageEncoder:
         import timm
     except ImportError:
         raise EncoderError(
-            f"encoder timm:{model_name}: timm is not installed; run `pip install 'capgen[timm]'` "
-            f"or {_OFFLINE_HINT}"
+            f"encoder timm:{model_name}: timm is not installed; run `pip install 'capgen[timm]'` or {_OFFLINE_HINT}"
         ) from None
     if not timm.is_model(model_name):
         raise EncoderError(f"encoder timm:{model_name}: unknown timm model; see timm.list_models()")

@@ -23,15 +23,15 @@ def ngram_counts(words: Sequence[str], n: int = 4) -> Counter:
     counts: Counter = Counter()
     for k in range(1, n + 1):
         for i in range(len(words) - k + 1):
-            counts[tuple(words[i:i + k])] += 1
+            counts[tuple(words[i : i + k])] += 1
     return counts
 
 
 class CiderD:
     """CIDEr-D (n=4, sigma=6, clipped, x10) of candidates against an image's references.
 
-        cider = CiderD({"img1.jpg": [["a", "dog", "runs"], ...], ...})   # document frequencies from these
-        cider.score("img1.jpg", ["a", "dog", "is", "running"])
+    cider = CiderD({"img1.jpg": [["a", "dog", "runs"], ...], ...})   # document frequencies from these
+    cider.score("img1.jpg", ["a", "dog", "is", "running"])
     """
 
     def __init__(self, references: Mapping[str, Sequence[Sequence[str]]], n: int = 4, sigma: float = 6.0):
@@ -70,7 +70,7 @@ class CiderD:
         refs = self._refs[image]
         total = np.zeros(self.n)
         for ref_vec, ref_norm, ref_length in refs:
-            penalty = math.exp(-((length - ref_length) ** 2) / (2 * self.sigma ** 2))
+            penalty = math.exp(-((length - ref_length) ** 2) / (2 * self.sigma**2))
             for k in range(self.n):
                 ref_k = ref_vec[k]
                 val = sum(min(w, ref_k[g]) * ref_k[g] for g, w in vec[k].items() if g in ref_k)

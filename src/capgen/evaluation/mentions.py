@@ -20,9 +20,9 @@ def mentions(tokens: Sequence[str], forms: Collection[str]) -> bool:
 
 @dataclass(frozen=True)
 class MentionScore:
-    positives: int        # images whose references mention the object
-    predicted: int        # generated captions that mention it
-    true_positives: int   # both
+    positives: int  # images whose references mention the object
+    predicted: int  # generated captions that mention it
+    true_positives: int  # both
 
     @property
     def precision(self) -> float:
@@ -38,8 +38,9 @@ class MentionScore:
         return 2 * p * r / (p + r) if p + r else 0.0
 
 
-def mention_f1(predictions: Mapping[str, Sequence[str]], references: Mapping[str, Sequence[Sequence[str]]],
-               forms: Collection[str]) -> MentionScore:
+def mention_f1(
+    predictions: Mapping[str, Sequence[str]], references: Mapping[str, Sequence[Sequence[str]]], forms: Collection[str]
+) -> MentionScore:
     """predictions: image -> generated caption tokens; references: image -> reference token lists.
     Scored over the images of `references`; an image without a prediction predicts nothing."""
     positives = predicted = both = 0

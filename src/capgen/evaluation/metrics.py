@@ -58,8 +58,10 @@ def score_captions(
     notes = ["SPICE skipped: it needs Stanford CoreNLP models that cannot be downloaded offline"]
     use_java = official and java_available()
     if official and not use_java:
-        notes.append("Java not found: METEOR and the PTB tokenizer skipped; BLEU/ROUGE-L/CIDEr use capgen's "
-                     "tokenizer (install a JRE, e.g. apt-get install default-jre-headless)")
+        notes.append(
+            "Java not found: METEOR and the PTB tokenizer skipped; BLEU/ROUGE-L/CIDEr use capgen's "
+            "tokenizer (install a JRE, e.g. apt-get install default-jre-headless)"
+        )
     if use_java:
         from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 

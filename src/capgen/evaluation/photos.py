@@ -29,8 +29,11 @@ def read_coco_references(path: str | Path, images: str | Path) -> dict[str, list
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise DatasetError(f"{path}: unreadable reference file ({type(e).__name__})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-            or not isinstance(data.get("annotations"), list):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("images"), list)
+        or not isinstance(data.get("annotations"), list)
+    ):
         raise DatasetError(f"{path}: expected a COCO captions file with 'images' and 'annotations' lists")
     names = {}
     for im in data["images"]:
@@ -51,8 +54,14 @@ def read_coco_references(path: str | Path, images: str | Path) -> dict[str, list
     return refs
 
 
-def evaluate_photos(captioner, images: str | Path, references: str | Path, options: dict,
-                    out: str | Path | None = None, meteor: bool = True) -> dict:
+def evaluate_photos(
+    captioner,
+    images: str | Path,
+    references: str | Path,
+    options: dict,
+    out: str | Path | None = None,
+    meteor: bool = True,
+) -> dict:
     """Caption every referenced photo with `captioner` (options: Captioner.caption_paths's) and score."""
     images = Path(images)
     refs = read_coco_references(references, images)
@@ -71,8 +80,7 @@ def evaluate_photos(captioner, images: str | Path, references: str | Path, optio
     metrics = score_captions(predictions, refs, official=True, meteor=meteor)
     metrics.update(invented(predictions, refs))
     metrics.update(caption_stats([c.split() for c in predictions.values()], [False] * len(predictions)))
-    metrics.update({"images": len(predictions), "failed": failed, "references": str(references),
-                    "seconds": seconds})
+    metrics.update({"images": len(predictions), "failed": failed, "references": str(references), "seconds": seconds})
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ KINDS = ("grid", "block_input")
 
 
 def cache_kind(encoder_spec: dict) -> str:
-    """"grid" (the encoder's final grid) or "block_input" (the activation entering its last
+    """ "grid" (the encoder's final grid) or "block_input" (the activation entering its last
     `split_at` blocks, for fine-tuning them); older caches without the field are grids."""
     return "block_input" if encoder_spec.get("split_at") else "grid"
 
@@ -39,8 +39,11 @@ def cache_kind(encoder_spec: dict) -> str:
 def kind_text(encoder_spec: dict) -> str:
     """Words for what a cache of this encoder spec holds, for error messages."""
     n = encoder_spec.get("split_at")
-    return (f"the activation entering the last {n} blocks of {encoder_spec.get('name')} (extract --split-at {n})"
-            if n else f"final-grid features of {encoder_spec.get('name')} (extract without --split-at)")
+    return (
+        f"the activation entering the last {n} blocks of {encoder_spec.get('name')} (extract --split-at {n})"
+        if n
+        else f"final-grid features of {encoder_spec.get('name')} (extract without --split-at)"
+    )
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -68,8 +71,8 @@ def unwritten_rows(pooled: np.ndarray, rows, chunk: int = 4096) -> list[int]:
     rows = np.asarray(rows, dtype=np.int64)
     bad: list[int] = []
     for start in range(0, len(rows), chunk):
-        r = rows[start:start + chunk]
-        block = np.asarray(pooled[r], dtype=np.float32)        # (n, dim)
+        r = rows[start : start + chunk]
+        block = np.asarray(pooled[r], dtype=np.float32)  # (n, dim)
         blank = ~np.isfinite(block).all(axis=1) | ~block.any(axis=1)
         bad.extend(int(i) for i in r[blank])
     return bad
@@ -86,18 +89,26 @@ def images_hash(images: list[str]) -> str:
 def check_meta(meta: dict, where: Path) -> None:
     """The fields the cache relies on, with their types; a hand-edited meta.json fails here, by name."""
     enc = meta.get("encoder")
-    ok = (isinstance(meta.get("images"), list) and all(isinstance(i, str) for i in meta["images"])
-          and isinstance(meta.get("failed", {}), dict)
-          and isinstance(enc, dict) and isinstance(enc.get("name"), str)
-          and isinstance(enc.get("dim"), int) and enc["dim"] > 0
-          and isinstance(enc.get("grid"), list) and len(enc["grid"]) == 2
-          and all(isinstance(g, int) and g > 0 for g in enc["grid"])
-          and (enc.get("split_at") is None or (type(enc["split_at"]) is int and enc["split_at"] > 0))
-          and meta.get("kind", "grid") == cache_kind(enc))
+    ok = (
+        isinstance(meta.get("images"), list)
+        and all(isinstance(i, str) for i in meta["images"])
+        and isinstance(meta.get("failed", {}), dict)
+        and isinstance(enc, dict)
+        and isinstance(enc.get("name"), str)
+        and isinstance(enc.get("dim"), int)
+        and enc["dim"] > 0
+        and isinstance(enc.get("grid"), list)
+        and len(enc["grid"]) == 2
+        and all(isinstance(g, int) and g > 0 for g in enc["grid"])
+        and (enc.get("split_at") is None or (type(enc["split_at"]) is int and enc["split_at"] > 0))
+        and meta.get("kind", "grid") == cache_kind(enc)
+    )
     if not ok:
-        raise FeatureCacheError(f"{where}: malformed feature cache metadata (expected 'images' (names), "
-                                f"'failed', 'encoder' with name, dim, grid [h, w] and optional split_at, and a 'kind' that "
-                                f"agrees with it); extract again")
+        raise FeatureCacheError(
+            f"{where}: malformed feature cache metadata (expected 'images' (names), "
+            f"'failed', 'encoder' with name, dim, grid [h, w] and optional split_at, and a 'kind' that "
+            f"agrees with it); extract again"
+        )
 
 
 class FeatureCache:
@@ -116,29 +127,36 @@ class FeatureCache:
             raise FeatureCacheError(f"{root}: feature cache folder does not exist (run capgen extract first)")
         if not (root / META).is_file():
             if (root / JOB).is_file():
-                raise FeatureCacheError(f"{root}: feature extraction did not finish; run the same "
-                                        f"capgen extract command again to resume it")
+                raise FeatureCacheError(
+                    f"{root}: feature extraction did not finish; run the same capgen extract command again to resume it"
+                )
             raise FeatureCacheError(f"{root}: not a capgen feature cache (no {META})")
         meta = read_json(root / META, "feature cache metadata")
         if meta.get("capgen_features") != FORMAT_VERSION or not meta.get("complete"):
             raise FeatureCacheError(f"{root / META}: not a complete capgen feature cache of version {FORMAT_VERSION}")
         check_meta(meta, root / META)
         if "images_sha256" in meta and meta["images_sha256"] != images_hash(meta["images"]):  # older caches lack it
-            raise FeatureCacheError(f"{root / META}: the 'images' list was changed or reordered after extraction "
-                                    f"(its checksum differs), so rows would go to the wrong images; extract again")
+            raise FeatureCacheError(
+                f"{root / META}: the 'images' list was changed or reordered after extraction "
+                f"(its checksum differs), so rows would go to the wrong images; extract again"
+            )
         pooled = load_array(root / "pooled.npy", "r", "extract again")
         grid = load_array(root / "grid.npy", "r", "extract again")
         n, enc = len(meta["images"]), meta["encoder"]
         want_grid = (n, enc["grid"][0] * enc["grid"][1], enc["dim"])
         if pooled.shape != (n, enc["dim"]) or grid.shape != want_grid:
-            raise FeatureCacheError(f"{root}: arrays have shapes {pooled.shape} and {grid.shape}, expected "
-                                    f"{(n, enc['dim'])} and {want_grid}; the cache is damaged, extract again")
+            raise FeatureCacheError(
+                f"{root}: arrays have shapes {pooled.shape} and {grid.shape}, expected "
+                f"{(n, enc['dim'])} and {want_grid}; the cache is damaged, extract again"
+            )
         failed = set(meta.get("failed", {}))
         bad = unwritten_rows(pooled, [i for i, name in enumerate(meta["images"]) if name not in failed])
         if bad:
-            raise FeatureCacheError(f"{root}: {len(bad)} of {n} feature rows were never written or are not finite "
-                                    f"(e.g. {meta['images'][bad[0]]}); the cache is damaged, extract again "
-                                    f"with --overwrite")
+            raise FeatureCacheError(
+                f"{root}: {len(bad)} of {n} feature rows were never written or are not finite "
+                f"(e.g. {meta['images'][bad[0]]}); the cache is damaged, extract again "
+                f"with --overwrite"
+            )
         return cls(root, meta, pooled, grid)
 
     @property
@@ -147,7 +165,7 @@ class FeatureCache:
 
     @property
     def kind(self) -> str:
-        """"grid" or "block_input" (see cache_kind)."""
+        """ "grid" or "block_input" (see cache_kind)."""
         return cache_kind(self.meta["encoder"])
 
     @property
@@ -174,22 +192,28 @@ class FeatureCache:
         if encoder is not None:
             name = encoder if isinstance(encoder, str) else encoder["name"]
             if name != self.encoder_name:
-                raise FeatureCacheError(f"{self.root}: features were extracted with {self.encoder_name}, "
-                                        f"but {name} is expected; extract with --encoder {name}")
+                raise FeatureCacheError(
+                    f"{self.root}: features were extracted with {self.encoder_name}, "
+                    f"but {name} is expected; extract with --encoder {name}"
+                )
             if isinstance(encoder, dict):
                 if encoder.get("split_at") != self.encoder_spec.get("split_at"):
-                    raise FeatureCacheError(f"{self.root}: holds {kind_text(self.encoder_spec)}, but the model "
-                                            f"takes {kind_text(encoder)}")
+                    raise FeatureCacheError(
+                        f"{self.root}: holds {kind_text(self.encoder_spec)}, but the model takes {kind_text(encoder)}"
+                    )
                 for key in ("preprocess", "dim", "grid"):
                     if encoder.get(key) != self.encoder_spec.get(key):
                         raise FeatureCacheError(
                             f"{self.root}: encoder {name} {key} differs: cache has "
-                            f"{self.encoder_spec.get(key)}, expected {encoder.get(key)}")
+                            f"{self.encoder_spec.get(key)}, expected {encoder.get(key)}"
+                        )
         if dataset is not None:
             images_dir = dataset.manifest["images_dir"]
             if self.meta.get("images_dir") != images_dir:
-                raise FeatureCacheError(f"{self.root}: features are of images in {self.meta.get('images_dir')}, "
-                                        f"but {dataset.root} uses images in {images_dir}")
+                raise FeatureCacheError(
+                    f"{self.root}: features are of images in {self.meta.get('images_dir')}, "
+                    f"but {dataset.root} uses images in {images_dir}"
+                )
             records = dataset.records(split)
             missing = [r.image for r in records if r.image not in self.index]
             if missing:
@@ -199,7 +223,8 @@ class FeatureCache:
                 raise FeatureCacheError(
                     f"{self.root}: lacks features for {len(missing)} of {len(records)} images of "
                     f"{dataset.root} ({what}; e.g. {missing[0]}); {detail}extract that split into this cache's "
-                    f"dataset again")
+                    f"dataset again"
+                )
 
     def rows(self, images: Sequence[str]) -> np.ndarray:
         try:

@@ -21,8 +21,18 @@ from tqdm.auto import tqdm
 from capgen.data.prepared import ImageRecord, PreparedDataset
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
-from capgen.features.cache import (FORMAT_VERSION, JOB, LOCK, META, cache_kind, images_hash, kind_text, load_array,
-                                    read_json, unwritten_rows)
+from capgen.features.cache import (
+    FORMAT_VERSION,
+    JOB,
+    LOCK,
+    META,
+    cache_kind,
+    images_hash,
+    kind_text,
+    load_array,
+    read_json,
+    unwritten_rows,
+)
 from capgen.images import load_image
 from capgen.io import cache_root, folder_lock, preallocate, write_json
 from capgen.parallel import dist_info
@@ -33,8 +43,8 @@ DTYPES = ("float16", "float32")
 @dataclass
 class ExtractResult:
     out: Path
-    images: int                     # images in the cache
-    extracted: int                  # encoded by this call (the rest were done by an earlier run)
+    images: int  # images in the cache
+    extracted: int  # encoded by this call (the rest were done by an earlier run)
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     backend: str = ""
@@ -71,7 +81,8 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
                 raise FeatureCacheError(
                     f"{out}: already holds {'features' if marker == META else 'an unfinished extraction'} "
                     f"with different {', '.join(diff)} ({kind_text(old.get('encoder') or {})}, "
-                    f"{len(old.get('images', []))} images); use another --out or --overwrite")
+                    f"{len(old.get('images', []))} images); use another --out or --overwrite"
+                )
             return "complete" if marker == META else "resume"
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
         if not overwrite:
@@ -103,11 +114,14 @@ def _read_progress(out: Path, n: int) -> tuple[set[int], dict[str, str]]:
     for p in sorted(out.glob("progress-*.json")):
         d = read_json(p, "extraction progress")
         rows, bad = d.get("done", []), d.get("failed", {})
-        if not (isinstance(rows, list) and all(isinstance(i, int) and 0 <= i < n for i in rows)
-                and isinstance(bad, dict)):
-            raise FeatureCacheError(f"{p}: malformed progress file (expected 'done' row numbers below {n} and "
-                                    f"'failed'); "
-                                    f"extract again with --overwrite")
+        if not (
+            isinstance(rows, list) and all(isinstance(i, int) and 0 <= i < n for i in rows) and isinstance(bad, dict)
+        ):
+            raise FeatureCacheError(
+                f"{p}: malformed progress file (expected 'done' row numbers below {n} and "
+                f"'failed'); "
+                f"extract again with --overwrite"
+            )
         done.update(rows)
         failed.update(bad)
     return done, failed
@@ -165,27 +179,71 @@ def extract_features(
     # One writer per cache: a second extract (even with --overwrite) into a cache being filled would
     # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
     with folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext():
-        return _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype,
-                        strict, overwrite, threads, progress, precision, split_at)
+        return _extract(
+            dataset,
+            records,
+            out,
+            dist,
+            encoder,
+            split,
+            batch_size,
+            workers,
+            backend,
+            dtype,
+            strict,
+            overwrite,
+            threads,
+            progress,
+            precision,
+            split_at,
+        )
 
 
-def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, backend, dtype, strict,
-             overwrite, threads, progress, precision="fp32", split_at=None) -> ExtractResult:
+def _extract(
+    dataset,
+    records,
+    out,
+    dist,
+    encoder,
+    split,
+    batch_size,
+    workers,
+    backend,
+    dtype,
+    strict,
+    overwrite,
+    threads,
+    progress,
+    precision="fp32",
+    split_at=None,
+) -> ExtractResult:
     """extract_features' work, with rank 0 holding the cache's lock."""
     # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
     if dist.rank != 0:
         dist.barrier()
     enc = create_encoder(encoder, allow_import=True)  # `encoder` is the caller's (--encoder), not a file's
     if split_at:
-        enc = enc.split(split_at)[0]   # its "grid" is the activation entering the last split_at blocks
-    runner = make_runner(enc, backend=backend, threads=threads, precision=precision,
-                         calibration=_calibration(enc, dataset, precision, threads) if dist.rank == 0 else None)
+        enc = enc.split(split_at)[0]  # its "grid" is the activation entering the last split_at blocks
+    runner = make_runner(
+        enc,
+        backend=backend,
+        threads=threads,
+        precision=precision,
+        calibration=_calibration(enc, dataset, precision, threads) if dist.rank == 0 else None,
+    )
     if dist.rank == 0:
         dist.barrier()
 
-    job = {"capgen_features": FORMAT_VERSION, "kind": cache_kind(enc.spec()), "encoder": enc.spec(), "dtype": dtype,
-           "images_dir": dataset.manifest["images_dir"], "dataset": str(dataset.root.resolve()),
-           "split": split, "images": [r.image for r in records]}
+    job = {
+        "capgen_features": FORMAT_VERSION,
+        "kind": cache_kind(enc.spec()),
+        "encoder": enc.spec(),
+        "dtype": dtype,
+        "images_dir": dataset.manifest["images_dir"],
+        "dataset": str(dataset.root.resolve()),
+        "split": split,
+        "images": [r.image for r in records],
+    }
     # Recorded so reduced-precision features never pass for fp32 ones (a runner that does not say
     # its precision, e.g. a wrapper, is one from before precisions existed: fp32).
     ran = getattr(runner, "precision", "fp32")
@@ -194,7 +252,7 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
     state = _prepare_out(out, job, overwrite) if dist.rank == 0 else ""
     if dist.rank == 0 and state == "resume":
         for name in ("pooled.npy", "grid.npy"):  # a cache begun by an older capgen may still be sparse
-            load_array(out / name, "r", AGAIN)   # missing or damaged: say so before any work
+            load_array(out / name, "r", AGAIN)  # missing or damaged: say so before any work
             preallocate(out / name)
         _consolidate_progress(out, len(job["images"]))
     state = dist.broadcast(state)
@@ -214,8 +272,14 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
     grid_mm = load_array(out / "grid.npy", "r+", AGAIN)
 
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", desc=f"extract {enc.name}", disable=not progress or dist.rank != 0,
-               initial=0, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo),
+        unit="img",
+        desc=f"extract {enc.name}",
+        disable=not progress or dist.rank != 0,
+        initial=0,
+        dynamic_ncols=True,
+    )
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     pool = ThreadPoolExecutor(max_workers=max(workers, 1))
     # Decode the next batches while the encoder runs on this one.
@@ -242,9 +306,11 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
             if ok:
                 pooled, grid = runner(np.stack(arrays))  # (B, dim), (B, H*W, dim) float32
                 if not (np.isfinite(pooled).all() and np.isfinite(grid).all()):
-                    raise FeatureCacheError(f"encoder {enc.name} gave NaN or infinite features for "
-                                            f"{names[ok[0]]} ... (batch of {len(ok)}); the cache keeps the "
-                                            f"rows done so far")
+                    raise FeatureCacheError(
+                        f"encoder {enc.name} gave NaN or infinite features for "
+                        f"{names[ok[0]]} ... (batch of {len(ok)}); the cache keeps the "
+                        f"rows done so far"
+                    )
                 idx = np.asarray(ok)
                 pooled_mm[idx] = pooled.astype(dtype)
                 grid_mm[idx] = grid.astype(dtype)
@@ -268,15 +334,23 @@ def _extract(dataset, records, out, dist, encoder, split, batch_size, workers, b
     if dist.rank == 0:
         missing = [names[i] for i in range(len(names)) if i not in done and names[i] not in failed]
         if missing:
-            raise FeatureCacheError(f"{out}: {len(missing)} images were not extracted (e.g. {missing[0]}); "
-                                    f"run again to resume")
+            raise FeatureCacheError(
+                f"{out}: {len(missing)} images were not extracted (e.g. {missing[0]}); run again to resume"
+            )
         blank = unwritten_rows(load_array(out / "pooled.npy", "r", AGAIN), sorted(done))
         if blank:  # counted as done but never written: refuse to seal (check() would refuse it too)
-            raise FeatureCacheError(f"{out}: {len(blank)} rows counted as extracted were never written (e.g. "
-                                    f"{names[blank[0]]}); extract again with --overwrite")
-        meta = {**job, "images_sha256": images_hash(names), "failed": failed, "complete": True,
-                "backend": runner.backend,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            raise FeatureCacheError(
+                f"{out}: {len(blank)} rows counted as extracted were never written (e.g. "
+                f"{names[blank[0]]}); extract again with --overwrite"
+            )
+        meta = {
+            **job,
+            "images_sha256": images_hash(names),
+            "failed": failed,
+            "complete": True,
+            "backend": runner.backend,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         write_json(out / META, meta)  # the cache is valid from here on
         for p in out.glob("progress-*.json"):
             p.unlink()

@@ -30,12 +30,13 @@ class Features:
     """Pooled and grid features of a list of images, row i = images[i]."""
 
     images: list[str]
-    pooled: torch.Tensor   # (N, D) float16
-    grid: torch.Tensor     # (N, R, D) float16
+    pooled: torch.Tensor  # (N, D) float16
+    grid: torch.Tensor  # (N, R, D) float16
 
     @classmethod
-    def load(cls, cache: FeatureCache, records: list[ImageRecord],
-             memory_mb: int | None = None) -> "Features | StreamFeatures":
+    def load(
+        cls, cache: FeatureCache, records: list[ImageRecord], memory_mb: int | None = None
+    ) -> "Features | StreamFeatures":
         """In RAM when the split's float16 features fit in `memory_mb` (None = always), else streamed."""
         if memory_mb is not None and split_megabytes(cache, len(records)) > memory_mb:
             return StreamFeatures(cache, records)
@@ -47,11 +48,13 @@ class Features:
         grid = torch.empty((len(ids), *src_grid.shape[1:]), dtype=torch.float16)
         for start in range(0, len(ids), 512):  # chunks keep peak memory low
             sel = order[start : start + 512]
-            chunk = src_grid[rows[sel]].astype("float16")                  # (n, R, D)
+            chunk = src_grid[rows[sel]].astype("float16")  # (n, R, D)
             finite = np.isfinite(chunk).reshape(len(sel), -1).all(axis=1)  # pooled rows: checked at open
             if not finite.all():
-                raise FeatureCacheError(f"{cache.root}: grid features of {ids[sel[int(np.argmin(finite))]]} are "
-                                        f"NaN or infinite; the cache is damaged, extract again with --overwrite")
+                raise FeatureCacheError(
+                    f"{cache.root}: grid features of {ids[sel[int(np.argmin(finite))]]} are "
+                    f"NaN or infinite; the cache is damaged, extract again with --overwrite"
+                )
             pooled[torch.from_numpy(sel)] = torch.from_numpy(src_pooled[rows[sel]].astype("float16"))
             grid[torch.from_numpy(sel)] = torch.from_numpy(chunk)
         return cls(ids, pooled, grid)
@@ -108,7 +111,7 @@ class StreamFeatures:
 
     def __init__(self, cache: FeatureCache, records: list[ImageRecord]):
         self.images = [r.image for r in records]
-        self.cache_rows = cache.rows(self.images)   # split row -> cache row
+        self.cache_rows = cache.rows(self.images)  # split row -> cache row
         pooled, grid = cache.arrays
         self._pooled, self._grid = _RowFile(pooled), _RowFile(grid)
 
@@ -119,11 +122,11 @@ class StreamFeatures:
         """float32 (B, D), (B, R, D), as `Features.batch`."""
         want = self.cache_rows[np.asarray(rows, dtype=np.int64)]
         order = np.argsort(want, kind="stable")
-        uniq, inverse = np.unique(want[order], return_inverse=True)   # a row asked twice is read once
+        uniq, inverse = np.unique(want[order], return_inverse=True)  # a row asked twice is read once
         pooled, grid = self._pooled.read(uniq), self._grid.read(uniq)
         back = np.empty(len(want), dtype=np.int64)
         back[order] = inverse
-        if not np.array_equal(back, np.arange(len(back))):   # training asks for ascending rows: no copy
+        if not np.array_equal(back, np.arange(len(back))):  # training asks for ascending rows: no copy
             pooled, grid = pooled[back], grid[back]
         return _as_float32(pooled), _as_float32(grid)
 

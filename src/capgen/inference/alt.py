@@ -26,7 +26,9 @@ PAGE_SUFFIXES = (".html", ".htm", ".xhtml")
 # html.parser's (Python 3.11) tagfind_tolerant and attrfind_tolerant: the tag name, then each attribute
 # as the parser reads it, so the spans found here are the attributes it reported.
 _TAG_NAME = re.compile(r"([a-zA-Z][^\t\n\r\f />\x00]*)(?:\s|/(?!>))*")
-_ATTRIBUTE = re.compile(r"((?<=['\"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|\"[^\"]*\"|(?!['\"])[^>\s]*))?(?:\s|/(?!>))*")
+_ATTRIBUTE = re.compile(
+    r"((?<=['\"\s/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|\"[^\"]*\"|(?!['\"])[^>\s]*))?(?:\s|/(?!>))*"
+)
 
 
 class AltError(CapgenError):
@@ -39,10 +41,10 @@ class Img:
 
     page: Path
     line: int
-    start: int                          # offset of the tag's "<" in the page text
+    start: int  # offset of the tag's "<" in the page text
     src: str
     image: Path
-    replace: tuple[int, int]            # span in the page text: the alt attribute, or empty after "<img"
+    replace: tuple[int, int]  # span in the page text: the alt attribute, or empty after "<img"
 
 
 class _Tags(HTMLParser):
@@ -127,7 +129,7 @@ def find_images(page: Path, root: Path, keep_empty: bool = False) -> tuple[str, 
         if image is None:
             continue
         found = _attributes(raw)
-        if [n for n, _, _ in found] != [k for k, _ in attrs]:    # not what the parser read: leave it alone
+        if [n for n, _, _ in found] != [k for k, _ in attrs]:  # not what the parser read: leave it alone
             continue
         alt = next(((span, value) for name, span, value in found if name == "alt"), None)
         if alt is None:

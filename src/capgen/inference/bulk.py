@@ -37,10 +37,10 @@ from typing import Callable, Iterator
 
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import caption_paths, display_name, expand_paths
-from capgen.tags import GuideConfig
-from capgen.result import CaptionResult
 from capgen.io import _disk_full_error, is_disk_full, write_json
 from capgen.parallel import dist_info
+from capgen.result import CaptionResult
+from capgen.tags import GuideConfig
 
 FORMATS = ("jsonl", "csv")
 CSV_HEADER = ["image", "caption", "score", "alternatives"]
@@ -49,12 +49,12 @@ CSV_HEADER = ["image", "caption", "score", "alternatives"]
 @dataclass
 class BulkResult:
     out: Path
-    inputs: int                      # image files found
-    captioned: int                   # by this run (all ranks)
-    skipped: int                     # already in OUT from earlier runs
+    inputs: int  # image files found
+    captioned: int  # by this run (all ranks)
+    skipped: int  # already in OUT from earlier runs
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)   # what was repaired or changed since the last run
+    notes: list[str] = field(default_factory=list)  # what was repaired or changed since the last run
 
     @property
     def images_per_s(self) -> float:
@@ -96,8 +96,13 @@ def format_line(fmt: str, path: str, res: CaptionResult) -> str:
         return json_line({"image": path, **res.to_dict()})
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(
-        [path_key(fmt, path), csv_cell(res.caption), f"{res.score:.4f}",
-         csv_cell(" | ".join(c for c, _ in res.alternatives))])
+        [
+            path_key(fmt, path),
+            csv_cell(res.caption),
+            f"{res.score:.4f}",
+            csv_cell(" | ".join(c for c, _ in res.alternatives)),
+        ]
+    )
     return buf.getvalue()
 
 
@@ -155,11 +160,15 @@ def _records(path: Path, fmt: str) -> Iterator[tuple[str, str | None]]:
                 line = raw.decode("utf-8")
                 key = _line_path(fmt, line)
             except UnicodeDecodeError:
-                raise CapgenError(f"{path}: line {n} is not UTF-8 text, so not a capgen {fmt} caption line; is "
-                                  f"this file another program's output? choose another --out") from None
+                raise CapgenError(
+                    f"{path}: line {n} is not UTF-8 text, so not a capgen {fmt} caption line; is "
+                    f"this file another program's output? choose another --out"
+                ) from None
             except (ValueError, StopIteration, RecursionError) as e:  # JSONDecodeError is a ValueError
-                raise CapgenError(f"{path}: line {n} is not a capgen {fmt} caption line ({str(e)[:100]}); is "
-                                  f"this file another program's output? choose another --out") from None
+                raise CapgenError(
+                    f"{path}: line {n} is not a capgen {fmt} caption line ({str(e)[:100]}); is "
+                    f"this file another program's output? choose another --out"
+                ) from None
             yield line, key
 
 
@@ -180,7 +189,7 @@ def _merge_parts(out: Path, fmt: str, done: set[str], wanted: set[str] | None = 
     key is not in `wanted` (not among this run's inputs) are dropped. (merged, dropped) line counts;
     a damaged part is a CapgenError, and nothing of it is merged."""
     merged = dropped = 0
-    parts = sorted(p for p in out.parent.glob(f"{out.name}.part*") if p.name[len(out.name) + 5:].isdigit())
+    parts = sorted(p for p in out.parent.glob(f"{out.name}.part*") if p.name[len(out.name) + 5 :].isdigit())
     if not parts:
         return 0, 0
     for part in parts:  # every part checked whole before any line of it goes into OUT
@@ -214,14 +223,18 @@ def _check_job(out: Path, job: dict, old: dict | None, done: set[str], inputs: s
     old = {**old, "decode": _with_new_defaults(old.get("decode"), job["decode"])}
     for key in ("model", "decode", "format", "cwd"):
         if old.get(key) != job.get(key):
-            raise CapgenError(f"{out}: was written with another {key} ({old.get(key)!r}, now {job.get(key)!r}); "
-                              f"rerun with the same settings or choose another --out")
+            raise CapgenError(
+                f"{out}: was written with another {key} ({old.get(key)!r}, now {job.get(key)!r}); "
+                f"rerun with the same settings or choose another --out"
+            )
     if old.get("fingerprint") == job["fingerprint"]:
         return []
     gone = sum(1 for p in done if p not in inputs)
-    return [f"the inputs changed since this job started ({old.get('count')} files then, {job['count']} now): "
-            f"{gone} captioned files are no longer among the inputs (their lines stay in {out.name}); "
-            f"new files are captioned"]
+    return [
+        f"the inputs changed since this job started ({old.get('count')} files then, {job['count']} now): "
+        f"{gone} captioned files are no longer among the inputs (their lines stay in {out.name}); "
+        f"new files are captioned"
+    ]
 
 
 class _JobLock:
@@ -232,24 +245,34 @@ class _JobLock:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise CapgenError(f"{path}: cannot open it as this job's lock file ({e.strerror}); expected a plain "
-                              f"file (or none); remove it or choose another --out") from None
+            raise CapgenError(
+                f"{path}: cannot open it as this job's lock file ({e.strerror}); expected a plain "
+                f"file (or none); remove it or choose another --out"
+            ) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise CapgenError(f"{out}: another capgen caption job is writing it; wait for it or choose "
-                              f"another --out") from None
+            raise CapgenError(
+                f"{out}: another capgen caption job is writing it; wait for it or choose another --out"
+            ) from None
 
     def release(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 
 
-def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config=None, fmt: str | None = None,
-                    batch_size: int = 16, progress: bool = True,
-                    log: Callable[[str], None] | None = None,
-                    guide: GuideConfig | float | None = GuideConfig()) -> BulkResult:
+def caption_to_file(
+    captioner,
+    inputs: list[str],
+    out: str | os.PathLike,
+    config=None,
+    fmt: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    guide: GuideConfig | float | None = GuideConfig(),
+) -> BulkResult:
     """Caption every image under `inputs` (files, folders, globs) into OUT; see the module docstring.
     `guide`: when tags guide the captions, or None (see Captioner.caption).
 
@@ -263,8 +286,9 @@ def caption_to_file(captioner, inputs: list[str], out: str | os.PathLike, config
         where = Path(e.filename) if e.filename else Path(out)
         if is_disk_full(e):
             raise _disk_full_error(where) from None
-        raise CapgenError(f"{display_name(where)}: cannot be used for this job's output ({e.strerror or e}); "
-                          f"choose another --out") from None
+        raise CapgenError(
+            f"{display_name(where)}: cannot be used for this job's output ({e.strerror or e}); choose another --out"
+        ) from None
 
 
 def _read_job(job_path: Path) -> dict | None:
@@ -279,8 +303,10 @@ def _read_job(job_path: Path) -> dict | None:
     except IsADirectoryError:
         reason = "a folder"
     if reason:
-        raise CapgenError(f"{job_path}: damaged ({reason}); expected the JSON job file capgen caption --out "
-                          f"writes; remove it and its output to start over, or choose another --out")
+        raise CapgenError(
+            f"{job_path}: damaged ({reason}); expected the JSON job file capgen caption --out "
+            f"writes; remove it and its output to start over, or choose another --out"
+        )
     return old
 
 
@@ -296,9 +322,16 @@ def _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, 
     paths = [os.fspath(p) for p in expanded if not isinstance(p, ImageLoadError)]
     missing = {e.path: e.reason for e in expanded if isinstance(e, ImageLoadError)}
     del expanded
-    job = {"capgen_bulk": 1, "model": captioner.name, "decode": _decode_dict(config), "format": fmt,
-           "cwd": os.getcwd(), "inputs": list(map(str, inputs)), "count": len(paths),
-           "fingerprint": _fingerprint(paths)}
+    job = {
+        "capgen_bulk": 1,
+        "model": captioner.name,
+        "decode": _decode_dict(config),
+        "format": fmt,
+        "cwd": os.getcwd(),
+        "inputs": list(map(str, inputs)),
+        "count": len(paths),
+        "fingerprint": _fingerprint(paths),
+    }
     job_path = out.with_name(out.name + ".job.json")
 
     lock, notes, done = None, [], set()
@@ -324,15 +357,22 @@ def _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, 
         for note in notes if dist.rank == 0 else []:
             log(note)
         failed: dict[str, str] = dict(missing) if dist.rank == 0 else {}
-        bar = tqdm(total=len(todo), unit="img", desc="caption", file=sys.stderr, dynamic_ncols=True,
-                   disable=not progress or dist.rank != 0, smoothing=0.05)
+        bar = tqdm(
+            total=len(todo),
+            unit="img",
+            desc="caption",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=not progress or dist.rank != 0,
+            smoothing=0.05,
+        )
         start, mine_done = time.perf_counter(), 0
-        with open(target, "a", encoding="utf-8", newline="") as f, \
-                open(err_target, "a", encoding="utf-8") as ferr:
+        with open(target, "a", encoding="utf-8", newline="") as f, open(err_target, "a", encoding="utf-8") as ferr:
             if fmt == "csv" and target == out and f.tell() == 0:
                 f.write(",".join(CSV_HEADER) + "\n")
-            for n, (path, res) in enumerate(caption_paths(captioner, mine, config, batch_size=batch_size,
-                                                                guide=guide), 1):
+            for n, (path, res) in enumerate(
+                caption_paths(captioner, mine, config, batch_size=batch_size, guide=guide), 1
+            ):
                 if isinstance(res, ImageLoadError):
                     failed[path] = res.reason
                     ferr.write(json_line({"image": path, "error": res.reason}))
@@ -364,8 +404,9 @@ def _open_job(out: Path, fmt: str, job: dict, job_path: Path, paths: list[str]) 
     the job file. (notes, path keys already done)."""
     notes: list[str] = []
     if out.exists() and not job_path.exists():
-        raise CapgenError(f"{out}: exists and was not written by capgen caption --out (no {job_path.name}); "
-                          f"choose another --out")
+        raise CapgenError(
+            f"{out}: exists and was not written by capgen caption --out (no {job_path.name}); choose another --out"
+        )
     old = _read_job(job_path)
     if repair_tail(out):
         notes.append(f"{out.name}: cut its last line, left incomplete by an interrupted run")
@@ -423,5 +464,8 @@ def _with_new_defaults(old, new: dict):
 def _decode_dict(config) -> dict:
     from dataclasses import asdict, is_dataclass
 
-    return {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool, type(None)))} \
-        if is_dataclass(config) else {"repr": repr(config)}
+    return (
+        {k: v for k, v in asdict(config).items() if isinstance(v, (int, float, str, bool, type(None)))}
+        if is_dataclass(config)
+        else {"repr": repr(config)}
+    )

@@ -7,9 +7,9 @@ extraction, so captions are computed on exactly the features the model was train
 
 from __future__ import annotations
 
+import warnings
 from importlib import resources
 from pathlib import Path
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -58,8 +58,19 @@ class Captioner:
     in a single worker thread.
     """
 
-    def __init__(self, model, vocab, encoder, runner, name: str = "", max_pixels: int = MAX_PIXELS,
-                 tagger=None, tags_error: str | None = None, precision: str = "fp32", fast_decoder=None):
+    def __init__(
+        self,
+        model,
+        vocab,
+        encoder,
+        runner,
+        name: str = "",
+        max_pixels: int = MAX_PIXELS,
+        tagger=None,
+        tags_error: str | None = None,
+        precision: str = "fp32",
+        fast_decoder=None,
+    ):
         """tagger: a capgen.tags.Tagger, or None with `tags_error` saying why there are no tags.
         precision: the decoder's, "fp32" or "bf16" (autocast; fp32 with a warning on a CPU without
         native bf16); the encoder's is the runner's own (`runner.precision`).
@@ -80,15 +91,22 @@ class Captioner:
         self.max_pixels = max_pixels
         self.tagger = tagger
         self.tags_error = None if tagger is not None else (tags_error or "tags unavailable: no tagger given")
-        self._guide = None   # built on first use: it reads GloVe vectors for the words the model lacks
+        self._guide = None  # built on first use: it reads GloVe vectors for the words the model lacks
         self.corpus = CorpusCaptions(tagger)
-        self.fast_decoder = fast_decoder if self.precision == "fp32" else None   # bf16 is a torch autocast
+        self.fast_decoder = fast_decoder if self.precision == "fp32" else None  # bf16 is a torch autocast
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | Sequence[str | Path] | None = None, encoder: str | None = None,
-                        backend: str = "auto", max_pixels: int = MAX_PIXELS,
-                        tag_words: str | Path | None = None, precision: str = "fp32",
-                        calibration: Sequence[ImageSource] | None = None, threads: int | None = None) -> "Captioner":
+    def from_pretrained(
+        cls,
+        path: str | Path | Sequence[str | Path] | None = None,
+        encoder: str | None = None,
+        backend: str = "auto",
+        max_pixels: int = MAX_PIXELS,
+        tag_words: str | Path | None = None,
+        precision: str = "fp32",
+        calibration: Sequence[ImageSource] | None = None,
+        threads: int | None = None,
+    ) -> "Captioner":
         """Load a checkpoint (None = the bundled model; several paths = an ensemble) and rebuild its encoder.
 
         encoder: build the encoder with this name or 'package.module:factory' instead of the name
@@ -111,12 +129,19 @@ class Captioner:
         from capgen.extras import available
         from capgen.inference.exported import ExportedCaptioner, is_export, needs_checkpoint
 
-        if path is None and not available("torch"):   # `pip install capgen`: the bundled model as exported
+        if path is None and not available("torch"):  # `pip install capgen`: the bundled model as exported
             path = bundled_export_path()
         if is_export(path):
-            return ExportedCaptioner.from_folder(path if isinstance(path, (str, Path)) else path[0], encoder=encoder,
-                                                 backend=backend, max_pixels=max_pixels, tag_words=tag_words,
-                                                 precision=precision, calibration=calibration, threads=threads)
+            return ExportedCaptioner.from_folder(
+                path if isinstance(path, (str, Path)) else path[0],
+                encoder=encoder,
+                backend=backend,
+                max_pixels=max_pixels,
+                tag_words=tag_words,
+                precision=precision,
+                calibration=calibration,
+                threads=threads,
+            )
         if not available("torch"):
             first = Path(path if isinstance(path, (str, Path)) else path[0])
             raise needs_checkpoint(f"{first.name}: a checkpoint", first)
@@ -125,14 +150,19 @@ class Captioner:
         from capgen.errors import TagsError
         from capgen.tags import make_tagger
 
-        paths = [bundled_model_path()] if path is None else \
-            [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
+        paths = (
+            [bundled_model_path()]
+            if path is None
+            else [Path(path)]
+            if isinstance(path, (str, Path))
+            else [Path(p) for p in path]
+        )
         ck = load_checkpoints(paths)
         if encoder is not None:
-            enc = create_encoder(encoder, allow_import=True)   # the caller's own choice
+            enc = create_encoder(encoder, allow_import=True)  # the caller's own choice
         else:
             try:
-                enc = create_encoder(ck.encoder.get("name"))    # from the file: registered names only
+                enc = create_encoder(ck.encoder.get("name"))  # from the file: registered names only
             except CapgenError as e:
                 raise CapgenError(f"{paths[0]}: {e}") from None
         model = with_checkpoint_encoder(enc, ck, paths[0])
@@ -145,11 +175,23 @@ class Captioner:
         if calibration is not None:
             calib = np.stack([enc.preprocess.array(load_image(i, max_pixels=max_pixels)) for i in calibration])
         runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
-        fast = _fast_decoder(model, backend, threads, precision) if runner.backend == "onnx" and precision != "bf16" \
+        fast = (
+            _fast_decoder(model, backend, threads, precision)
+            if runner.backend == "onnx" and precision != "bf16"
             else None
-        return cls(model, ck.vocab, enc, runner, name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
-                   max_pixels=max_pixels, tagger=tagger, tags_error=tags_error, precision=precision,
-                   fast_decoder=fast)
+        )
+        return cls(
+            model,
+            ck.vocab,
+            enc,
+            runner,
+            name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
+            max_pixels=max_pixels,
+            tagger=tagger,
+            tags_error=tags_error,
+            precision=precision,
+            fast_decoder=fast,
+        )
 
     # ---- properties the CLI and the server ask about ------------------------------------------------
     @property
@@ -162,13 +204,21 @@ class Captioner:
 
     def info(self) -> dict:
         """What /health reports."""
-        return {"model": self.name, "architecture": self.model.name, "encoder": self.encoder.name,
-                "vocab_size": len(self.vocab), "supports_attention": self.supports_attention,
-                "grid": list(self.grid_hw), "tags": self.tagger is not None,
-                "precision": {"encoder": getattr(self.runner, "precision", "fp32"),
-                              "decoder": getattr(self.fast_decoder, "precision", self.precision)},
-                "decoder": "onnx" if self.fast_decoder is not None else "torch",
-                **({"tags_error": self.tags_error} if self.tags_error else {})}
+        return {
+            "model": self.name,
+            "architecture": self.model.name,
+            "encoder": self.encoder.name,
+            "vocab_size": len(self.vocab),
+            "supports_attention": self.supports_attention,
+            "grid": list(self.grid_hw),
+            "tags": self.tagger is not None,
+            "precision": {
+                "encoder": getattr(self.runner, "precision", "fp32"),
+                "decoder": getattr(self.fast_decoder, "precision", self.precision),
+            },
+            "decoder": "onnx" if self.fast_decoder is not None else "torch",
+            **({"tags_error": self.tags_error} if self.tags_error else {}),
+        }
 
     def warm_up(self) -> None:
         """Load now what the first guided caption would load (the tag guide reads GloVe), so that a
@@ -209,8 +259,9 @@ class Captioner:
         with autocast(self.precision):
             return decode(model, pooled, grid, self.ids, config, include=include)
 
-    def guidance(self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
-                 ) -> list[Guidance | None]:
+    def guidance(
+        self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
+    ) -> list[Guidance | None]:
         """Per image, the confident tag its caption must contain, or None (no tagger, guide None,
         sampling, or no tag confident enough)."""
         guide = GuideConfig.of(guide)
@@ -224,9 +275,15 @@ class Captioner:
         caption's stand-in word is written as its tag word."""
         return from_hypotheses(hyps, self.vocab.decode, guided, image.size, self.grid_hw)
 
-    def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16, tags: int = 0,
-                tag_threshold: float = DEFAULT_THRESHOLD, guide: GuideConfig | float | None = GuideConfig(),
-                **options) -> CaptionResult | list[CaptionResult]:
+    def caption(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        batch_size: int = 16,
+        tags: int = 0,
+        tag_threshold: float = DEFAULT_THRESHOLD,
+        guide: GuideConfig | float | None = GuideConfig(),
+        **options,
+    ) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list of them.
 
         options: DecodeConfig fields (beam_size, method, n_best, max_len, no_repeat_ngram,
@@ -245,8 +302,7 @@ class Captioner:
         tag_config = self.tag_config(tags, tag_threshold)
         if tag_config and self.tags_error:
             warnings.warn(self.tags_error, RuntimeWarning, stacklevel=2)
-        results = self.caption_loaded([self.load(i) for i in items], config, batch_size, tags=tag_config,
-                                      guide=guide)
+        results = self.caption_loaded([self.load(i) for i in items], config, batch_size, tags=tag_config, guide=guide)
         return results[0] if single else results
 
     def tag_config(self, tags: int = 0, tag_threshold: float = DEFAULT_THRESHOLD) -> TagConfig | None:
@@ -271,8 +327,9 @@ class Captioner:
 
         tags = self.tag_config(options.pop("tags", 0), options.pop("tag_threshold", DEFAULT_THRESHOLD))
         guide = options.pop("guide", GuideConfig())
-        return caption_paths(self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size,
-                             tags=tags, guide=guide)
+        return caption_paths(
+            self, expand_paths(paths), self.decode_config(**options), batch_size=batch_size, tags=tags, guide=guide
+        )
 
     def decode_config(self, **options):
         """`DecodeConfig(**options)`, the one builder every caller shares; attention on a model without
@@ -280,13 +337,20 @@ class Captioner:
         from capgen.decoding import DecodeConfig
 
         if options.get("return_attention") and not self.supports_attention:
-            raise CapgenError(f"model {self.model.name} has no attention; attention maps need an attention "
-                              "model (show_attend_tell or transformer)")
+            raise CapgenError(
+                f"model {self.model.name} has no attention; attention maps need an attention "
+                "model (show_attend_tell or transformer)"
+            )
         return DecodeConfig(**options)
 
-    def caption_loaded(self, images: Sequence[Image.Image], config, batch_size: int = 16,
-                       tags: TagConfig | None = None, guide: GuideConfig | float | None = GuideConfig()
-                       ) -> list[CaptionResult]:
+    def caption_loaded(
+        self,
+        images: Sequence[Image.Image],
+        config,
+        batch_size: int = 16,
+        tags: TagConfig | None = None,
+        guide: GuideConfig | float | None = GuideConfig(),
+    ) -> list[CaptionResult]:
         """Already loaded RGB images -> results, encoded and decoded `batch_size` images at a time.
         With `tags` and a tagger, each result also carries its tags (from the same pooled features);
         `guide`: when tags guide the caption (see `caption`)."""
@@ -294,7 +358,7 @@ class Captioner:
             raise CapgenError(f"batch_size must be >= 1, got {batch_size}")
         results: list[CaptionResult] = []
         for i in range(0, len(images), batch_size):
-            chunk = images[i:i + batch_size]
+            chunk = images[i : i + batch_size]
             results.extend(self.caption_encoded(chunk, *self.encode_loaded(chunk), config, tags=tags, guide=guide))
         return results
 
@@ -304,9 +368,15 @@ class Captioner:
         """Loaded RGB images -> pooled (B, dim), grid (B, H*W, dim)."""
         return self.runner(self.preprocess(images))
 
-    def caption_encoded(self, images: Sequence[Image.Image], pooled: np.ndarray, grid: np.ndarray, config,
-                        tags: TagConfig | None = None, guide: GuideConfig | float | None = GuideConfig()
-                        ) -> list[CaptionResult]:
+    def caption_encoded(
+        self,
+        images: Sequence[Image.Image],
+        pooled: np.ndarray,
+        grid: np.ndarray,
+        config,
+        tags: TagConfig | None = None,
+        guide: GuideConfig | float | None = GuideConfig(),
+    ) -> list[CaptionResult]:
         """Images with their features -> results (guidance, one batched decode, tags)."""
         guidance = self.guidance(pooled, config, guide)
         hyps = self.forward(pooled, grid, config, guidance)
@@ -331,8 +401,9 @@ def _fast_decoder(model, backend: str, threads: int | None, precision: str):
     except (ExportError, OSError) as e:  # OSError: the cache folder cannot be written
         if backend == "onnx":
             raise ExportError(f"decoder of {model.name} in ONNX Runtime: {e}") from None
-        warnings.warn(f"decoder of {model.name} in ONNX Runtime: {e}; decoding with torch", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"decoder of {model.name} in ONNX Runtime: {e}; decoding with torch", RuntimeWarning, stacklevel=3
+        )
         return None
 
 
@@ -346,15 +417,17 @@ def with_checkpoint_encoder(enc, ck, path: Path):
 
     model = ck.model
     if isinstance(model, EnsembleModel) and any(isinstance(m, FinetunedModel) for m in model.members):
-        raise CapgenError(f"{path}: an ensemble with fine-tuned encoder blocks decodes from a feature cache only "
-                          f"(capgen evaluate); caption photos with one fine-tuned checkpoint at a time")
+        raise CapgenError(
+            f"{path}: an ensemble with fine-tuned encoder blocks decodes from a feature cache only "
+            f"(capgen evaluate); caption photos with one fine-tuned checkpoint at a time"
+        )
     if not isinstance(model, FinetunedModel):
         check_encoder_spec(enc.spec(), ck.encoder, path)
         check_tagger(model, enc, path)
         return model
     stem, top = enc.split(model.split_at)
     check_encoder_spec(stem.spec(), ck.encoder, path)
-    top.load_state_dict(model.top.state_dict())   # into enc's own modules (shared with `top`)
+    top.load_state_dict(model.top.state_dict())  # into enc's own modules (shared with `top`)
     enc.eval()
     return model.decoder
 
@@ -370,11 +443,16 @@ def check_tagger(model, enc, path: Path) -> None:
         if not getattr(m, "reads_tags", False):
             continue
         head = enc.classifier()
-        built = tagger_id(enc.name, head.weight, head.bias, WordMap.load(None).class_words) if head is not None \
+        built = (
+            tagger_id(enc.name, head.weight, head.bias, WordMap.load(None).class_words)
+            if head is not None
             else f"{enc.name} (no classifier head)"
+        )
         if built != m.config.tagger:
-            raise CapgenError(f"{path}: trained with tagger {m.config.tagger}, but this encoder's is {built}; "
-                              "caption with the encoder the model was trained with")
+            raise CapgenError(
+                f"{path}: trained with tagger {m.config.tagger}, but this encoder's is {built}; "
+                "caption with the encoder the model was trained with"
+            )
 
 
 def check_encoder_spec(built: dict, stored: dict, path: Path) -> None:

@@ -32,8 +32,10 @@ def needs_checkpoint(what: str, folder) -> CapgenError:
     """The one-line error for something only the torch Captioner does."""
     if not available("torch"):
         return MissingExtra(f"{what} needs torch, which is not installed: {install_hint('train')}")
-    return CapgenError(f"{what} needs a .pt checkpoint (--model runs/NAME/best.pt); {Path(folder).name} is an "
-                       "exported folder, run by ONNX Runtime alone")
+    return CapgenError(
+        f"{what} needs a .pt checkpoint (--model runs/NAME/best.pt); {Path(folder).name} is an "
+        "exported folder, run by ONNX Runtime alone"
+    )
 
 
 class ExportedCaptioner(Captioner):
@@ -50,25 +52,39 @@ class ExportedCaptioner(Captioner):
         self.name = runtime.source
         self.max_pixels = max_pixels
         self.tagger = runtime.tagger
-        self.tags_error = None if runtime.tagger is not None else \
-            f"tags unavailable: {Path(runtime.folder).name} was exported without a tagger"
-        self._guide = runtime.guide          # the guidance plans the export carries (no GloVe needed)
+        self.tags_error = (
+            None
+            if runtime.tagger is not None
+            else f"tags unavailable: {Path(runtime.folder).name} was exported without a tagger"
+        )
+        self._guide = runtime.guide  # the guidance plans the export carries (no GloVe needed)
         self.corpus = runtime.corpus
         self.precision = "fp32"
         self.model = self.encoder = self.runner = self.fast_decoder = None
 
     @classmethod
-    def from_folder(cls, folder: str | Path, encoder: str | None = None, backend: str = "auto",
-                    max_pixels: int = MAX_PIXELS, tag_words: str | Path | None = None, precision: str = "fp32",
-                    calibration: Sequence[ImageSource] | None = None, threads: int | None = None
-                    ) -> "ExportedCaptioner":
+    def from_folder(
+        cls,
+        folder: str | Path,
+        encoder: str | None = None,
+        backend: str = "auto",
+        max_pixels: int = MAX_PIXELS,
+        tag_words: str | Path | None = None,
+        precision: str = "fp32",
+        calibration: Sequence[ImageSource] | None = None,
+        threads: int | None = None,
+    ) -> "ExportedCaptioner":
         """Load an exported folder; the arguments are Captioner.from_pretrained's, and those only a
         checkpoint can honour are refused by name."""
         from capgen.runtime import Runtime
 
-        for what, asked in ((f"--encoder {encoder}", encoder is not None), ("--backend torch", backend == "torch"),
-                            (f"--precision {precision}", precision != "fp32"), ("--calibration", calibration),
-                            ("--tag-words", tag_words is not None)):
+        for what, asked in (
+            (f"--encoder {encoder}", encoder is not None),
+            ("--backend torch", backend == "torch"),
+            (f"--precision {precision}", precision != "fp32"),
+            ("--calibration", calibration),
+            ("--tag-words", tag_words is not None),
+        ):
             if asked:
                 raise needs_checkpoint(what, folder)
         if backend not in ("auto", "onnx"):
@@ -87,12 +103,19 @@ class ExportedCaptioner(Captioner):
 
     def info(self) -> dict:
         """What /health reports: the Captioner's fields, and the weights the export was made from."""
-        return {"model": self.name, "architecture": self.runtime.architecture,
-                "encoder": self.runtime.encoder_spec["name"], "vocab_size": len(self.vocab),
-                "supports_attention": False, "grid": list(self.grid_hw), "tags": self.tagger is not None,
-                "precision": {"encoder": "fp32", "decoder": "fp32"}, "decoder": "onnx",
-                "weights_sha256": list(self.runtime.weights_sha256),
-                **({"tags_error": self.tags_error} if self.tags_error else {})}
+        return {
+            "model": self.name,
+            "architecture": self.runtime.architecture,
+            "encoder": self.runtime.encoder_spec["name"],
+            "vocab_size": len(self.vocab),
+            "supports_attention": False,
+            "grid": list(self.grid_hw),
+            "tags": self.tagger is not None,
+            "precision": {"encoder": "fp32", "decoder": "fp32"},
+            "decoder": "onnx",
+            "weights_sha256": list(self.runtime.weights_sha256),
+            **({"tags_error": self.tags_error} if self.tags_error else {}),
+        }
 
     # ---- the engine -------------------------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -111,6 +134,6 @@ class ExportedCaptioner(Captioner):
         try:
             return self.runtime.decode_config(**options)
         except ExportError:
-            if options.get("method") == "sample":   # what the runtime does not decode
+            if options.get("method") == "sample":  # what the runtime does not decode
                 raise needs_checkpoint("sampling", self.runtime.folder) from None
             raise

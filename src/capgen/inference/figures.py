@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from capgen.errors import CapgenError
-from capgen.result import CaptionResult
 from capgen.io import atomic_path
+from capgen.result import CaptionResult
 
 # Figures show the photo at most this many pixels on its long side: enough to read, small to write.
 _PANEL_PX = 320

@@ -31,7 +31,7 @@ def _escape(c: str) -> str:
     if c == "\\":
         return "\\\\"
     if "\udc80" <= c <= "\udcff":  # os.fsdecode's stand-in for an undecodable byte
-        return f"\\x{ord(c) - 0xdc00:02x}"
+        return f"\\x{ord(c) - 0xDC00:02x}"
     if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp"):
         return c
     code = ord(c)
@@ -71,17 +71,22 @@ def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadEr
         elif path.exists():
             out.append(path)
         elif _GLOB_CHARS & set(text):
-            found = sorted((Path(p) for p in glob.glob(text, recursive=True)
-                            if os.path.isfile(p) and is_image_file(p)))
+            found = sorted((Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p) and is_image_file(p)))
             out.extend(found or [ImageLoadError(text, "no image files match this pattern")])
         else:
             out.append(ImageLoadError(text, "no such file or directory"))
     return _unique(out)
 
 
-def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoadError], config=None,
-                  batch_size: int = 16, workers: int = 2, tags=None, guide=GuideConfig()
-                  ) -> Iterator[tuple[str, CaptionResult | ImageLoadError]]:
+def caption_paths(
+    captioner,
+    paths: Sequence[str | os.PathLike | Path | ImageLoadError],
+    config=None,
+    batch_size: int = 16,
+    workers: int = 2,
+    tags=None,
+    guide=GuideConfig(),
+) -> Iterator[tuple[str, CaptionResult | ImageLoadError]]:
     """Yield (path, CaptionResult or ImageLoadError) for each path, in input order.
 
     Bad files (missing, empty, corrupt, not an image) are yielded as their error and skipped; the
@@ -91,7 +96,7 @@ def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoa
     also tag each image; `guide`: when tags guide the captions, or None (see Captioner.caption).
     """
     config = config if config is not None else captioner.decode_config()
-    batches = [list(paths[i:i + batch_size]) for i in range(0, len(paths), batch_size)]
+    batches = [list(paths[i : i + batch_size]) for i in range(0, len(paths), batch_size)]
 
     def load(item):
         if isinstance(item, ImageLoadError):
@@ -107,9 +112,11 @@ def caption_paths(captioner, paths: Sequence[str | os.PathLike | Path | ImageLoa
         for n, batch in enumerate(batches):
             loaded = list(pending)
             if n + 1 < len(batches):
-                pending = pool.map(load, batches[n + 1])   # decode ahead while this batch runs
+                pending = pool.map(load, batches[n + 1])  # decode ahead while this batch runs
             good = [img for img in loaded if not isinstance(img, ImageLoadError)]
-            results = iter(captioner.caption_loaded(good, config, batch_size, tags=tags, guide=guide)) if good else iter(())
+            results = (
+                iter(captioner.caption_loaded(good, config, batch_size, tags=tags, guide=guide)) if good else iter(())
+            )
             for item, img in zip(batch, loaded):
                 name = item.path if isinstance(item, ImageLoadError) else os.fspath(item)
                 yield name, img if isinstance(img, ImageLoadError) else next(results)

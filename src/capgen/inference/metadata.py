@@ -44,12 +44,18 @@ _WRITE_NAMES = {XMP: "XMP-dc:Description", IPTC: "IPTC:Caption-Abstract", EXIF: 
 # Tags that legitimately change when a description is added: the file itself, ExifTool's own
 # marks, IPTC's character set, and positions of blocks inside the file.
 _VOLATILE_GROUPS = {"ExifTool", "System", "File", "Composite"}
-_VOLATILE_TAGS = {"IPTC:CodedCharacterSet", "IPTC:EnvelopeRecordVersion", "IPTC:ApplicationRecordVersion",
-                  "XMP-x:XMPToolkit", "Photoshop:CurrentIPTCDigest", "Photoshop:IPTCDigest",
-                  "RIFF:WebP_Flags"}   # WebP: which chunks the file holds
+_VOLATILE_TAGS = {
+    "IPTC:CodedCharacterSet",
+    "IPTC:EnvelopeRecordVersion",
+    "IPTC:ApplicationRecordVersion",
+    "XMP-x:XMPToolkit",
+    "Photoshop:CurrentIPTCDigest",
+    "Photoshop:IPTCDigest",
+    "RIFF:WebP_Flags",
+}  # WebP: which chunks the file holds
 _VOLATILE_NAME = re.compile(r"Offset|MPImageStart|DataOffset")
 _TEMPORARY = re.compile(r"^\..+\.capgen-[a-z0-9_]{8}\.tmp(_exiftool_tmp)?$")
-_CHUNK = 200   # files per ExifTool read call (argument lists stay far below the OS limit)
+_CHUNK = 200  # files per ExifTool read call (argument lists stay far below the OS limit)
 
 
 class MetadataError(CapgenError):
@@ -59,14 +65,23 @@ class MetadataError(CapgenError):
 def find_exiftool() -> str:
     path = shutil.which(EXIFTOOL)
     if path is None:
-        raise MetadataError("--write-metadata needs ExifTool, which is not installed (Debian/Ubuntu: "
-                            "apt-get install libimage-exiftool-perl; macOS: brew install exiftool)")
+        raise MetadataError(
+            "--write-metadata needs ExifTool, which is not installed (Debian/Ubuntu: "
+            "apt-get install libimage-exiftool-perl; macOS: brew install exiftool)"
+        )
     return path
 
 
 def _run(exiftool: str, args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([exiftool, *args], capture_output=True, text=True, encoding="utf-8", errors="replace",
-                          stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run(
+        [exiftool, *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def read_tags(exiftool: str, paths: list[Path], tags: Iterable[str] | None = None) -> list[dict]:
@@ -74,15 +89,16 @@ def read_tags(exiftool: str, paths: list[Path], tags: Iterable[str] | None = Non
     Paths are absolute, so a file named like an option ("-x.jpg") is never read as one."""
     out = []
     for i in range(0, len(paths), _CHUNK):
-        chunk = [str(Path(p).absolute()) for p in paths[i:i + _CHUNK]]
+        chunk = [str(Path(p).absolute()) for p in paths[i : i + _CHUNK]]
         wanted = [f"-{t}" for t in tags] + ["-File:FileType"] if tags is not None else []
         res = _run(exiftool, ["-json", "-G1", "-charset", "iptc=UTF8", *wanted, *chunk])
         try:
             found = {d.get("SourceFile"): d for d in json.loads(res.stdout or "[]")}
         except json.JSONDecodeError:
             found = {}
-        out.extend(found.get(p, {"ExifTool:Error": (res.stderr.strip().splitlines() or ["cannot read"])[0]})
-                   for p in chunk)
+        out.extend(
+            found.get(p, {"ExifTool:Error": (res.stderr.strip().splitlines() or ["cannot read"])[0]}) for p in chunk
+        )
     return out
 
 
@@ -100,9 +116,9 @@ def descriptions(tags: dict) -> dict[str, str]:
 
 @dataclass
 class Planned:
-    todo: list[Path]               # photos to caption
-    kept: int                      # photos that already have a description (overwrite=False)
-    failed: dict[str, str]         # input or photo -> reason
+    todo: list[Path]  # photos to caption
+    kept: int  # photos that already have a description (overwrite=False)
+    failed: dict[str, str]  # input or photo -> reason
 
 
 def _read_only(path: Path) -> bool:
@@ -164,7 +180,7 @@ def write_description(photo: Path, caption: str, exiftool: str | None = None) ->
     os.close(fd)
     tmp = Path(name)
     try:
-        shutil.copy2(photo, tmp)          # mode and times as the photo's
+        shutil.copy2(photo, tmp)  # mode and times as the photo's
         kind = _pillow_format(tmp)
         if kind not in TAGS:
             raise MetadataError(f"{photo}: metadata not written: {kind or 'unknown'} files are not supported")

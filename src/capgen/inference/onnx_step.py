@@ -22,7 +22,7 @@ class OnnxStepModel(nn.Module):
     thread-safe (one ONNX Runtime session per graph, and the initial state is kept between
     `init_memory` and `init_state`), like the Captioner that owns it."""
 
-    supports_attention = False   # the step graph returns log-probs and state only
+    supports_attention = False  # the step graph returns log-probs and state only
 
     def __init__(self, model: CaptionModel, threads: int = 1, cache_dir=None, precision: str = "fp32"):
         """precision: "fp32", or "int8" (the step's matrix weights in int8: about 2x faster at beam 3,
@@ -53,6 +53,7 @@ class OnnxStepModel(nn.Module):
         return state
 
     def step(self, tokens: Tensor, state: State, memory: State) -> tuple[Tensor, State, None]:
-        logp, new = self.graphs.step(tokens.numpy(), {k: v.numpy() for k, v in state.items()},
-                                     {k: v.numpy() for k, v in memory.items()})
+        logp, new = self.graphs.step(
+            tokens.numpy(), {k: v.numpy() for k, v in state.items()}, {k: v.numpy() for k, v in memory.items()}
+        )
         return torch.from_numpy(logp), {k: torch.from_numpy(v) for k, v in new.items()}, None

@@ -25,8 +25,8 @@ from typing import Iterable
 
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import expand_paths
-from capgen.result import CaptionResult
 from capgen.io import atomic_path, remove_leftovers
+from capgen.result import CaptionResult
 
 KINDS = ("txt", "caption", "json")
 EXISTING = ("skip", "overwrite", "append", "prepend")
@@ -41,7 +41,7 @@ class SidecarSettings:
     existing: str = "skip"
     prefix: str = ""
     suffix: str = ""
-    folder: Path | None = None    # mirror the photos' folders under this one instead of writing beside them
+    folder: Path | None = None  # mirror the photos' folders under this one instead of writing beside them
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -49,8 +49,9 @@ class SidecarSettings:
         if self.existing not in EXISTING:
             raise CapgenError(f"--existing: expected one of {', '.join(EXISTING)}, got {self.existing!r}")
         if self.kind == "json" and self.existing in ("append", "prepend"):
-            raise CapgenError(f"--existing {self.existing} joins text; a json sidecar can only be skipped or "
-                              f"overwritten")
+            raise CapgenError(
+                f"--existing {self.existing} joins text; a json sidecar can only be skipped or overwritten"
+            )
         if self.folder is not None and Path(self.folder).exists() and not Path(self.folder).is_dir():
             raise CapgenError(f"--sidecar-dir: expected a folder, got {self.folder}, which is a file")
 
@@ -59,9 +60,9 @@ class SidecarSettings:
 class Planned:
     """The photos to caption and where their sidecars go; what is skipped and why."""
 
-    todo: list[tuple[Path, Path]]            # (photo, sidecar)
-    done: int                                # photos whose sidecar exists (existing="skip")
-    failed: dict[str, str]                   # input or photo -> reason
+    todo: list[tuple[Path, Path]]  # (photo, sidecar)
+    done: int  # photos whose sidecar exists (existing="skip")
+    failed: dict[str, str]  # input or photo -> reason
 
 
 def _root(item: str) -> Path:

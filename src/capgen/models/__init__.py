@@ -1,9 +1,9 @@
 """Captioning models behind one interface (`CaptionModel`), built by name.
 
-    model = create_model("show_attend_tell", len(vocab), feature_dim=1280, num_regions=81,
-                         overrides={"dropout": 0.5}, itos=vocab.itos)
-    out = model(pooled, grid, captions)          # teacher forcing: logits (B, T-1, V), aux_loss
-    logp, state, att = model.step(tokens, state, memory)   # one word, used by capgen.decoding
+model = create_model("show_attend_tell", len(vocab), feature_dim=1280, num_regions=81,
+                     overrides={"dropout": 0.5}, itos=vocab.itos)
+out = model(pooled, grid, captions)          # teacher forcing: logits (B, T-1, V), aux_loss
+logp, state, att = model.step(tokens, state, memory)   # one word, used by capgen.decoding
 """
 
 from capgen.config import config_from_dict, config_to_dict

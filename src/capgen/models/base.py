@@ -27,7 +27,7 @@ class CaptionModel(nn.Module):
     select rows generically (`index_select(0, ...)`) without knowing the model type.
     """
 
-    name: ClassVar[str] = ""             # registry name, set by @register_model
+    name: ClassVar[str] = ""  # registry name, set by @register_model
     supports_attention: ClassVar[bool] = False
     # True when the model reads object tags (word_probs / has_image in init_memory and forward).
     reads_tags: bool = False
@@ -35,12 +35,11 @@ class CaptionModel(nn.Module):
     # (rows b*m .. b*m+m-1, as decoding lays out beams): the beams then share one copy of the memory.
     shared_memory: ClassVar[bool] = False
     config: Any
-    word_embedding: nn.Module            # a capgen.models.layers.WordEmbedding
+    word_embedding: nn.Module  # a capgen.models.layers.WordEmbedding
 
     def __init__(self, config: Any, vocab_size: int, feature_dim: int, num_regions: int):
         super().__init__()
-        for key, value in (("vocab_size", vocab_size), ("feature_dim", feature_dim),
-                           ("num_regions", num_regions)):
+        for key, value in (("vocab_size", vocab_size), ("feature_dim", feature_dim), ("num_regions", num_regions)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ModelError(f"{key} must be a positive integer, got {value!r}")
         if vocab_size <= len(SPECIALS):
@@ -51,8 +50,9 @@ class CaptionModel(nn.Module):
         self.num_regions = num_regions
 
     # ---- the interface -------------------------------------------------------------------------
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
-                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
+    def forward(
+        self, pooled: Tensor, grid: Tensor, captions: Tensor, image_index: Tensor | None = None
+    ) -> dict[str, Tensor | None]:
         """Teacher forcing. captions (B, T) = <start> w1 .. wn <end> <pad>...
 
         With `image_index` (B,), pooled/grid hold each image once (I rows) and caption b belongs to
@@ -91,23 +91,30 @@ class CaptionModel(nn.Module):
         """Everything `create_model(**spec)` needs to rebuild this model (store it in checkpoints)."""
         from capgen.config import config_to_dict
 
-        return {"name": self.name, "vocab_size": self.vocab_size, "feature_dim": self.feature_dim,
-                "num_regions": self.num_regions, "overrides": config_to_dict(self.config)}
+        return {
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "feature_dim": self.feature_dim,
+            "num_regions": self.num_regions,
+            "overrides": config_to_dict(self.config),
+        }
 
     def check_features(self, pooled: Tensor, grid: Tensor) -> None:
         """Fail with one clear line when features come from another encoder than the model's."""
         if pooled.dim() != 2 or grid.dim() != 3 or pooled.shape[0] != grid.shape[0]:
-            raise ModelError(f"expected pooled (B, D) and grid (B, N, D), got {tuple(pooled.shape)} "
-                             f"and {tuple(grid.shape)}")
+            raise ModelError(
+                f"expected pooled (B, D) and grid (B, N, D), got {tuple(pooled.shape)} and {tuple(grid.shape)}"
+            )
         if pooled.shape[1] != self.feature_dim or grid.shape[2] != self.feature_dim:
-            raise ModelError(f"{self.name}: model expects feature dim {self.feature_dim}, got "
-                             f"{pooled.shape[1]} (pooled) and {grid.shape[2]} (grid); "
-                             "features from a different encoder?")
+            raise ModelError(
+                f"{self.name}: model expects feature dim {self.feature_dim}, got "
+                f"{pooled.shape[1]} (pooled) and {grid.shape[2]} (grid); "
+                "features from a different encoder?"
+            )
 
     def check_captions(self, captions: Tensor) -> None:
         if captions.dim() != 2 or captions.shape[1] < 2 or captions.dtype != torch.long:
-            raise ModelError(f"captions must be a (B, T>=2) long tensor, got {tuple(captions.shape)} "
-                             f"{captions.dtype}")
+            raise ModelError(f"captions must be a (B, T>=2) long tensor, got {tuple(captions.shape)} {captions.dtype}")
 
     def zero(self) -> Tensor:
         """A scalar zero on the model's device, for models without an auxiliary loss."""

@@ -24,8 +24,10 @@ class EnsembleModel(CaptionModel):
         first = members[0]
         for m in members[1:]:
             if (m.vocab_size, m.feature_dim) != (first.vocab_size, first.feature_dim):
-                raise ModelError(f"ensemble members disagree: vocabulary {m.vocab_size} vs {first.vocab_size} "
-                                 f"words, features {m.feature_dim} vs {first.feature_dim}")
+                raise ModelError(
+                    f"ensemble members disagree: vocabulary {m.vocab_size} vs {first.vocab_size} "
+                    f"words, features {m.feature_dim} vs {first.feature_dim}"
+                )
         super().__init__(None, first.vocab_size, first.feature_dim, first.num_regions)
         self.members = nn.ModuleList(members)
         # Attention maps are offered only when every member has them (their mean is shown).
@@ -35,7 +37,7 @@ class EnsembleModel(CaptionModel):
     @staticmethod
     def _part(d: State, i: int) -> State:
         prefix = f"{i}."
-        return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in d.items() if k.startswith(prefix)}
 
     @staticmethod
     def _join(parts: list[State]) -> State:
@@ -54,7 +56,7 @@ class EnsembleModel(CaptionModel):
             logps.append(logp)
             states.append(s)
             atts.append(att)
-        logp = torch.stack(logps).mean(dim=0).log_softmax(dim=-1)          # (B, V)
+        logp = torch.stack(logps).mean(dim=0).log_softmax(dim=-1)  # (B, V)
         att = torch.stack(atts).mean(dim=0) if all(a is not None for a in atts) else None
         return logp, self._join(states), att
 

@@ -22,8 +22,7 @@ class FinetunedModel(CaptionModel):
 
     name = "finetuned"
 
-    def __init__(self, top: nn.Module, decoder: CaptionModel, split_at: int, input_dim: int,
-                 input_hw: tuple[int, int]):
+    def __init__(self, top: nn.Module, decoder: CaptionModel, split_at: int, input_dim: int, input_hw: tuple[int, int]):
         super().__init__(decoder.config, decoder.vocab_size, input_dim, input_hw[0] * input_hw[1])
         self.top, self.decoder = top, decoder
         self.split_at, self.input_hw = int(split_at), (int(input_hw[0]), int(input_hw[1]))
@@ -35,13 +34,16 @@ class FinetunedModel(CaptionModel):
         self.check_features(pooled, grid)
         h, w = self.input_hw
         if grid.shape[1] != h * w:
-            raise ModelError(f"fine-tuned model expects the block input on a {h}x{w} grid, got {grid.shape[1]} "
-                             f"regions; features from another encoder?")
-        x = grid.transpose(1, 2).reshape(grid.shape[0], grid.shape[2], h, w)   # (B, C, h, w)
-        return pool_grid(self.top(x))                                          # (B, D), (B, H*W, D)
+            raise ModelError(
+                f"fine-tuned model expects the block input on a {h}x{w} grid, got {grid.shape[1]} "
+                f"regions; features from another encoder?"
+            )
+        x = grid.transpose(1, 2).reshape(grid.shape[0], grid.shape[2], h, w)  # (B, C, h, w)
+        return pool_grid(self.top(x))  # (B, D), (B, H*W, D)
 
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
-                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
+    def forward(
+        self, pooled: Tensor, grid: Tensor, captions: Tensor, image_index: Tensor | None = None
+    ) -> dict[str, Tensor | None]:
         return self.decoder(*self.encoder_features(pooled, grid), captions, image_index)
 
     def init_memory(self, pooled: Tensor, grid: Tensor) -> State:
@@ -55,7 +57,7 @@ class FinetunedModel(CaptionModel):
 
     def train(self, mode: bool = True) -> "FinetunedModel":
         super().train(mode)
-        self.top.eval()   # BatchNorm frozen: its running statistics stay ImageNet's
+        self.top.eval()  # BatchNorm frozen: its running statistics stay ImageNet's
         return self
 
     def freeze_top(self) -> None:
@@ -81,6 +83,8 @@ def attach_top(decoder: CaptionModel, encoder, split_at: int) -> tuple[Finetuned
     stem, top = full.split(split_at)
     regions = full.grid_hw[0] * full.grid_hw[1]
     if (decoder.feature_dim, decoder.num_regions) != (full.dim, regions):
-        raise ModelError(f"{decoder.name}: takes {decoder.feature_dim}-dim features of {decoder.num_regions} "
-                         f"regions, but {full.name} gives {full.dim} x {regions}")
+        raise ModelError(
+            f"{decoder.name}: takes {decoder.feature_dim}-dim features of {decoder.num_regions} "
+            f"regions, but {full.name} gives {full.dim} x {regions}"
+        )
     return FinetunedModel(top, decoder, split_at, stem.dim, stem.grid_hw), stem.spec()

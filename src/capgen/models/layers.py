@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from capgen.models.base import PAD_ID, ModelError
 from capgen.data.glove import GLOVE_DIM, load_glove
+from capgen.models.base import PAD_ID, ModelError
 
 
 class FeatureProjection(nn.Module):
@@ -50,8 +50,8 @@ class WordEmbedding(nn.Module):
 
     def _load_glove(self, itos: list[str]) -> None:
         vectors, found = load_glove(itos)
-        vectors = torch.from_numpy(vectors)                     # (V, 50)
-        mask = torch.from_numpy(found)                          # (V,)
+        vectors = torch.from_numpy(vectors)  # (V, 50)
+        mask = torch.from_numpy(found)  # (V,)
         with torch.no_grad():
             if mask.any():
                 # Unknown words get random rows of GloVe's own spread, so they are not outliers.
@@ -98,6 +98,6 @@ class OutputHead(nn.Module):
 def sinusoid(positions: Tensor, dim: int) -> Tensor:
     """Sinusoidal position encodings (Vaswani et al. 2017) for integer positions (...,) -> (..., dim)."""
     half = torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32)
-    freq = torch.exp(half * (-math.log(10000.0) / dim))           # (dim/2,)
-    angle = positions.float().unsqueeze(-1) * freq                 # (..., dim/2)
+    freq = torch.exp(half * (-math.log(10000.0) / dim))  # (dim/2,)
+    angle = positions.float().unsqueeze(-1) * freq  # (..., dim/2)
     return torch.stack([angle.sin(), angle.cos()], dim=-1).flatten(-2)[..., :dim]  # (..., dim)

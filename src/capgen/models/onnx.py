@@ -62,8 +62,8 @@ class _Step(nn.Module):
 
 def _example(model: CaptionModel, batch: int = 2) -> tuple[Tensor, Tensor]:
     g = torch.Generator().manual_seed(0)
-    pooled = torch.randn(batch, model.feature_dim, generator=g)                       # (B, D)
-    grid = torch.randn(batch, model.num_regions, model.feature_dim, generator=g)      # (B, N, D)
+    pooled = torch.randn(batch, model.feature_dim, generator=g)  # (B, D)
+    grid = torch.randn(batch, model.num_regions, model.feature_dim, generator=g)  # (B, N, D)
     return pooled, grid
 
 
@@ -81,42 +81,67 @@ def export_decoder(model: CaptionModel, init_path: Path, step_path: Path) -> dic
     if sorted(state1) != state_keys:
         raise ExportError(f"{model.name}: step returns state keys {sorted(state1)}, init_state {state_keys}")
     # A state dimension that changes from one word to the next (the K/V cache length) stays dynamic.
-    growing = {k: [i for i in range(1, state1[k].dim()) if state1[k].shape[i] != state2[k].shape[i]]
-               for k in state_keys}
+    growing = {
+        k: [i for i in range(1, state1[k].dim()) if state1[k].shape[i] != state2[k].shape[i]] for k in state_keys
+    }
 
     def axes(prefix: str, key: str, dims: list[int]) -> dict:
         return {0: "batch", **{i: f"{key}_len{i}{prefix}" for i in dims}}
 
     init_out = [f"memory.{k}" for k in memory_keys] + [f"state.{k}" for k in state_keys]
-    init_axes = {"pooled": {0: "batch"}, "grid": {0: "batch"},
-                 **{name: {0: "batch"} for name in init_out[:len(memory_keys)]},
-                 **{f"state.{k}": axes("", k, growing[k]) for k in state_keys}}
-    _export(_Init(model, memory_keys, state_keys), (pooled, grid), init_path, ["pooled", "grid"], init_out,
-            init_axes, model.name)
+    init_axes = {
+        "pooled": {0: "batch"},
+        "grid": {0: "batch"},
+        **{name: {0: "batch"} for name in init_out[: len(memory_keys)]},
+        **{f"state.{k}": axes("", k, growing[k]) for k in state_keys},
+    }
+    _export(
+        _Init(model, memory_keys, state_keys),
+        (pooled, grid),
+        init_path,
+        ["pooled", "grid"],
+        init_out,
+        init_axes,
+        model.name,
+    )
 
     step_in = ["tokens"] + [f"state.{k}" for k in state_keys] + [f"memory.{k}" for k in memory_keys]
-    step_out = ["logp"] + [f"new_state.{k}" for k in state_keys]   # ONNX names are unique: "new_"
-    step_axes = {"tokens": {0: "batch"}, "logp": {0: "batch"},
-                 **{f"state.{k}": axes("", k, growing[k]) for k in state_keys},
-                 **{f"new_state.{k}": axes("_next", k, growing[k]) for k in state_keys},
-                 # One memory row per image may serve several state rows (CaptionModel.shared_memory).
-                 **{f"memory.{k}": {0: "images"} for k in memory_keys}}
+    step_out = ["logp"] + [f"new_state.{k}" for k in state_keys]  # ONNX names are unique: "new_"
+    step_axes = {
+        "tokens": {0: "batch"},
+        "logp": {0: "batch"},
+        **{f"state.{k}": axes("", k, growing[k]) for k in state_keys},
+        **{f"new_state.{k}": axes("_next", k, growing[k]) for k in state_keys},
+        # One memory row per image may serve several state rows (CaptionModel.shared_memory).
+        **{f"memory.{k}": {0: "images"} for k in memory_keys},
+    }
     example = (tokens, *[state1[k] for k in state_keys], *[memory[k] for k in memory_keys])
     _export(_Step(model, memory_keys, state_keys), example, step_path, step_in, step_out, step_axes, model.name)
     return {"memory": memory_keys, "state": state_keys, "shared_memory": bool(model.shared_memory)}
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic_axes: dict, name: str) -> None:
+def _export(
+    module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic_axes: dict, name: str
+) -> None:
     try:
         with warnings.catch_warnings(), torch.no_grad():
             # The legacy exporter warns about its deprecation and about traced shape checks; not actionable.
             warnings.simplefilter("ignore")
-            torch.onnx.export(module.eval(), args, str(path), opset_version=OPSET, dynamo=False,
-                              input_names=inputs, output_names=outputs, dynamic_axes=dynamic_axes)
+            torch.onnx.export(
+                module.eval(),
+                args,
+                str(path),
+                opset_version=OPSET,
+                dynamo=False,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=dynamic_axes,
+            )
     except Exception as e:
-        raise ExportError(f"model {name}: the decoder cannot be exported to ONNX, so the runtime cannot "
-                          f"express it ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        raise ExportError(
+            f"model {name}: the decoder cannot be exported to ONNX, so the runtime cannot "
+            f"express it ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
 
 
 def set_metadata(path: Path, values: dict[str, str]) -> None:
@@ -129,19 +154,31 @@ def set_metadata(path: Path, values: dict[str, str]) -> None:
     onnx.save(m, str(path))
 
 
-def verify_decoder(model: CaptionModel, init_path: Path, step_path: Path, iface: dict, steps: int = 6,
-                   tolerance: float = TOLERANCE, relative: bool = False) -> float:
+def verify_decoder(
+    model: CaptionModel,
+    init_path: Path,
+    step_path: Path,
+    iface: dict,
+    steps: int = 6,
+    tolerance: float = TOLERANCE,
+    relative: bool = False,
+) -> float:
     """Max |log-prob| difference ONNX Runtime vs torch over `steps` steps (random words) on random
     features: 3 images, then (a model with shared memory) 1 image decoded in 3 rows; relative: as a
     share of the log-probs' spread over the vocabulary. ExportError when above `tolerance`."""
     from capgen.runtime.graphs import DecoderGraphs
 
     graphs = DecoderGraphs(init_path, step_path, iface["memory"], iface["state"])
-    worst = max(_difference(model, graphs, images, rows, steps, relative)
-                for images, rows in ((3, 1), (1, 3)) if rows == 1 or iface.get("shared_memory"))
+    worst = max(
+        _difference(model, graphs, images, rows, steps, relative)
+        for images, rows in ((3, 1), (1, 3))
+        if rows == 1 or iface.get("shared_memory")
+    )
     if not worst < tolerance:
-        raise ExportError(f"model {model.name}: the ONNX decoder step differs from torch by {worst:.3g} "
-                          f"(expected < {tolerance}), so the runtime cannot express this model")
+        raise ExportError(
+            f"model {model.name}: the ONNX decoder step differs from torch by {worst:.3g} "
+            f"(expected < {tolerance}), so the runtime cannot express this model"
+        )
     return worst
 
 
@@ -186,7 +223,7 @@ def cached_decoder_graphs(model: CaptionModel, cache_dir: str | Path | None = No
     with atomic_dir(folder, replace_if=lambda f: (f / IFACE).is_file(), what="decoder graph cache") as tmp:
         iface = export_decoder(model, tmp / INIT, tmp / STEP)
         verify_decoder(model, tmp / INIT, tmp / STEP, iface)
-        write_json(tmp / IFACE, iface)   # last: it marks the folder complete
+        write_json(tmp / IFACE, iface)  # last: it marks the folder complete
     return folder, iface
 
 
@@ -216,5 +253,8 @@ def _weights_hash(model: CaptionModel) -> str:
 
 def _describe(model: CaptionModel) -> dict:
     """What shapes a model's graphs besides its weights (heads, position kind): class and config."""
-    return {"class": type(model).__name__, "config": repr(getattr(model, "config", None)),
-            "members": [_describe(m) for m in getattr(model, "members", [])]}
+    return {
+        "class": type(model).__name__,
+        "config": repr(getattr(model, "config", None)),
+        "members": [_describe(m) for m in getattr(model, "members", [])],
+    }

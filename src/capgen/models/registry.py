@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from capgen.models.base import CaptionModel, ModelError
 from capgen.config import config_from_dict
+from capgen.models.base import CaptionModel, ModelError
 
 _REGISTRY: dict[str, tuple[type[CaptionModel], type]] = {}
 
@@ -38,9 +38,14 @@ def model_config_class(name: str) -> type:
     return _lookup(name)[1]
 
 
-def create_model(name: str, vocab_size: int, feature_dim: int, num_regions: int,
-                 overrides: dict[str, Any] | None = None,
-                 itos: list[str] | None = None) -> CaptionModel:
+def create_model(
+    name: str,
+    vocab_size: int,
+    feature_dim: int,
+    num_regions: int,
+    overrides: dict[str, Any] | None = None,
+    itos: list[str] | None = None,
+) -> CaptionModel:
     """Build model `name` with its default config updated by `overrides` (key -> value; strings
     from a command line are coerced). `itos` (the vocabulary's word list) is needed when the
     config sets `glove=True`, to look up each word's GloVe vector."""

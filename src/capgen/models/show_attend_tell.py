@@ -17,11 +17,11 @@ from capgen.models.registry import register_model
 class ShowAttendTellConfig:
     embed_dim: int = 256
     hidden_dim: int = 512
-    region_dim: int = 512              # grid features are projected 1280 -> region_dim
-    attention_dim: int = 256           # width of the additive attention MLP
+    region_dim: int = 512  # grid features are projected 1280 -> region_dim
+    attention_dim: int = 256  # width of the additive attention MLP
     dropout: float = 0.3
-    alpha_c: float = 1.0               # weight of the doubly stochastic attention regulariser
-    tie_embeddings: bool = True        # deep output's last layer shares the word vectors
+    alpha_c: float = 1.0  # weight of the doubly stochastic attention regulariser
+    tie_embeddings: bool = True  # deep output's last layer shares the word vectors
     glove: bool = False
 
     def __post_init__(self) -> None:
@@ -41,8 +41,14 @@ class ShowAttendTell(CaptionModel):
     supports_attention = True
     config: ShowAttendTellConfig
 
-    def __init__(self, config: ShowAttendTellConfig, vocab_size: int, feature_dim: int,
-                 num_regions: int, itos: list[str] | None = None):
+    def __init__(
+        self,
+        config: ShowAttendTellConfig,
+        vocab_size: int,
+        feature_dim: int,
+        num_regions: int,
+        itos: list[str] | None = None,
+    ):
         super().__init__(config, vocab_size, feature_dim, num_regions)
         c = config
         self.region_proj = FeatureProjection(feature_dim, c.region_dim, c.dropout)
@@ -52,7 +58,7 @@ class ShowAttendTell(CaptionModel):
         self.att_region = nn.Linear(c.region_dim, c.attention_dim)
         self.att_hidden = nn.Linear(c.hidden_dim, c.attention_dim)
         self.att_score = nn.Linear(c.attention_dim, 1)
-        self.gate = nn.Linear(c.hidden_dim, 1)     # beta: how much image the next word needs
+        self.gate = nn.Linear(c.hidden_dim, 1)  # beta: how much image the next word needs
         self.word_embedding = WordEmbedding(vocab_size, c.embed_dim, c.glove, itos)
         self.embed_drop = nn.Dropout(c.dropout)
         self.cell = nn.LSTMCell(c.embed_dim + c.region_dim, c.hidden_dim)
@@ -63,27 +69,28 @@ class ShowAttendTell(CaptionModel):
 
     def init_memory(self, pooled: Tensor, grid: Tensor) -> State:
         self.check_features(pooled, grid)
-        regions = self.region_proj(grid)                                  # (B, N, R)
+        regions = self.region_proj(grid)  # (B, N, R)
         return {"regions": regions, "regions_att": self.att_region(regions)}  # (B, N, A)
 
     def init_state(self, memory: State) -> State:
-        mean = memory["regions"].mean(dim=1)                              # (B, R)
+        mean = memory["regions"].mean(dim=1)  # (B, R)
         return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}  # (B, H)
 
     def _step(self, tokens: Tensor, state: State, memory: State) -> tuple[Tensor, State, Tensor]:
         """One word: logits (B, V), new state, attention (B, N). Shared by forward and step."""
-        h, c = state["h"], state["c"]                                     # (B, H)
+        h, c = state["h"], state["c"]  # (B, H)
         e = torch.tanh(memory["regions_att"] + self.att_hidden(h).unsqueeze(1))  # (B, N, A)
-        alpha = F.softmax(self.att_score(e).squeeze(-1), dim=-1)           # (B, N)
-        context = (alpha.unsqueeze(-1) * memory["regions"]).sum(dim=1)     # (B, R)
-        context = torch.sigmoid(self.gate(h)) * context                    # (B, R)
-        word = self.embed_drop(self.word_embedding(tokens))                # (B, E)
-        h, c = self.cell(torch.cat([word, context], dim=-1), (h, c))       # (B, H)
-        deep = word + self.out_hidden(h) + self.out_context(context)       # (B, E)
+        alpha = F.softmax(self.att_score(e).squeeze(-1), dim=-1)  # (B, N)
+        context = (alpha.unsqueeze(-1) * memory["regions"]).sum(dim=1)  # (B, R)
+        context = torch.sigmoid(self.gate(h)) * context  # (B, R)
+        word = self.embed_drop(self.word_embedding(tokens))  # (B, E)
+        h, c = self.cell(torch.cat([word, context], dim=-1), (h, c))  # (B, H)
+        deep = word + self.out_hidden(h) + self.out_context(context)  # (B, E)
         return self.head(deep), {"h": h, "c": c}, alpha
 
-    def forward(self, pooled: Tensor, grid: Tensor, captions: Tensor,
-                image_index: Tensor | None = None) -> dict[str, Tensor | None]:
+    def forward(
+        self, pooled: Tensor, grid: Tensor, captions: Tensor, image_index: Tensor | None = None
+    ) -> dict[str, Tensor | None]:
         self.check_captions(captions)
         memory = self.training_memory(pooled, grid, image_index)
         state = self.init_state(memory)
@@ -92,14 +99,14 @@ class ShowAttendTell(CaptionModel):
             step_logits, state, alpha = self._step(captions[:, t], state, memory)
             logits.append(step_logits)
             alphas.append(alpha)
-        attention = torch.stack(alphas, dim=1)                             # (B, T-1, N)
+        attention = torch.stack(alphas, dim=1)  # (B, T-1, N)
         # Doubly stochastic regulariser: over the words of a caption (padding excluded) each
         # region should receive about one unit of attention in total.
         mask = (captions[:, 1:] != PAD_ID).unsqueeze(-1).to(attention.dtype)  # (B, T-1, 1)
-        coverage = (attention * mask).sum(dim=1)                           # (B, N)
+        coverage = (attention * mask).sum(dim=1)  # (B, N)
         aux = self.config.alpha_c * ((1.0 - coverage) ** 2).mean()
         return {"logits": torch.stack(logits, dim=1), "aux_loss": aux, "attention": attention}
 
     def step(self, tokens: Tensor, state: State, memory: State) -> tuple[Tensor, State, Tensor]:
         logits, state, alpha = self._step(tokens, state, memory)
-        return F.log_softmax(logits, dim=-1), state, alpha                 # (B, V), state, (B, N)
+        return F.log_softmax(logits, dim=-1), state, alpha  # (B, V), state, (B, N)

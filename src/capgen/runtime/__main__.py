@@ -24,9 +24,11 @@ def _threads(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m capgen.runtime",
-                                description="Caption images with a folder written by `capgen export`, "
-                                            "using only onnxruntime, numpy and pillow.")
+    p = argparse.ArgumentParser(
+        prog="python -m capgen.runtime",
+        description="Caption images with a folder written by `capgen export`, "
+        "using only onnxruntime, numpy and pillow.",
+    )
     p.add_argument("folder", metavar="DIR", help="the exported folder")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     method = p.add_mutually_exclusive_group()
@@ -36,9 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-words", type=int, help="no caption shorter than this many words (default 1)")
     p.add_argument("--max-words", type=int, help="captions of at most this many words (default: --max-len)")
     p.add_argument("--n-best", type=int, help="also report the next best captions (jsonl)")
-    p.add_argument("--no-guide", action="store_true",
-                   help="captions from the model alone, without tag guidance (on by default when the export "
-                        "has a tagger, as in capgen caption; thresholds: Runtime.caption(guide=GuideConfig(...)))")
+    p.add_argument(
+        "--no-guide",
+        action="store_true",
+        help="captions from the model alone, without tag guidance (on by default when the export "
+        "has a tagger, as in capgen caption; thresholds: Runtime.caption(guide=GuideConfig(...)))",
+    )
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--threads", type=_threads, help="encoder threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -48,17 +53,26 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    options = {k: v for k, v in (("beam_size", 1 if args.greedy else args.beam_size), ("max_len", args.max_len),
-                                 ("min_words", args.min_words), ("max_words", args.max_words),
-                                 ("n_best", args.n_best)) if v is not None}
+    options = {
+        k: v
+        for k, v in (
+            ("beam_size", 1 if args.greedy else args.beam_size),
+            ("max_len", args.max_len),
+            ("min_words", args.min_words),
+            ("max_words", args.max_words),
+            ("n_best", args.n_best),
+        )
+        if v is not None
+    }
     try:
         from capgen.runtime import Runtime
 
         rt = Runtime(args.folder, threads=args.threads)
         if "beam_size" in options and "n_best" not in options:
             options["n_best"] = 1
-        results = rt.caption(list(args.images), batch_size=args.batch_size,
-                             **({"guide": None} if args.no_guide else {}), **options)
+        results = rt.caption(
+            list(args.images), batch_size=args.batch_size, **({"guide": None} if args.no_guide else {}), **options
+        )
         for path, res in zip(args.images, results):
             if args.format == "jsonl":
                 print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False))
@@ -75,8 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug or an input nothing checked: still one line, exit 2, unless --debug
         if args.debug:
             raise
-        print(f"capgen.runtime: internal error: {type(e).__name__}: {echo(str(e), 2000)} (rerun with --debug for "
-              "the traceback)", file=sys.stderr)
+        print(
+            f"capgen.runtime: internal error: {type(e).__name__}: {echo(str(e), 2000)} (rerun with --debug for "
+            "the traceback)",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

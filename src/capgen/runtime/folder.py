@@ -33,8 +33,8 @@ ENCODER, INIT, STEP = "encoder.onnx", "decoder_init.onnx", "decoder_step.onnx"
 VOCAB, DECODING, MODEL, MANIFEST = "vocab.json", "decoding.json", "model.json", "manifest.json"
 FILES = (ENCODER, INIT, STEP, VOCAB, DECODING, MODEL)
 TAG_HEAD, TAG_WORDS, GUIDE = "tag_head.npz", "tag_words.json", "guide.json"
-TAG_FILES = (TAG_HEAD, TAG_WORDS, GUIDE)   # all or none
-VOCAB_HASH_KEY = "capgen.vocab_sha256"   # metadata_props key in decoder_step.onnx
+TAG_FILES = (TAG_HEAD, TAG_WORDS, GUIDE)  # all or none
+VOCAB_HASH_KEY = "capgen.vocab_sha256"  # metadata_props key in decoder_step.onnx
 _HEX64 = re.compile("[0-9a-f]{64}")
 
 
@@ -51,10 +51,17 @@ def manifest_for(folder: Path, weights_sha256: Sequence[str] = ()) -> dict:
     checkpoint exported (capgen.checkpoint.weights_sha256), so an export names the weights it came from."""
     from capgen import __version__
 
-    return {"format": FORMAT, "version": VERSION, "capgen": __version__,
-            "files": {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-                      for name in FILES + TAG_FILES if name in FILES or (folder / name).is_file()},
-            **({"weights_sha256": list(weights_sha256)} if weights_sha256 else {})}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "capgen": __version__,
+        "files": {
+            name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+            for name in FILES + TAG_FILES
+            if name in FILES or (folder / name).is_file()
+        },
+        **({"weights_sha256": list(weights_sha256)} if weights_sha256 else {}),
+    }
 
 
 def weights_of(folder: Path) -> tuple[str, ...]:
@@ -84,39 +91,50 @@ def check_folder(folder: str | Path, verify: bool = True) -> Path:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ExportError(f"{folder / MANIFEST}: not a capgen export manifest (format {FORMAT!r})")
     if manifest.get("version") != VERSION:
-        raise ExportError(f"{folder / MANIFEST}: export format version {manifest.get('version')!r}, this "
-                          f"capgen reads version {VERSION}; export again with this capgen")
+        raise ExportError(
+            f"{folder / MANIFEST}: export format version {manifest.get('version')!r}, this "
+            f"capgen reads version {VERSION}; export again with this capgen"
+        )
     files = manifest.get("files")
     if not isinstance(files, dict):
         raise ExportError(f"{folder / MANIFEST}: field 'files' must map file names to hashes")
     tagged = [name for name in TAG_FILES if name in files]
     if tagged and len(tagged) != len(TAG_FILES):
-        raise ExportError(f"{folder / MANIFEST}: lists {', '.join(tagged)} but not all of {', '.join(TAG_FILES)}; "
-                          "export again")
+        raise ExportError(
+            f"{folder / MANIFEST}: lists {', '.join(tagged)} but not all of {', '.join(TAG_FILES)}; export again"
+        )
     for name in FILES + tuple(tagged):
         path, entry = folder / name, files.get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
             raise ExportError(f"{folder / MANIFEST}: lists no hash for {name}")
         if type(entry.get("bytes")) is not int or entry["bytes"] < 0:
-            raise ExportError(f"{folder / MANIFEST}: the size of {name} ('bytes') must be an integer >= 0, got "
-                              f"{brief(entry.get('bytes'))}")
+            raise ExportError(
+                f"{folder / MANIFEST}: the size of {name} ('bytes') must be an integer >= 0, got "
+                f"{brief(entry.get('bytes'))}"
+            )
         if path.is_symlink():  # it may point at a copy outside, that nobody checks stays as hashed
-            raise ExportError(f"{path}: a symbolic link; an export folder holds its own files (copy the file "
-                              f"in, or export again)")
+            raise ExportError(
+                f"{path}: a symbolic link; an export folder holds its own files (copy the file in, or export again)"
+            )
         if not path.is_file():
             raise ExportError(f"{path}: missing from the export; export again")
         if path.stat().st_size != entry.get("bytes"):
-            raise ExportError(f"{path}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} "
-                              "(truncated or changed after export); export again")
+            raise ExportError(
+                f"{path}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} "
+                "(truncated or changed after export); export again"
+            )
         if verify and sha256_file(path) != entry["sha256"]:
-            raise ExportError(f"{path}: content differs from the manifest's sha256 (corrupted or changed "
-                              "after export); export again")
+            raise ExportError(
+                f"{path}: content differs from the manifest's sha256 (corrupted or changed after export); export again"
+            )
     # Nothing unhashed may sit beside them: ONNX Runtime would read an external-data file a graph
     # names from this folder, unchecked.
     extra = sorted(p.name for p in folder.iterdir() if p.name not in {MANIFEST, *FILES, *tagged})
     if extra:
-        raise ExportError(f"{folder / extra[0]}: not part of the export (its manifest does not list it); an export "
-                          f"folder holds only what `capgen export` wrote: remove it, or export again")
+        raise ExportError(
+            f"{folder / extra[0]}: not part of the export (its manifest does not list it); an export "
+            f"folder holds only what `capgen export` wrote: remove it, or export again"
+        )
     return folder
 
 
@@ -141,12 +159,16 @@ def read_npz(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -> dict
                     version = np.lib.format.read_magic(f)
                     if version not in ((1, 0), (2, 0)):  # what np.savez writes
                         raise bad(f"{name}: .npy format version {version} is not one numpy.savez writes")
-                    read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                                   else np.lib.format.read_array_header_2_0)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     got_shape, _, got_dtype = read_header(f)
                     if tuple(got_shape) != tuple(shape) or got_dtype != np.dtype(dtype) or got_dtype.hasobject:
-                        raise bad(f"{name} must be {dtype} {tuple(shape)}, the file declares {got_dtype} "
-                                  f"{tuple(got_shape)}")
+                        raise bad(
+                            f"{name} must be {dtype} {tuple(shape)}, the file declares {got_dtype} {tuple(got_shape)}"
+                        )
                 with z.open(f"{name}.npy") as f:
                     out[name] = np.lib.format.read_array(f, allow_pickle=False)
             return out
@@ -168,8 +190,9 @@ def field(d: Any, key: str, kind: type | tuple, path: Path) -> Any:
     """d[key], which must be of `kind`; else one line naming the file and the field."""
     value = d.get(key) if isinstance(d, dict) else None
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise ExportError(f"{path}: field {key!r} must be {getattr(kind, '__name__', kind)}, got "
-                          f"{type(value).__name__}")
+        raise ExportError(
+            f"{path}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -179,15 +202,18 @@ def count_field(d: dict, key: str, path: Path, optional: bool = False, length: i
     value = d.get(key)
     if optional and value is None:
         return None
+
     def count(v: Any) -> bool:
         return type(v) is int and v >= 1
 
-    ok = (isinstance(value, list) and len(value) == length and all(map(count, value)) if length is not None
-          else count(value))
+    ok = (
+        isinstance(value, list) and len(value) == length and all(map(count, value))
+        if length is not None
+        else count(value)
+    )
     if not ok:
         what = f"a list of {length} integers >= 1" if length is not None else "an integer >= 1"
-        raise ExportError(f"{path}: field {key!r} must be {what}{' or null' if optional else ''}, got "
-                          f"{brief(value)}")
+        raise ExportError(f"{path}: field {key!r} must be {what}{' or null' if optional else ''}, got {brief(value)}")
     return value
 
 

@@ -19,8 +19,9 @@ class DecoderGraphs:
     """Sessions of an init and a step graph whose memory and state travel under `memory.KEY` and
     `state.KEY` (`new_state.KEY` out of the step). ExportError naming a file ONNX Runtime cannot load."""
 
-    def __init__(self, init_path: Path, step_path: Path, memory_keys: Sequence[str], state_keys: Sequence[str],
-                 threads: int = 1):
+    def __init__(
+        self, init_path: Path, step_path: Path, memory_keys: Sequence[str], state_keys: Sequence[str], threads: int = 1
+    ):
         self.init_session, self.step_session = open_session(init_path, threads), open_session(step_path, threads)
         self.memory_keys, self.state_keys = list(memory_keys), list(state_keys)
         # The exporter drops inputs a graph never reads (show_tell's step ignores its memory).
@@ -33,12 +34,17 @@ class DecoderGraphs:
         """Features (B, D), (B, N, D) -> the memory and the initial state, one row per image."""
         features = {"pooled": pooled, "grid": grid}
         values = dict(zip(self.init_outputs, self.init_session.run(None, {k: features[k] for k in self.init_inputs})))
-        return ({k: values[f"memory.{k}"] for k in self.memory_keys},
-                {k: values[f"state.{k}"] for k in self.state_keys})
+        return (
+            {k: values[f"memory.{k}"] for k in self.memory_keys},
+            {k: values[f"state.{k}"] for k in self.state_keys},
+        )
 
     def step(self, tokens: np.ndarray, state: Arrays, memory: Arrays) -> tuple[np.ndarray, Arrays]:
         """One word for every row: log-probs (R, V) and the new state."""
-        feed = {"tokens": tokens, **{f"state.{k}": v for k, v in state.items()},
-                **{f"memory.{k}": v for k, v in memory.items()}}
+        feed = {
+            "tokens": tokens,
+            **{f"state.{k}": v for k, v in state.items()},
+            **{f"memory.{k}": v for k, v in memory.items()},
+        }
         logp, *new = self.step_session.run(self._step_outputs, {k: v for k, v in feed.items() if k in self.step_inputs})
         return logp, dict(zip(self.state_keys, new))

@@ -17,14 +17,14 @@ from PIL import Image
 
 from capgen.data.vocab import Vocabulary
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
+from capgen.decoding.consensus import rerank, search_config
 from capgen.errors import CapgenError, ExportError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
+from capgen.ort import open_session
 from capgen.preprocess import Preprocess
 from capgen.result import CaptionResult, from_hypotheses
 from capgen.runtime import folder as fmt
-from capgen.ort import open_session
 from capgen.runtime.graphs import DecoderGraphs
-from capgen.decoding.consensus import rerank, search_config
 from capgen.runtime.search import beam_search, greedy_search, hypotheses
 from capgen.tags.corpus_captions import CorpusCaptions
 from capgen.tags.guide import Guidance, Guide, GuideConfig
@@ -44,8 +44,14 @@ class Runtime:
       small matrices per word, for which one thread is fastest.
     """
 
-    def __init__(self, folder: str | Path, threads: int | None = None, decoder_threads: int = 1,
-                 verify: bool = True, max_pixels: int = MAX_PIXELS):
+    def __init__(
+        self,
+        folder: str | Path,
+        threads: int | None = None,
+        decoder_threads: int = 1,
+        verify: bool = True,
+        max_pixels: int = MAX_PIXELS,
+    ):
         self.folder = fmt.check_folder(folder, verify=verify)
         d = self.folder
         self.vocab = self._vocab(d / fmt.VOCAB)
@@ -64,8 +70,10 @@ class Runtime:
         fmt.count_field(encoder, "dim", path)
         fmt.count_field(encoder, "grid", path, optional=True, length=2)
         if info.get("vocab_size", len(self.vocab)) != len(self.vocab):
-            raise ExportError(f"{path}: field 'vocab_size' must be the vocabulary's size ({len(self.vocab)}), got "
-                              f"{str(info['vocab_size'])[:40]}")
+            raise ExportError(
+                f"{path}: field 'vocab_size' must be the vocabulary's size ({len(self.vocab)}), got "
+                f"{str(info['vocab_size'])[:40]}"
+            )
         try:
             self.preprocess = Preprocess.from_dict(encoder.get("preprocess"))
         except CapgenError as e:
@@ -93,8 +101,10 @@ class Runtime:
         saved = fmt.read_json(path, "the decoding settings")
         known = {f.name for f in fields(DecodeConfig)}
         if not isinstance(saved, dict) or set(saved) - known:
-            raise ExportError(f"{path}: expected an object of DecodeConfig fields, got "
-                              f"{sorted(set(saved) - known) if isinstance(saved, dict) else type(saved).__name__}")
+            raise ExportError(
+                f"{path}: expected an object of DecodeConfig fields, got "
+                f"{sorted(set(saved) - known) if isinstance(saved, dict) else type(saved).__name__}"
+            )
         try:
             DecodeConfig(**saved)
         except (CapgenError, TypeError) as e:
@@ -114,7 +124,9 @@ class Runtime:
         weight, bias = head["weight"], head["bias"]
         words = WordMap(tuple(class_words), tuple(dict.fromkeys(w for w in class_words if w)), str(d / fmt.TAG_WORDS))
         try:
-            guide = Guide.from_dict(fmt.read_json(d / fmt.GUIDE, "the guidance plans"), len(self.vocab), str(d / fmt.GUIDE))
+            guide = Guide.from_dict(
+                fmt.read_json(d / fmt.GUIDE, "the guidance plans"), len(self.vocab), str(d / fmt.GUIDE)
+            )
             return Tagger(LinearHead(weight, bias, labels), words), guide
         except CapgenError as e:
             raise ExportError(str(e)) from None
@@ -124,8 +136,10 @@ class Runtime:
         step = self.graphs.step_session
         meta = step.get_modelmeta().custom_metadata_map
         if meta.get(fmt.VOCAB_HASH_KEY) != fmt.sha256_file(d / fmt.VOCAB):
-            raise ExportError(f"{d / fmt.VOCAB}: not the vocabulary {fmt.STEP} was exported with "
-                              f"({len(self.vocab)} words); export again")
+            raise ExportError(
+                f"{d / fmt.VOCAB}: not the vocabulary {fmt.STEP} was exported with "
+                f"({len(self.vocab)} words); export again"
+            )
         V = step.get_outputs()[0].shape[-1]
         if V != len(self.vocab):
             raise ExportError(f"{d / fmt.VOCAB}: {len(self.vocab)} words, but {fmt.STEP} predicts {V}")
@@ -138,13 +152,18 @@ class Runtime:
         x = self.encoder.get_inputs()[0].shape
         grid = encoder.get("grid") or [0, 0]
         # The exporter leaves some output dims symbolic; compare the ones it fixed.
-        expected = {"x": [3, self.preprocess.size, self.preprocess.size],
-                    "grid": [grid[0] * grid[1], encoder.get("dim")]}
+        expected = {
+            "x": [3, self.preprocess.size, self.preprocess.size],
+            "grid": [grid[0] * grid[1], encoder.get("dim")],
+        }
         got = {"x": list(x[1:]), "grid": list(outs.get("grid", [None] * 3)[1:])}
         if set(outs) != {"pooled", "grid"} or any(
-                isinstance(g, int) and g != e for k in expected for g, e in zip(got[k], expected[k])):
-            raise ExportError(f"{d / fmt.ENCODER}: not the encoder {fmt.MODEL} describes "
-                              f"({encoder.get('name')}, input {expected['x']}, dim {encoder.get('dim')}, grid {grid})")
+            isinstance(g, int) and g != e for k in expected for g, e in zip(got[k], expected[k])
+        ):
+            raise ExportError(
+                f"{d / fmt.ENCODER}: not the encoder {fmt.MODEL} describes "
+                f"({encoder.get('name')}, input {expected['x']}, dim {encoder.get('dim')}, grid {grid})"
+            )
         if not set(self.graphs.init_inputs) <= {"pooled", "grid"}:
             raise ExportError(f"{d / fmt.INIT}: expected inputs pooled and grid, got {sorted(self.graphs.init_inputs)}")
         # Every memory and state key model.json names must come out of the graphs (an extra one
@@ -162,14 +181,16 @@ class Runtime:
             raise ExportError("the runtime returns captions only; attention maps need capgen caption --attention")
         merged = {**self.defaults, "return_attention": False, **options}
         if "method" not in options and ("beam_size" in options or "n_best" in options):
-            merged["method"] = None          # picked again from beam_size / n_best, as DecodeConfig does
+            merged["method"] = None  # picked again from beam_size / n_best, as DecodeConfig does
         cfg = DecodeConfig(**merged)
         if cfg.method == "sample":
             raise ExportError("the runtime decodes greedy or beam search; sampling needs capgen caption --sample")
         if self.max_len_limit is not None and cfg.length_limit > self.max_len_limit:
             which = "max_words" if cfg.max_words else "max_len"
-            raise ExportError(f"{which} {cfg.length_limit}: this {self.architecture} model has learned positions for "
-                              f"at most {self.max_len_limit} words")
+            raise ExportError(
+                f"{which} {cfg.length_limit}: this {self.architecture} model has learned positions for "
+                f"at most {self.max_len_limit} words"
+            )
         return cfg
 
     def encode(self, images: Sequence[ImageSource]) -> tuple[np.ndarray, np.ndarray]:
@@ -182,16 +203,18 @@ class Runtime:
         pooled, grid = self.encoder.run(["pooled", "grid"], {"x": x})
         return pooled, grid
 
-    def guidance(self, pooled: np.ndarray, config: DecodeConfig, guide: GuideConfig | float | None = GuideConfig()
-                 ) -> list[Guidance | None]:
+    def guidance(
+        self, pooled: np.ndarray, config: DecodeConfig, guide: GuideConfig | float | None = GuideConfig()
+    ) -> list[Guidance | None]:
         """Per image, the confident tag its caption must contain, or None (as Captioner.guidance)."""
         guide = GuideConfig.of(guide)
         if guide is None or self.tagger is None:
             return [None] * len(pooled)
         return [self.guide.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
 
-    def decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig,
-               guidance: Sequence[Guidance | None] = ()) -> list[list[Hypothesis]]:
+    def decode(
+        self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig, guidance: Sequence[Guidance | None] = ()
+    ) -> list[list[Hypothesis]]:
         """Features -> per image, hypotheses best first. Images with guidance are decoded apart from
         the others (three beam groups; capgen.decoding.search._beam)."""
         guided = [i for i, g in enumerate(guidance) if g is not None]
@@ -202,27 +225,36 @@ class Runtime:
         for row, i in enumerate(guided):
             include[row, list(guidance[i].include)] = True
         out: list = [None] * len(pooled)
-        for rows, hyps in ((guided, self._decode(pooled[guided], grid[guided], config, include)),
-                           (free, self._decode(pooled[free], grid[free], config) if free else [])):
+        for rows, hyps in (
+            (guided, self._decode(pooled[guided], grid[guided], config, include)),
+            (free, self._decode(pooled[free], grid[free], config) if free else []),
+        ):
             for i, h in zip(rows, hyps):
                 out[i] = h
         return out
 
-    def _decode(self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig,
-                include: np.ndarray | None = None) -> list[list[Hypothesis]]:
+    def _decode(
+        self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig, include: np.ndarray | None = None
+    ) -> list[list[Hypothesis]]:
         memory, state = self.graphs.start(pooled, grid)
         asked, config = config, search_config(config)
-        if include is not None and config.method != "beam":   # greedy with a required word: a beam of one
+        if include is not None and config.method != "beam":  # greedy with a required word: a beam of one
             config = dataclasses.replace(config, method="beam", beam_size=1)
         if config.method == "beam":
-            found = beam_search(self.graphs.step, memory, state, self.ids, config, len(self.vocab), self.shared_memory,
-                                include)
+            found = beam_search(
+                self.graphs.step, memory, state, self.ids, config, len(self.vocab), self.shared_memory, include
+            )
         else:
             found = greedy_search(self.graphs.step, memory, state, self.ids, config, len(self.vocab))
         return rerank(hypotheses(found, config.n_best), asked)
 
-    def caption(self, images: ImageSource | Sequence[ImageSource], batch_size: int = 16,
-                guide: GuideConfig | float | None = GuideConfig(), **options) -> CaptionResult | list[CaptionResult]:
+    def caption(
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        batch_size: int = 16,
+        guide: GuideConfig | float | None = GuideConfig(),
+        **options,
+    ) -> CaptionResult | list[CaptionResult]:
         """Caption one image (path, bytes or PIL image) or a list; options are DecodeConfig fields.
         guide: tag guidance as in Captioner.caption (on by default when the export has a tagger;
         None turns it off)."""
@@ -233,7 +265,7 @@ class Runtime:
         items = [images] if single else list(images)
         results = []
         for i in range(0, len(items), batch_size):
-            pooled, grid = self.encode(items[i:i + batch_size])
+            pooled, grid = self.encode(items[i : i + batch_size])
             guidance = self.guidance(pooled, config, guide)
             batch = [self._result(h, g) for h, g in zip(self.decode(pooled, grid, config, guidance), guidance)]
             self.corpus.apply(batch, pooled, config, guide)

@@ -26,7 +26,7 @@ class Rules:
 
     def __init__(self, ids: TokenIds, cfg: DecodeConfig, vocab_size: int):
         self.ids, self.cfg = ids, cfg
-        self.never, self.bad_end, self.may_repeat = token_masks(ids, cfg, vocab_size)   # (V,) each
+        self.never, self.bad_end, self.may_repeat = token_masks(ids, cfg, vocab_size)  # (V,) each
 
     def final(self, t: int) -> bool:
         return t == self.cfg.length_limit
@@ -57,10 +57,10 @@ def _block_ngrams(logp: np.ndarray, history: np.ndarray, length: int, n: int) ->
     """In place: -inf for every token that would complete an n-gram already in the row."""
     if n <= 0 or length < n:
         return
-    starts = np.arange(length - n + 1)                                     # (G,) every n-gram's start
-    grams = history[:, starts[:, None] + np.arange(n)]                     # (R, G, n)
-    prefix = history[:, length - (n - 1):length]                           # (R, n-1) the current context
-    match = (grams[:, :, :-1] == prefix[:, None, :]).all(axis=-1)          # (R, G)
+    starts = np.arange(length - n + 1)  # (G,) every n-gram's start
+    grams = history[:, starts[:, None] + np.arange(n)]  # (R, G, n)
+    prefix = history[:, length - (n - 1) : length]  # (R, n-1) the current context
+    match = (grams[:, :, :-1] == prefix[:, None, :]).all(axis=-1)  # (R, G)
     rows, cols = np.nonzero(match)
     logp[rows, grams[rows, cols, -1]] = NEG_INF
 
@@ -75,8 +75,9 @@ class Found:
     truncated: np.ndarray
 
 
-def greedy_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: DecodeConfig,
-                  vocab_size: int) -> Found:
+def greedy_search(
+    step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: DecodeConfig, vocab_size: int
+) -> Found:
     R, L = next(iter(memory.values())).shape[0], cfg.length_limit
     rules = Rules(ids, cfg, vocab_size)
     tokens = np.full(R, ids.start, dtype=np.int64)
@@ -87,11 +88,11 @@ def greedy_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg:
     done = np.zeros(R, dtype=bool)
     rows = np.arange(R)
     for t in range(L + 1):
-        raw, state = step(tokens, state, memory)                          # (R, V), state
+        raw, state = step(tokens, state, memory)  # (R, V), state
         logp = rules.apply(raw, t, tokens, words)
-        choice = logp.argmax(axis=-1)                                     # (R,)
-        chosen = logp[rows, choice]                                       # (R,)
-        stuck = np.isinf(chosen)   # every token blocked: the caption ends here, no <end> term
+        choice = logp.argmax(axis=-1)  # (R,)
+        chosen = logp[rows, choice]  # (R,)
+        stuck = np.isinf(chosen)  # every token blocked: the caption ends here, no <end> term
         ended = (choice == ids.end) | stuck
         live = ~done
         if rules.final(t):
@@ -127,8 +128,12 @@ class _Pool:
     ranked by score + offset (the offset of a caption's beam group; 0 without constraints)."""
 
     def __init__(self, B: int, K: int, L: int, pad: int):
-        self.found = Found(np.full((B, K, L), pad, dtype=np.int64), np.zeros((B, K), dtype=np.int64),
-                           np.full((B, K), NEG_INF, dtype=np.float32), np.zeros((B, K), dtype=bool))
+        self.found = Found(
+            np.full((B, K, L), pad, dtype=np.int64),
+            np.zeros((B, K), dtype=np.int64),
+            np.full((B, K), NEG_INF, dtype=np.float32),
+            np.zeros((B, K), dtype=bool),
+        )
         self.keys = np.full((B, K), NEG_INF, dtype=np.float32)
 
     def add(self, images, scores, offsets, words, lengths, truncated) -> None:
@@ -140,8 +145,7 @@ class _Pool:
         f.scores[images] = np.take_along_axis(np.concatenate([f.scores[images], scores], axis=1), idx, axis=1)
         f.words[images] = _gather(np.concatenate([f.words[images], words], axis=1), idx)
         f.lengths[images] = np.take_along_axis(np.concatenate([f.lengths[images], lengths], axis=1), idx, axis=1)
-        f.truncated[images] = np.take_along_axis(np.concatenate([f.truncated[images], truncated], axis=1), idx,
-                                                 axis=1)
+        f.truncated[images] = np.take_along_axis(np.concatenate([f.truncated[images], truncated], axis=1), idx, axis=1)
 
 
 def _top(cand: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -154,16 +158,17 @@ def _top(cand: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _required(include: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, V) bool -> each image's required word ids (B, I), padded, and which are real (B, I)."""
     I = max(1, int(include.sum(axis=1).max()))
-    ids = np.argsort(~include, axis=1, kind="stable")[:, :I]             # required ones first
+    ids = np.argsort(~include, axis=1, kind="stable")[:, :I]  # required ones first
     return ids, np.take_along_axis(include, ids, axis=1)
 
 
-def _top_in_group(cand: np.ndarray, g: int, K: int, lift: int, req_ids: np.ndarray, req_valid: np.ndarray,
-                  n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _top_in_group(
+    cand: np.ndarray, g: int, K: int, lift: int, req_ids: np.ndarray, req_valid: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """capgen.decoding.beam._top_in_group: group g's own beams' words that keep them in it, and
     lower groups' beams with a required word of level `lift` == g."""
     B, _, V = cand.shape
-    own = cand[:, g * K:(g + 1) * K]                                      # (B, K, V)
+    own = cand[:, g * K : (g + 1) * K]  # (B, K, V)
     if lift > g:  # its required words would lift these beams out of the group
         own = own.copy()
         rows, cols = np.nonzero(req_valid)
@@ -171,7 +176,7 @@ def _top_in_group(cand: np.ndarray, g: int, K: int, lift: int, req_ids: np.ndarr
     if g == 0 or lift != g:
         scores, beam, tok = _top(own, n)
         return scores, beam + g * K, tok
-    below = np.take_along_axis(cand[:, :g * K], req_ids[:, None, :], axis=2)   # (B, gK, I)
+    below = np.take_along_axis(cand[:, : g * K], req_ids[:, None, :], axis=2)  # (B, gK, I)
     below = np.where(req_valid[:, None, :], below, NEG_INF)
     I = below.shape[2]
     scores, idx = _topk(np.concatenate([own.reshape(B, K * V), below.reshape(B, g * K * I)], axis=1), n)
@@ -182,13 +187,21 @@ def _top_in_group(cand: np.ndarray, g: int, K: int, lift: int, req_ids: np.ndarr
     return scores, beam, tok
 
 
-def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: DecodeConfig,
-                vocab_size: int, shared_memory: bool = False, include: np.ndarray | None = None) -> Found:
+def beam_search(
+    step: Step,
+    memory: Arrays,
+    state: Arrays,
+    ids: TokenIds,
+    cfg: DecodeConfig,
+    vocab_size: int,
+    shared_memory: bool = False,
+    include: np.ndarray | None = None,
+) -> Found:
     """K = beam_size captions per image, best first (capgen.decoding.beam.beam_search, in numpy,
     tag guidance included). shared_memory: the step reads one memory row per image
     (CaptionModel.shared_memory). include (B, V) bool: the words of which each caption must contain one."""
     B, K, L = next(iter(memory.values())).shape[0], cfg.beam_size, cfg.length_limit
-    G = 1 if include is None else 3                                       # beam groups per image
+    G = 1 if include is None else 3  # beam groups per image
     GK = G * K
     if not shared_memory:
         memory = {k: np.repeat(v, GK, axis=0) for k, v in memory.items()}  # rows b*GK .. b*GK+GK-1
@@ -206,28 +219,29 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
     start_group = 0 if include is None else 1 - include.any(axis=1).astype(np.int64)
     beam_scores[np.arange(B), start_group, 0] = 0.0
     beam_scores = beam_scores.reshape(B, GK)
-    group_of = np.repeat(np.arange(G), K)[None]                           # (1, GK)
+    group_of = np.repeat(np.arange(G), K)[None]  # (1, GK)
     offset = np.array([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], dtype=np.float32)
     history = np.full((B, GK, L), ids.pad, dtype=np.int64)
     pool = _Pool(B, K, L, ids.pad)
-    images = np.arange(B)              # the images still searching (finished ones leave every array)
+    images = np.arange(B)  # the images still searching (finished ones leave every array)
     rank = np.arange(2 * K)
     req_ids, req_valid = _required(include) if include is not None else (None, None)
     for t in range(L + 1):
         beam_group = np.broadcast_to(group_of, (B, GK))
         no = np.zeros((B, K), dtype=bool)
-        raw, state = step(tokens, state, memory)                          # (R, V), state
+        raw, state = step(tokens, state, memory)  # (R, V), state
         logp = rules.apply(raw, t, tokens, history.reshape(R, L))
         V = logp.shape[-1]
-        cand = (beam_scores.reshape(R, 1) + logp).reshape(B, GK, V)       # (B, GK, V)
+        cand = (beam_scores.reshape(R, 1) + logp).reshape(B, GK, V)  # (B, GK, V)
         lift = (2 if t < EARLY_WORDS else 1) if G > 1 else 0
         fin_scores, fin_offsets, fin_beams, fin_cut, parents, words, scores = [], [], [], [], [], [], []
         cut_all = (raw.argmax(axis=-1) != ids.end).reshape(B, GK) if rules.final(t) else None
         for g in range(G):
-            top_scores, top_beam, top_tok = (_top(cand, 2 * K) if G == 1 else
-                                             _top_in_group(cand, g, K, lift, req_ids, req_valid, 2 * K))
+            top_scores, top_beam, top_tok = (
+                _top(cand, 2 * K) if G == 1 else _top_in_group(cand, g, K, lift, req_ids, req_valid, 2 * K)
+            )
             is_end = top_tok == ids.end
-            ended = is_end[:, :K] & np.isfinite(top_scores[:, :K])         # (B, K)
+            ended = is_end[:, :K] & np.isfinite(top_scores[:, :K])  # (B, K)
             end_beam = top_beam[:, :K]
             fin_scores.append(np.where(ended, norm(top_scores[:, :K], t), NEG_INF))
             fin_offsets.append(np.full((B, K), offset[g], dtype=np.float32))
@@ -243,12 +257,18 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
         fin_beams.append(np.broadcast_to(np.arange(GK), (B, GK)))
         fin_cut.append(np.ones_like(stuck))
         fin_beam = np.concatenate(fin_beams, axis=1)
-        pool.add(images, np.concatenate(fin_scores, axis=1).astype(np.float32), np.concatenate(fin_offsets, axis=1),
-                 _gather(history, fin_beam), np.full_like(fin_beam, t), np.concatenate(fin_cut, axis=1))
+        pool.add(
+            images,
+            np.concatenate(fin_scores, axis=1).astype(np.float32),
+            np.concatenate(fin_offsets, axis=1),
+            _gather(history, fin_beam),
+            np.full_like(fin_beam, t),
+            np.concatenate(fin_cut, axis=1),
+        )
         if rules.final(t):
             break
 
-        parent = np.concatenate(parents, axis=1)                          # (B, GK)
+        parent = np.concatenate(parents, axis=1)  # (B, GK)
         beam_scores, word = np.concatenate(scores, axis=1), np.concatenate(words, axis=1)
         rows = (np.arange(B)[:, None] * GK + parent).reshape(R)
         state = {k: v[rows] for k, v in state.items()}
@@ -256,11 +276,11 @@ def beam_search(step: Step, memory: Arrays, state: Arrays, ids: TokenIds, cfg: D
         history[:, :, t] = word
         tokens = word.reshape(R).astype(np.int64)
 
-        reach = norm(beam_scores, L)                                      # an upper bound, as in beam.py
+        reach = norm(beam_scores, L)  # an upper bound, as in beam.py
         if G > 1:
             rise = include.any(axis=1, keepdims=True) & (t + 1 < EARLY_WORDS)
             reach = reach + np.where((beam_group == G - 1) | rise, offset[-1], offset[1])
-        done = pool.keys[images, -1] >= reach.max(axis=1)                    # (B,)
+        done = pool.keys[images, -1] >= reach.max(axis=1)  # (B,)
         if done.all():
             break
         if done.any():  # drop the finished images' rows, as beam.py does
@@ -285,7 +305,8 @@ def hypotheses(found: Found, n_best: int) -> list[list[Hypothesis]]:
             if not np.isfinite(score):
                 continue
             n = int(found.lengths[b, m])
-            hyps.append(Hypothesis(tokens=found.words[b, m, :n].tolist(), score=score,
-                                   truncated=bool(found.truncated[b, m])))
+            hyps.append(
+                Hypothesis(tokens=found.words[b, m, :n].tolist(), score=score, truncated=bool(found.truncated[b, m]))
+            )
         out.append(hyps)
     return out

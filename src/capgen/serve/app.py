@@ -26,41 +26,81 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from capgen import __version__
 from capgen.errors import CapgenError
 from capgen.images import PHOTO_FORMATS
-from capgen.tags import DEFAULT_THRESHOLD, GuideConfig, TagConfig
 from capgen.serve.limits import BodyLimit, PixelBudget, ServeSettings
 from capgen.serve.uploads import UploadError, image_pixels, read_image
 from capgen.serve.worker import ModelWorker, ServerBusy
+from capgen.tags import DEFAULT_THRESHOLD, GuideConfig, TagConfig
 
 FIELD = "files"
 MAX_TAGS = 20
-MAX_WORDS = 50   # a longer caption is no caption any more
+MAX_WORDS = 50  # a longer caption is no caption any more
 
 # /caption takes a hand-parsed multipart body (for precise errors); describe it in /openapi.json.
 _CAPTION_BODY = {
-    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-        "type": "object", "required": [FIELD],
-        "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
-                               "description": f"one or more images ({', '.join(PHOTO_FORMATS)})"}}}}}},
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FIELD],
+                    "properties": {
+                        FIELD: {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                            "description": f"one or more images ({', '.join(PHOTO_FORMATS)})",
+                        }
+                    },
+                }
+            }
+        },
+    },
     "parameters": [
         {"name": "beam_size", "in": "query", "schema": {"type": "integer", "default": 3, "minimum": 1}},
         {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": 1, "minimum": 1}},
-        {"name": "min_words", "in": "query", "description": "no caption shorter than this many words",
-         "schema": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_WORDS}},
-        {"name": "max_words", "in": "query", "description": "captions of at most this many words (default: the "
-                                                            "server's max_len)",
-         "schema": {"type": "integer", "minimum": 1, "maximum": MAX_WORDS}},
+        {
+            "name": "min_words",
+            "in": "query",
+            "description": "no caption shorter than this many words",
+            "schema": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_WORDS},
+        },
+        {
+            "name": "max_words",
+            "in": "query",
+            "description": "captions of at most this many words (default: the server's max_len)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_WORDS},
+        },
         {"name": "attention", "in": "query", "schema": {"type": "boolean", "default": False}},
-        {"name": "tags", "in": "query", "description": "up to this many object tags per image (0 = none)",
-         "schema": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_TAGS}},
-        {"name": "tag_threshold", "in": "query", "description": "minimum tag probability",
-         "schema": {"type": "number", "default": DEFAULT_THRESHOLD, "minimum": 0, "maximum": 1}},
-        {"name": "guide", "in": "query", "description": "a confident tag's word must be in the caption",
-         "schema": {"type": "boolean", "default": True}},
-        {"name": "guide_threshold", "in": "query", "description": "tag probability that guides (known words)",
-         "schema": {"type": "number", "default": GuideConfig().threshold, "exclusiveMinimum": 0, "maximum": 1}},
-        {"name": "novel_guide_threshold", "in": "query",
-         "description": "tag probability that guides a word the model never learned",
-         "schema": {"type": "number", "default": GuideConfig().novel_threshold, "exclusiveMinimum": 0, "maximum": 1}},
+        {
+            "name": "tags",
+            "in": "query",
+            "description": "up to this many object tags per image (0 = none)",
+            "schema": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_TAGS},
+        },
+        {
+            "name": "tag_threshold",
+            "in": "query",
+            "description": "minimum tag probability",
+            "schema": {"type": "number", "default": DEFAULT_THRESHOLD, "minimum": 0, "maximum": 1},
+        },
+        {
+            "name": "guide",
+            "in": "query",
+            "description": "a confident tag's word must be in the caption",
+            "schema": {"type": "boolean", "default": True},
+        },
+        {
+            "name": "guide_threshold",
+            "in": "query",
+            "description": "tag probability that guides (known words)",
+            "schema": {"type": "number", "default": GuideConfig().threshold, "exclusiveMinimum": 0, "maximum": 1},
+        },
+        {
+            "name": "novel_guide_threshold",
+            "in": "query",
+            "description": "tag probability that guides a word the model never learned",
+            "schema": {"type": "number", "default": GuideConfig().novel_threshold, "exclusiveMinimum": 0, "maximum": 1},
+        },
     ],
 }
 
@@ -70,16 +110,23 @@ def create_app(captioner, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings()
     # A job that would wait longer than the request timeout is refused at once with 503 + Retry-After
     # rather than left to run into a 504.
-    worker = ModelWorker(captioner, max_batch=settings.max_batch, max_queue=settings.max_queue,
-                         max_wait=settings.timeout)
+    worker = ModelWorker(
+        captioner, max_batch=settings.max_batch, max_queue=settings.max_queue, max_wait=settings.timeout
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
         worker.close()
 
-    app = FastAPI(title="capgen", version=__version__, description="Image captioning: POST photos to /caption.",
-                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="capgen",
+        version=__version__,
+        description="Image captioning: POST photos to /caption.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     budget = PixelBudget(settings.max_queued_pixels)
     app.state.captioner, app.state.settings, app.state.worker, app.state.pixels = captioner, settings, worker, budget
     # What a request would load lazily (tag guidance reads GloVe) is loaded now, not by the first
@@ -126,8 +173,12 @@ async def _caption(request: Request) -> JSONResponse:
     except asyncio.TimeoutError:
         future.cancel()  # if still queued, the worker skips it
         raise UploadError(504, f"captioning took longer than {settings.timeout:g} s; try again") from None
-    body = {"results": [{"filename": name, **res.to_dict(attention=options["return_attention"])}
-                        for (name, _), res in zip(form_items, results)]}
+    body = {
+        "results": [
+            {"filename": name, **res.to_dict(attention=options["return_attention"])}
+            for (name, _), res in zip(form_items, results)
+        ]
+    }
     if warnings:  # e.g. tags asked for but the encoder has no classifier: captions still come
         body["warnings"] = warnings
     return JSONResponse(body)
@@ -154,8 +205,11 @@ def _request_pixels(items: list[tuple[str, bytes]], settings: ServeSettings) -> 
     """All the request's pixels, from the image headers; UploadError 413 above the per-request limit."""
     pixels = sum(image_pixels(data, name, settings.max_pixels) for name, data in items)
     if pixels > settings.max_request_pixels:
-        raise UploadError(413, f"{len(items)} images of {pixels:,} pixels in all exceed the limit of "
-                               f"{settings.max_request_pixels:,} per request; send fewer or smaller images")
+        raise UploadError(
+            413,
+            f"{len(items)} images of {pixels:,} pixels in all exceed the limit of "
+            f"{settings.max_request_pixels:,} per request; send fewer or smaller images",
+        )
     return pixels
 
 
@@ -163,8 +217,9 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
     """Multipart body -> [(filename, bytes)] and decode options, or UploadError."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
-        raise UploadError(415, f"expected a multipart/form-data upload with field '{FIELD}', got "
-                               f"{ctype or 'no content type'}")
+        raise UploadError(
+            415, f"expected a multipart/form-data upload with field '{FIELD}', got {ctype or 'no content type'}"
+        )
     try:
         form = await request.form(max_files=settings.max_files, max_fields=32)
     except HTTPException as e:  # starlette's own parse errors (too many files, malformed body)
@@ -195,15 +250,21 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
     guide = None
     if _bool(value("guide", "true"), "guide"):
         default = GuideConfig()
-        guide = GuideConfig(_float(value("guide_threshold", str(default.threshold)), "guide_threshold", 1e-9, 1.0),
-                            _float(value("novel_guide_threshold", str(default.novel_threshold)),
-                                   "novel_guide_threshold", 1e-9, 1.0))
+        guide = GuideConfig(
+            _float(value("guide_threshold", str(default.threshold)), "guide_threshold", 1e-9, 1.0),
+            _float(value("novel_guide_threshold", str(default.novel_threshold)), "novel_guide_threshold", 1e-9, 1.0),
+        )
     lengths = {"min_words": _int(value("min_words", "1"), "min_words", 1, MAX_WORDS)}
     if value("max_words", "") != "":
         lengths["max_words"] = _int(value("max_words", ""), "max_words", 1, MAX_WORDS)
-    options = {**lengths, "beam_size": beam_size, "n_best": n_best,
-               "return_attention": _bool(value("attention", "false"), "attention"),
-               "tags": TagConfig(top_k=n_tags, threshold=threshold) if n_tags else None, "guide": guide}
+    options = {
+        **lengths,
+        "beam_size": beam_size,
+        "n_best": n_best,
+        "return_attention": _bool(value("attention", "false"), "attention"),
+        "tags": TagConfig(top_k=n_tags, threshold=threshold) if n_tags else None,
+        "guide": guide,
+    }
     return items, options
 
 
@@ -265,8 +326,11 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MemoryError)
     async def out_of_memory(request, e: MemoryError):
-        return error(503, "server out of memory for this request; try again shortly, or send smaller images",
-                     {"Retry-After": "1"})
+        return error(
+            503,
+            "server out of memory for this request; try again shortly, or send smaller images",
+            {"Retry-After": "1"},
+        )
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e: HTTPException):

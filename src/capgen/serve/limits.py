@@ -5,28 +5,27 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from dataclasses import dataclass
-
 import threading
+from dataclasses import dataclass
 
 from capgen.images import MAX_PIXELS
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    max_upload_mb: float = 10.0      # whole request body
-    max_pixels: int = MAX_PIXELS     # per image, checked from the header before decoding
+    max_upload_mb: float = 10.0  # whole request body
+    max_pixels: int = MAX_PIXELS  # per image, checked from the header before decoding
     # Decoded images take ~3 bytes a pixel (more while decoding), and a 62 KB PNG can hold 64 Mpx:
     # the pixels of one request (413 above), and of all requests being decoded, queued or captioned
     # together (503 above), are bounded before anything is decoded. None: 2x and 4x max_pixels.
     max_request_pixels: int | None = None
     max_queued_pixels: int | None = None
-    timeout: float = 30.0            # seconds a request may wait for its captions (504 after)
-    max_files: int = 16              # images per request
-    max_batch: int = 8               # images per model call (micro-batching across requests)
-    max_queue: int = 64              # waiting requests before answering 503
+    timeout: float = 30.0  # seconds a request may wait for its captions (504 after)
+    max_files: int = 16  # images per request
+    max_batch: int = 8  # images per model call (micro-batching across requests)
+    max_queue: int = 64  # waiting requests before answering 503
     max_beam_size: int = 10
-    read_timeout: float = 30.0       # seconds a client may take to send its whole request body (408 after)
+    read_timeout: float = 30.0  # seconds a client may take to send its whole request body (408 after)
     # Host headers answered (DNS rebinding: a web page on evil.example resolving to 127.0.0.1 must
     # not reach the API); ("*",) accepts any.
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
@@ -39,18 +38,32 @@ class ServeSettings:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise CapgenError(f"server setting {key}: expected a positive finite number, got {value!r}")
         if self.max_request_pixels is None:
-            object.__setattr__(self, "max_request_pixels", 2 * self.max_pixels if _positive_int(self.max_pixels) else None)
+            object.__setattr__(
+                self, "max_request_pixels", 2 * self.max_pixels if _positive_int(self.max_pixels) else None
+            )
         if self.max_queued_pixels is None:
-            object.__setattr__(self, "max_queued_pixels", 2 * self.max_request_pixels
-                               if _positive_int(self.max_request_pixels) else None)
-        for key in ("max_pixels", "max_request_pixels", "max_queued_pixels", "max_files", "max_batch", "max_queue",
-                    "max_beam_size"):
+            object.__setattr__(
+                self,
+                "max_queued_pixels",
+                2 * self.max_request_pixels if _positive_int(self.max_request_pixels) else None,
+            )
+        for key in (
+            "max_pixels",
+            "max_request_pixels",
+            "max_queued_pixels",
+            "max_files",
+            "max_batch",
+            "max_queue",
+            "max_beam_size",
+        ):
             value = getattr(self, key)
             if not _positive_int(value):
                 raise CapgenError(f"server setting {key}: expected a positive integer, got {value!r}")
         if not self.max_pixels <= self.max_request_pixels <= self.max_queued_pixels:
-            raise CapgenError(f"server settings: expected max_pixels <= max_request_pixels <= max_queued_pixels, got "
-                              f"{self.max_pixels:,}, {self.max_request_pixels:,}, {self.max_queued_pixels:,}")
+            raise CapgenError(
+                f"server settings: expected max_pixels <= max_request_pixels <= max_queued_pixels, got "
+                f"{self.max_pixels:,}, {self.max_request_pixels:,}, {self.max_queued_pixels:,}"
+            )
         if not self.allowed_hosts or not all(isinstance(h, str) and h for h in self.allowed_hosts):
             raise CapgenError(f"server setting allowed_hosts: expected host names, got {self.allowed_hosts!r}")
 
@@ -77,8 +90,10 @@ class PixelBudget:
 
         with self._lock:
             if self.held + pixels > self.limit:
-                raise ServerBusy(f"server busy: {self.held:,} pixels of images in progress, {pixels:,} more would "
-                                 f"exceed the limit of {self.limit:,}; try again shortly")
+                raise ServerBusy(
+                    f"server busy: {self.held:,} pixels of images in progress, {pixels:,} more would "
+                    f"exceed the limit of {self.limit:,}; try again shortly"
+                )
             self.held += pixels
 
     def give(self, pixels: int) -> None:
@@ -143,7 +158,15 @@ class BodyLimit:
 
 async def _json(send, status: int, error: str) -> None:
     body = json.dumps({"error": error}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -29,8 +29,8 @@ class ServerBusy(CapgenError):
 
 @dataclass
 class Job:
-    images: list                    # loaded RGB PIL images
-    options: tuple                  # hashable decode options; jobs with equal options share a batch
+    images: list  # loaded RGB PIL images
+    options: tuple  # hashable decode options; jobs with equal options share a batch
     future: Future = field(default_factory=Future)
 
 
@@ -52,8 +52,8 @@ class ModelWorker:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        self._held: list[Job] = []      # jobs taken from the queue that did not fit the last batch
-        self._images_waiting = 0        # images in queued or in-flight jobs (under _lock)
+        self._held: list[Job] = []  # jobs taken from the queue that did not fit the last batch
+        self._images_waiting = 0  # images in queued or in-flight jobs (under _lock)
         self._lock = threading.Lock()
         self._seconds_per_image: float | None = None  # moving average over model calls; None until the first
         self._stopping = False
@@ -73,13 +73,16 @@ class ModelWorker:
         with self._lock:
             wait = self.estimated_wait(len(images))
             if self.max_wait is not None and wait is not None and wait > self.max_wait and self._images_waiting:
-                raise ServerBusy(f"server busy: about {wait:.0f} s of work queued (limit {self.max_wait:g} s); "
-                                 "try again shortly", _retry_after(wait - self.max_wait))
+                raise ServerBusy(
+                    f"server busy: about {wait:.0f} s of work queued (limit {self.max_wait:g} s); try again shortly",
+                    _retry_after(wait - self.max_wait),
+                )
             try:
                 self._queue.put_nowait(job)
             except queue.Full:
-                raise ServerBusy("server busy: too many requests waiting; try again shortly",
-                                 _retry_after(wait)) from None
+                raise ServerBusy(
+                    "server busy: too many requests waiting; try again shortly", _retry_after(wait)
+                ) from None
             self._images_waiting += len(images)
         return job.future
 
@@ -130,9 +133,9 @@ class ModelWorker:
         try:
             self._serve()
         finally:
-            self._encoded.put(None)    # the decoder finishes what it holds, then ends
+            self._encoded.put(None)  # the decoder finishes what it holds, then ends
             self._decoder.join()
-            self._fail_waiting()       # whatever is left when the loop ends gets an answer
+            self._fail_waiting()  # whatever is left when the loop ends gets an answer
 
     def _serve(self) -> None:
         while not self._stopping and not self._closed:
@@ -190,8 +193,9 @@ class ModelWorker:
                 continue
             try:
                 start = time.perf_counter()
-                results = self.captioner.caption_encoded(item.images, item.pooled, item.grid, item.config,
-                                                         tags=item.tags, guide=item.guide)
+                results = self.captioner.caption_encoded(
+                    item.images, item.pooled, item.grid, item.config, tags=item.tags, guide=item.guide
+                )
                 # Pipelined, the slower half sets the rate.
                 per_image = max(item.encode_seconds, time.perf_counter() - start) / len(item.images)
                 old = self._seconds_per_image
@@ -201,7 +205,7 @@ class ModelWorker:
                 continue
             start = 0
             for j in item.jobs:
-                j.future.set_result(results[start:start + len(j.images)])
+                j.future.set_result(results[start : start + len(j.images)])
                 start += len(j.images)
             self._done(item.jobs)
 

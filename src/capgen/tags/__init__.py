@@ -10,10 +10,35 @@ floor, DEFAULT_CLASS_FLOOR, are left out of the sums: their leftovers add up to 
 A confident tag can also guide the caption (guide.py): the caption must then contain its word.
 """
 
-from capgen.tags.tagger import (DEFAULT_CLASS_FLOOR, DEFAULT_THRESHOLD, DEFAULT_TOP_K, Tag, TagConfig, Tagger, make_tagger, softmax,
-                                top_tags, word_probabilities)
 from capgen.tags.guide import DEFAULT_GUIDE_THRESHOLD, Guidance, Guide, GuideConfig
+from capgen.tags.tagger import (
+    DEFAULT_CLASS_FLOOR,
+    DEFAULT_THRESHOLD,
+    DEFAULT_TOP_K,
+    Tag,
+    TagConfig,
+    Tagger,
+    make_tagger,
+    softmax,
+    top_tags,
+    word_probabilities,
+)
 from capgen.tags.words import WordMap
 
-__all__ = ["DEFAULT_GUIDE_THRESHOLD", "Guidance", "Guide", "GuideConfig", "DEFAULT_CLASS_FLOOR", "DEFAULT_THRESHOLD", "DEFAULT_TOP_K", "Tag", "TagConfig", "Tagger", "WordMap", "make_tagger", "softmax",
-           "top_tags", "word_probabilities"]
+__all__ = [
+    "DEFAULT_GUIDE_THRESHOLD",
+    "Guidance",
+    "Guide",
+    "GuideConfig",
+    "DEFAULT_CLASS_FLOOR",
+    "DEFAULT_THRESHOLD",
+    "DEFAULT_TOP_K",
+    "Tag",
+    "TagConfig",
+    "Tagger",
+    "WordMap",
+    "make_tagger",
+    "softmax",
+    "top_tags",
+    "word_probabilities",
+]

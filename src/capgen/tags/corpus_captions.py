@@ -32,21 +32,21 @@ from capgen.tags.words import WordMap, mention_index, mentions
 
 INDEX_FILE = "assets/caption_index.json"
 FORMAT = "capgen-caption-index/2"
-FORMATS = ("capgen-caption-index/1", FORMAT)   # 1: rare words only, no counts, no person head
+FORMATS = ("capgen-caption-index/1", FORMAT)  # 1: rare words only, no counts, no person head
 # Chosen on ../shared/data/coco_dev (BENCHMARKS.md, "Captions from caption text"): a top tag this
 # probable switches to the index; among its captions, typicality weighs TYPICALITY against the
 # summed probabilities of the tags a caption names.
 THRESHOLD = 0.2
 TYPICALITY = 0.3
-OTHER_TAGS = 3        # vetting: the photo's top tags tried, in order, as the replacement's subject
+OTHER_TAGS = 3  # vetting: the photo's top tags tried, in order, as the replacement's subject
 
 
 @dataclass(frozen=True)
 class Retrieved:
     caption: str
-    word: str         # the tag that chose the index
+    word: str  # the tag that chose the index
     p: float
-    replaced: tuple[str, ...] = ()   # vetting: the claims ("person", "dog") the photo did not support
+    replaced: tuple[str, ...] = ()  # vetting: the claims ("person", "dog") the photo did not support
 
     def to_dict(self) -> dict:
         d = {"tag": self.word, "p": round(self.p, 4)}
@@ -56,18 +56,25 @@ class Retrieved:
 
 
 class CaptionIndex:
-    def __init__(self, captions: dict[str, list[str]], words: WordMap, meta: dict,
-                 rare: set[str] | None = None, person: PersonHead | None = None):
+    def __init__(
+        self,
+        captions: dict[str, list[str]],
+        words: WordMap,
+        meta: dict,
+        rare: set[str] | None = None,
+        person: PersonHead | None = None,
+    ):
         self.captions, self.meta, self.person = captions, meta, person
-        self.rare = set(captions) if rare is None else rare   # the words that take over a caption
+        self.rare = set(captions) if rare is None else rare  # the words that take over a caption
         self.words = list(words.words)
         self._col = {w: j for j, w in enumerate(self.words)}
         self._index = mention_index(self.words)
         self._longest = max(len(w.split()) for w in self.words)
         # per word: each caption's tokens and the tag words it names
-        self._named = {w: [mentions([c.split()], self._index, self._longest) for c in caps]
-                       for w, caps in captions.items()}
-        self._head_ok: dict[int, bool] = {}   # id(tagger head) -> whether the person head fits it
+        self._named = {
+            w: [mentions([c.split()], self._index, self._longest) for c in caps] for w, caps in captions.items()
+        }
+        self._head_ok: dict[int, bool] = {}  # id(tagger head) -> whether the person head fits it
 
     @classmethod
     def load(cls, path: str | Path | None = None, words: WordMap | None = None) -> "CaptionIndex":
@@ -79,12 +86,13 @@ class CaptionIndex:
         caps = data.get("captions") if isinstance(data, dict) else None
         if data.get("format") not in FORMATS if isinstance(data, dict) else True:
             raise TagsError(f"{path}: not a capgen caption index ({' or '.join(FORMATS)})")
-        if not isinstance(caps, dict) or not all(isinstance(k, str) and isinstance(v, list) and v and
-                                                 all(isinstance(c, str) and c.strip() for c in v)
-                                                 for k, v in caps.items()):
+        if not isinstance(caps, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and v and all(isinstance(c, str) and c.strip() for c in v)
+            for k, v in caps.items()
+        ):
             raise TagsError(f"{path}: 'captions' must map tag words to lists of captions")
         words = words or WordMap.load(None)
-        known = set(words.words)   # another class -> word file may lack some of the index's words
+        known = set(words.words)  # another class -> word file may lack some of the index's words
         person = PersonHead.from_dict(data["person_head"], str(path)) if "person_head" in data else None
         meta = {k: v for k, v in data.items() if k not in ("captions", "person_head", "paired_mentions")}
         return cls({k: v for k, v in caps.items() if k in known}, words, meta, _rare_words(data, path), person)
@@ -92,7 +100,7 @@ class CaptionIndex:
     def choose(self, word_probs: np.ndarray) -> Retrieved | None:
         """One photo's tag word probabilities (W,) -> a caption from the index, or None (the top tag
         is not confident enough, or the decoder knows it well: no entry)."""
-        j = int(np.argmax(word_probs))   # argmax: the first of equal maxima, as a stable sort
+        j = int(np.argmax(word_probs))  # argmax: the first of equal maxima, as a stable sort
         top, p = self.words[j], float(word_probs[j])
         if p < THRESHOLD or top not in self.rare or top not in self.captions:
             return None
@@ -114,7 +122,7 @@ class CaptionIndex:
             caption = self._best(word, word_probs, avoid) if word in self.captions else None
             if caption is not None:
                 return Retrieved(caption, word, p, replaced)
-        if top:   # an object no caption text describes (rocket, crossword): say only what is seen
+        if top:  # an object no caption text describes (rocket, crossword): say only what is seen
             return Retrieved(vetting.plain_caption(top[0][0]), top[0][0], top[0][1], replaced)
         return None
 
@@ -136,7 +144,7 @@ class CaptionIndex:
             if avoid and not avoid.isdisjoint(caps[rank].split()):
                 continue
             s = sum(float(word_probs[j]) for j in named) + TYPICALITY * (1 - rank / len(caps))
-            if s > best_score:   # ties: the more typical caption (the earlier one)
+            if s > best_score:  # ties: the more typical caption (the earlier one)
                 best, best_score = caps[rank], s
         return best
 
@@ -147,9 +155,12 @@ def _rare_words(data: dict, path: Path) -> set[str] | None:
     if "paired_mentions" not in data:
         return None
     counts, below = data["paired_mentions"], data.get("rare_below")
-    if not isinstance(counts, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                               for v in counts.values()) \
-            or not isinstance(below, int) or isinstance(below, bool):
+    if (
+        not isinstance(counts, dict)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values())
+        or not isinstance(below, int)
+        or isinstance(below, bool)
+    ):
         raise TagsError(f"{path}: 'paired_mentions' must map words to counts >= 0, with an integer 'rare_below'")
     return {w for w in data["captions"] if counts.get(w, 0) < below}
 
@@ -159,7 +170,7 @@ class CorpusCaptions:
     images get a corpus caption, and putting it into their results."""
 
     def __init__(self, tagger):
-        self.tagger, self._index = tagger, None   # the index is read on first use
+        self.tagger, self._index = tagger, None  # the index is read on first use
 
     def _active(self, config, guide) -> bool:
         from capgen.tags.guide import GuideConfig
@@ -196,4 +207,4 @@ class CorpusCaptions:
             res.alternatives = [(res.caption, res.score), *(res.alternatives or [])][: max(config.n_best - 1, 1)]
             res.caption, res.tokens, res.from_corpus = pick.caption, pick.caption.split(), pick
             if hasattr(res, "attention"):
-                res.attention = None   # the decoder attended for its own words, not these
+                res.attention = None  # the decoder attended for its own words, not these

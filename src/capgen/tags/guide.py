@@ -79,10 +79,14 @@ class Guidance:
 
     tag: Tag
     include: tuple[int, ...]
-    stand_in: str | None = None     # the in-vocabulary word decoded in place of tag.word, if any
+    stand_in: str | None = None  # the in-vocabulary word decoded in place of tag.word, if any
 
     def to_dict(self) -> dict:
-        return {"word": self.tag.word, "p": round(self.tag.p, 4), **({"stand_in": self.stand_in} if self.stand_in else {})}
+        return {
+            "word": self.tag.word,
+            "p": round(self.tag.p, 4),
+            **({"stand_in": self.stand_in} if self.stand_in else {}),
+        }
 
 
 @dataclass(frozen=True)
@@ -122,24 +126,34 @@ class Guide:
                 best = stand_ins[int(np.argmax(known @ _unit(vectors.mean(axis=0, keepdims=True))[0]))]
                 plans[word] = _Plan((vocab.stoi[best],), best)
         if no_vector:
-            warnings.warn(f"{words.source}: tag words {_listed(no_vector)} have no GloVe vector and are not in the "
-                          "model's vocabulary, so they cannot guide captions; their tags are still shown",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{words.source}: tag words {_listed(no_vector)} have no GloVe vector and are not in the "
+                "model's vocabulary, so they cannot guide captions; their tags are still shown",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         unplaceable = [w for w in novel if w not in plans]
         if novel and not stand_ins:
-            warnings.warn(f"{words.source}: no word of it is both in the model's vocabulary and in GloVe, so the words "
-                          f"the model lacks ({_listed(novel)}) have nothing to stand in for them and cannot "
-                          "guide captions; their tags are still shown", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{words.source}: no word of it is both in the model's vocabulary and in GloVe, so the words "
+                f"the model lacks ({_listed(novel)}) have nothing to stand in for them and cannot "
+                "guide captions; their tags are still shown",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return cls(plans, unplaceable)
 
     def to_dict(self) -> dict:
         """The plans as JSON data (an exported folder carries them: the runtime has no GloVe)."""
-        return {"plans": {w: {"include": list(p.include), "stand_in": p.stand_in} for w, p in self.plans.items()},
-                "unplaceable": list(self.unplaceable)}
+        return {
+            "plans": {w: {"include": list(p.include), "stand_in": p.stand_in} for w, p in self.plans.items()},
+            "unplaceable": list(self.unplaceable),
+        }
 
     @classmethod
     def from_dict(cls, data, vocab_size: int, source: str) -> "Guide":
         """`to_dict`'s data back; TagsError naming `source` for anything else (ids outside the vocabulary)."""
+
         def bad(what: str) -> TagsError:
             return TagsError(f"{source}: {what}; expected the tag guidance plans capgen export writes")
 
@@ -148,8 +162,11 @@ class Guide:
         plans = {}
         for word, p in data["plans"].items():
             include, stand_in = (p.get("include"), p.get("stand_in")) if isinstance(p, dict) else (None, None)
-            if not (isinstance(include, list) and include and all(
-                    isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in include)):
+            if not (
+                isinstance(include, list)
+                and include
+                and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab_size for i in include)
+            ):
                 raise bad(f"plan of {word!r} has word ids {include!r} (vocabulary of {vocab_size})")
             if stand_in is not None and not isinstance(stand_in, str):
                 raise bad(f"plan of {word!r} has stand-in {stand_in!r}")
@@ -186,17 +203,15 @@ class Guide:
                 source.append(i)
                 continue
             if out and out[-1] in ("a", "an"):
-                if _is_plural(new):                          # "a skis" -> "skis"
+                if _is_plural(new):  # "a skis" -> "skis"
                     out.pop()
                     source.pop()
                 else:
                     out[-1] = "an" if new[0] in _VOWELS else "a"
-            for part in new.split():                         # "ball" -> "soccer ball"
+            for part in new.split():  # "ball" -> "soccer ball"
                 out.append(part)
                 source.append(i)
         return out, source
-
-
 
 
 def _listed(words: Sequence[str], most: int = 5) -> str:

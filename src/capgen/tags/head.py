@@ -15,9 +15,9 @@ class LinearHead:
     ONNX) already returns; no second network pass and no change to exported graphs.
     """
 
-    weight: np.ndarray   # (num_classes, dim) float32
-    bias: np.ndarray     # (num_classes,) float32
-    labels: str          # which label set the classes index, e.g. "imagenet-1k"
+    weight: np.ndarray  # (num_classes, dim) float32
+    bias: np.ndarray  # (num_classes,) float32
+    labels: str  # which label set the classes index, e.g. "imagenet-1k"
 
     @property
     def num_classes(self) -> int:

@@ -1,7 +1,7 @@
 """Object tags: the encoder's classifier head -> softmax over its classes -> summed per caption word.
 
-    tagger = make_tagger(encoder)                  # TagsError when the encoder has no head
-    tagger(pooled, TagConfig(top_k=5))             # per image: [Tag("cat", 0.93), ...], most likely first
+tagger = make_tagger(encoder)                  # TagsError when the encoder has no head
+tagger(pooled, TagConfig(top_k=5))             # per image: [Tag("cat", 0.93), ...], most likely first
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DEFAULT_CLASS_FLOOR = 0.005
 @dataclass(frozen=True)
 class Tag:
     word: str
-    p: float   # probability of the word: the summed softmax probability of the classes mapped to it
+    p: float  # probability of the word: the summed softmax probability of the classes mapped to it
 
     def to_dict(self) -> dict:
         return {"word": self.word, "p": round(self.p, 4)}
@@ -66,8 +66,7 @@ def word_probabilities(class_probs: np.ndarray, words: WordMap, class_floor: flo
     """(B, num_classes) class probabilities -> (B, num_words): each word sums the classes mapped to it
     whose probability is >= class_floor."""
     if class_probs.shape[1] != words.num_classes:
-        raise TagsError(f"{words.source}: lists {words.num_classes} classes, the classifier has "
-                        f"{class_probs.shape[1]}")
+        raise TagsError(f"{words.source}: lists {words.num_classes} classes, the classifier has {class_probs.shape[1]}")
     return _sum_per_word(class_probs, words.matrix().astype(np.float64), class_floor)
 
 
@@ -89,10 +88,12 @@ class Tagger:
 
     def __init__(self, head: LinearHead, words: WordMap):
         if head.num_classes != words.num_classes:
-            raise TagsError(f"{words.source}: lists {words.num_classes} classes, the encoder's "
-                            f"{head.labels} head has {head.num_classes}")
+            raise TagsError(
+                f"{words.source}: lists {words.num_classes} classes, the encoder's "
+                f"{head.labels} head has {head.num_classes}"
+            )
         self.head, self.words = head, words
-        self._matrix = words.matrix().astype(np.float64)   # (C, W)
+        self._matrix = words.matrix().astype(np.float64)  # (C, W)
 
     def word_probs(self, pooled: np.ndarray, class_floor: float = DEFAULT_CLASS_FLOOR) -> np.ndarray:
         """(B, dim) pooled features -> (B, num_words) word probabilities (rows sum to <= 1)."""
@@ -111,11 +112,15 @@ def make_tagger(encoder: ImageEncoder, words: str | Path | WordMap | None = None
     """
     head = encoder.classifier()
     if head is None:
-        raise TagsError(f"tags unavailable: encoder {encoder.name} has no classifier head (only the "
-                        "efficientnet-lite encoders, or your own GridEncoder given head=, have one); "
-                        "captions are unaffected")
+        raise TagsError(
+            f"tags unavailable: encoder {encoder.name} has no classifier head (only the "
+            "efficientnet-lite encoders, or your own GridEncoder given head=, have one); "
+            "captions are unaffected"
+        )
     if head.weight.shape[1] != encoder.dim:
-        raise TagsError(f"tags unavailable: encoder {encoder.name}'s head takes {head.weight.shape[1]} "
-                        f"features, its pooled vector has {encoder.dim}")
+        raise TagsError(
+            f"tags unavailable: encoder {encoder.name}'s head takes {head.weight.shape[1]} "
+            f"features, its pooled vector has {encoder.dim}"
+        )
     word_map = words if isinstance(words, WordMap) else WordMap.load(words)
     return Tagger(head, word_map)

@@ -20,19 +20,21 @@ import numpy as np
 
 from capgen.errors import TagsError
 
-PERSON = frozenset("man men woman women person people boy boys girl girls child children kid kids guy guys lady "
-                   "ladies player players crowd group baby toddler".split())
+PERSON = frozenset(
+    "man men woman women person people boy boys girl girls child children kid kids guy guys lady "
+    "ladies player players crowd group baby toddler".split()
+)
 DOG = frozenset("dog dogs puppy puppies".split())
 
 # Chosen on Flickr8k val and ../shared/data/coco_dev (BENCHMARKS.md, "Vetting people and dogs"):
 # a stricter person threshold cuts coco_dev's invented people further (0.5: 20.6% -> 16.1%) but
 # replaces Flickr8k photos whose people the head misses (test CIDEr 51.7 -> 51.2).
-PERSON_BELOW = 0.3         # a caption naming a person is vetted when the person head says less
-AVOID_PERSON_BELOW = 0.6   # a replacement names no person unless the head says at least this
+PERSON_BELOW = 0.3  # a caption naming a person is vetted when the person head says less
+AVOID_PERSON_BELOW = 0.6  # a replacement names no person unless the head says at least this
 # "dog" sums the 121 breeds that reach the tagger's class floor (0.005): on coco_dev the invented
 # dogs' photos are almost all at 0, while Flickr8k's wet, snowy, running dogs often sit at 0.01-0.1.
-DOG_BELOW = 0.005          # a caption naming a dog is vetted when the tag word "dog" is less probable
-FALLBACK_MIN_P = 0.1       # the object a replacement is about must be at least this probable
+DOG_BELOW = 0.005  # a caption naming a dog is vetted when the tag word "dog" is less probable
+FALLBACK_MIN_P = 0.1  # the object a replacement is about must be at least this probable
 
 
 def head_sha256(head) -> str:
@@ -50,27 +52,37 @@ def head_sha256(head) -> str:
 class PersonHead:
     """P(the photo shows a person) = sigmoid(pooled @ weight + bias), for one encoder."""
 
-    weight: np.ndarray    # (dim,) float32
+    weight: np.ndarray  # (dim,) float32
     bias: float
-    tagger_head: str      # head_sha256 of the encoder it was trained on
+    tagger_head: str  # head_sha256 of the encoder it was trained on
 
     @classmethod
     def from_dict(cls, d, where: str) -> "PersonHead":
-        ok = isinstance(d, dict) and isinstance(d.get("weight"), list) and d["weight"] \
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d["weight"]) \
-            and isinstance(d.get("bias"), (int, float)) and not isinstance(d.get("bias"), bool) \
+        ok = (
+            isinstance(d, dict)
+            and isinstance(d.get("weight"), list)
+            and d["weight"]
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in d["weight"])
+            and isinstance(d.get("bias"), (int, float))
+            and not isinstance(d.get("bias"), bool)
             and isinstance(d.get("tagger_head"), str)
+        )
         if not ok:
-            raise TagsError(f"{where}: 'person_head' must hold a list of numbers 'weight', a number 'bias' "
-                            "and the string 'tagger_head'")
+            raise TagsError(
+                f"{where}: 'person_head' must hold a list of numbers 'weight', a number 'bias' "
+                "and the string 'tagger_head'"
+            )
         weight = np.asarray(d["weight"], dtype=np.float32)
         if not np.all(np.isfinite(weight)) or not np.isfinite(d["bias"]):
             raise TagsError(f"{where}: 'person_head' holds a non-finite number")
         return cls(weight, float(d["bias"]), d["tagger_head"])
 
     def to_dict(self) -> dict:
-        return {"weight": [round(float(v), 6) for v in self.weight], "bias": round(self.bias, 6),
-                "tagger_head": self.tagger_head}
+        return {
+            "weight": [round(float(v), 6) for v in self.weight],
+            "bias": round(self.bias, 6),
+            "tagger_head": self.tagger_head,
+        }
 
     def probs(self, pooled: np.ndarray) -> np.ndarray:
         """(B, dim) -> (B,) probabilities."""

@@ -26,8 +26,8 @@ _WORD = re.compile(r"[a-z]+( [a-z]+)*")
 class WordMap:
     """Class index -> word ('' = no tag), and the words in first-seen order."""
 
-    class_words: tuple[str, ...]   # one per class
-    words: tuple[str, ...]         # distinct non-empty words
+    class_words: tuple[str, ...]  # one per class
+    words: tuple[str, ...]  # distinct non-empty words
     source: str = ""
 
     @property
@@ -54,8 +54,10 @@ class WordMap:
             fields = line.split("\t")
             where = f"{source}, line {n}"
             if len(fields) not in (2, 3):  # 2: an editor dropped the trailing tab of an empty word
-                raise TagsError(f"{where}: expected 'index<TAB>class name<TAB>word', got {len(fields)} "
-                                f"tab-separated fields in {line[:60]!r}")
+                raise TagsError(
+                    f"{where}: expected 'index<TAB>class name<TAB>word', got {len(fields)} "
+                    f"tab-separated fields in {line[:60]!r}"
+                )
             index_text, word = fields[0].strip(), " ".join(fields[2].lower().split()) if len(fields) == 3 else ""
             if not index_text.isdigit():
                 raise TagsError(f"{where}: class index must be a non-negative integer, got {index_text!r}")
@@ -63,15 +65,19 @@ class WordMap:
             if index in found:
                 raise TagsError(f"{where}: class {index} is listed twice")
             if word and not _WORD.fullmatch(word):
-                raise TagsError(f"{where}: word {fields[2].strip()!r} must be letters and spaces only "
-                                "(as captions are written, e.g. 'teddy bear')")
+                raise TagsError(
+                    f"{where}: word {fields[2].strip()!r} must be letters and spaces only "
+                    "(as captions are written, e.g. 'teddy bear')"
+                )
             found[index] = word
         if not found:
             raise TagsError(f"{source}: no classes listed")
         missing = sorted(set(range(max(found) + 1)) - set(found))
         if missing:
-            raise TagsError(f"{source}: classes must be numbered 0..{max(found)} without gaps; "
-                            f"missing {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
+            raise TagsError(
+                f"{source}: classes must be numbered 0..{max(found)} without gaps; "
+                f"missing {', '.join(map(str, missing[:5]))}{' ...' if len(missing) > 5 else ''}"
+            )
         class_words = tuple(found[i] for i in range(len(found)))
         words = tuple(dict.fromkeys(w for w in class_words if w))
         if not words:

@@ -12,44 +12,42 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-
 from capgen.config import ConfigError, config_from_dict, config_to_dict
 from capgen.errors import CapgenError
-
 
 OBJECTIVES = ("xe", "scst")
 
 
 @dataclass
 class TrainConfig:
-    objective: str = "xe"            # "xe" (cross-entropy) | "scst" (self-critical CIDEr-D; needs init)
-    init: str | None = None          # start from this checkpoint's weights and architecture (a best.pt)
-    scst_samples: int = 5            # sampled captions per image; each one's baseline is the others' mean
-    scst_max_len: int = 20           # words per sampled caption
+    objective: str = "xe"  # "xe" (cross-entropy) | "scst" (self-critical CIDEr-D; needs init)
+    init: str | None = None  # start from this checkpoint's weights and architecture (a best.pt)
+    scst_samples: int = 5  # sampled captions per image; each one's baseline is the others' mean
+    scst_max_len: int = 20  # words per sampled caption
     epochs: int = 20
-    batch_size: int = 16             # images per batch, each with all its captions (~80 captions)
+    batch_size: int = 16  # images per batch, each with all its captions (~80 captions)
     lr: float = 4e-4
     weight_decay: float = 0.01
-    warmup_steps: int = 300          # linear warmup, then cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 300  # linear warmup, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.05
     grad_clip: float = 5.0
     label_smoothing: float = 0.0
-    max_caption_len: int = 22        # words kept per training caption (longer ones are cut, without <end>)
+    max_caption_len: int = 22  # words kept per training caption (longer ones are cut, without <end>)
     seed: int = 0
-    patience: int = 5                # epochs without a better val CIDEr before stopping (0 = never)
-    val_beam_size: int = 1           # per-epoch validation decoding (1 = greedy, fast)
+    patience: int = 5  # epochs without a better val CIDEr before stopping (0 = never)
+    val_beam_size: int = 1  # per-epoch validation decoding (1 = greedy, fast)
     val_max_len: int = 20
-    val_images: int = 0              # 0 = the whole val split
-    threads: int = 0                 # torch threads (0 = torch's default)
-    save_every_steps: int = 0        # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
-    finetune_blocks: int = 0         # also train the encoder's last N blocks (needs capgen extract --split-at N)
-    encoder_lr: float = 5e-5         # peak lr of those blocks (the decoder's is lr)
-    feature_memory_mb: int = 2048    # per split: larger float16 features stream from disk (0 = always stream)
+    val_images: int = 0  # 0 = the whole val split
+    threads: int = 0  # torch threads (0 = torch's default)
+    save_every_steps: int = 0  # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
+    finetune_blocks: int = 0  # also train the encoder's last N blocks (needs capgen extract --split-at N)
+    encoder_lr: float = 5e-5  # peak lr of those blocks (the decoder's is lr)
+    feature_memory_mb: int = 2048  # per split: larger float16 features stream from disk (0 = always stream)
     # A tag-reading model (model.tag_tokens > 0) learns from caption text too (training/text_batches.py):
-    text_batch: int = 0              # text-only photos (prepare --text) added to each batch (0 = none)
-    image_dropout: float = 0.0       # share of paired images captioned from their tags alone
-    tag_dropout: float = 0.0         # share of paired images whose tags are hidden
-    warm_start: str | None = None    # copy the weights this model shares with a checkpoint (rows by word)
+    text_batch: int = 0  # text-only photos (prepare --text) added to each batch (0 = none)
+    image_dropout: float = 0.0  # share of paired images captioned from their tags alone
+    tag_dropout: float = 0.0  # share of paired images whose tags are hidden
+    warm_start: str | None = None  # copy the weights this model shares with a checkpoint (rows by word)
 
     # ---- range checks (types and finiteness are config_from_dict's) --------------------------------
     def __post_init__(self) -> None:
@@ -89,13 +87,15 @@ class TrainConfig:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"train config objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "scst" and (self.text_batch or self.image_dropout or self.tag_dropout):
-            raise ConfigError("objective scst rewards captions of real images: set text_batch, image_dropout "
-                              "and tag_dropout to 0")
+            raise ConfigError(
+                "objective scst rewards captions of real images: set text_batch, image_dropout and tag_dropout to 0"
+            )
         if self.init and self.warm_start:
             raise ConfigError("init and warm_start both name a starting checkpoint: give one")
         if self.objective == "scst" and not self.init:
-            raise ConfigError("objective scst starts from a trained model: pass --init RUN/best.pt "
-                              "(a cross-entropy checkpoint)")
+            raise ConfigError(
+                "objective scst starts from a trained model: pass --init RUN/best.pt (a cross-entropy checkpoint)"
+            )
 
 
 @dataclass
@@ -125,8 +125,9 @@ def _parse_value(text: str):
         return text
 
 
-def load_run_config(path: str | Path | None = None, sets: list[str] | None = None,
-                    model: str | None = None) -> RunConfig:
+def load_run_config(
+    path: str | Path | None = None, sets: list[str] | None = None, model: str | None = None
+) -> RunConfig:
     """Defaults <- YAML file <- --model <- --set overrides, validated against the dataclasses."""
     from capgen.models import model_config_class
 
@@ -159,7 +160,8 @@ def load_run_config(path: str | Path | None = None, sets: list[str] | None = Non
         elif key.startswith("train.") or key in train_keys:
             train_cfg[key.removeprefix("train.")] = _parse_value(value)
         else:
-            raise ConfigError(f"--set {key}: unknown key; use model.KEY for model settings or one of "
-                              f"{', '.join(sorted(train_keys))}")
+            raise ConfigError(
+                f"--set {key}: unknown key; use model.KEY for model settings or one of {', '.join(sorted(train_keys))}"
+            )
     model_cfg = config_from_dict(model_config_class(name), model_cfg)  # unknown model, keys, types raise
     return RunConfig(name, config_to_dict(model_cfg), _train_config(train_cfg, where))

@@ -36,14 +36,17 @@ class CaptionPairs:
     def __len__(self) -> int:
         return len(self.image_rows)
 
-    def epoch_batches(self, epoch: int, seed: int, images_per_batch: int, rank: int = 0,
-                      world: int = 1) -> list[torch.Tensor]:
+    def epoch_batches(
+        self, epoch: int, seed: int, images_per_batch: int, rank: int = 0, world: int = 1
+    ) -> list[torch.Tensor]:
         """This rank's batches (pair indices) for `epoch`: images in an order fixed by (seed, epoch),
         so a resumed run sees exactly the batches the uninterrupted run would have."""
         n_images = len(self.pairs_of_image)
         if n_images < max(world, 1):
-            raise CapgenError(f"the training split has {n_images} images, fewer than the {world} processes: "
-                              f"every rank needs one; use fewer (torchrun --nproc-per-node, --nnodes)")
+            raise CapgenError(
+                f"the training split has {n_images} images, fewer than the {world} processes: "
+                f"every rank needs one; use fewer (torchrun --nproc-per-node, --nnodes)"
+            )
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(n_images, generator=g).tolist()
         # Smaller batches when the split cannot fill one per rank: every rank must take the same number

@@ -17,49 +17,77 @@ from capgen.models.finetuned import FinetunedModel, attach_top
 from capgen.training.tag_model import fill_tags, resolve_tags
 
 
-def build_model(model_name: str, model_config: dict, vocab, cache: FeatureCache, finetune_blocks: int,
-                init: Checkpoint | None = None, init_path: str | None = None) -> CaptionModel:
+def build_model(
+    model_name: str,
+    model_config: dict,
+    vocab,
+    cache: FeatureCache,
+    finetune_blocks: int,
+    init: Checkpoint | None = None,
+    init_path: str | None = None,
+) -> CaptionModel:
     """The model to train (train mode), from `init` when given, checked against the cache's kind."""
     n, spec = finetune_blocks, cache.encoder_spec
     init_top = init.model.split_at if init is not None and isinstance(init.model, FinetunedModel) else None
     if init_top is not None and n not in (0, init_top):
-        raise CapgenError(f"{init_path}: fine-tunes the last {init_top} encoder blocks, but train.finetune_blocks="
-                          f"{n}; set it to {init_top} (or 0 to keep those blocks frozen)")
-    wants = n or init_top   # the block input the model reads, None = the final grid
+        raise CapgenError(
+            f"{init_path}: fine-tunes the last {init_top} encoder blocks, but train.finetune_blocks="
+            f"{n}; set it to {init_top} (or 0 to keep those blocks frozen)"
+        )
+    wants = n or init_top  # the block input the model reads, None = the final grid
     if wants != spec.get("split_at"):
         need = kind_text({"name": spec["name"], "split_at": wants})
-        why = (f"train.finetune_blocks={n}" if n else f"--init {init_path} (fine-tuned)") if wants \
+        why = (
+            (f"train.finetune_blocks={n}" if n else f"--init {init_path} (fine-tuned)")
+            if wants
             else "train.finetune_blocks=0 (set it to fine-tune those blocks)"
+        )
         raise CapgenError(f"{cache.root}: holds {kind_text(spec)}, but {why} needs {need}")
     if init is not None and (init_top is not None or not n):
         if init.encoder != spec:
-            raise CheckpointError(f"{init_path}: trained on {kind_text(init.encoder)} ({_diff(init.encoder, spec)} "
-                                  f"differ from the feature cache {cache.root})")
+            raise CheckpointError(
+                f"{init_path}: trained on {kind_text(init.encoder)} ({_diff(init.encoder, spec)} "
+                f"differ from the feature cache {cache.root})"
+            )
         if init_top is not None and not n:
             init.model.freeze_top()
         return init.model.train()
     if not n:
         model_config, tagger = resolve_tags(model_config, vocab, spec)
-        model = create_model(model_name, vocab_size=len(vocab), feature_dim=spec["dim"],
-                             num_regions=spec["grid"][0] * spec["grid"][1], overrides=model_config,
-                             itos=vocab.itos)
+        model = create_model(
+            model_name,
+            vocab_size=len(vocab),
+            feature_dim=spec["dim"],
+            num_regions=spec["grid"][0] * spec["grid"][1],
+            overrides=model_config,
+            itos=vocab.itos,
+        )
         fill_tags(model, tagger)
         return model.train()
     # Fine-tuning the last n blocks: the decoder reads the full encoder's grid.
-    full = create_encoder(spec["name"])   # registered names only: the name comes from a file
+    full = create_encoder(spec["name"])  # registered names only: the name comes from a file
     if init is not None:
         if init.encoder != full.spec():
-            raise CheckpointError(f"{init_path}: trained on {kind_text(init.encoder)} ({_diff(init.encoder, full.spec())} "
-                                  f"differ from {full.name}'s final grid, which the fine-tuned blocks feed)")
+            raise CheckpointError(
+                f"{init_path}: trained on {kind_text(init.encoder)} ({_diff(init.encoder, full.spec())} "
+                f"differ from {full.name}'s final grid, which the fine-tuned blocks feed)"
+            )
         decoder = init.model
     else:
-        decoder = create_model(model_name, vocab_size=len(vocab), feature_dim=full.dim,
-                               num_regions=full.grid_hw[0] * full.grid_hw[1], overrides=model_config,
-                               itos=vocab.itos)
+        decoder = create_model(
+            model_name,
+            vocab_size=len(vocab),
+            feature_dim=full.dim,
+            num_regions=full.grid_hw[0] * full.grid_hw[1],
+            overrides=model_config,
+            itos=vocab.itos,
+        )
     model, stem_spec = attach_top(decoder, full, n)
     if stem_spec != spec:
-        raise CapgenError(f"{cache.root}: block input of {spec['name']} differs from the encoder's own "
-                          f"({_diff(stem_spec, spec)}); extract the cache again with this capgen")
+        raise CapgenError(
+            f"{cache.root}: block input of {spec['name']} differs from the encoder's own "
+            f"({_diff(stem_spec, spec)}); extract the cache again with this capgen"
+        )
     return model.train()
 
 

@@ -36,17 +36,23 @@ def resolve_tags(model_config: dict, vocab, spec: dict):
     encoder = create_encoder(spec["name"])  # registered names only: the name comes from a file
     head = encoder.classifier()
     if head is None:
-        raise TagModelError(f"model.tag_tokens={k}: encoder {spec['name']} has no classifier head to tag with; "
-                            "use an efficientnet-lite encoder or model.tag_tokens=0")
+        raise TagModelError(
+            f"model.tag_tokens={k}: encoder {spec['name']} has no classifier head to tag with; "
+            "use an efficientnet-lite encoder or model.tag_tokens=0"
+        )
     words = WordMap.load(None)
     ids = tag_word_ids(words.words, vocab.stoi, vocab.unk_id)
     matrix = words.matrix()
     # A tag word the vocabulary lacks entirely would be an <unk> token: it never gets probability.
     matrix[:, np.all((ids == vocab.unk_id) | (ids == 0), axis=1)] = 0.0
     arrays = (head.weight, head.bias, matrix, ids)
-    resolved = {**model_config, "tag_classes": head.num_classes, "tag_words": len(words.words),
-                "tag_word_len": int(ids.shape[1]),
-                "tagger": tagger_id(spec["name"], head.weight, head.bias, words.class_words)}
+    resolved = {
+        **model_config,
+        "tag_classes": head.num_classes,
+        "tag_words": len(words.words),
+        "tag_word_len": int(ids.shape[1]),
+        "tagger": tagger_id(spec["name"], head.weight, head.bias, words.class_words),
+    }
     return resolved, arrays
 
 
@@ -70,8 +76,11 @@ def warm_start(model: CaptionModel, path: str, itos: list[str]) -> dict[str, int
     copied, skipped = 0, []
     with torch.no_grad():
         for name, value in new.items():
-            if name not in old or name.startswith("tags.") and name.split(".")[1] in (
-                    "head_weight", "head_bias", "class_word", "word_ids"):
+            if (
+                name not in old
+                or name.startswith("tags.")
+                and name.split(".")[1] in ("head_weight", "head_bias", "class_word", "word_ids")
+            ):
                 continue  # the tagger's buffers come from the encoder, not from the old checkpoint
             if name in WORD_ROWS and old[name].shape[1:] == value.shape[1:]:
                 value[dst] = old[name][src].to(value.dtype)
@@ -82,8 +91,10 @@ def warm_start(model: CaptionModel, path: str, itos: list[str]) -> dict[str, int
             else:
                 skipped.append(name)
     if skipped:
-        raise TagModelError(f"{path}: {len(skipped)} weights have other shapes than this model's "
-                            f"(e.g. {skipped[0]}); warm-start needs the same architecture")
+        raise TagModelError(
+            f"{path}: {len(skipped)} weights have other shapes than this model's "
+            f"(e.g. {skipped[0]}); warm-start needs the same architecture"
+        )
     return {"tensors": copied, "words": len(pairs), "new_words": len(itos) - len(pairs)}
 
 

@@ -23,7 +23,7 @@ from capgen.models.base import PAD_ID
 from capgen.tags.words import mention_index, mentions
 from capgen.training.data import CaptionPairs
 
-DISTRACTORS = 5   # unmentioned words per photo whose probabilities are copied (the tagger's top 5)
+DISTRACTORS = 5  # unmentioned words per photo whose probabilities are copied (the tagger's top 5)
 
 
 class TagHabits:
@@ -50,7 +50,7 @@ class TagHabits:
         seen = [v for v in self.per_word.values() if float(v.median()) >= self.SEEN_MEDIAN]
         # no such word in the paired data (tiny or unusual sets): assume a confident tagger
         self.default = torch.cat(seen) if seen else torch.tensor([0.9])
-        self.distract = torch.from_numpy(np.stack(distract))               # (I, DISTRACTORS)
+        self.distract = torch.from_numpy(np.stack(distract))  # (I, DISTRACTORS)
 
     def simulate(self, mentioned: list[list[int]], num_words: int, g: torch.Generator) -> Tensor:
         """(P, W) simulated word probabilities for P photos with these mentioned words."""
@@ -68,8 +68,18 @@ class TagHabits:
 class TextMixer:
     """Appends caption text to each paired batch; see the module docstring."""
 
-    def __init__(self, records: list[TextRecord], vocab, max_len: int, words: list[str], habits: TagHabits,
-                 photos: int, image_dropout: float, tag_dropout: float, seed: int):
+    def __init__(
+        self,
+        records: list[TextRecord],
+        vocab,
+        max_len: int,
+        words: list[str],
+        habits: TagHabits,
+        photos: int,
+        image_dropout: float,
+        tag_dropout: float,
+        seed: int,
+    ):
         self.pairs = CaptionPairs(records, vocab, max_len)
         index, longest = mention_index(words), max(len(w.split()) for w in words)
         self.mentioned = [mentions(r.tokens, index, longest) for r in records]
@@ -85,8 +95,16 @@ class TextMixer:
     def _generator(self, epoch: int, step: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + step)
 
-    def extend(self, pooled: Tensor, grid: Tensor, image_index: Tensor, captions: Tensor,
-               word_probs: Tensor, epoch: int, step: int):
+    def extend(
+        self,
+        pooled: Tensor,
+        grid: Tensor,
+        image_index: Tensor,
+        captions: Tensor,
+        word_probs: Tensor,
+        epoch: int,
+        step: int,
+    ):
         """The paired batch (I images, their captions) plus the text photos: pooled (I+P, D), grid
         (I+P, N, D), image_index, captions (B', T'), word_probs (I+P, W), has_image (I+P,)."""
         g = self._generator(epoch, step)
@@ -105,12 +123,14 @@ class TextMixer:
         sim = self.habits.simulate([self.mentioned[int(r)] for r in rows], self.num_words, g)
         P = len(rows)
         T = max(captions.shape[1], text_caps.shape[1])
-        return (torch.cat([pooled, pooled.new_zeros(P, pooled.shape[1])]),
-                torch.cat([grid, grid.new_zeros(P, *grid.shape[1:])]),
-                torch.cat([image_index, text_index + I]),
-                torch.cat([_pad(captions, T), _pad(text_caps, T)]),
-                torch.cat([word_probs, sim.to(word_probs.dtype)]),
-                torch.cat([has_image, torch.zeros(P, dtype=torch.bool)]))
+        return (
+            torch.cat([pooled, pooled.new_zeros(P, pooled.shape[1])]),
+            torch.cat([grid, grid.new_zeros(P, *grid.shape[1:])]),
+            torch.cat([image_index, text_index + I]),
+            torch.cat([_pad(captions, T), _pad(text_caps, T)]),
+            torch.cat([word_probs, sim.to(word_probs.dtype)]),
+            torch.cat([has_image, torch.zeros(P, dtype=torch.bool)]),
+        )
 
 
 def _pad(captions: Tensor, T: int) -> Tensor:
@@ -128,12 +148,15 @@ def make_mixer(model, data, train_records, train_feats, tc) -> TextMixer:
     from capgen.training.tag_model import TagModelError
 
     if not getattr(model, "reads_tags", False):
-        raise TagModelError("train.text_batch, image_dropout and tag_dropout need a model that reads tags: "
-                            "a transformer with model.tag_tokens > 0 (and finetune_blocks 0)")
+        raise TagModelError(
+            "train.text_batch, image_dropout and tag_dropout need a model that reads tags: "
+            "a transformer with model.tag_tokens > 0 (and finetune_blocks 0)"
+        )
     text = data.text()
     if tc.text_batch and not text:
-        raise TagModelError(f"train.text_batch={tc.text_batch}: {data.root} holds no caption text; "
-                            "prepare it with --text FILE.jsonl")
+        raise TagModelError(
+            f"train.text_batch={tc.text_batch}: {data.root} holds no caption text; prepare it with --text FILE.jsonl"
+        )
     words = list(WordMap.load(None).words)
     index, longest = mention_index(words), max(len(w.split()) for w in words)
     probs = []
@@ -142,5 +165,6 @@ def make_mixer(model, data, train_records, train_feats, tc) -> TextMixer:
             rows = torch.arange(start, min(start + 512, len(train_records)))
             probs.append(model.tags.word_probs(train_feats.batch(rows)[0]).numpy())
     habits = TagHabits(np.concatenate(probs), [mentions(r.tokens, index, longest) for r in train_records])
-    return TextMixer(text, data.vocab, tc.max_caption_len, words, habits, tc.text_batch, tc.image_dropout,
-                     tc.tag_dropout, tc.seed)
+    return TextMixer(
+        text, data.vocab, tc.max_caption_len, words, habits, tc.text_batch, tc.image_dropout, tc.tag_dropout, tc.seed
+    )

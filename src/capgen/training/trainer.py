@@ -20,8 +20,16 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from capgen.checkpoint import (CheckpointError, load_checkpoint, model_payload, nonfinite_tensor, read_resume,
-                               restore_weights, save_checkpoint, training_payload)
+from capgen.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    model_payload,
+    nonfinite_tensor,
+    read_resume,
+    restore_weights,
+    save_checkpoint,
+    training_payload,
+)
 from capgen.config import config_to_dict
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
@@ -32,10 +40,10 @@ from capgen.parallel import dist_info
 from capgen.training.config import RunConfig, load_run_config
 from capgen.training.data import CaptionPairs
 from capgen.training.finetune import build_model
+from capgen.training.lock import run_folder_locked
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
 from capgen.training.tag_model import warm_start
 from capgen.training.text_batches import make_mixer, uses_tags
-from capgen.training.lock import run_folder_locked
 from capgen.training.validate import validate
 
 
@@ -52,7 +60,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     stopped_early: bool = False
-    already_finished: bool = False   # resumed a run that had ended: nothing was trained or written
+    already_finished: bool = False  # resumed a run that had ended: nothing was trained or written
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -74,12 +82,19 @@ def param_groups(model: torch.nn.Module, weight_decay: float, encoder_lr: float 
         is_embedding = "embedding" in name or name.endswith("region_pos")
         groups.setdefault((name.startswith("top."), p.dim() >= 2 and not is_embedding), []).append(p)
     # Decoder groups first and always both, in the order older runs' optimizer states have.
-    out = [{"params": groups.get((False, decay), []), "weight_decay": weight_decay if decay else 0.0}
-           for decay in (True, False)]
+    out = [
+        {"params": groups.get((False, decay), []), "weight_decay": weight_decay if decay else 0.0}
+        for decay in (True, False)
+    ]
     for decay in (True, False):
         if (True, decay) in groups:
-            out.append({"params": groups[(True, decay)], "weight_decay": weight_decay if decay else 0.0,
-                        **({"lr": encoder_lr} if encoder_lr is not None else {})})
+            out.append(
+                {
+                    "params": groups[(True, decay)],
+                    "weight_decay": weight_decay if decay else 0.0,
+                    **({"lr": encoder_lr} if encoder_lr is not None else {}),
+                }
+            )
     return out
 
 
@@ -115,8 +130,10 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
         # defaults instead of making every older run un-resumable.
         saved = load_run_config(cfg_path).to_dict() if cfg_path.is_file() else None
         if saved != cfg.to_dict():
-            raise CapgenError(f"{out}/config.yaml differs from the requested config; resume with the run's own "
-                              f"config (omit --config/--set) or train into a new --out")
+            raise CapgenError(
+                f"{out}/config.yaml differs from the requested config; resume with the run's own "
+                f"config (omit --config/--set) or train into a new --out"
+            )
         return read_resume(last)
     if last.is_file() or (out / "best.pt").is_file():
         raise CapgenError(f"{out}: already holds a training run; pass --resume to continue it or choose another --out")
@@ -129,8 +146,15 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
 
 
 @run_folder_locked
-def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str | Path, resume: bool = False,
-          progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    data: PreparedDataset,
+    cache: FeatureCache,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Train into run folder `out` (see the module docstring).
 
     on_epoch: called on rank 0 with each epoch's history row ({"epoch", "train_loss", "CIDEr",
@@ -156,17 +180,21 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     if state is None and tc.warm_start:
         counts = warm_start(model, tc.warm_start, vocab.itos)
         if progress and dist.rank == 0:
-            tqdm.write(f"warm start from {tc.warm_start}: {counts['tensors']} weights, {counts['words']} words "
-                       f"kept, {counts['new_words']} new")
+            tqdm.write(
+                f"warm start from {tc.warm_start}: {counts['tensors']} weights, {counts['words']} words "
+                f"kept, {counts['new_words']} new"
+            )
     train_records = data.split("train")
     pairs = CaptionPairs(train_records, vocab, tc.max_caption_len)
-    objective = (SelfCritical(vocab, train_records, tc.scst_samples, tc.scst_max_len) if tc.objective == "scst"
-                 else CrossEntropy(vocab, tc.label_smoothing))
+    objective = (
+        SelfCritical(vocab, train_records, tc.scst_samples, tc.scst_max_len)
+        if tc.objective == "scst"
+        else CrossEntropy(vocab, tc.label_smoothing)
+    )
     steps_per_epoch = len(pairs.epoch_batches(0, tc.seed, tc.batch_size, dist.rank, dist.world_size))
     total = steps_per_epoch * tc.epochs
     optim = torch.optim.AdamW(param_groups(model, tc.weight_decay, tc.encoder_lr), lr=tc.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
     epoch, skip, history, best = 0, 0, [], {"epoch": -1, "CIDEr": -1.0}
     partial = (0.0, 0)  # loss sum and steps of an epoch interrupted part-way
     if state is not None:
@@ -179,8 +207,16 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
         partial = (r["partial_loss_sum"], r["partial_steps"])
         if epoch >= tc.epochs or _patience_spent(epoch, best, tc.patience):
             # Before any file is opened: resuming a finished run changes nothing (not even tb/).
-            return TrainResult(out, out / "best.pt", best["epoch"], best, history, 0.0,
-                               stopped_early=epoch < tc.epochs, already_finished=True)
+            return TrainResult(
+                out,
+                out / "best.pt",
+                best["epoch"],
+                best,
+                history,
+                0.0,
+                stopped_early=epoch < tc.epochs,
+                already_finished=True,
+            )
     ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
 
     train_feats = Features.load(cache, train_records, memory_mb=tc.feature_memory_mb)
@@ -190,11 +226,26 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
     writer = _tensorboard(out / "tb") if dist.rank == 0 else None
 
     def save_last(ep: int, step_in_epoch: int, loss_sum: float = 0.0, steps: int = 0) -> None:
-        save_checkpoint(out / "last.pt", training_payload(
-            model, vocab, enc, {"run_config": cfg.to_dict()},
-            {"optimizer": optim.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-             "epoch": ep, "step_in_epoch": step_in_epoch, "partial_loss_sum": loss_sum, "partial_steps": steps,
-             "history": history, "best": best}))
+        save_checkpoint(
+            out / "last.pt",
+            training_payload(
+                model,
+                vocab,
+                enc,
+                {"run_config": cfg.to_dict()},
+                {
+                    "optimizer": optim.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "epoch": ep,
+                    "step_in_epoch": step_in_epoch,
+                    "partial_loss_sum": loss_sum,
+                    "partial_steps": steps,
+                    "history": history,
+                    "best": best,
+                },
+            ),
+        )
 
     start, stopped_early = time.perf_counter(), False
     with _graceful_interrupt() as interrupt:
@@ -203,19 +254,25 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
             ddp.train()
             (loss_sum, n_steps), n_caps, t0 = partial, 0, time.perf_counter()
             partial = (0.0, 0)
-            bar = tqdm(batches[skip:], desc=f"epoch {epoch + 1}/{tc.epochs}", unit="batch",
-                       disable=not progress or dist.rank != 0, dynamic_ncols=True)
-            logs_sum: dict[str, float] = {}   # objective-specific scalars (reward...) of this epoch's steps
+            bar = tqdm(
+                batches[skip:],
+                desc=f"epoch {epoch + 1}/{tc.epochs}",
+                unit="batch",
+                disable=not progress or dist.rank != 0,
+                dynamic_ncols=True,
+            )
+            logs_sum: dict[str, float] = {}  # objective-specific scalars (reward...) of this epoch's steps
             logs_n = 0
             for i, idx in enumerate(bar, start=skip):
                 rows, image_index, caps = pairs.batch(idx)
-                pooled, grid = train_feats.batch(rows)                     # (I, D), (I, R, D)
+                pooled, grid = train_feats.batch(rows)  # (I, D), (I, R, D)
                 images = [train_records[r].image for r in rows.tolist()]
                 if mixer is not None:  # + text-only photos; image / tag dropout (text_batches.py)
                     with torch.no_grad():
                         probs = model.tags.word_probs(pooled)
-                    pooled, grid, image_index, caps, probs, shown = mixer.extend(pooled, grid, image_index, caps,
-                                                                                  probs, epoch, i)
+                    pooled, grid, image_index, caps, probs, shown = mixer.extend(
+                        pooled, grid, image_index, caps, probs, epoch, i
+                    )
                     batch = Batch(pooled, grid, image_index, caps, images, probs, shown)
                 else:
                     batch = Batch(pooled, grid, image_index, caps, images)
@@ -253,20 +310,29 @@ def train(cfg: RunConfig, data: PreparedDataset, cache: FeatureCache, out: str |
             stop = False
             if dist.rank == 0:
                 metrics = validate(model, val_records, val_feats, vocab, tc.val_beam_size, tc.val_max_len)
-                row = {"epoch": epoch, "train_loss": epoch_loss, "captions_per_s": n_caps * dist.world_size /
-                       (time.perf_counter() - t0), **metrics, "elapsed_s": time.perf_counter() - start,
-                       **{f"train_{k}": v / max(logs_n, 1) for k, v in logs_sum.items() if k != "loss"}}
+                row = {
+                    "epoch": epoch,
+                    "train_loss": epoch_loss,
+                    "captions_per_s": n_caps * dist.world_size / (time.perf_counter() - t0),
+                    **metrics,
+                    "elapsed_s": time.perf_counter() - start,
+                    **{f"train_{k}": v / max(logs_n, 1) for k, v in logs_sum.items() if k != "loss"},
+                }
                 history.append(row)
                 if writer:
                     for k in ("CIDEr", "BLEU-4"):
                         writer.add_scalar(f"val/{k}", metrics[k], epoch)
                     writer.flush()
-                tqdm.write(f"epoch {epoch}: loss {epoch_loss:.3f}, val CIDEr-D {metrics['CIDEr']:.3f}, "
-                           f"BLEU-4 {metrics['BLEU-4']:.3f}") if progress else None
+                tqdm.write(
+                    f"epoch {epoch}: loss {epoch_loss:.3f}, val CIDEr-D {metrics['CIDEr']:.3f}, "
+                    f"BLEU-4 {metrics['BLEU-4']:.3f}"
+                ) if progress else None
                 if metrics["CIDEr"] > best["CIDEr"]:
                     best = {"epoch": epoch, **metrics}
-                    save_checkpoint(out / "best.pt", model_payload(
-                        model, vocab, enc, {"run_config": cfg.to_dict(), "epoch": epoch, "val": metrics}))
+                    save_checkpoint(
+                        out / "best.pt",
+                        model_payload(model, vocab, enc, {"run_config": cfg.to_dict(), "epoch": epoch, "val": metrics}),
+                    )
                 stop = _patience_spent(epoch, best, tc.patience)
                 save_last(epoch, 0)
                 write_json(out / "history.json", history)
@@ -299,17 +365,21 @@ def _check_diverged(model, out: Path, epoch: int, i: int, n: int, loss: float, l
     bad = nonfinite_tensor(model.named_parameters())
     if bad is None:
         return
-    raise TrainingDiverged(f"{out}: training diverged at epoch {epoch + 1}, step {i + 1} of {n} (loss {loss:.4g}; "
-                           f"weight {bad!r} is no longer finite): stopped there, the checkpoints from before it are "
-                           f"kept; lower lr (now {lr:g}) or raise warmup_steps")
+    raise TrainingDiverged(
+        f"{out}: training diverged at epoch {epoch + 1}, step {i + 1} of {n} (loss {loss:.4g}; "
+        f"weight {bad!r} is no longer finite): stopped there, the checkpoints from before it are "
+        f"kept; lower lr (now {lr:g}) or raise warmup_steps"
+    )
 
 
 def _init_checkpoint(path: str, vocab):
     """Checkpoint `path`, which must fit this dataset's vocabulary (its features: build_model checks)."""
     ck = load_checkpoint(path)
     if ck.vocab.itos != vocab.itos:
-        raise CheckpointError(f"{path}: trained on another vocabulary ({len(ck.vocab)} words) than this dataset "
-                              f"({len(vocab)} words); --init needs a checkpoint trained on the same prepared data")
+        raise CheckpointError(
+            f"{path}: trained on another vocabulary ({len(ck.vocab)} words) than this dataset "
+            f"({len(vocab)} words); --init needs a checkpoint trained on the same prepared data"
+        )
     return ck
 
 

@@ -46,10 +46,17 @@ def trial_rows(study) -> list[dict]:
         if t.state == TrialState.WAITING:
             continue
         v = _value(t)
-        rows.append({"trial": t.number, "status": t.state.name, "val_CIDEr": "" if v is None else f"{v:.4f}",
-                     "epochs": t.user_attrs.get("epochs", 0),
-                     "minutes": f"{t.user_attrs['seconds'] / 60:.1f}" if "seconds" in t.user_attrs else "",
-                     **{k: _fmt(t.params.get(k, "")) for k in keys}, "note": _note(t)})
+        rows.append(
+            {
+                "trial": t.number,
+                "status": t.state.name,
+                "val_CIDEr": "" if v is None else f"{v:.4f}",
+                "epochs": t.user_attrs.get("epochs", 0),
+                "minutes": f"{t.user_attrs['seconds'] / 60:.1f}" if "seconds" in t.user_attrs else "",
+                **{k: _fmt(t.params.get(k, "")) for k in keys},
+                "note": _note(t),
+            }
+        )
     return rows
 
 
@@ -71,8 +78,10 @@ def describe_trial(t, study) -> str:
     best = _best(study)
     params = " ".join(f"{k}={_fmt(x)}" for k, x in t.params.items())
     minutes = t.user_attrs.get("seconds", 0) / 60
-    line = (f"trial {t.number} {t.state.name}: val CIDEr-D {'-' if v is None else f'{v:.4f}'}, "
-            f"{t.user_attrs.get('epochs', 0)} epochs, {minutes:.1f} min; {params}")
+    line = (
+        f"trial {t.number} {t.state.name}: val CIDEr-D {'-' if v is None else f'{v:.4f}'}, "
+        f"{t.user_attrs.get('epochs', 0)} epochs, {minutes:.1f} min; {params}"
+    )
     if best is not None:
         line += f" (best so far: trial {best.number}, {best.value:.4f})"
     if t.user_attrs.get("error"):
@@ -100,24 +109,31 @@ def write_report(study, study_dir: Path) -> list[str]:
     with atomic_path(study_dir / TRIALS_CSV) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
     states = [t.state for t in study.trials]
-    counts = ", ".join(f"{states.count(s)} {s.name.lower()}" for s in
-                       (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING) if s in states)
+    counts = ", ".join(
+        f"{states.count(s)} {s.name.lower()}"
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+        if s in states
+    )
     lines = [markdown_table(rows), "", f"{len(rows)} trials ({counts or 'none'})"]
     best = _best(study)
     if best is None:
         return lines + ["no completed trial yet: no best config"]
     _write_best_config(best, study_dir / BEST_CONFIG)
-    lines.append(f"best: trial {best.number}, val CIDEr-D {best.value:.4f} -> {study_dir / BEST_CONFIG} "
-                 f"(checkpoint: {best.user_attrs.get('run_dir')}/best.pt)")
+    lines.append(
+        f"best: trial {best.number}, val CIDEr-D {best.value:.4f} -> {study_dir / BEST_CONFIG} "
+        f"(checkpoint: {best.user_attrs.get('run_dir')}/best.pt)"
+    )
     lines += _plots(study, study_dir)
     return lines
 
 
 def _write_best_config(best, path: Path) -> None:
     cfg = best.user_attrs["config"]
-    header = (f"# Best trial {best.number} of a capgen tune study: val CIDEr-D {best.value:.4f} after "
-              f"{best.user_attrs.get('epochs', '?')} epochs.\n# Trials ran on a short budget (train.epochs, "
-              f"train.val_images): raise them for a full run.\n# capgen train --config {path.name} ...\n")
+    header = (
+        f"# Best trial {best.number} of a capgen tune study: val CIDEr-D {best.value:.4f} after "
+        f"{best.user_attrs.get('epochs', '?')} epochs.\n# Trials ran on a short budget (train.epochs, "
+        f"train.val_images): raise them for a full run.\n# capgen train --config {path.name} ...\n"
+    )
     with atomic_path(path) as tmp:
         tmp.write_text(header + yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
 

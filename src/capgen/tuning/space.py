@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from capgen.config import ConfigError, config_from_dict, config_to_dict
 from capgen.errors import CapgenError
 from capgen.training.config import RunConfig, TrainConfig
@@ -94,8 +93,11 @@ class Space:
         return values
 
     def fingerprint(self) -> str:
-        text = json.dumps({k: dataclasses.asdict(d) | {"kind": type(d).__name__} for k, d in self.dims.items()},
-                          sort_keys=True, default=str)
+        text = json.dumps(
+            {k: dataclasses.asdict(d) | {"kind": type(d).__name__} for k, d in self.dims.items()},
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -123,8 +125,10 @@ def load_space(path: str | Path, base_model: str) -> Space:
 
     raw = read_yaml(path, "space file", ConfigError)
     if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{path}: expected a mapping of config keys (train.lr, model_config.d_model, model) "
-                          f"to ranges, choices or values")
+        raise ConfigError(
+            f"{path}: expected a mapping of config keys (train.lr, model_config.d_model, model) "
+            f"to ranges, choices or values"
+        )
     try:
         return parse_space(raw, base_model, str(path))
     except CapgenError as e:
@@ -168,13 +172,16 @@ def parse_space(raw: dict, base_model: str, source: str = "space") -> Space:
                 raise ConfigError(f"{key}: model {scope!r} is not among the space's models ({', '.join(models)})")
             owners = [model_config_class(scope)]
         else:
-            raise ConfigError(f"unknown key {key!r}; expected model, train.KEY, model_config.KEY or MODEL.KEY "
-                              f"(MODEL one of {', '.join(list_models())})")
+            raise ConfigError(
+                f"unknown key {key!r}; expected model, train.KEY, model_config.KEY or MODEL.KEY "
+                f"(MODEL one of {', '.join(list_models())})"
+            )
         for cls in owners:
             names = {f.name for f in dataclasses.fields(cls)}
             if name not in names:
-                raise ConfigError(f"unknown key {key!r}: {cls.__name__} has no {name!r}; valid keys: "
-                                  f"{', '.join(sorted(names))}")
+                raise ConfigError(
+                    f"unknown key {key!r}: {cls.__name__} has no {name!r}; valid keys: {', '.join(sorted(names))}"
+                )
         dims[str(key)] = _dim(str(key), spec, typing.get_type_hints(owners[0])[name], _coercer(owners, name))
     return Space(dims, source)
 
@@ -231,8 +238,9 @@ def _parse_dim(key: str, spec: Any, tp: Any, coerce) -> Dim:
             if step <= 0 or log:
                 raise ConfigError(f"{key}: step must be > 0 and cannot be combined with log, got step {step}")
         return Range(low, high, log, step, integer=tp is int)
-    raise ConfigError(f"{key}: expected a value, {{low, high[, log][, step]}} or {{choices: [...]}}, got keys "
-                      f"{sorted(kinds)}")
+    raise ConfigError(
+        f"{key}: expected a value, {{low, high[, log][, step]}} or {{choices: [...]}}, got keys {sorted(kinds)}"
+    )
 
 
 def base_point(space: Space, base: RunConfig) -> dict[str, Any]:
@@ -253,8 +261,10 @@ def base_point(space: Space, base: RunConfig) -> dict[str, Any]:
         else:
             continue  # a key of another model: not drawn for the base model
         if not space.dims[key].contains(value):
-            raise ConfigError(f"--baseline: the base config's {key} ({value!r}) is outside the space's "
-                              f"{_describe(space.dims[key])}; widen the space to include it")
+            raise ConfigError(
+                f"--baseline: the base config's {key} ({value!r}) is outside the space's "
+                f"{_describe(space.dims[key])}; widen the space to include it"
+            )
         point[key] = value
     return point
 

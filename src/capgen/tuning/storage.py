@@ -37,14 +37,17 @@ def open_storage(study_dir: Path, url: str | None):
         _repair_journal(journal)
         _check_journal(journal)
         backend = optuna.storages.journal.JournalFileBackend(
-            str(journal), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(journal)))
+            str(journal), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(journal))
+        )
         with replaying(journal):
             return optuna.storages.JournalStorage(backend)
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except ModuleNotFoundError as e:
-        raise StudyError(f"--storage {_masked(url)}: the database driver {e.name!r} is not installed "
-                         f"(PostgreSQL: pip install psycopg2-binary)") from None
+        raise StudyError(
+            f"--storage {_masked(url)}: the database driver {e.name!r} is not installed "
+            f"(PostgreSQL: pip install psycopg2-binary)"
+        ) from None
     except Exception as e:  # sqlalchemy's OperationalError, ArgumentError, ...: all mean "cannot use it"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StudyError(f"--storage {_masked(url)}: cannot reach the database ({first[:200]})") from None
@@ -62,8 +65,9 @@ def _masked(url: str) -> str:
 def _repair_journal(path: Path) -> None:
     """Drop a half-written last line (a worker killed mid-append); Optuna refuses to read past one."""
     if path.exists() and not path.is_file():
-        raise StudyError(f"{path}: the study journal must be a file, not a folder or device; move it away or "
-                         f"choose another --study")
+        raise StudyError(
+            f"{path}: the study journal must be a file, not a folder or device; move it away or choose another --study"
+        )
     if not path.is_file() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
@@ -71,16 +75,19 @@ def _repair_journal(path: Path) -> None:
         try:  # Optuna would stop at the first bad byte with a UnicodeDecodeError
             data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise StudyError(f"{path}: the study journal is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
-                             f"{e.start}); restore it or start a new --study") from None
+            raise StudyError(
+                f"{path}: the study journal is not UTF-8 text (byte 0x{data[e.start]:02x} at offset "
+                f"{e.start}); restore it or start a new --study"
+            ) from None
         if data.endswith(b"\n"):
             return
         f.truncate(data.rfind(b"\n") + 1)
 
 
 def _damaged(path: Path, what: str) -> StudyError:
-    return StudyError(f"{path}: damaged study journal ({what}); restore it from a copy, or start a new study "
-                      f"with another --study")
+    return StudyError(
+        f"{path}: damaged study journal ({what}); restore it from a copy, or start a new study with another --study"
+    )
 
 
 def _check_journal(path: Path) -> None:
@@ -123,16 +130,20 @@ def replaying(path: Path) -> Iterator[None]:
 
 def fingerprint(data, cache, space, base) -> dict:
     """What a study was made for: the dataset, the features, the space and the base config."""
+
     def digest(obj) -> str:
         return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     splits = {s: [r.image for r in data.split(s)] for s in ("train", "val")}
-    return {"data": digest([data.vocab.itos, splits]),
-            "features": digest([cache.encoder_spec, len(cache)]),
-            "space": space.fingerprint(),
-            "base config": digest(base.to_dict()),
-            "data_path": str(Path(data.root).resolve()), "features_path": str(Path(cache.root).resolve()),
-            "space_path": space.source}
+    return {
+        "data": digest([data.vocab.itos, splits]),
+        "features": digest([cache.encoder_spec, len(cache)]),
+        "space": space.fingerprint(),
+        "base config": digest(base.to_dict()),
+        "data_path": str(Path(data.root).resolve()),
+        "features_path": str(Path(cache.root).resolve()),
+        "space_path": space.source,
+    }
 
 
 def check_fingerprint(study, study_dir: Path, fp: dict) -> None:
@@ -144,14 +155,18 @@ def check_fingerprint(study, study_dir: Path, fp: dict) -> None:
         study.set_user_attr("fingerprint", fp)
         write_json(study_dir / STUDY_JSON, {"study_name": study.study_name, "fingerprint": fp})
         return
-    where = {"data": f"--data (study: {saved.get('data_path')}, now: {fp['data_path']})",
-             "features": f"--features (study: {saved.get('features_path')}, now: {fp['features_path']})",
-             "space": f"--space (study: {saved.get('space_path')}, now: {fp['space_path']})",
-             "base config": "--config/--set (the base run config)"}
+    where = {
+        "data": f"--data (study: {saved.get('data_path')}, now: {fp['data_path']})",
+        "features": f"--features (study: {saved.get('features_path')}, now: {fp['features_path']})",
+        "space": f"--space (study: {saved.get('space_path')}, now: {fp['space_path']})",
+        "base config": "--config/--set (the base run config)",
+    }
     differs = [where[k] for k in where if saved.get(k) != fp[k]]
     if differs:
-        raise StudyError(f"{study_dir}: this study was made for another {'; '.join(differs)}; use the same "
-                         f"inputs to continue it, or choose another --study")
+        raise StudyError(
+            f"{study_dir}: this study was made for another {'; '.join(differs)}; use the same "
+            f"inputs to continue it, or choose another --study"
+        )
     if not (study_dir / STUDY_JSON).is_file():  # another machine's folder for a shared --storage study
         study_dir.mkdir(parents=True, exist_ok=True)
         write_json(study_dir / STUDY_JSON, {"study_name": study.study_name, "fingerprint": fp})

@@ -18,24 +18,33 @@ from typing import Callable
 from capgen.io import folder_lock, read_json, read_yaml
 from capgen.training import RunConfig, train
 from capgen.tuning.space import Space, base_point, trial_config
-from capgen.tuning.storage import (HOST, JOURNAL, StudyError, check_fingerprint, fail_dead_trials, fingerprint,
-                                   open_storage, replaying, worker_id)
+from capgen.tuning.storage import (
+    HOST,
+    JOURNAL,
+    StudyError,
+    check_fingerprint,
+    fail_dead_trials,
+    fingerprint,
+    open_storage,
+    replaying,
+    worker_id,
+)
 
 PRUNERS = ("median", "hyperband", "none")
 
 
 @dataclass
 class TuneOptions:
-    trials: int = 20                 # the study ends when it holds this many trials (a killed one does not count)
-    timeout: float | None = None     # seconds; no trial starts after it (the running one finishes)
-    storage: str | None = None       # RDB URL; default: the journal file in the study folder
+    trials: int = 20  # the study ends when it holds this many trials (a killed one does not count)
+    timeout: float | None = None  # seconds; no trial starts after it (the running one finishes)
+    storage: str | None = None  # RDB URL; default: the journal file in the study folder
     study_name: str = "capgen"
     pruner: str = "median"
-    startup_trials: int = 5          # random trials before TPE models the space (and before pruning)
+    startup_trials: int = 5  # random trials before TPE models the space (and before pruning)
     seed: int = 0
-    baseline: bool = False           # run the base config itself as the first trial
-    threads: int | None = None       # force this many torch threads per trial
-    worker_index: int = 0            # for the sampler seed of parallel workers
+    baseline: bool = False  # run the base config itself as the first trial
+    threads: int | None = None  # force this many torch threads per trial
+    worker_index: int = 0  # for the sampler seed of parallel workers
 
 
 def open_study(study_dir: Path, space: Space, base: RunConfig, data, cache, opts: TuneOptions):
@@ -45,16 +54,22 @@ def open_study(study_dir: Path, space: Space, base: RunConfig, data, cache, opts
     point = base_point(space, base) if opts.baseline else None  # checked before the study is touched
     trials = study_dir / "trials"
     if trials.exists() and not trials.is_dir():
-        raise StudyError(f"{trials}: must be the study's folder of trial runs, not a file; move it away or "
-                         f"choose another --study")
+        raise StudyError(
+            f"{trials}: must be the study's folder of trial runs, not a file; move it away or choose another --study"
+        )
     storage = open_storage(study_dir, opts.storage)
     with replaying(study_dir / JOURNAL) if opts.storage is None else contextlib.nullcontext():
         # Load an existing study: creating appends to the journal even when the study exists.
         if opts.study_name in {s.study_name for s in storage.get_all_studies()}:
             study = optuna.load_study(study_name=opts.study_name, storage=storage, pruner=_pruner(opts))
         else:
-            study = optuna.create_study(storage=storage, study_name=opts.study_name, direction="maximize",
-                                        pruner=_pruner(opts), load_if_exists=True)
+            study = optuna.create_study(
+                storage=storage,
+                study_name=opts.study_name,
+                direction="maximize",
+                pruner=_pruner(opts),
+                load_if_exists=True,
+            )
         study.sampler = _sampler(opts, len(study.get_trials(deepcopy=False)))
     check_fingerprint(study, study_dir, fingerprint(data, cache, space, base))
     if opts.baseline and not any(t.user_attrs.get("baseline") for t in study.get_trials(deepcopy=False)):
@@ -88,12 +103,23 @@ def counted(study) -> int:
     """Trials that use up the budget: finished or running, but not those cut short by a dead worker."""
     from optuna.trial import TrialState
 
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state != TrialState.WAITING and not t.user_attrs.get("interrupted"))
+    return sum(
+        1
+        for t in study.get_trials(deepcopy=False)
+        if t.state != TrialState.WAITING and not t.user_attrs.get("interrupted")
+    )
 
 
-def run_worker(study, space: Space, base: RunConfig, data, cache, study_dir: Path, opts: TuneOptions,
-               say: Callable[[str], None] = print) -> None:
+def run_worker(
+    study,
+    space: Space,
+    base: RunConfig,
+    data,
+    cache,
+    study_dir: Path,
+    opts: TuneOptions,
+    say: Callable[[str], None] = print,
+) -> None:
     start = time.monotonic()
     while True:
         for t in fail_dead_trials(study):
@@ -110,8 +136,14 @@ def run_worker(study, space: Space, base: RunConfig, data, cache, study_dir: Pat
 
 
 def _requeue(study, t) -> None:
-    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "resume_from": t.user_attrs["run_dir"],
-                                              **({"baseline": True} if t.user_attrs.get("baseline") else {})})
+    study.enqueue_trial(
+        t.params,
+        user_attrs={
+            "retry_of": t.number,
+            "resume_from": t.user_attrs["run_dir"],
+            **({"baseline": True} if t.user_attrs.get("baseline") else {}),
+        },
+    )
 
 
 def run_trial(study, trial, space: Space, base: RunConfig, data, cache, study_dir: Path, opts: TuneOptions) -> None:
@@ -165,8 +197,11 @@ def _take_over(trial, run_dir: Path, cfg: RunConfig) -> bool:
         old.rmdir()
     except Exception:  # the old run is unreadable or busy: start afresh
         return False
-    history = (read_json(run_dir / "history.json", "training history", StudyError)
-               if (run_dir / "history.json").is_file() else [])
+    history = (
+        read_json(run_dir / "history.json", "training history", StudyError)
+        if (run_dir / "history.json").is_file()
+        else []
+    )
     for row in history:  # the pruner sees the epochs already done
         trial.report(row["CIDEr"], row["epoch"])
     trial.set_user_attr("resumed_from_trial", trial.user_attrs.get("retry_of"))
