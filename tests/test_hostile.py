@@ -384,20 +384,33 @@ BAD_INPUTS = {
         ["grid.npy", "unreadable"],
     ),
     "cache meta.json images reordered": (
-        lambda c: ["train", "--data", c.prepared, "--features", _reordered_meta(c), "--out", c.tmp / "run"],
+        lambda c: ["train", "--data", c.prepared, "--features", _edited_meta(c, "reordered"), "--out", c.tmp / "run"],
         ["meta.json", "reordered"],
+    ),
+    "cache meta.json images reordered, checksum deleted": (
+        lambda c: ["train", "--data", c.prepared, "--features", _edited_meta(c, "unbound"), "--out", c.tmp / "run"],
+        ["meta.json", "missing", "--overwrite"],
+    ),
+    "cache of format version 1": (
+        lambda c: ["train", "--data", c.prepared, "--features", _edited_meta(c, "v1"), "--out", c.tmp / "run"],
+        ["meta.json", "version 1", "--overwrite"],
     ),
 }
 
 
-def _reordered_meta(ctx) -> Path:
+def _edited_meta(ctx, how: str) -> Path:
     import json
     import shutil
 
-    root = ctx.tmp / "f-reordered"
+    root = ctx.tmp / f"f-{how}"
     shutil.copytree(ctx.feats, root)
     meta = json.loads((root / "meta.json").read_text())
     meta["images"] = meta["images"][::-1]
+    if how == "unbound":
+        del meta["images_sha256"]
+    if how == "v1":  # as capgen 0.1 wrote it
+        meta["capgen_features"] = 1
+        del meta["images_sha256"]
     (root / "meta.json").write_text(json.dumps(meta))
     return root
 

@@ -24,7 +24,8 @@ import numpy as np
 from capgen.errors import FeatureCacheError
 
 JOB, META, LOCK = "job.json", "meta.json", ".lock"
-FORMAT_VERSION = 1
+# 2: meta.json binds the order of its images list (images_sha256); 1 (capgen 0.1) could not.
+FORMAT_VERSION = 2
 
 
 KINDS = ("grid", "block_input")
@@ -132,13 +133,19 @@ class FeatureCache:
                 )
             raise FeatureCacheError(f"{root}: not a capgen feature cache (no {META})")
         meta = read_json(root / META, "feature cache metadata")
+        if meta.get("capgen_features") == 1:
+            raise FeatureCacheError(
+                f"{root / META}: a version 1 cache (capgen 0.1), whose images list nothing binds to its rows; "
+                "extract again with --overwrite"
+            )
         if meta.get("capgen_features") != FORMAT_VERSION or not meta.get("complete"):
             raise FeatureCacheError(f"{root / META}: not a complete capgen feature cache of version {FORMAT_VERSION}")
         check_meta(meta, root / META)
-        if "images_sha256" in meta and meta["images_sha256"] != images_hash(meta["images"]):  # older caches lack it
+        if meta.get("images_sha256") != images_hash(meta["images"]):
             raise FeatureCacheError(
                 f"{root / META}: the 'images' list was changed or reordered after extraction "
-                f"(its checksum differs), so rows would go to the wrong images; extract again"
+                f"(its checksum 'images_sha256' differs or is missing), so rows would go to the wrong images; "
+                "extract again with --overwrite"
             )
         pooled = load_array(root / "pooled.npy", "r", "extract again")
         grid = load_array(root / "grid.npy", "r", "extract again")

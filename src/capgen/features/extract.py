@@ -56,7 +56,7 @@ class ExtractResult:
 
 def _same_job(a: dict, b: dict) -> list[str]:
     """Names of the settings in which two jobs differ."""
-    return [k for k in ("kind", "encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
+    return [k for k in ("capgen_features", "kind", "encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
 
 
 def _clear(out: Path) -> None:
