@@ -388,3 +388,18 @@ def test_an_exported_folder_captions_like_its_checkpoint_through_the_captioner(t
         cap.caption(photos[0], return_attention=True)
     with pytest.raises(CapgenError, match="needs a .pt checkpoint"):
         Captioner.from_pretrained(exports["show_tell"], backend="torch")
+
+
+def test_capgen_info_describes_a_model_and_prints_the_bundled_card(exports, capsys):
+    import json
+
+    from capgen.cli import main
+
+    assert main(["info", str(exports["show_tell"]), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["architecture"] == "show_tell" and out["card"] is None
+    assert main(["info", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"]["architecture"] == "transformer" and "## Intended use" in out["card"]
+    assert main(["info", str(exports["show_tell"] / "missing")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err

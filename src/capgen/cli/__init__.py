@@ -12,13 +12,13 @@ import warnings
 from typing import Sequence
 
 from capgen import __version__
-from capgen.cli import alt, caption, evaluate, export, extract, prepare, serve, synth, train, tune
+from capgen.cli import alt, caption, evaluate, export, extract, info, prepare, serve, synth, train, tune
 from capgen.errors import CapgenError
 from capgen.extras import require
 from capgen.io import echo
 from capgen.parallel import shutdown_distributed
 
-COMMANDS = (prepare, extract, train, tune, evaluate, caption, alt, export, serve, synth)
+COMMANDS = (prepare, extract, train, tune, evaluate, caption, alt, export, serve, synth, info)
 MESSAGE_LIMIT = 2000  # characters of an error line: a message echoing a hostile value stays one line
 
 
