@@ -127,3 +127,34 @@ def test_torchrun_shards_across_two_ranks(prepared, tiny_encoder, tmp_path):
     ids = [r.image for r in prepared.records()]
     assert len(b) == single.images
     np.testing.assert_array_equal(a.grid(ids), b.grid(ids))
+
+
+@pytest.mark.parametrize("damage", ["progress row 10**9", "grid.npy deleted"])
+def test_a_damaged_unfinished_extraction_is_one_line_and_loses_nothing(
+    prepared, tiny_encoder, tmp_path, monkeypatch, damage
+):
+    """Issue 20 #13: an unfinished cache damaged between runs: before, IndexError after all the work
+    (a progress row of 10**9) or FileNotFoundError (grid.npy deleted)."""
+    import json
+
+    real = extract_mod.make_runner
+    monkeypatch.setattr(extract_mod, "make_runner", lambda *a, **k: _Interrupting(real(*a, **k), at_call=3))
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(prepared, tmp_path / "f", encoder=tiny_encoder, batch_size=4, progress=False)
+    monkeypatch.setattr(extract_mod, "make_runner", real)
+    out = tmp_path / "f"
+    if damage == "grid.npy deleted":
+        (out / "grid.npy").unlink()
+        want = "grid.npy"
+    else:
+        p = sorted(out.glob("progress-*.json"))[0]
+        d = json.loads(p.read_text())
+        d["done"].append(10**9)
+        p.write_text(json.dumps(d))
+        want = p.name
+    kept = sorted(q.name for q in out.iterdir())
+    with pytest.raises(FeatureCacheError, match=f"{want}.*--overwrite"):
+        extract_features(prepared, out, encoder=tiny_encoder, batch_size=4, progress=False)
+    assert sorted(q.name for q in out.iterdir()) == kept  # nothing removed: the user decides
+    res = extract_features(prepared, out, encoder=tiny_encoder, batch_size=4, overwrite=True, progress=False)
+    assert res.images == len(prepared.records())
