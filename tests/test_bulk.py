@@ -311,3 +311,23 @@ def test_long_names_get_figures_and_one_failed_figure_does_not_stop_the_batch(ti
     assert code == 1 and len(captured.out.splitlines()) == 2
     assert (annotated / f"{long.stem}.jpg").is_file()
     assert f"no figure for {keep[1]}" in captured.err and "internal error" not in captured.err
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_job_rank_0_refuses_ends_every_rank(tiny_run, photos, tmp_path):
+    """Issue 20: rank 0 refused a damaged job file and the other rank waited for it forever."""
+    import os
+    import sys
+
+    from conftest import run_torchrun
+
+    out = tmp_path / "c.jsonl"
+    out.with_name(out.name + ".job.json").write_text("garbage")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = ["caption", str(photos), "--model", str(tiny_run.checkpoints["show_tell"]), "--encoder", tiny_run.encoder]
+    proc = run_torchrun(["--nproc_per_node", "2", "-m", "capgen", *args, "--out", str(out), "--greedy"], env, 120)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("capgen caption: error:")]
+    assert len(lines) == 2 and all("damaged" in line for line in lines), proc.stderr[-3000:]
+    # torchrun itself prints a traceback for failed workers; none comes from capgen's ranks
+    assert "capgen/inference" not in proc.stderr and out.with_name(out.name + ".job.json").read_text() == "garbage"

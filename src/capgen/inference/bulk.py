@@ -334,16 +334,22 @@ def _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, 
     }
     job_path = out.with_name(out.name + ".job.json")
 
-    lock, notes, done = None, [], set()
+    lock, notes, done, refused = None, [], set(), None
     if dist.rank == 0:  # rank 0 owns OUT, the job file and the merge
-        out.parent.mkdir(parents=True, exist_ok=True)
-        lock = _JobLock(out)
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            lock = _JobLock(out)
             notes, done = _open_job(out, fmt, job, job_path, paths)
-        except BaseException:
-            lock.release()  # a refused job leaves OUT free for the next one
-            raise
-    notes = dist.broadcast(notes)
+        except BaseException as e:
+            if lock is not None:
+                lock.release()  # a refused job leaves OUT free for the next one
+            refused = e
+    # Every rank learns whether rank 0 refused the job: the others would otherwise wait for it forever.
+    notes, why = dist.broadcast((notes, None if refused is None else str(refused) or type(refused).__name__))
+    if refused is not None:
+        raise refused
+    if why is not None:
+        raise CapgenError(why)
     try:
         dist.barrier()
         if dist.rank != 0:
