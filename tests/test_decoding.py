@@ -10,17 +10,47 @@ import numpy as np
 import pytest
 import torch
 
-from capgen.decoding import MAX_BEAM, DecodeConfig, DecodeError, TokenIds, decode
+from capgen.decoding import MAX_BEAM, DecodeConfig, DecodeError, TokenIds, decode, search
+from capgen.decoding.steps import ArrayStep
 from capgen.models import PAD_ID, CaptionModel, list_models
 from test_models import END, IDS, START, UNK, N, build, features
 
 MODELS = list_models()
 
 
-def run(model, B=3, image_seed=0, ids=IDS, **cfg):
+def _numpy_step(model):
+    """A torch model's step with numpy arrays in and out, as the runtime's ONNX graphs give them."""
+
+    def step(tokens, state, memory):
+        with torch.inference_mode():
+            logp, new, _ = model.step(
+                torch.from_numpy(tokens),
+                {k: torch.from_numpy(v) for k, v in state.items()},
+                {k: torch.from_numpy(v) for k, v in memory.items()},
+            )
+        return logp.numpy(), {k: v.numpy() for k, v in new.items()}
+
+    return step
+
+
+def numpy_decode(model, pooled, grid, ids, config=None, include=None):
+    """`decode` over the numpy backend (ArrayStep: numpy memory and state, as in the runtime)."""
+    with torch.inference_mode():
+        memory = model.init_memory(torch.as_tensor(pooled), torch.as_tensor(grid))
+        state = model.init_state(memory)
+    memory, state = ({k: v.numpy() for k, v in d.items()} for d in (memory, state))
+    step = ArrayStep(_numpy_step(model), model.vocab_size, model.shared_memory)
+    return search(step, memory, state, ids, config, include)
+
+
+# The one search, over each backend: a torch model's tensors (decode) and numpy arrays (the runtime's).
+BACKENDS = {"torch": decode, "numpy": numpy_decode}
+
+
+def run(model, B=3, image_seed=0, ids=IDS, backend="torch", **cfg):
     """Decode B random images; `cfg` is DecodeConfig keywords (`seed` is the sampling seed)."""
     pooled, grid = features(B, seed=image_seed)
-    return decode(model, pooled, grid, ids, DecodeConfig(**cfg))
+    return BACKENDS[backend](model, pooled, grid, ids, DecodeConfig(**cfg))
 
 
 def sharp(name: str, vocab_size: int) -> CaptionModel:
@@ -32,11 +62,12 @@ def sharp(name: str, vocab_size: int) -> CaptionModel:
     return model
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MODELS)
-def test_beam_size_one_equals_greedy(name):
+def test_beam_size_one_equals_greedy(name, backend):
     model = sharp(name, 20)
-    greedy = run(model, B=4, method="greedy", max_len=8)
-    beam = run(model, B=4, method="beam", beam_size=1, max_len=8)
+    greedy = run(model, B=4, method="greedy", max_len=8, backend=backend)
+    beam = run(model, B=4, method="beam", beam_size=1, max_len=8, backend=backend)
     for g, b in zip(greedy, beam):
         assert g[0].tokens == b[0].tokens
         assert g[0].score == pytest.approx(b[0].score, rel=1e-5)
@@ -56,9 +87,11 @@ def brute_force(model: CaptionModel, pooled, grid, words: list[int], max_len: in
     return sorted(scored, key=lambda x: -x[1])
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 @pytest.mark.parametrize("name", MODELS)
-def test_beam_search_equals_brute_force(name, alpha):
+def test_beam_search_equals_brute_force(name, alpha, backend):
+    decode = BACKENDS[backend]
     vocab_size, max_len = 6, 3  # <unk> (allowed here) and 2 words: 39 captions in all
     model = sharp(name, vocab_size).eval()
     for seed in range(3):
@@ -363,12 +396,7 @@ def test_bad_word_limits(cfg, match):
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam"])
-def test_numpy_search_applies_the_word_limits_like_the_torch_one(method):
-    from capgen.runtime.search import beam_search as numpy_beam
-    from capgen.runtime.search import greedy_search as numpy_greedy
-    from capgen.runtime.search import hypotheses
-    from test_guide import _numpy_step
-
+def test_numpy_backend_applies_the_word_limits_like_the_torch_one(method):
     ids = TokenIds(PAD_ID, START, END, UNK, bad_endings=(4,))
     model = Favours(build("show_tell", vocab_size=12), {END: 4.0, 4: 2.0}).eval()
     pooled, grid = features(3, seed=2)
@@ -377,15 +405,6 @@ def test_numpy_search_applies_the_word_limits_like_the_torch_one(method):
         DecodeConfig(method=method, max_words=2, beam_size=1 if method == "greedy" else 2),
     ):
         ref = decode(model, pooled, grid, ids, cfg)
-        with torch.inference_mode():
-            memory = model.init_memory(pooled, grid)
-            state = model.init_state(memory)
-        memory, state = ({k: v.numpy() for k, v in d.items()} for d in (memory, state))
-        found = (
-            numpy_greedy(_numpy_step(model), memory, state, ids, cfg, 12)
-            if method == "greedy"
-            else numpy_beam(_numpy_step(model), memory, state, ids, cfg, 12, model.shared_memory)
-        )
-        got = hypotheses(found, cfg.n_best)
+        got = numpy_decode(model, pooled, grid, ids, cfg)
         assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
         assert all(cfg.min_words <= len(h.tokens) <= cfg.length_limit for hs in got for h in hs)

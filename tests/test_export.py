@@ -19,6 +19,7 @@ from capgen.cli import main
 from capgen.data.vocab import Vocabulary
 from capgen.errors import CapgenError, ExportError
 from capgen.models import create_model
+from capgen.models.onnx import TOLERANCE
 from capgen.runtime import Runtime
 from capgen.runtime import folder as fmt
 
@@ -90,7 +91,8 @@ def test_runtime_captions_equal_torch_captions(name, tiny_run, checkpoints, expo
         got = rt.caption(photos, **options)
         assert [r.caption for r in got] == [r.caption for r in ref], options
         assert [r.truncated for r in got] == [r.truncated for r in ref], options
-        assert [r.score for r in got] == pytest.approx([r.score for r in ref], rel=1e-5)
+        for r, g in zip(ref, got):  # within the export check's per-step tolerance (ONNX kernels are not torch's)
+            assert g.score == pytest.approx(r.score, abs=TOLERANCE * (len(r.caption.split()) + 1)), options
         assert [a for r in got for a, _ in r.alternatives] == [a for r in ref for a, _ in r.alternatives]
 
 

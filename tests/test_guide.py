@@ -8,7 +8,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 from capgen import Captioner
 from capgen.cli import main
@@ -250,50 +249,17 @@ def test_server_guides_by_default(guided_captioner, tiny_run):
 # ---- the torch-free runtime guides like the Captioner --------------------------------------------
 
 
-def _numpy_step(model):
-    """A torch model's step as the runtime's numpy Step."""
-
-    def step(tokens, state, memory):
-        with torch.inference_mode():
-            logp, new, _ = model.step(
-                torch.from_numpy(tokens),
-                {k: torch.from_numpy(v) for k, v in state.items()},
-                {k: torch.from_numpy(v) for k, v in memory.items()},
-            )
-        return logp.numpy(), {k: v.numpy() for k, v in new.items()}
-
-    return step
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_numpy_constrained_search_equals_the_torch_one(name):
-    import numpy as np
 
-    from capgen.runtime.search import beam_search as numpy_beam_search
-    from capgen.runtime.search import hypotheses
+    from test_decoding import numpy_decode
 
     model = sharp(name, 20).eval()
     pooled, grid = features(3, seed=6)
-    include = np.zeros((3, 20), dtype=bool)
-    include[0, 7] = include[1, [9, 10]] = include[2, 12] = True
+    include = [{7}, {9, 10}, {12}]
     for cfg in (DecodeConfig(beam_size=3, max_len=8), DecodeConfig(beam_size=2, n_best=2, max_len=6)):
-        ref = decode(model, pooled, grid, IDS, cfg, include=[{7}, {9, 10}, {12}])
-        with torch.inference_mode():
-            memory = model.init_memory(pooled, grid)
-            state = model.init_state(memory)
-        got = hypotheses(
-            numpy_beam_search(
-                _numpy_step(model),
-                {k: v.numpy() for k, v in memory.items()},
-                {k: v.numpy() for k, v in state.items()},
-                IDS,
-                cfg,
-                20,
-                model.shared_memory,
-                include,
-            ),
-            cfg.n_best,
-        )
+        ref = decode(model, pooled, grid, IDS, cfg, include=include)
+        got = numpy_decode(model, pooled, grid, IDS, cfg, include=include)
         assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
         assert [h.score for hs in got for h in hs] == pytest.approx([h.score for hs in ref for h in hs], rel=1e-5)
 

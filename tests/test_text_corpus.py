@@ -139,11 +139,18 @@ def test_decoder_learns_to_caption_from_tags_alone(text_data):
     model.eval()
     with torch.no_grad():
         memory = model.init_memory(*zeros, word_probs=probs, has_image=hidden)
-    from capgen.decoding.beam import beam_search
-    from capgen.decoding.search import _hypotheses
+    from capgen.decoding import search
+    from capgen.decoding.torch_step import TorchStep
 
-    found = beam_search(model, memory, model.init_state(memory), TokenIds.from_vocab(vocab), DecodeConfig(beam_size=2))
-    got = [" ".join(vocab.decode(h[0].tokens)) for h in _hypotheses(found, 1)]
+    with torch.no_grad():
+        hyps = search(
+            TorchStep(model, torch.device("cpu"), False),
+            memory,
+            model.init_state(memory),
+            TokenIds.from_vocab(vocab),
+            DecodeConfig(beam_size=2),
+        )
+    got = [" ".join(vocab.decode(h[0].tokens)) for h in hyps]
     assert got == list(rows.values())
 
 

@@ -1,6 +1,6 @@
-"""The decoding rules as plain data and arithmetic, with no torch: the word lists and the length
-penalty. `capgen.decoding` (torch) and `capgen.runtime` (numpy) both apply these, so the two paths
-cannot drift apart; only the array code that applies them exists twice.
+"""The decoding rules, in numpy: the word lists, the length penalty and `Rules`, the one mask of
+which tokens may come next. Every search applies it, and SCST's policy applies the same mask to
+its (torch) logits, so the sampler and the gradient agree.
 
 What every search enforces at step t (t words emitted so far), in this order, with
 L = DecodeConfig.length_limit (max_words, else max_len):
@@ -62,3 +62,55 @@ def token_masks(ids, cfg, vocab_size: int) -> tuple[np.ndarray, np.ndarray, np.n
 
     never = mask({ids.pad, ids.start} | (set() if cfg.allow_unk else {ids.unk}))
     return never, mask(ids.bad_endings), mask(ids.function_words)
+
+
+NEG_INF = -np.inf
+
+
+class Rules:
+    """Which token may come next, per row, at step t (t words emitted so far): the list above."""
+
+    def __init__(self, ids, cfg, vocab_size: int):
+        self.ids, self.cfg = ids, cfg
+        self.never, self.bad_end, self.may_repeat = token_masks(ids, cfg, vocab_size)  # (V,) each
+
+    def final(self, t: int) -> bool:
+        return t == self.cfg.length_limit
+
+    def ban(self, t: int, prev: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """(R, V) bool, True where a token may not come. prev (R,) the token fed at step t; history
+        (R, >= t) the words so far."""
+        R, V, end = len(prev), len(self.never), self.ids.end
+        if self.final(t):
+            ban = np.ones((R, V), dtype=bool)
+            ban[:, end] = False
+            return ban
+        ban = np.broadcast_to(self.never, (R, V)).copy()
+        if t < self.cfg.min_words:
+            ban[:, end] = True
+        else:
+            ban[:, end] |= self.bad_end[prev]
+        if t == self.cfg.length_limit - 1:  # the last word the limit allows: <end> must be able to follow it
+            ban |= self.bad_end
+        _ban_ngrams(ban, history, t, self.cfg.no_repeat_ngram)
+        if self.cfg.no_repeat_words and t > 0:  # no second use of a word outside FUNCTION_WORDS
+            seen = np.zeros((R, V), dtype=bool)
+            np.put_along_axis(seen, history[:, :t], True, axis=1)
+            ban |= seen & ~self.may_repeat
+        return ban
+
+    def apply(self, logp: np.ndarray, t: int, prev: np.ndarray, history: np.ndarray) -> np.ndarray:
+        """logp (R, V) with -inf where `ban` says no (a new array)."""
+        return np.where(self.ban(t, prev, history), np.float32(NEG_INF), logp).astype(np.float32, copy=False)
+
+
+def _ban_ngrams(ban: np.ndarray, history: np.ndarray, length: int, n: int) -> None:
+    """In place: True for every token that would complete an n-gram already in the row."""
+    if n <= 0 or length < n:  # no complete n-gram yet
+        return
+    starts = np.arange(length - n + 1)  # every n-gram's start
+    grams = history[:, starts[:, None] + np.arange(n)]  # (R, G, n)
+    prefix = history[:, length - (n - 1) : length]  # (R, n-1) the current context
+    match = (grams[:, :, :-1] == prefix[:, None, :]).all(axis=-1)  # (R, G); n=1: all True
+    rows, cols = np.nonzero(match)
+    ban[rows, grams[rows, cols, -1]] = True

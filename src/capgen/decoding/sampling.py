@@ -2,81 +2,87 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Callable
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from capgen.decoding.beam import Found
-from capgen.decoding.common import NEG_INF, Constraints, State
 from capgen.decoding.config import DecodeConfig, TokenIds
+from capgen.decoding.rules import NEG_INF, Rules
+from capgen.decoding.steps import Rows, Step
 
-if TYPE_CHECKING:  # models sit above decoding: the search only calls their step
-    from capgen.models.base import CaptionModel
+# n -> n uniform draws in [0, 1): numpy's Generator for the runtime, torch's generator for a torch
+# model (so a training run's sampling follows torch's seeded, checkpointed random state).
+Uniform = Callable[[int], np.ndarray]
 
 
 def sample_search(
-    model: CaptionModel,
-    memory: State,
-    state: State,
-    ids: TokenIds,
-    cfg: DecodeConfig,
-    generator: torch.Generator | None,
+    step: Step, memory: Rows, state: Rows, ids: TokenIds, cfg: DecodeConfig, uniform: Uniform | None = None
 ) -> Found:
     """Decode every row of `state` once (M = 1 caption per row). Greedy when cfg.method == "greedy".
 
-    Rows still running after length_limit words take <end> at a last step (Constraints), and pay its
+    Rows still running after length_limit words take <end> at a last step (Rules), and pay its
     log-prob like any other word.
     """
     R, L = next(iter(state.values())).shape[0], cfg.length_limit  # the memory may be one row per image
-    device = next(iter(state.values())).device
-    rules = Constraints(ids, cfg, model.vocab_size, device)
-    tokens = torch.full((R,), ids.start, dtype=torch.long, device=device)
-    words = torch.full((R, L), ids.pad, dtype=torch.long, device=device)
-    lengths = torch.zeros(R, dtype=torch.long, device=device)
-    scores = torch.zeros(R, device=device)
-    truncated = torch.zeros(R, dtype=torch.bool, device=device)
-    done = torch.zeros(R, dtype=torch.bool, device=device)
+    rules = Rules(ids, cfg, step.vocab_size)
+    tokens = np.full(R, ids.start, dtype=np.int64)
+    words = np.full((R, L), ids.pad, dtype=np.int64)
+    lengths = np.zeros(R, dtype=np.int64)
+    scores = np.zeros(R, dtype=np.float32)
+    truncated = np.zeros(R, dtype=bool)
+    done = np.zeros(R, dtype=bool)
     attention = None
+    rows = np.arange(R)
     for t in range(L + 1):
-        raw, state, att = model.step(tokens, state, memory)  # (R, V), state, (R, N)
+        raw, state, att = step(tokens, state, memory)  # (R, V), state, (R, N) or None
         logp = rules.apply(raw, t, tokens, words)
-        choice = logp.argmax(dim=-1) if cfg.method == "greedy" else _sample(logp, cfg, generator)  # (R,)
-        chosen = logp.gather(1, choice.unsqueeze(1)).squeeze(1)  # (R,)
-        stuck = torch.isinf(chosen)  # every token blocked: the caption ends here, no <end> term
+        choice = logp.argmax(axis=-1) if cfg.method == "greedy" else _sample(logp, cfg, uniform(R))  # (R,)
+        chosen = logp[rows, choice]  # (R,)
+        stuck = np.isinf(chosen)  # every token blocked: the caption ends here, no <end> term
         ended = (choice == ids.end) | stuck
         live = ~done
         if rules.final(t):
-            truncated = truncated | (live & (raw.argmax(dim=-1) != ids.end))
-        truncated = truncated | (live & stuck)
-        scores = scores + torch.where(live & ~stuck, chosen, torch.zeros_like(chosen))
+            truncated |= live & (raw.argmax(axis=-1) != ids.end)
+        truncated |= live & stuck
+        scores = scores + np.where(live & ~stuck, chosen, 0.0).astype(np.float32)
         done = done | ended
-        if rules.final(t) or bool(done.all()):
+        if rules.final(t) or done.all():
             break
         emit = live & ~ended
-        words[:, t] = torch.where(emit, choice, torch.full_like(choice, ids.pad))
+        words[:, t] = np.where(emit, choice, ids.pad)
         if cfg.return_attention and att is not None:
             if attention is None:
-                attention = att.new_zeros(R, L, att.shape[-1])  # (R, L, N)
-            attention[:, t] = att * emit.unsqueeze(1)
-        lengths = lengths + emit.long()
-        tokens = choice
-    one = lambda x: None if x is None else x.unsqueeze(1)  # noqa: E731  (R, ...) -> (R, 1, ...)
+                attention = np.zeros((R, L, att.shape[-1]), dtype=np.float32)  # (R, L, N)
+            attention[:, t] = att * emit[:, None]
+        lengths += emit
+        tokens = choice.astype(np.int64)
+
+    def one(x):  # (R, ...) -> (R, 1, ...)
+        return None if x is None else x[:, None]
+
     return Found(one(words), one(lengths), one(scores), one(truncated), one(attention))
 
 
-def _sample(logp: Tensor, cfg: DecodeConfig, generator: torch.Generator | None) -> Tensor:
-    """Draw one token per row from temperature-scaled, top-k / top-p filtered log-probs (R, V)."""
-    logits = logp / cfg.temperature  # (R, V)
-    if cfg.top_k > 0:
-        kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (R, 1)
-        logits = logits.masked_fill(logits < kth, NEG_INF)
+def _sample(logp: np.ndarray, cfg: DecodeConfig, u: np.ndarray) -> np.ndarray:
+    """One token per row from temperature-scaled, top-k / top-p filtered log-probs (R, V), by inverting
+    each row's distribution at the uniform draw u (R,)."""
+    logits = logp.astype(np.float64) / cfg.temperature  # (R, V)
+    if cfg.top_k > 0 and cfg.top_k < logits.shape[-1]:
+        kth = -np.partition(-logits, cfg.top_k - 1, axis=-1)[:, cfg.top_k - 1 : cfg.top_k]  # (R, 1)
+        logits = np.where(logits < kth, NEG_INF, logits)
+    dead = np.isinf(logits).all(axis=-1, keepdims=True)  # all blocked: any pick is "stuck"
+    logits = np.where(dead, 0.0, logits)
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
     if cfg.top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (R, V)
-        probs = sorted_logits.softmax(dim=-1)
+        order = np.argsort(-probs, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(probs, order, axis=-1)
         # Drop a token once the tokens before it already cover top_p (the first always stays).
-        drop = probs.cumsum(dim=-1) - probs >= cfg.top_p
-        logits = logits.scatter(1, order, sorted_logits.masked_fill(drop, NEG_INF))
-    dead = torch.isinf(logits).all(dim=-1, keepdim=True)  # all blocked: any pick is "stuck"
-    logits = logits.masked_fill(dead, 0.0)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)  # (R,)
+        drop = np.cumsum(sorted_p, axis=-1) - sorted_p >= cfg.top_p
+        np.put_along_axis(probs, order, np.where(drop, 0.0, sorted_p), axis=-1)
+    cdf = np.cumsum(probs, axis=-1)  # (R, V)
+    # The first token whose cumulative probability passes the draw; a token of probability 0 never is.
+    choice = (cdf <= (u * cdf[:, -1])[:, None]).sum(axis=-1)
+    last = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)  # rounding at the top end
+    return np.minimum(choice, last).astype(np.int64)

@@ -184,8 +184,6 @@ def verify_decoder(
 
 def _difference(model: CaptionModel, graphs, images: int, rows: int, steps: int, relative: bool = False) -> float:
     """One verify run: `images` images, each decoded in `rows` rows of state over one memory row."""
-    from capgen.decoding.common import repeat_rows
-
     pooled, grid = _example(model, batch=images)
     g = torch.Generator().manual_seed(1)
     memory_o, state_o = graphs.start(pooled.numpy(), grid.numpy())
@@ -193,7 +191,7 @@ def _difference(model: CaptionModel, graphs, images: int, rows: int, steps: int,
     R, worst = images * rows, 0.0
     with torch.inference_mode():
         memory: State = model.init_memory(pooled, grid)
-        state: State = repeat_rows(model.init_state(memory), rows)
+        state: State = {k: v.repeat_interleave(rows, dim=0) for k, v in model.init_state(memory).items()}
         tokens = torch.full((R,), 1, dtype=torch.long)
         for _ in range(steps):
             ref, state, _ = model.step(tokens, state, memory)

@@ -6,7 +6,6 @@ encoder, then greedy or beam search under the same rules), with no torch anywher
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -17,7 +16,8 @@ from PIL import Image
 
 from capgen.data.vocab import Vocabulary
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
-from capgen.decoding.consensus import rerank, search_config
+from capgen.decoding.search import search
+from capgen.decoding.steps import ArrayStep
 from capgen.errors import CapgenError, ExportError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.ort import open_session
@@ -25,7 +25,6 @@ from capgen.preprocess import Preprocess
 from capgen.result import CaptionResult, from_hypotheses
 from capgen.runtime import folder as fmt
 from capgen.runtime.graphs import DecoderGraphs
-from capgen.runtime.search import beam_search, greedy_search, hypotheses
 from capgen.tags.corpus_captions import CorpusCaptions
 from capgen.tags.guide import Guidance, Guide, GuideConfig
 from capgen.tags.head import LinearHead
@@ -84,6 +83,7 @@ class Runtime:
         threads = threads or os.cpu_count() or 1
         self.encoder = open_session(d / fmt.ENCODER, threads)
         self.graphs = DecoderGraphs(d / fmt.INIT, d / fmt.STEP, self.memory_keys, self.state_keys, decoder_threads)
+        self.step = ArrayStep(self.graphs.step, len(self.vocab), self.shared_memory)
         self._check_graphs(encoder)
         self.tagger, self.guide = self._tags(encoder.get("dim")) if fmt.has_tags(d) else (None, None)
         self.corpus = CorpusCaptions(self.tagger)
@@ -215,38 +215,10 @@ class Runtime:
     def decode(
         self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig, guidance: Sequence[Guidance | None] = ()
     ) -> list[list[Hypothesis]]:
-        """Features -> per image, hypotheses best first. Images with guidance are decoded apart from
-        the others (three beam groups; capgen.decoding.search._beam)."""
-        guided = [i for i, g in enumerate(guidance) if g is not None]
-        if not guided:
-            return self._decode(pooled, grid, config)
-        free = sorted(set(range(len(pooled))) - set(guided))
-        include = np.zeros((len(guided), len(self.vocab)), dtype=bool)
-        for row, i in enumerate(guided):
-            include[row, list(guidance[i].include)] = True
-        out: list = [None] * len(pooled)
-        for rows, hyps in (
-            (guided, self._decode(pooled[guided], grid[guided], config, include)),
-            (free, self._decode(pooled[free], grid[free], config) if free else []),
-        ):
-            for i, h in zip(rows, hyps):
-                out[i] = h
-        return out
-
-    def _decode(
-        self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig, include: np.ndarray | None = None
-    ) -> list[list[Hypothesis]]:
+        """Features -> per image, hypotheses best first (the one search, capgen.decoding.search)."""
         memory, state = self.graphs.start(pooled, grid)
-        asked, config = config, search_config(config)
-        if include is not None and config.method != "beam":  # greedy with a required word: a beam of one
-            config = dataclasses.replace(config, method="beam", beam_size=1)
-        if config.method == "beam":
-            found = beam_search(
-                self.graphs.step, memory, state, self.ids, config, len(self.vocab), self.shared_memory, include
-            )
-        else:
-            found = greedy_search(self.graphs.step, memory, state, self.ids, config, len(self.vocab))
-        return rerank(hypotheses(found, config.n_best), asked)
+        include = [None if g is None else g.include for g in guidance] if guidance else None
+        return search(self.step, memory, state, self.ids, config, include)
 
     def caption(
         self,
