@@ -194,7 +194,9 @@ class HeldCaptioner:
         self.started, self.release, self.wait = threading.Event(), threading.Event(), wait
 
     def decode_config(self, **options):
-        return options
+        from capgen.decoding import DecodeConfig
+
+        return options if options else DecodeConfig()  # no options: the model's defaults, for the server
 
     def encode_loaded(self, images):
         return None, None

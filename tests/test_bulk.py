@@ -331,3 +331,28 @@ def test_under_torchrun_a_job_rank_0_refuses_ends_every_rank(tiny_run, photos, t
     assert len(lines) == 2 and all("damaged" in line for line in lines), proc.stderr[-3000:]
     # torchrun itself prints a traceback for failed workers; none comes from capgen's ranks
     assert "capgen/inference" not in proc.stderr and out.with_name(out.name + ".job.json").read_text() == "garbage"
+
+
+@pytest.mark.slow
+def test_under_torchrun_two_ranks_caption_every_photo_once_as_one_process_does(tiny_run, photos, tmp_path):
+    """Both ranks append to their own part; rank 0 merges them into OUT: the lines one process writes."""
+    import json
+    import os
+    import sys
+
+    from conftest import run_torchrun
+
+    args = ["caption", str(photos), "--model", str(tiny_run.checkpoints["show_tell"]), "--encoder", tiny_run.encoder]
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    assert main([*args, "--out", str(one), "--greedy", "--threads", "1"]) == 1  # photos/ holds a broken file
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = run_torchrun(
+        ["--nproc_per_node", "2", "-m", "capgen", *args, "--out", str(two), "--greedy", "--threads", "1"], env, 180
+    )
+    assert "broken.jpg" in (tmp_path / "two.jsonl.errors").read_text(), proc.stderr[-3000:]
+
+    def lines(path):
+        return sorted((d["image"], d["caption"]) for d in map(json.loads, path.read_text().splitlines()))
+
+    assert lines(two) == lines(one) and len(lines(one)) == len(set(lines(one)))
+    assert not list(tmp_path.glob("two.jsonl*part*"))

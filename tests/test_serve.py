@@ -388,7 +388,9 @@ def test_server_errors_name_no_path_and_memory_errors_are_503():
         )
 
         def decode_config(self, **options):
-            return options
+            from capgen.decoding import DecodeConfig
+
+            return options if options else DecodeConfig()  # no options: the model's defaults, for the server
 
         def encode_loaded(self, images):
             raise self.error

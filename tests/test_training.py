@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+import capgen.training.callbacks as callbacks_mod
 import capgen.training.trainer as trainer_mod
 from capgen.checkpoint import CheckpointError, load_checkpoint
 from capgen.cli import main
@@ -489,7 +490,7 @@ def test_cli_divergence_is_one_line(prepared, features, tmp_path, capsys):
 def test_resuming_a_run_that_stopped_early_changes_nothing(prepared, features, tmp_path, monkeypatch, capsys):
     """It trained one more epoch on every --resume (history 24 -> 25 -> 26, last.pt rewritten)."""
     scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])  # no better epoch after the first: patience=1 stops at 2
-    monkeypatch.setattr(trainer_mod, "validate", lambda *a, **kw: {"CIDEr": next(scores), "BLEU-4": 0.0})
+    monkeypatch.setattr(callbacks_mod, "validate", lambda *a, **kw: {"CIDEr": next(scores), "BLEU-4": 0.0})
     run = tmp_path / "run"
     res = train(_cfg("show_tell", "epochs=5", "patience=1"), prepared, features, run, progress=False)
     assert res.stopped_early and len(res.history) == 2

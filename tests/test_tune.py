@@ -11,7 +11,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-import capgen.training.trainer as trainer_mod
+import capgen.training.callbacks as callbacks_mod
 import capgen.tuning.study as study_mod
 from capgen.cli import main
 from capgen.features import FeatureCache, extract_features
@@ -164,7 +164,7 @@ def _fake_validate(model, *args, **kwargs):
 
 
 def test_study_prunes_weak_trials_and_reports(prepared, features, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(trainer_mod, "validate", _fake_validate)
+    monkeypatch.setattr(callbacks_mod, "validate", _fake_validate)
     study, space, base, opts = _study(prepared, features, tmp_path, trials=3, baseline=False)
     for layers in (2, 2, 1):
         study.enqueue_trial({"model_config.num_layers": layers})

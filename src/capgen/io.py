@@ -273,13 +273,39 @@ _HELD: dict[str, int] = {}
 
 
 @contextmanager
+def file_lock(lock: str | os.PathLike, busy: str) -> Iterator[Path]:
+    """Hold an exclusive flock on file `lock` (created if missing); CapgenError `busy` when another
+    process holds it. The kernel drops the lock when the process dies, so a killed job never leaves
+    a stale lock behind. The one lock of every capgen writer (folder_lock, bulk jobs)."""
+    from capgen.errors import CapgenError
+
+    lock = Path(lock)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CapgenError(
+            f"{lock}: cannot open it as this job's lock file ({e.strerror}); expected a plain file (or none); "
+            f"remove it or choose another output"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CapgenError(busy) from None
+    try:
+        yield lock
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextmanager
 def folder_lock(path: str | os.PathLike, what: str, allow_nested: bool = False) -> Iterator[Path]:
     """Hold an exclusive lock on folder `path` (created if missing) while its writer runs.
 
     A second writer gets a one-line CapgenError instead of silently interleaving its writes.
     allow_nested: this process's own writers may lock the folder again inside this one (a tuning
-    trial runs `train` in the run folder it holds). The lock is an flock on PATH/.lock: the kernel
-    drops it when the process dies, so a killed run never leaves a stale lock behind.
+    trial runs `train` in the run folder it holds). The lock is file_lock on PATH/.lock.
     """
     from capgen.errors import CapgenError
 
@@ -296,25 +322,17 @@ def folder_lock(path: str | os.PathLike, what: str, allow_nested: bool = False) 
         return
     created = not path.exists()
     path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise CapgenError(
-            f"{path}: another capgen process is writing this {what}; wait for it to finish or choose another folder"
-        ) from None
-    if allow_nested:
-        _HELD[key] = 1
-    try:
-        yield path
-    finally:
-        _HELD.pop(key, None)
-        if created and path.is_dir() and [p.name for p in path.iterdir()] == [".lock"]:  # failed before writing
-            (path / ".lock").unlink()
-            path.rmdir()
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    busy = f"{path}: another capgen process is writing this {what}; wait for it to finish or choose another folder"
+    with file_lock(path / ".lock", busy):
+        if allow_nested:
+            _HELD[key] = 1
+        try:
+            yield path
+        finally:
+            _HELD.pop(key, None)
+            if created and path.is_dir() and [p.name for p in path.iterdir()] == [".lock"]:  # failed before writing
+                (path / ".lock").unlink()
+                path.rmdir()
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:

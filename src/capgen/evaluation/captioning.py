@@ -10,7 +10,8 @@ from capgen.data.prepared import ImageRecord
 from capgen.data.vocab import Vocabulary
 from capgen.decoding import DecodeConfig, TokenIds, decode
 from capgen.features import FeatureCache, Features
-from capgen.tags import Guidance, Guide, GuideConfig, TagConfig, make_tagger
+from capgen.tags import Guidance, Guide, GuideConfig, make_tagger
+from capgen.tags.guide import plan_images
 
 
 def tag_guidance(
@@ -22,8 +23,7 @@ def tag_guidance(
 
     tagger = make_tagger(create_encoder(encoder_name))
     guide = Guide.build(vocab, tagger.words)
-    tags = tagger(cache.pooled([r.image for r in records]), TagConfig(top_k=5, threshold=config.lowest))
-    return [guide.plan(t, config) for t in tags]
+    return plan_images(guide, tagger, cache.pooled([r.image for r in records]), config)
 
 
 def caption_records(

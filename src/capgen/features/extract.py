@@ -8,6 +8,7 @@ the shared memory-mapped arrays; rank 0 merges the progress records and seals th
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections import deque
@@ -35,9 +36,11 @@ from capgen.features.cache import (
 )
 from capgen.images import load_image
 from capgen.io import cache_root, folder_lock, preallocate, write_json
+from capgen.jobs import run_job
 from capgen.parallel import dist_info
 
 DTYPES = ("float16", "float32")
+ARRAYS = ("pooled.npy", "grid.npy")
 
 
 @dataclass
@@ -178,62 +181,33 @@ def extract_features(
         raise FeatureCacheError(f"{out}: exists and is not a directory")
     # One writer per cache: a second extract (even with --overwrite) into a cache being filled would
     # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
-    with folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext():
-        return _extract(
-            dataset,
-            records,
-            out,
-            dist,
-            encoder,
-            split,
-            batch_size,
-            workers,
-            backend,
-            dtype,
-            strict,
-            overwrite,
-            threads,
-            progress,
-            precision,
-            split_at,
-        )
+    lock = folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext()
+    runner, enc = _encoder(dataset, dist, encoder, split_at, backend, threads, precision)
+    job = _ExtractJob(out, records, enc, runner, _job(dataset, split, records, enc, runner, dtype), overwrite)
+    job.batch_size, job.workers, job.strict, job.progress = batch_size, workers, strict, progress
+    ran = run_job(job, lock, dist)
+    if ran.complete_before:
+        meta = read_json(out / META, "feature cache metadata")
+        return ExtractResult(out, len(meta["images"]) - len(meta["failed"]), 0, meta["failed"], 0.0, runner.backend)
+    failed = ran.sealed
+    return ExtractResult(out, len(records) - len(failed), ran.done, failed, ran.seconds, runner.backend)
 
 
-def _extract(
-    dataset,
-    records,
-    out,
-    dist,
-    encoder,
-    split,
-    batch_size,
-    workers,
-    backend,
-    dtype,
-    strict,
-    overwrite,
-    threads,
-    progress,
-    precision="fp32",
-    split_at=None,
-) -> ExtractResult:
-    """extract_features' work, with rank 0 holding the cache's lock."""
-    # Rank 0 builds the encoder first: an ONNX export is cached on disk for the other ranks.
+def _encoder(dataset, dist, encoder, split_at, backend, threads, precision):
+    """The encoder and its runner; rank 0 builds first, so an ONNX export is cached for the others."""
     if dist.rank != 0:
         dist.barrier()
     enc = create_encoder(encoder, allow_import=True)  # `encoder` is the caller's (--encoder), not a file's
     if split_at:
         enc = enc.split(split_at)[0]  # its "grid" is the activation entering the last split_at blocks
-    runner = make_runner(
-        enc,
-        backend=backend,
-        threads=threads,
-        precision=precision,
-        calibration=_calibration(enc, dataset, precision, threads) if dist.rank == 0 else None,
-    )
+    calibration = _calibration(enc, dataset, precision, threads) if dist.rank == 0 else None
+    runner = make_runner(enc, backend=backend, threads=threads, precision=precision, calibration=calibration)
     if dist.rank == 0:
         dist.barrier()
+    return runner, enc
 
+
+def _job(dataset, split, records, enc, runner, dtype) -> dict:
     job = {
         "capgen_features": FORMAT_VERSION,
         "kind": cache_kind(enc.spec()),
@@ -249,89 +223,104 @@ def _extract(
     ran = getattr(runner, "precision", "fp32")
     if ran != "fp32":
         job["precision"] = ran
-    state = _prepare_out(out, job, overwrite) if dist.rank == 0 else ""
-    if dist.rank == 0 and state == "resume":
-        for name in ("pooled.npy", "grid.npy"):  # a cache begun by an older capgen may still be sparse
-            load_array(out / name, "r", AGAIN)  # missing or damaged: say so before any work
-            preallocate(out / name)
-        _consolidate_progress(out, len(job["images"]))
-    state = dist.broadcast(state)
-    if state == "complete":
-        meta = read_json(out / META, "feature cache metadata")
-        return ExtractResult(out, len(meta["images"]) - len(meta["failed"]), 0, meta["failed"], 0.0, runner.backend)
+    return job
 
-    done, failed = _read_progress(out, len(job["images"]))
-    dist.barrier()  # every rank has read the progress before anyone writes new progress
-    names = job["images"]
-    todo = [i for i in range(len(records)) if i not in done and names[i] not in failed]
-    mine = todo[dist.rank :: dist.world_size]
-    my_done: list[int] = []
-    my_failed: dict[str, str] = {}
-    progress_path = out / f"progress-r{dist.rank}.json"
-    pooled_mm = load_array(out / "pooled.npy", "r+", AGAIN)
-    grid_mm = load_array(out / "grid.npy", "r+", AGAIN)
 
-    start = time.perf_counter()
-    bar = tqdm(
-        total=len(todo),
-        unit="img",
-        desc=f"extract {enc.name}",
-        disable=not progress or dist.rank != 0,
-        initial=0,
-        dynamic_ncols=True,
-    )
-    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    pool = ThreadPoolExecutor(max_workers=max(workers, 1))
-    # Decode the next batches while the encoder runs on this one.
-    queue: deque[tuple[list[int], list[Future]]] = deque()
-    try:
-        for b in batches[:2]:
-            queue.append((b, [pool.submit(_load, records[i], enc.preprocess) for i in b]))
-        nb = 2
-        while queue:
-            rows, futures = queue.popleft()
-            if nb < len(batches):
-                queue.append((batches[nb], [pool.submit(_load, records[i], enc.preprocess) for i in batches[nb]]))
-                nb += 1
-            arrays, ok = [], []
-            for i, fut in zip(rows, futures):
-                res = fut.result()
-                if isinstance(res, ImageLoadError):
-                    if strict:
-                        raise res
-                    my_failed[names[i]] = res.reason
-                else:
-                    arrays.append(res)
-                    ok.append(i)
-            if ok:
-                pooled, grid = runner(np.stack(arrays))  # (B, dim), (B, H*W, dim) float32
-                if not (np.isfinite(pooled).all() and np.isfinite(grid).all()):
-                    raise FeatureCacheError(
-                        f"encoder {enc.name} gave NaN or infinite features for "
-                        f"{names[ok[0]]} ... (batch of {len(ok)}); the cache keeps the "
-                        f"rows done so far"
-                    )
-                idx = np.asarray(ok)
-                pooled_mm[idx] = pooled.astype(dtype)
-                grid_mm[idx] = grid.astype(dtype)
-                pooled_mm.flush()
-                grid_mm.flush()
-            my_done.extend(ok)
-            # Rows are on disk before the progress file names them.
-            write_json(progress_path, {"done": my_done, "failed": my_failed}, indent=None)
-            bar.update(len(rows) * dist.world_size)
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        bar.close()
-    seconds = time.perf_counter() - start
-    extracted = dist.all_reduce_sum(len(my_done))
-    dist.barrier()
+class _ExtractJob:
+    """Extraction as a resumable job (capgen.jobs): rows of the shared memory-mapped arrays, each
+    rank's progress in FEATURES/progress-r{rank}.json, sealed by meta.json."""
 
-    done, failed = _read_progress(out, len(job["images"]))
-    # Rank 0 removes the progress files below: another rank still globbing and reading them failed
-    # now and then ("cannot read extraction progress", exit 2 in one torchrun test run of ~10).
-    dist.barrier()
-    if dist.rank == 0:
+    batch_size, workers, strict, progress = 32, 2, False, True
+
+    def __init__(self, out: Path, records, enc, runner, job: dict, overwrite: bool):
+        self.out, self.records, self.enc, self.runner, self.job = out, records, enc, runner, job
+        self.overwrite, self.names = overwrite, job["images"]
+
+    def open(self) -> str:
+        out = self.out
+        state = _prepare_out(out, self.job, self.overwrite)
+        if state == "resume":
+            for name in ARRAYS:  # a cache begun by an older capgen may still be sparse
+                load_array(out / name, "r", AGAIN)  # missing or damaged: say so before any work
+                preallocate(out / name)
+            _consolidate_progress(out, len(self.names))
+        return state
+
+    def todo(self, state: str) -> list[int] | None:
+        if state == "complete":
+            return None
+        done, failed = _read_progress(self.out, len(self.names))
+        return [i for i in range(len(self.names)) if i not in done and self.names[i] not in failed]
+
+    def work(self, mine: list[int], total: int) -> int:
+        """Encode rows `mine` in batches, the next batches' images decoded while the encoder runs."""
+        dist, out = dist_info(), self.out
+        self.done: list[int] = []
+        self.failed: dict[str, str] = {}
+        self.arrays = load_array(out / "pooled.npy", "r+", AGAIN), load_array(out / "grid.npy", "r+", AGAIN)
+        self.inodes = [os.stat(out / n).st_ino for n in ARRAYS]
+        bar = tqdm(
+            total=total,
+            unit="img",
+            desc=f"extract {self.enc.name}",
+            disable=not self.progress or dist.rank != 0,
+            dynamic_ncols=True,
+        )
+        batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
+        pool = ThreadPoolExecutor(max_workers=max(self.workers, 1))
+        queue: deque[tuple[list[int], list[Future]]] = deque()
+
+        def submit(b: list[int]) -> None:
+            queue.append((b, [pool.submit(_load, self.records[i], self.enc.preprocess) for i in b]))
+
+        try:
+            for b in batches[:2]:
+                submit(b)
+            for nb in range(2, len(batches) + 2):
+                rows, futures = queue.popleft()
+                if nb < len(batches):
+                    submit(batches[nb])
+                self._write(rows, [f.result() for f in futures], out / f"progress-r{dist.rank}.json")
+                bar.update(len(rows) * dist.world_size)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            bar.close()
+        return len(self.done)
+
+    def _write(self, rows: list[int], loaded: list, progress_path: Path) -> None:
+        """One batch: encode the images that loaded, write their rows, then the progress file."""
+        arrays, ok = [], []
+        for i, res in zip(rows, loaded):
+            if isinstance(res, ImageLoadError):
+                if self.strict:
+                    raise res
+                self.failed[self.names[i]] = res.reason
+            else:
+                arrays.append(res)
+                ok.append(i)
+        if ok:
+            pooled, grid = self.runner(np.stack(arrays))  # (B, dim), (B, H*W, dim) float32
+            if not (np.isfinite(pooled).all() and np.isfinite(grid).all()):
+                raise FeatureCacheError(
+                    f"encoder {self.enc.name} gave NaN or infinite features for {self.names[ok[0]]} ... "
+                    f"(batch of {len(ok)}); the cache keeps the rows done so far"
+                )
+            idx, dtype = np.asarray(ok), self.job["dtype"]
+            for mm, x in zip(self.arrays, (pooled, grid)):
+                mm[idx] = x.astype(dtype)
+                mm.flush()
+        self.done.extend(ok)
+        # Rows are on disk before the progress file names them.
+        write_json(progress_path, {"done": self.done, "failed": self.failed}, indent=None)
+
+    def seal(self, state: str) -> dict[str, str]:
+        """Check every row is written, then meta.json: the cache is valid from there on."""
+        out, names = self.out, self.names
+        for name, inode in zip(ARRAYS, getattr(self, "inodes", [None, None])):
+            load_array(out / name, "r", AGAIN)  # deleted while the job ran: say so, never seal
+            if inode is not None and os.stat(out / name).st_ino != inode:
+                raise FeatureCacheError(f"{out / name}: replaced while this extraction was writing it; {AGAIN}")
+        done, failed = _read_progress(out, len(names))
         missing = [names[i] for i in range(len(names)) if i not in done and names[i] not in failed]
         if missing:
             raise FeatureCacheError(
@@ -343,20 +332,13 @@ def _extract(
                 f"{out}: {len(blank)} rows counted as extracted were never written (e.g. "
                 f"{names[blank[0]]}); extract again with --overwrite"
             )
-        meta = {
-            **job,
-            "images_sha256": images_hash(names),
-            "failed": failed,
-            "complete": True,
-            "backend": runner.backend,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        write_json(out / META, meta)  # the cache is valid from here on
+        created = time.strftime("%Y-%m-%dT%H:%M:%S")
+        meta = {**self.job, "images_sha256": images_hash(names), "failed": failed, "complete": True}
+        write_json(out / META, {**meta, "backend": self.runner.backend, "created": created})
         for p in out.glob("progress-*.json"):
             p.unlink()
         (out / JOB).unlink(missing_ok=True)
-    dist.barrier()
-    return ExtractResult(out, len(names) - len(failed), extracted, failed, seconds, runner.backend)
+        return failed
 
 
 CALIBRATION_IMAGES = 64

@@ -22,22 +22,22 @@ formula (starting with = + - @) gets a ' in front. An input file is captioned on
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import fcntl
 import hashlib
 import io
 import json
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from capgen.errors import CapgenError, ImageLoadError
 from capgen.inference.files import caption_paths, display_name, expand_paths
-from capgen.io import _disk_full_error, is_disk_full, write_json
+from capgen.io import _disk_full_error, file_lock, is_disk_full, write_json
+from capgen.jobs import run_job
 from capgen.parallel import dist_info
 from capgen.result import CaptionResult
 from capgen.tags import GuideConfig
@@ -237,31 +237,6 @@ def _check_job(out: Path, job: dict, old: dict | None, done: set[str], inputs: s
     ]
 
 
-class _JobLock:
-    """flock on OUT.job.json's lock file: one bulk job per OUT at a time (dropped when the process dies)."""
-
-    def __init__(self, out: Path):
-        path = out.with_name(out.name + ".lock")
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise CapgenError(
-                f"{path}: cannot open it as this job's lock file ({e.strerror}); expected a plain "
-                f"file (or none); remove it or choose another --out"
-            ) from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise CapgenError(
-                f"{out}: another capgen caption job is writing it; wait for it or choose another --out"
-            ) from None
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-
 def caption_to_file(
     captioner,
     inputs: list[str],
@@ -311,13 +286,10 @@ def _read_job(job_path: Path) -> dict | None:
 
 
 def _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, log, guide) -> BulkResult:
-    from tqdm.auto import tqdm
-
     out = Path(out)
     fmt = output_format(out, fmt)
     config = config if config is not None else captioner.decode_config()
     dist = dist_info()
-    log = log or (lambda msg: tqdm.write(f"capgen caption: {msg}", file=sys.stderr))
     expanded = expand_paths(inputs)
     paths = [os.fspath(p) for p in expanded if not isinstance(p, ImageLoadError)]
     missing = {e.path: e.reason for e in expanded if isinstance(e, ImageLoadError)}
@@ -332,77 +304,89 @@ def _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, 
         "count": len(paths),
         "fingerprint": _fingerprint(paths),
     }
-    job_path = out.with_name(out.name + ".job.json")
-
-    lock, notes, done, refused = None, [], set(), None
+    bulk = _BulkJob(captioner, out, fmt, config, job, paths, missing, log)
+    bulk.batch_size, bulk.progress, bulk.guide = batch_size, progress, guide
+    lock = contextlib.nullcontext()
     if dist.rank == 0:  # rank 0 owns OUT, the job file and the merge
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            lock = _JobLock(out)
-            notes, done = _open_job(out, fmt, job, job_path, paths)
-        except BaseException as e:
-            if lock is not None:
-                lock.release()  # a refused job leaves OUT free for the next one
-            refused = e
-    # Every rank learns whether rank 0 refused the job: the others would otherwise wait for it forever.
-    notes, why = dist.broadcast((notes, None if refused is None else str(refused) or type(refused).__name__))
-    if refused is not None:
-        raise refused
-    if why is not None:
-        raise CapgenError(why)
-    try:
-        dist.barrier()
-        if dist.rank != 0:
-            done = set(read_done(out, fmt))
-        todo = [p for p in paths if path_key(fmt, p) not in done]
-        skipped = len(paths) - len(todo)
-        del paths
-        mine = todo[dist.rank :: dist.world_size] if dist.active else todo
-        target = _part(out, dist.rank) if dist.active else out
-        err_target = _part(out, dist.rank, errors=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        busy = f"{out}: another capgen caption job is writing it; wait for it or choose another --out"
+        lock = file_lock(out.with_name(out.name + ".lock"), busy)
+    ran = run_job(bulk, lock, dist)
+    return BulkResult(out, job["count"], ran.done, bulk.skipped, ran.sealed, ran.seconds, ran.opened)
+
+
+class _BulkJob:
+    """Bulk captioning as a resumable job (capgen.jobs): OUT's lines are the done set; under torchrun
+    each rank appends to OUT.part{rank}, merged into OUT by rank 0."""
+
+    batch_size, progress, guide = 16, True, None
+
+    def __init__(self, captioner, out: Path, fmt: str, config, job: dict, paths: list[str], missing: dict, log):
+        self.captioner, self.out, self.fmt, self.config, self.job = captioner, out, fmt, config, job
+        self.paths, self.missing, self.done, self.skipped = paths, missing, set(), 0
+        self.log = log or (lambda msg: _tqdm().write(f"capgen caption: {msg}", file=sys.stderr))
+
+    def open(self) -> list[str]:
+        notes, self.done = _open_job(
+            self.out, self.fmt, self.job, self.out.with_name(self.out.name + ".job.json"), self.paths
+        )
+        return notes
+
+    def todo(self, notes: list[str]) -> list[str]:
+        dist = dist_info()
+        done = self.done if dist.rank == 0 else set(read_done(self.out, self.fmt))
+        todo = [p for p in self.paths if path_key(self.fmt, p) not in done]
+        self.skipped, self.paths, self.done = len(self.paths) - len(todo), [], set()
         for note in notes if dist.rank == 0 else []:
-            log(note)
-        failed: dict[str, str] = dict(missing) if dist.rank == 0 else {}
-        bar = tqdm(
-            total=len(todo),
+            self.log(note)
+        return todo
+
+    def work(self, mine: list[str], total: int) -> int:
+        dist, out, fmt = dist_info(), self.out, self.fmt
+        target = _part(out, dist.rank) if dist.active else out
+        self.failed: dict[str, str] = dict(self.missing) if dist.rank == 0 else {}
+        bar = _tqdm()(
+            total=total,
             unit="img",
             desc="caption",
             file=sys.stderr,
             dynamic_ncols=True,
-            disable=not progress or dist.rank != 0,
+            disable=not self.progress or dist.rank != 0,
             smoothing=0.05,
         )
-        start, mine_done = time.perf_counter(), 0
-        with open(target, "a", encoding="utf-8", newline="") as f, open(err_target, "a", encoding="utf-8") as ferr:
+        done = 0
+        with (
+            open(target, "a", encoding="utf-8", newline="") as f,
+            open(_part(out, dist.rank, True), "a", encoding="utf-8") as ferr,
+        ):
             if fmt == "csv" and target == out and f.tell() == 0:
                 f.write(",".join(CSV_HEADER) + "\n")
-            for n, (path, res) in enumerate(
-                caption_paths(captioner, mine, config, batch_size=batch_size, guide=guide), 1
-            ):
+            captions = caption_paths(self.captioner, mine, self.config, batch_size=self.batch_size, guide=self.guide)
+            for n, (path, res) in enumerate(captions, 1):
                 if isinstance(res, ImageLoadError):
-                    failed[path] = res.reason
+                    self.failed[path] = res.reason
                     ferr.write(json_line({"image": path, "error": res.reason}))
                     ferr.flush()
                 else:
                     f.write(format_line(fmt, path, res))
-                    mine_done += 1
-                if n % batch_size == 0 or n == len(mine):
+                    done += 1
+                if n % self.batch_size == 0 or n == len(mine):
                     f.flush()  # in the kernel: a kill -9 of this process loses nothing written so far
-                    bar.update(min(len(todo), n * dist.world_size) - bar.n)  # rank 0 speaks for all
+                    bar.update(min(total, n * dist.world_size) - bar.n)  # rank 0 speaks for all
         bar.close()
-        seconds = time.perf_counter() - start
-        captioned = dist.all_reduce_sum(mine_done)
-        dist.barrier()
-        if dist.rank == 0:
-            if dist.active:
-                _merge_parts(out, fmt, set(read_done(out, fmt)))  # all lines of this run: inputs only
-            failed = _merge_errors(out, failed, dist.world_size)
-        failed = dist.broadcast(failed)
-        dist.barrier()
-    finally:
-        if lock is not None:
-            lock.release()
-    return BulkResult(out, job["count"], captioned, skipped, failed, seconds, notes)
+        return done
+
+    def seal(self, notes: list[str]) -> dict[str, str]:
+        dist = dist_info()
+        if dist.active:
+            _merge_parts(self.out, self.fmt, set(read_done(self.out, self.fmt)))  # all lines of this run: inputs only
+        return _merge_errors(self.out, self.failed, dist.world_size)
+
+
+def _tqdm():
+    from tqdm.auto import tqdm
+
+    return tqdm
 
 
 def _open_job(out: Path, fmt: str, job: dict, job_path: Path, paths: list[str]) -> tuple[list[str], set[str]]:

@@ -20,6 +20,7 @@ from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.result import CaptionResult, from_hypotheses
 from capgen.tags import DEFAULT_THRESHOLD, Guidance, GuideConfig, Tag, TagConfig
 from capgen.tags.corpus_captions import CorpusCaptions
+from capgen.tags.guide import plan_images
 
 # Where the model shipped with the package lives (package data; may be absent in an install): the
 # checkpoint (torch) and the same model exported (ONNX Runtime alone), made with
@@ -264,11 +265,9 @@ class Captioner:
     ) -> list[Guidance | None]:
         """Per image, the confident tag its caption must contain, or None (no tagger, guide None,
         sampling, or no tag confident enough)."""
-        guide = GuideConfig.of(guide)
-        if guide is None or self.tagger is None or config.method == "sample":
+        if self.tagger is None or config.method == "sample":
             return [None] * len(pooled)
-        plans = self._guide_for_vocab()
-        return [plans.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
+        return plan_images(self._guide_for_vocab(), self.tagger, pooled, guide)
 
     def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided

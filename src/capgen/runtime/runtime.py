@@ -26,9 +26,9 @@ from capgen.result import CaptionResult, from_hypotheses
 from capgen.runtime import folder as fmt
 from capgen.runtime.graphs import DecoderGraphs
 from capgen.tags.corpus_captions import CorpusCaptions
-from capgen.tags.guide import Guidance, Guide, GuideConfig
+from capgen.tags.guide import Guidance, Guide, GuideConfig, plan_images
 from capgen.tags.head import LinearHead
-from capgen.tags.tagger import TagConfig, Tagger
+from capgen.tags.tagger import Tagger
 from capgen.tags.words import WordMap
 
 
@@ -207,10 +207,7 @@ class Runtime:
         self, pooled: np.ndarray, config: DecodeConfig, guide: GuideConfig | float | None = GuideConfig()
     ) -> list[Guidance | None]:
         """Per image, the confident tag its caption must contain, or None (as Captioner.guidance)."""
-        guide = GuideConfig.of(guide)
-        if guide is None or self.tagger is None:
-            return [None] * len(pooled)
-        return [self.guide.plan(t, guide) for t in self.tagger(pooled, TagConfig(top_k=5, threshold=guide.lowest))]
+        return plan_images(self.guide, self.tagger, pooled, guide)
 
     def decode(
         self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig, guidance: Sequence[Guidance | None] = ()

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from capgen import __version__
+from capgen.decoding.config import DecodeConfig
 from capgen.errors import CapgenError
 from capgen.images import PHOTO_FORMATS
 from capgen.serve.limits import BodyLimit, PixelBudget, ServeSettings
@@ -34,6 +35,7 @@ from capgen.tags import DEFAULT_THRESHOLD, GuideConfig, TagConfig
 FIELD = "files"
 MAX_TAGS = 20
 MAX_WORDS = 50  # a longer caption is no caption any more
+DEFAULTS = DecodeConfig()  # what the page and the API schema show; a request gets its model's own
 
 # /caption takes a hand-parsed multipart body (for precise errors); describe it in /openapi.json.
 _CAPTION_BODY = {
@@ -56,13 +58,17 @@ _CAPTION_BODY = {
         },
     },
     "parameters": [
-        {"name": "beam_size", "in": "query", "schema": {"type": "integer", "default": 3, "minimum": 1}},
-        {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": 1, "minimum": 1}},
+        {
+            "name": "beam_size",
+            "in": "query",
+            "schema": {"type": "integer", "default": DEFAULTS.beam_size, "minimum": 1},
+        },
+        {"name": "n_best", "in": "query", "schema": {"type": "integer", "default": DEFAULTS.n_best, "minimum": 1}},
         {
             "name": "min_words",
             "in": "query",
             "description": "no caption shorter than this many words",
-            "schema": {"type": "integer", "default": 1, "minimum": 1, "maximum": MAX_WORDS},
+            "schema": {"type": "integer", "default": DEFAULTS.min_words, "minimum": 1, "maximum": MAX_WORDS},
         },
         {
             "name": "max_words",
@@ -163,7 +169,7 @@ async def _caption(request: Request) -> JSONResponse:
     """Caption one or several images (multipart field `files`)."""
     state = request.app.state
     captioner, settings = state.captioner, state.settings
-    form_items, options = await _parse(request, settings)
+    form_items, options = await _parse(request, settings, captioner.decode_config())
     if options["return_attention"] and not captioner.supports_attention:
         raise UploadError(422, f"attention: this model ({captioner.info()['architecture']}) has no attention")
     future = await _submit(state, form_items, options)
@@ -213,7 +219,11 @@ def _request_pixels(items: list[tuple[str, bytes]], settings: ServeSettings) -> 
     return pixels
 
 
-async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[str, bytes]], dict]:
+async def _parse(
+    request: Request, settings: ServeSettings, defaults: DecodeConfig
+) -> tuple[list[tuple[str, bytes]], dict]:
+    """The images and the captioning options of a request; unset options are the model's own
+    decoding settings (`defaults`, its DecodeConfig), capped by the server's limits."""
     """Multipart body -> [(filename, bytes)] and decode options, or UploadError."""
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
@@ -243,8 +253,8 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
         v = request.query_params.get(key)
         return v if v is not None else str(form.get(key, default))
 
-    beam_size = _int(value("beam_size", "3"), "beam_size", 1, settings.max_beam_size)
-    n_best = _int(value("n_best", "1"), "n_best", 1, beam_size)
+    beam_size = _int(value("beam_size", str(defaults.beam_size)), "beam_size", 1, settings.max_beam_size)
+    n_best = _int(value("n_best", str(min(defaults.n_best, beam_size))), "n_best", 1, beam_size)
     n_tags = _int(value("tags", "0"), "tags", 0, MAX_TAGS)
     threshold = _float(value("tag_threshold", str(DEFAULT_THRESHOLD)), "tag_threshold", 0.0, 1.0)
     guide = None
@@ -254,9 +264,10 @@ async def _parse(request: Request, settings: ServeSettings) -> tuple[list[tuple[
             _float(value("guide_threshold", str(default.threshold)), "guide_threshold", 1e-9, 1.0),
             _float(value("novel_guide_threshold", str(default.novel_threshold)), "novel_guide_threshold", 1e-9, 1.0),
         )
-    lengths = {"min_words": _int(value("min_words", "1"), "min_words", 1, MAX_WORDS)}
-    if value("max_words", "") != "":
-        lengths["max_words"] = _int(value("max_words", ""), "max_words", 1, MAX_WORDS)
+    lengths = {"min_words": _int(value("min_words", str(defaults.min_words)), "min_words", 1, MAX_WORDS)}
+    max_words = value("max_words", "" if defaults.max_words is None else str(defaults.max_words))
+    if max_words != "":
+        lengths["max_words"] = _int(max_words, "max_words", 1, MAX_WORDS)
     options = {
         **lengths,
         "beam_size": beam_size,

@@ -8,6 +8,7 @@ import math
 import threading
 from dataclasses import dataclass
 
+from capgen.decoding.rules import MAX_BEAM
 from capgen.images import MAX_PIXELS
 
 
@@ -24,7 +25,7 @@ class ServeSettings:
     max_files: int = 16  # images per request
     max_batch: int = 8  # images per model call (micro-batching across requests)
     max_queue: int = 64  # waiting requests before answering 503
-    max_beam_size: int = 10
+    max_beam_size: int = MAX_BEAM  # an operator may lower it; the decoder's own limit by default
     read_timeout: float = 30.0  # seconds a client may take to send its whole request body (408 after)
     # Host headers answered (DNS rebinding: a web page on evil.example resolving to 127.0.0.1 must
     # not reach the API); ("*",) accepts any.

@@ -232,3 +232,19 @@ def _is_plural(word: str) -> bool:
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# Tags each image's plan looks at, most probable first: the plan takes the first with a plan that
+# reaches its threshold, and a sixth tag above the lowest threshold is rare (probabilities sum to 1).
+CANDIDATES = 5
+
+
+def plan_images(plans: Guide | None, tagger, pooled: np.ndarray, guide: GuideConfig | float | None) -> list:
+    """Per image, the Guidance its caption must follow, or None: the one planner of capgen caption,
+    the runtime and evaluation. None for every image without plans or a tagger, or with guide None."""
+    guide = GuideConfig.of(guide)
+    if guide is None or tagger is None or plans is None:
+        return [None] * len(pooled)
+    from capgen.tags.tagger import TagConfig
+
+    return [plans.plan(t, guide) for t in tagger(pooled, TagConfig(top_k=CANDIDATES, threshold=guide.lowest))]

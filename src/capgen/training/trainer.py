@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import yaml
@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from capgen.checkpoint import (
     CheckpointError,
     load_checkpoint,
-    model_payload,
     nonfinite_tensor,
     read_resume,
     restore_weights,
@@ -34,9 +33,21 @@ from capgen.config import config_to_dict
 from capgen.data.prepared import PreparedDataset
 from capgen.errors import CapgenError
 from capgen.features import FeatureCache, Features
-from capgen.io import write_json
 from capgen.models.finetuned import decoder_of
 from capgen.parallel import dist_info
+from capgen.training.callbacks import (
+    BestCheckpoint,
+    Callback,
+    EarlyStopping,
+    EpochHook,
+    HistoryFiles,
+    LastCheckpoint,
+    Record,
+    Report,
+    TensorBoard,
+    Validate,
+    patience_spent,
+)
 from capgen.training.config import RunConfig, load_run_config
 from capgen.training.data import CaptionPairs
 from capgen.training.finetune import build_model
@@ -44,7 +55,6 @@ from capgen.training.lock import run_folder_locked
 from capgen.training.objectives import Batch, CrossEntropy, SelfCritical
 from capgen.training.tag_model import warm_start
 from capgen.training.text_batches import make_mixer, uses_tags
-from capgen.training.validate import validate
 
 
 class TrainingDiverged(CapgenError):
@@ -145,6 +155,40 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     return None
 
 
+@dataclass
+class Run:
+    """The loop's state, which the callbacks read and update (callbacks.py)."""
+
+    cfg: RunConfig
+    out: Path
+    model: torch.nn.Module
+    vocab: object
+    enc: dict
+    optim: torch.optim.Optimizer
+    sched: object
+    history: list[dict]
+    best: dict
+    started: float = field(default_factory=time.perf_counter)
+    metrics: dict = field(default_factory=dict)  # the last validation's
+    stop: bool = False  # set by EarlyStopping
+
+    def save_last(self, epoch: int, step_in_epoch: int, loss_sum: float = 0.0, steps: int = 0) -> None:
+        """last.pt: weights, optimiser, scheduler, RNG and the position in the epoch, so resume is exact."""
+        resume = {
+            "optimizer": self.optim.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "epoch": epoch,
+            "step_in_epoch": step_in_epoch,
+            "partial_loss_sum": loss_sum,
+            "partial_steps": steps,
+            "history": self.history,
+            "best": self.best,
+        }
+        extra = {"run_config": self.cfg.to_dict()}
+        save_checkpoint(self.out / "last.pt", training_payload(self.model, self.vocab, self.enc, extra, resume))
+
+
 @run_folder_locked
 def train(
     cfg: RunConfig,
@@ -154,12 +198,14 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch: Callable[[dict], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
     """Train into run folder `out` (see the module docstring).
 
     on_epoch: called on rank 0 with each epoch's history row ({"epoch", "train_loss", "CIDEr",
       "BLEU-4", ...}) once that epoch's checkpoints are on disk. An exception it raises (e.g. a
       tuner pruning the trial) ends training and propagates; `--resume` would continue the run.
+    callbacks: more Callbacks (callbacks.py), called on rank 0 after the run's own.
     """
     tc, out = cfg.train, Path(out)
     dist = dist_info()
@@ -167,195 +213,185 @@ def train(
         torch.set_num_threads(tc.threads)
     for split in ("train", "val"):
         cache.check(data, split)
-    vocab, enc = data.vocab, cache.encoder_spec
-    init = _init_checkpoint(tc.init, vocab) if tc.init else None
+    init = _init_checkpoint(tc.init, data.vocab) if tc.init else None
     if init is not None:  # the architecture is the init checkpoint's, whatever the config named
         arch = decoder_of(init.model)
         cfg = RunConfig(arch.name, config_to_dict(arch.config), tc)
     torch.manual_seed(tc.seed)
     # Checks the cache's kind against finetune_blocks and --init before the run folder is touched.
-    model = build_model(cfg.model, cfg.model_config, vocab, cache, tc.finetune_blocks, init, tc.init)
+    model = build_model(cfg.model, cfg.model_config, data.vocab, cache, tc.finetune_blocks, init, tc.init)
     state = _prepare_run_dir(out, cfg, resume) if dist.rank == 0 else None
     state = dist.broadcast(state)
     if state is None and tc.warm_start:
-        counts = warm_start(model, tc.warm_start, vocab.itos)
+        counts = warm_start(model, tc.warm_start, data.vocab.itos)
         if progress and dist.rank == 0:
             tqdm.write(
                 f"warm start from {tc.warm_start}: {counts['tensors']} weights, {counts['words']} words "
                 f"kept, {counts['new_words']} new"
             )
     train_records = data.split("train")
-    pairs = CaptionPairs(train_records, vocab, tc.max_caption_len)
-    objective = (
-        SelfCritical(vocab, train_records, tc.scst_samples, tc.scst_max_len)
-        if tc.objective == "scst"
-        else CrossEntropy(vocab, tc.label_smoothing)
-    )
+    pairs = CaptionPairs(train_records, data.vocab, tc.max_caption_len)
     steps_per_epoch = len(pairs.epoch_batches(0, tc.seed, tc.batch_size, dist.rank, dist.world_size))
-    total = steps_per_epoch * tc.epochs
     optim = torch.optim.AdamW(param_groups(model, tc.weight_decay, tc.encoder_lr), lr=tc.lr)
+    total = steps_per_epoch * tc.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
-    epoch, skip, history, best = 0, 0, [], {"epoch": -1, "CIDEr": -1.0}
-    partial = (0.0, 0)  # loss sum and steps of an epoch interrupted part-way
+    run = Run(cfg, out, model, data.vocab, cache.encoder_spec, optim, sched, [], {"epoch": -1, "CIDEr": -1.0})
+    epoch, skip, partial = 0, 0, (0.0, 0)  # partial: loss sum and steps of an epoch interrupted part-way
     if state is not None:
-        r = state["resume"]
-        restore_weights(model, state)
-        optim.load_state_dict(r["optimizer"])
-        sched.load_state_dict(r["scheduler"])
-        torch.set_rng_state(r["rng"])
-        epoch, skip, history, best = r["epoch"], r["step_in_epoch"], r["history"], r["best"]
-        partial = (r["partial_loss_sum"], r["partial_steps"])
-        if epoch >= tc.epochs or _patience_spent(epoch, best, tc.patience):
+        epoch, skip, partial = _restore(run, state)
+        if epoch >= tc.epochs or patience_spent(epoch, run.best, tc.patience):
             # Before any file is opened: resuming a finished run changes nothing (not even tb/).
-            return TrainResult(
-                out,
-                out / "best.pt",
-                best["epoch"],
-                best,
-                history,
-                0.0,
-                stopped_early=epoch < tc.epochs,
-                already_finished=True,
-            )
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if dist.active else model
-
-    train_feats = Features.load(cache, train_records, memory_mb=tc.feature_memory_mb)
-    mixer = make_mixer(model, data, train_records, train_feats, tc) if uses_tags(tc) else None
-    val_records = data.split("val")[: tc.val_images or None]
-    val_feats = Features.load(cache, val_records, memory_mb=tc.feature_memory_mb) if dist.rank == 0 else None
-    writer = _tensorboard(out / "tb") if dist.rank == 0 else None
-
-    def save_last(ep: int, step_in_epoch: int, loss_sum: float = 0.0, steps: int = 0) -> None:
-        save_checkpoint(
-            out / "last.pt",
-            training_payload(
-                model,
-                vocab,
-                enc,
-                {"run_config": cfg.to_dict()},
-                {
-                    "optimizer": optim.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "rng": torch.get_rng_state(),
-                    "epoch": ep,
-                    "step_in_epoch": step_in_epoch,
-                    "partial_loss_sum": loss_sum,
-                    "partial_steps": steps,
-                    "history": history,
-                    "best": best,
-                },
-            ),
-        )
-
-    start, stopped_early = time.perf_counter(), False
-    with _graceful_interrupt() as interrupt:
-        while epoch < tc.epochs:
-            batches = pairs.epoch_batches(epoch, tc.seed, tc.batch_size, dist.rank, dist.world_size)
-            ddp.train()
-            (loss_sum, n_steps), n_caps, t0 = partial, 0, time.perf_counter()
-            partial = (0.0, 0)
-            bar = tqdm(
-                batches[skip:],
-                desc=f"epoch {epoch + 1}/{tc.epochs}",
-                unit="batch",
-                disable=not progress or dist.rank != 0,
-                dynamic_ncols=True,
-            )
-            logs_sum: dict[str, float] = {}  # objective-specific scalars (reward...) of this epoch's steps
-            logs_n = 0
-            for i, idx in enumerate(bar, start=skip):
-                rows, image_index, caps = pairs.batch(idx)
-                pooled, grid = train_feats.batch(rows)  # (I, D), (I, R, D)
-                images = [train_records[r].image for r in rows.tolist()]
-                if mixer is not None:  # + text-only photos; image / tag dropout (text_batches.py)
-                    with torch.no_grad():
-                        probs = model.tags.word_probs(pooled)
-                    pooled, grid, image_index, caps, probs, shown = mixer.extend(
-                        pooled, grid, image_index, caps, probs, epoch, i
-                    )
-                    batch = Batch(pooled, grid, image_index, caps, images, probs, shown)
-                else:
-                    batch = Batch(pooled, grid, image_index, caps, images)
-                total_loss, logs = objective(ddp, model, batch)
-                loss = logs["loss"]
-                optim.zero_grad(set_to_none=True)
-                total_loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optim.step()
-                sched.step()
-                _check_diverged(model, out, epoch, i, len(batches), loss, tc.lr)
-                loss_sum, n_steps, n_caps = loss_sum + loss, n_steps + 1, n_caps + len(idx)
-                logs_sum, logs_n = {k: logs_sum.get(k, 0.0) + v for k, v in logs.items()}, logs_n + 1
-                rate = n_caps * dist.world_size / (time.perf_counter() - t0)
-                extra = {"reward": f"{logs['reward']:.3f}"} if "reward" in logs else {}
-                bar.set_postfix(loss=f"{loss:.3f}", caps_s=f"{rate:.0f}", **extra)
-                if writer:
-                    for k, v in logs.items():
-                        writer.add_scalar(f"train/{k}", v, epoch * steps_per_epoch + i)
-                    writer.add_scalar("train/lr", sched.get_last_lr()[0], epoch * steps_per_epoch + i)
-                if i + 1 == len(batches):
-                    break  # the epoch-end checkpoint below covers an interrupt at the last step
-                periodic = tc.save_every_steps and (i + 1) % tc.save_every_steps == 0
-                asked = interrupt["stop"]  # read once: a signal may land between two reads
-                if (asked or periodic) and dist.rank == 0:
-                    save_last(epoch, i + 1, loss_sum, n_steps)
-                if asked:
-                    bar.close()
-                    raise KeyboardInterrupt
-            bar.close()
-            skip = 0
-            epoch_loss = dist.all_reduce_mean(loss_sum / max(n_steps, 1))
-            epoch += 1
-            stop = False
-            if dist.rank == 0:
-                metrics = validate(model, val_records, val_feats, vocab, tc.val_beam_size, tc.val_max_len)
-                row = {
-                    "epoch": epoch,
-                    "train_loss": epoch_loss,
-                    "captions_per_s": n_caps * dist.world_size / (time.perf_counter() - t0),
-                    **metrics,
-                    "elapsed_s": time.perf_counter() - start,
-                    **{f"train_{k}": v / max(logs_n, 1) for k, v in logs_sum.items() if k != "loss"},
-                }
-                history.append(row)
-                if writer:
-                    for k in ("CIDEr", "BLEU-4"):
-                        writer.add_scalar(f"val/{k}", metrics[k], epoch)
-                    writer.flush()
-                tqdm.write(
-                    f"epoch {epoch}: loss {epoch_loss:.3f}, val CIDEr-D {metrics['CIDEr']:.3f}, "
-                    f"BLEU-4 {metrics['BLEU-4']:.3f}"
-                ) if progress else None
-                if metrics["CIDEr"] > best["CIDEr"]:
-                    best = {"epoch": epoch, **metrics}
-                    save_checkpoint(
-                        out / "best.pt",
-                        model_payload(model, vocab, enc, {"run_config": cfg.to_dict(), "epoch": epoch, "val": metrics}),
-                    )
-                stop = _patience_spent(epoch, best, tc.patience)
-                save_last(epoch, 0)
-                write_json(out / "history.json", history)
-                _plot(history, out / "curves.png")
-                if on_epoch is not None:
-                    on_epoch(dict(row))
-            stop = dist.broadcast(stop)
-            if interrupt["stop"]:
-                raise KeyboardInterrupt
-            if stop:
-                stopped_early = True
-                break
-    if writer:
-        writer.close()
+            stopped = epoch < tc.epochs
+            return TrainResult(out, out / "best.pt", run.best["epoch"], run.best, run.history, 0.0, stopped, True)
+    loop = _Loop(run, data, pairs, train_records, steps_per_epoch, progress)
+    loop.load_features(cache)
+    if dist.rank == 0:
+        loop.callbacks = _callbacks(run, loop.val_features(cache), progress, on_epoch) + list(callbacks)
+    stopped_early = loop.epochs(epoch, skip, partial)
+    for cb in loop.callbacks:
+        cb.on_end(run)
     dist.barrier()
-    history = dist.broadcast(history)
-    best = dist.broadcast(best)
-    return TrainResult(out, out / "best.pt", best["epoch"], best, history, time.perf_counter() - start, stopped_early)
+    history, best = dist.broadcast(run.history), dist.broadcast(run.best)
+    seconds = time.perf_counter() - run.started
+    return TrainResult(out, out / "best.pt", best["epoch"], best, history, seconds, stopped_early)
 
 
-def _patience_spent(epoch: int, best: dict, patience: int) -> bool:
-    """Early stopping: `patience` epochs (0 = never) have passed without a better val CIDEr-D."""
-    return bool(patience) and epoch - best["epoch"] >= patience
+def _restore(run: Run, state: dict) -> tuple[int, int, tuple[float, int]]:
+    """A resumed run's weights, optimiser, scheduler and RNG; returns (epoch, step in it, partial sums)."""
+    r = state["resume"]
+    restore_weights(run.model, state)
+    run.optim.load_state_dict(r["optimizer"])
+    run.sched.load_state_dict(r["scheduler"])
+    torch.set_rng_state(r["rng"])
+    run.history, run.best = r["history"], r["best"]
+    return r["epoch"], r["step_in_epoch"], (r["partial_loss_sum"], r["partial_steps"])
+
+
+def _callbacks(run: Run, val, progress: bool, on_epoch) -> list[Callback]:
+    """The run's own epoch-end concerns, in the order they must happen (best.pt before last.pt, the
+    caller's hook once both are on disk)."""
+    tc = run.cfg.train
+    writer = _tensorboard(run.out / "tb")
+    return [
+        Validate(*val, tc.val_beam_size, tc.val_max_len),
+        Record(),
+        *([TensorBoard(writer)] if writer is not None else []),
+        *([Report()] if progress else []),
+        BestCheckpoint(),
+        EarlyStopping(tc.patience),
+        LastCheckpoint(),
+        HistoryFiles(),
+        *([EpochHook(on_epoch)] if on_epoch is not None else []),
+    ]
+
+
+class _Loop:
+    """Epochs of optimiser steps over the training pairs (and text rows), with graceful interrupts."""
+
+    def __init__(self, run: Run, data, pairs: CaptionPairs, records, steps_per_epoch: int, progress: bool):
+        tc = run.cfg.train
+        self.run, self.data, self.pairs, self.records, self.tc = run, data, pairs, records, tc
+        self.steps_per_epoch, self.progress, self.dist = steps_per_epoch, progress, dist_info()
+        self.callbacks: list[Callback] = []
+        self.objective = (
+            SelfCritical(data.vocab, records, tc.scst_samples, tc.scst_max_len)
+            if tc.objective == "scst"
+            else CrossEntropy(data.vocab, tc.label_smoothing)
+        )
+        self.ddp = torch.nn.parallel.DistributedDataParallel(run.model) if self.dist.active else run.model
+
+    def load_features(self, cache) -> None:
+        self.feats = Features.load(cache, self.records, memory_mb=self.tc.feature_memory_mb)
+        model, tc = self.run.model, self.tc
+        self.mixer = make_mixer(model, self.data, self.records, self.feats, tc) if uses_tags(tc) else None
+
+    def val_features(self, cache) -> tuple[list, object]:
+        records = self.data.split("val")[: self.tc.val_images or None]
+        return records, Features.load(cache, records, memory_mb=self.tc.feature_memory_mb)
+
+    def epochs(self, epoch: int, skip: int, partial: tuple[float, int]) -> bool:
+        """Train from step `skip` of `epoch` to the end; True when early stopping ended it."""
+        run, dist = self.run, self.dist
+        with _graceful_interrupt() as interrupt:
+            while epoch < self.tc.epochs:
+                t0 = time.perf_counter()
+                loss_sum, n_steps, n_caps, logs = self.epoch(epoch, skip, partial, interrupt)
+                skip, partial = 0, (0.0, 0)
+                epoch_loss = dist.all_reduce_mean(loss_sum / max(n_steps, 1))
+                epoch += 1
+                if dist.rank == 0:
+                    row = {
+                        "epoch": epoch,
+                        "train_loss": epoch_loss,
+                        "captions_per_s": n_caps * dist.world_size / (time.perf_counter() - t0),
+                        **{f"train_{k}": v for k, v in logs.items() if k != "loss"},
+                    }
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(run, row)
+                stop = dist.broadcast(run.stop)
+                if interrupt["stop"]:
+                    raise KeyboardInterrupt
+                if stop:
+                    return True
+        return False
+
+    def epoch(self, epoch: int, skip: int, partial: tuple[float, int], interrupt: dict):
+        """One epoch from step `skip`: (loss sum, steps, captions, mean objective scalars)."""
+        run, tc, dist = self.run, self.tc, self.dist
+        batches = self.pairs.epoch_batches(epoch, tc.seed, tc.batch_size, dist.rank, dist.world_size)
+        self.ddp.train()
+        (loss_sum, n_steps), n_caps, t0 = partial, 0, time.perf_counter()
+        logs_sum: dict[str, float] = {}  # objective-specific scalars (reward...) of this epoch's steps
+        logs_n = 0
+        hidden = not self.progress or dist.rank != 0
+        desc = f"epoch {epoch + 1}/{tc.epochs}"
+        bar = tqdm(batches[skip:], desc=desc, unit="batch", disable=hidden, dynamic_ncols=True)
+        for i, idx in enumerate(bar, start=skip):
+            loss, logs = self.step(self.batch(idx, epoch, i))
+            _check_diverged(run.model, run.out, epoch, i, len(batches), loss, tc.lr)
+            loss_sum, n_steps, n_caps = loss_sum + loss, n_steps + 1, n_caps + len(idx)
+            logs_sum, logs_n = {k: logs_sum.get(k, 0.0) + v for k, v in logs.items()}, logs_n + 1
+            rate = n_caps * dist.world_size / (time.perf_counter() - t0)
+            extra = {"reward": f"{logs['reward']:.3f}"} if "reward" in logs else {}
+            bar.set_postfix(loss=f"{loss:.3f}", caps_s=f"{rate:.0f}", **extra)
+            for cb in self.callbacks:
+                cb.on_step(run, epoch * self.steps_per_epoch + i, logs)
+            if i + 1 == len(batches):
+                break  # the epoch-end checkpoint covers an interrupt at the last step
+            periodic = tc.save_every_steps and (i + 1) % tc.save_every_steps == 0
+            asked = interrupt["stop"]  # read once: a signal may land between two reads
+            if (asked or periodic) and dist.rank == 0:
+                run.save_last(epoch, i + 1, loss_sum, n_steps)
+            if asked:
+                bar.close()
+                raise KeyboardInterrupt
+        bar.close()
+        return loss_sum, n_steps, n_caps, {k: v / max(logs_n, 1) for k, v in logs_sum.items()}
+
+    def batch(self, idx, epoch: int, i: int) -> Batch:
+        rows, image_index, caps = self.pairs.batch(idx)
+        pooled, grid = self.feats.batch(rows)  # (I, D), (I, R, D)
+        images = [self.records[r].image for r in rows.tolist()]
+        if self.mixer is None:
+            return Batch(pooled, grid, image_index, caps, images)
+        with torch.no_grad():  # + text-only photos; image / tag dropout (text_batches.py)
+            probs = self.run.model.tags.word_probs(pooled)
+        pooled, grid, image_index, caps, probs, shown = self.mixer.extend(
+            pooled, grid, image_index, caps, probs, epoch, i
+        )
+        return Batch(pooled, grid, image_index, caps, images, probs, shown)
+
+    def step(self, batch: Batch) -> tuple[float, dict[str, float]]:
+        """One optimiser step on `batch`: (its loss, the objective's scalars)."""
+        run, tc = self.run, self.tc
+        total_loss, logs = self.objective(self.ddp, run.model, batch)
+        run.optim.zero_grad(set_to_none=True)
+        total_loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+        run.optim.step()
+        run.sched.step()
+        return logs["loss"], logs
 
 
 def _check_diverged(model, out: Path, epoch: int, i: int, n: int, loss: float, lr: float) -> None:
@@ -389,9 +425,3 @@ def _tensorboard(path: Path):
     except ImportError:  # tensorboard is a dependency; tolerate a trimmed install
         return None
     return SummaryWriter(str(path))
-
-
-def _plot(history: list[dict], path: Path) -> None:
-    from capgen.training.plots import plot_curves
-
-    plot_curves(history, path)
