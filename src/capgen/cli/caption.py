@@ -68,6 +68,15 @@ def register(sub, parents) -> None:
         "completion order, not input order); a rerun skips images already in FILE; bad files "
         "go to FILE.errors; shards across ranks under torchrun",
     )
+    p.add_argument(
+        "--engine",
+        choices=["file", "ray"],
+        default="file",
+        help="with --out: 'file' (default) appends to FILE; 'ray' captions on Ray Data (capgen[ray]) into "
+        "--out DIR as Parquet parts, resumable",
+    )
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: the cluster to join (default: local Ray)")
+    p.add_argument("--actors", type=int, metavar="N", help="with --engine ray: captioning actors (default: CPUs - 1)")
     add_file_args(p)
     p.set_defaults(func=run)
 
@@ -239,10 +248,45 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
+def _ray(args, captioner, config) -> int:
+    from capgen.inference.bulk import _decode_dict
+    from capgen.inference.ray_engine import caption_with_ray
+
+    if args.actors is not None and args.actors < 1:
+        raise CapgenError(f"--actors must be >= 1, got {args.actors}")
+    model = [os.path.abspath(m) for m in args.model] if args.model else None  # actors work elsewhere
+    load = {"path": model, "encoder": args.encoder, "backend": args.backend, "tag_words": args.tag_words}
+    load.update(precision=args.precision, threads=args.threads)
+    guide = guide_config(args)
+    res = caption_with_ray(
+        args.paths,
+        args.out,
+        load,
+        _decode_dict(config),
+        guide=guide,
+        batch_size=args.batch_size,
+        address=args.ray_address,
+        actors=args.actors,
+        model_name=captioner.name,
+    )
+    for path, reason in list(res.failed.items())[:10]:
+        print(f"capgen caption: failed {display_name(path)}: {reason}", file=sys.stderr)
+    print(
+        f"capgen caption: {res.captioned} captioned on Ray ({res.actors} actors, {res.images_per_s:.1f} images/s"
+        + (f", {res.steady_images_per_s:.1f} after start-up" if res.steady_images_per_s else "")
+        + "), "
+        f"{res.skipped} already in {display_name(res.out)}, {len(res.failed)} failed",
+        file=sys.stderr,
+    )
+    return 1 if res.failed else 0
+
+
 def _destination(args):
     """A SidecarSettings, "metadata" or None (stdout), with the flags that need one checked."""
     if args.sidecar and args.write_metadata:
         raise CapgenError("--sidecar and --write-metadata: choose one per run")
+    if args.engine != "file" and not args.out:
+        raise CapgenError("--engine ray writes --out DIR; give --out")
     if args.out and (args.sidecar or args.write_metadata):
         raise CapgenError("--out writes one file for all photos; run --sidecar/--write-metadata without --out")
     for flag, used in (
@@ -341,6 +385,8 @@ def _bulk(args, captioner, config) -> int:
 
     if args.annotate or args.attention:
         raise CapgenError("--out writes captions only; run --annotate/--attention without --out")
+    if args.engine == "ray":
+        return _ray(args, captioner, config)
     res = caption_to_file(
         captioner,
         args.paths,
