@@ -100,6 +100,7 @@ def main() -> int:
         folder.mkdir()
         for p in sorted(args.images.glob("*.jpg"))[: args.photos]:
             shutil.copy(p, folder / p.name)
+            (folder / p.name).chmod(0o644)  # the shared data is read-only, and so would be the copies
         if mode == "metadata":
             subprocess.run(
                 [

@@ -200,7 +200,7 @@ def test_checkpoints_the_runtime_cannot_express_are_refused(tiny_run, checkpoint
         "learned positions",
         "--max-len 7",
     )
-    # Sampling is not a search the runtime runs.
+    # An export's default decoding is a search; the runtime samples only when asked.
     one_line_error(
         capsys,
         ["export", checkpoints["show_tell"], "--out", tmp_path / "b", "--encoder", tiny_run.encoder, "--sample"],
@@ -405,3 +405,20 @@ def test_capgen_info_describes_a_model_and_prints_the_bundled_card(exports, caps
     assert out["model"]["architecture"] == "transformer" and "## Intended use" in out["card"]
     assert main(["info", str(exports["show_tell"] / "missing")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_the_runtime_samples_when_asked_seeded_from_its_flags(exports, photos, capsys):
+    """The one search samples over ONNX Runtime too (numpy's generator, seeded by --seed)."""
+    from capgen.runtime.__main__ import main as runtime_main
+
+    rt = Runtime(exports["show_tell"], threads=1)
+    a, b = (rt.caption(photos, method="sample", seed=s) for s in (7, 7))
+    assert [r.caption for r in a] == [r.caption for r in b] and all(r.caption and r.guided is None for r in a)
+    top1 = rt.caption(photos, method="sample", seed=1, top_k=1, guide=None)  # top-k 1 is greedy
+    assert [r.caption for r in top1] == [r.caption for r in rt.caption(photos, beam_size=1, guide=None)]
+    capsys.readouterr()
+    args = [str(exports["show_tell"]), *photos[:3], "--sample", "--seed", "7", "--format", "jsonl"]
+    assert runtime_main(args) == 0
+    # the same draws for the same batch (a seed seeds the batch's generator)
+    same = [r.caption for r in rt.caption(photos[:3], method="sample", seed=7)]
+    assert [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()] == same

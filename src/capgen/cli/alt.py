@@ -6,9 +6,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from capgen.argtypes import positive_int
 from capgen.cli.caption import add_model_args
-from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.cli.types import positive_int
+from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
 from capgen.errors import CapgenError
 from capgen.tags.guide import GuideConfig
 

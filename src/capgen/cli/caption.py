@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.cli.types import out_dir, positive_int, probability, thread_count
+from capgen.argtypes import out_dir, positive_int, probability, thread_count
+from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
 from capgen.errors import CapgenError
 from capgen.inference.files import display_name
 from capgen.tags.guide import GuideConfig

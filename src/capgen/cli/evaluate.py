@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from capgen.cli.decoding import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.cli.types import out_dir
+from capgen.argtypes import out_dir
+from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
 
 
 def register(sub, parents) -> None:

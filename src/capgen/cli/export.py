@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from capgen.cli.decoding import add_decode_args, decode_options
-from capgen.cli.types import out_dir
+from capgen.argtypes import out_dir
+from capgen.decoding.flags import add_decode_args, decode_options
 
 
 def register(sub, parents) -> None:

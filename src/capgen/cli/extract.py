@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from capgen.argtypes import non_negative_int, out_dir, positive_int, thread_count
 from capgen.cli.caption import add_precision_args
-from capgen.cli.types import non_negative_int, out_dir, positive_int, thread_count
 
 
 def register(sub, parents) -> None:

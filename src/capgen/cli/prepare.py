@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.cli.types import fraction, out_dir, positive_int
+from capgen.argtypes import fraction, out_dir, positive_int
 
 
 def register(sub, parents) -> None:

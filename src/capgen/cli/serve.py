@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from capgen.argtypes import port, positive_float, positive_int
 from capgen.cli.caption import add_model_args, load_captioner
-from capgen.cli.types import port, positive_float, positive_int
 
 
 def register(sub, parents) -> None:

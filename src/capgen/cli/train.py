@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from capgen.cli.types import out_dir
+from capgen.argtypes import out_dir
 
 
 def register(sub, parents) -> None:

@@ -6,7 +6,7 @@ import argparse
 import subprocess
 import sys
 
-from capgen.cli.types import positive_float, positive_int
+from capgen.argtypes import positive_float, positive_int
 
 
 def register(sub, parents) -> None:

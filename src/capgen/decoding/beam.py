@@ -133,117 +133,130 @@ def beam_search(
     captions are ranked with their group's offset (UNMET_PENALTY, 0, EARLY_BONUS) and keep their
     own scores. An image whose row is all False is unconstrained: it only uses the middle group.
     """
-    B, K, L = _rows(memory), cfg.beam_size, cfg.length_limit
-    G = 1 if include is None else 3  # beam groups per image
-    GK = G * K
-    memory, state = expand(step, memory, state, B, GK)  # rows b*GK .. b*GK+GK-1
-    R = B * GK
+    beams = _Beams(step, memory, state, ids, cfg, include)
     rules = Rules(ids, cfg, step.vocab_size)
+    for t in range(cfg.length_limit + 1):
+        raw, beams.state, att = step(beams.tokens, beams.state, beams.memory)  # (R, V), state, (R, N) or None
+        logp = rules.apply(raw, t, beams.tokens, beams.history.reshape(beams.R, -1))
+        if cfg.return_attention and att is not None and beams.att_history is None:
+            beams.att_history = np.zeros((*beams.history.shape, att.shape[-1]), dtype=np.float32)
+        cut_all = (raw.argmax(axis=-1) != ids.end).reshape(beams.B, -1) if rules.final(t) else None
+        alive = beams.finish(logp, t, cut_all)
+        if rules.final(t):
+            break
+        beams.advance(*alive, t, att)
+        done = beams.pool.keys[beams.images, -1] >= beams.reach(t)  # (B,)
+        if done.all():
+            break
+        if done.any():
+            beams.drop(np.flatnonzero(~done))
+    return beams.pool.found
 
-    def norm(score, length: int) -> np.ndarray:
-        return length_normalised(score, length, cfg.length_penalty).astype(np.float32)
 
-    tokens = np.full(R, ids.start, dtype=np.int64)
-    # The K beams of a group start identical; only the first may expand or it would be chosen K times.
-    # Constrained images start in group 0 (no required word yet), the others in group 1 (nothing required).
-    beam_scores = np.full((B, G, K), NEG_INF, dtype=np.float32)
-    start_group = 0 if include is None else 1 - include.any(axis=1).astype(np.int64)
-    beam_scores[np.arange(B), start_group, 0] = 0.0
-    beam_scores = beam_scores.reshape(B, GK)
-    group_of = np.repeat(np.arange(G), K)[None]  # (1, GK)
-    offset = np.array([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], dtype=np.float32)
-    history = np.full((B, GK, L), ids.pad, dtype=np.int64)  # words of each beam
-    att_history: np.ndarray | None = None  # (B, GK, L, N)
-    pool = _Pool(B, K, L, ids.pad)
-    # The images still searching: their index into the pool. An image that is done leaves every
-    # array at the end of the step, so later steps do not compute its rows.
-    images = np.arange(B)
-    rank = np.arange(2 * K)
-    required = None if include is None else _Required.of(include)
-    for t in range(L + 1):
-        beam_group = np.broadcast_to(group_of, (B, GK))
-        raw, state, att = step(tokens, state, memory)  # (R, V), state, (R, N) or None
-        logp = rules.apply(raw, t, tokens, history.reshape(R, L))
-        V = logp.shape[-1]
-        if cfg.return_attention and att is not None and att_history is None:
-            att_history = np.zeros((B, GK, L, att.shape[-1]), dtype=np.float32)
-        cand = (beam_scores.reshape(R, 1) + logp).reshape(B, GK, V)  # (B, GK, V)
+class _Beams:
+    """The state of one beam search: B images still searching (`images`: their rows in the pool),
+    G groups of K beams each (rows b*GK .. b*GK+GK-1), their scores, words and the step's state."""
+
+    def __init__(self, step: Step, memory: Rows, state: Rows, ids: TokenIds, cfg: DecodeConfig, include):
+        B, K, L = _rows(memory), cfg.beam_size, cfg.length_limit
+        G = 1 if include is None else 3  # beam groups per image
+        self.step, self.ids, self.cfg, self.include = step, ids, cfg, include
+        self.B, self.K, self.G, self.GK = B, K, G, G * K
+        self.memory, self.state = expand(step, memory, state, B, self.GK)
+        self.tokens = np.full(B * self.GK, ids.start, dtype=np.int64)
+        # The K beams of a group start identical; only the first may expand or it would be chosen K times.
+        # Constrained images start in group 0 (no required word yet), the others in group 1 (nothing required).
+        scores = np.full((B, G, K), NEG_INF, dtype=np.float32)
+        start_group = 0 if include is None else 1 - include.any(axis=1).astype(np.int64)
+        scores[np.arange(B), start_group, 0] = 0.0
+        self.scores = scores.reshape(B, self.GK)
+        self.group_of = np.repeat(np.arange(G), K)[None]  # (1, GK)
+        self.offset = np.array([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], dtype=np.float32)
+        self.history = np.full((B, self.GK, L), ids.pad, dtype=np.int64)  # words of each beam
+        self.att_history: np.ndarray | None = None  # (B, GK, L, N)
+        self.pool = _Pool(B, K, L, ids.pad)
+        self.images = np.arange(B)
+        self.required = None if include is None else _Required.of(include)
+
+    @property
+    def R(self) -> int:
+        return self.B * self.GK
+
+    def norm(self, score, length: int) -> np.ndarray:
+        return length_normalised(score, length, self.cfg.length_penalty).astype(np.float32)
+
+    def finish(self, logp: np.ndarray, t: int, cut_all: np.ndarray | None):
+        """Pool the captions that end at step t: per group, <end> among its K best candidates; and the
+        beams with every token blocked. Returns the alive candidates (parents, scores, words), (B, GK) each."""
+        B, K, GK = self.B, self.K, self.GK
+        cand = (self.scores.reshape(-1, 1) + logp).reshape(B, GK, -1)  # (B, GK, V)
         # A candidate lands in its beam's group, or higher with a required word: the word's level.
-        lift = (2 if t < EARLY_WORDS else 1) if G > 1 else 0
-
-        # Finished now: per group, <end> among its K best candidates; and beams with every token blocked.
-        fin_scores, fin_offsets, fin_beams, fin_cut, parents, words, scores = [], [], [], [], [], [], []
-        cut_all = (raw.argmax(axis=-1) != ids.end).reshape(B, GK) if rules.final(t) else None
-        for g in range(G):
+        lift = (2 if t < EARLY_WORDS else 1) if self.G > 1 else 0
+        rank = np.arange(2 * K)
+        fin, parents, scores, words = [], [], [], []
+        for g in range(self.G):
             # 2K candidates always hold K that are not <end>: only the group's K beams can end in it.
             top_scores, top_beam, top_tok = (
-                _top(cand, 2 * K) if G == 1 else _top_in_group(cand, g, K, lift, required, 2 * K)
+                _top(cand, 2 * K) if self.G == 1 else _top_in_group(cand, g, K, lift, self.required, 2 * K)
             )  # (B, 2K) each
-            is_end = top_tok == ids.end
+            is_end = top_tok == self.ids.end
             ended = is_end[:, :K] & np.isfinite(top_scores[:, :K])  # (B, K)
             end_beam = top_beam[:, :K]
-            fin_scores.append(np.where(ended, norm(top_scores[:, :K], t), NEG_INF))
-            fin_offsets.append(np.full((B, K), offset[g], dtype=np.float32))
-            fin_beams.append(end_beam)
             # At the forced last step a caption is cut when the model itself would have gone on.
-            fin_cut.append(
-                np.take_along_axis(cut_all, end_beam, axis=1) if cut_all is not None else np.zeros_like(ended)
-            )
+            cut = np.zeros_like(ended) if cut_all is None else np.take_along_axis(cut_all, end_beam, axis=1)
+            offset = np.full((B, K), self.offset[g], dtype=np.float32)
+            fin.append((np.where(ended, self.norm(top_scores[:, :K], t), NEG_INF), offset, end_beam, cut))
             # Alive: the group's K best candidates that are not <end> (stable order by rank).
             order = np.argsort(rank + 2 * K * is_end, axis=1, kind="stable")[:, :K]  # (B, K)
             parents.append(np.take_along_axis(top_beam, order, axis=1))
             scores.append(np.take_along_axis(top_scores, order, axis=1))
             words.append(np.take_along_axis(top_tok, order, axis=1))
-        stuck = np.isinf(logp.max(axis=-1)).reshape(B, GK) & np.isfinite(beam_scores)  # (B, GK)
-        fin_scores.append(np.where(stuck, norm(beam_scores, t), NEG_INF))
-        fin_offsets.append(offset[beam_group])
-        fin_beams.append(np.broadcast_to(np.arange(GK), (B, GK)))
-        fin_cut.append(np.ones_like(stuck))
-        fin_beam = np.concatenate(fin_beams, axis=1)
-        pool.add(
-            images,
-            np.concatenate(fin_scores, axis=1).astype(np.float32),
-            np.concatenate(fin_offsets, axis=1),
-            gather(history, fin_beam),
-            np.full_like(fin_beam, t),
-            np.concatenate(fin_cut, axis=1),
-            None if att_history is None else gather(att_history, fin_beam),
-        )
-        if rules.final(t):
-            break
+        stuck = np.isinf(logp.max(axis=-1)).reshape(B, GK) & np.isfinite(self.scores)  # (B, GK)
+        every = np.broadcast_to(np.arange(GK), (B, GK))
+        group_offset = np.broadcast_to(self.offset[self.group_of], (B, GK))
+        fin.append((np.where(stuck, self.norm(self.scores, t), NEG_INF), group_offset, every, np.ones_like(stuck)))
+        fin_scores, fin_offsets, fin_beam, fin_cut = (np.concatenate(x, axis=1) for x in zip(*fin))
+        att = None if self.att_history is None else gather(self.att_history, fin_beam)
+        words_so_far, lengths = gather(self.history, fin_beam), np.full_like(fin_beam, t)
+        self.pool.add(self.images, fin_scores.astype(np.float32), fin_offsets, words_so_far, lengths, fin_cut, att)
+        return (np.concatenate(x, axis=1) for x in (parents, scores, words))
 
-        parent = np.concatenate(parents, axis=1)  # (B, GK)
-        beam_scores, word = np.concatenate(scores, axis=1), np.concatenate(words, axis=1)
-        rows = (np.arange(B)[:, None] * GK + parent).reshape(R)  # flat parent rows
-        state = step.rows(state, rows)
-        history = gather(history, parent)
-        history[:, :, t] = word
-        if att_history is not None:
-            att_history = gather(att_history, parent)
-            att_history[:, :, t] = att[rows].reshape(B, GK, -1)
-        tokens = word.reshape(R).astype(np.int64)
+    def advance(self, parent: np.ndarray, scores: np.ndarray, word: np.ndarray, t: int, att) -> None:
+        """The alive candidates become the beams: their parents' state and words, plus word t."""
+        B, GK = self.B, self.GK
+        rows = (np.arange(B)[:, None] * GK + parent).reshape(-1)  # flat parent rows
+        self.scores = scores
+        self.state = self.step.rows(self.state, rows)
+        self.history = gather(self.history, parent)
+        self.history[:, :, t] = word
+        if self.att_history is not None:
+            self.att_history = gather(self.att_history, parent)
+            self.att_history[:, :, t] = att[rows].reshape(B, GK, -1)
+        self.tokens = word.reshape(-1).astype(np.int64)
 
-        # Future scores only fall, and the length penalty is largest at the length limit: an upper bound
-        # (plus the best offset a beam can still reach: the early group's once in it, or while a
-        # required word can still come among the first EARLY_WORDS; else the middle group's).
-        reach = norm(beam_scores, L)
-        if G > 1:
-            rise = include.any(axis=1, keepdims=True) & (t + 1 < EARLY_WORDS)  # (B, 1)
-            reach = reach + np.where((beam_group == G - 1) | rise, offset[-1], offset[1])
-        done = pool.keys[images, -1] >= reach.max(axis=1)  # (B,)
-        if done.all():
-            break
-        if done.any():  # drop the finished images' rows from every array
-            keep = np.flatnonzero(~done)
-            keep_rows = (keep[:, None] * GK + np.arange(GK)).reshape(-1)
-            images, beam_scores, history = images[keep], beam_scores[keep], history[keep]
-            att_history = None if att_history is None else att_history[keep]
-            if G > 1:
-                include, required = include[keep], required[keep]
-            tokens, state = tokens[keep_rows], step.rows(state, keep_rows)
-            memory = step.rows(memory, keep if step.shared_memory else keep_rows)
-            B, R = len(keep), len(keep) * GK
-    return pool.found
+    def reach(self, t: int) -> np.ndarray:
+        """Per image, the best score an alive beam can still reach. Future scores only fall, and the
+        length penalty is largest at the length limit: an upper bound (plus the best offset a beam can
+        still reach: the early group's once in it, or while a required word can still come among the
+        first EARLY_WORDS; else the middle group's)."""
+        reach = self.norm(self.scores, self.cfg.length_limit)
+        if self.G > 1:
+            rise = self.include.any(axis=1, keepdims=True) & (t + 1 < EARLY_WORDS)  # (B, 1)
+            group = np.broadcast_to(self.group_of, reach.shape)
+            reach = reach + np.where((group == self.G - 1) | rise, self.offset[-1], self.offset[1])
+        return reach.max(axis=1)
+
+    def drop(self, keep: np.ndarray) -> None:
+        """Only the images `keep` search on: the finished ones leave every array, so later steps do
+        not compute their rows."""
+        keep_rows = (keep[:, None] * self.GK + np.arange(self.GK)).reshape(-1)
+        self.images, self.scores, self.history = self.images[keep], self.scores[keep], self.history[keep]
+        self.att_history = None if self.att_history is None else self.att_history[keep]
+        if self.G > 1:
+            self.include, self.required = self.include[keep], self.required[keep]
+        self.tokens, self.state = self.tokens[keep_rows], self.step.rows(self.state, keep_rows)
+        self.memory = self.step.rows(self.memory, keep if self.step.shared_memory else keep_rows)
+        self.B = len(keep)
 
 
 def _rows(d: Rows) -> int:

@@ -51,7 +51,9 @@ def export_captioner(
 
     config = config if config is not None else DecodeConfig()
     if config.method == "sample":
-        raise ExportError("the runtime decodes greedy or beam search; export without --sample")
+        raise ExportError(
+            "an export's default decoding is greedy or beam search; export without --sample (the runtime samples when asked: --sample)"
+        )
     model = captioner.model
     limit = _max_len_limit(model)
     if limit is not None and config.length_limit > limit:

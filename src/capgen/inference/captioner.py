@@ -110,22 +110,17 @@ class Captioner:
     ) -> "Captioner":
         """Load a checkpoint (None = the bundled model; several paths = an ensemble) and rebuild its encoder.
 
-        encoder: build the encoder with this name or 'package.module:factory' instead of the name
-          stored in the checkpoint (needed for your own encoders); its spec must still match. Only
-          this argument may import code: the checkpoint's own name must be a registered encoder.
-        tag_words: a class -> word file for tags (None = the bundled ImageNet one). Without a
-          classifier head, or with a malformed file, captioning still works; `tags_error` says why
-          there are no tags.
-        precision: "fp32" (default), "bf16" (the decoder, and a torch-backend encoder, under bf16
-          autocast) or "int8" (the encoder quantized in ONNX Runtime; `calibration`: typical photos
-          to calibrate it on, needed once per encoder, then cached). See capgen.encoders.precision.
-        threads: compute threads for the encoder and the decoder (default: all cores). On a machine
-          busy with other work, 1 thread avoids the stalls of oversubscribed thread pools.
-        backend: "auto" runs the encoder, and the decoder's steps, in ONNX Runtime where they export
-          (else in torch, with a warning); "onnx" requires it; "torch" uses torch for both.
-
-        A folder written by `capgen export` (and the bundled model when torch is not installed) gives
-        an ExportedCaptioner: the same pipeline run by ONNX Runtime alone (capgen.inference.exported).
+        encoder: build the encoder with this name or 'package.module:factory' instead of the name in the
+          checkpoint (for your own encoders; its spec must still match). Only this argument imports code.
+        tag_words: a class -> word file for tags (None = the bundled one); without a head or with a bad
+          file captioning still works, and `tags_error` says why there are no tags.
+        precision: "fp32", "bf16" (decoder under bf16 autocast) or "int8" (encoder quantized in ONNX
+          Runtime, calibrated once on `calibration` photos); see capgen.encoders.precision.
+        threads: compute threads (default: all cores; 1 on a machine busy with other work).
+        backend: "auto" runs the encoder and the decoder's steps in ONNX Runtime where they export (else
+          torch, with a warning); "onnx" requires it; "torch" uses torch for both.
+        A folder written by `capgen export` (and the bundled model without torch) gives an
+        ExportedCaptioner: the same pipeline on ONNX Runtime alone (capgen.inference.exported).
         """
         from capgen.extras import available
         from capgen.inference.exported import ExportedCaptioner, is_export, needs_checkpoint
@@ -133,45 +128,25 @@ class Captioner:
         if path is None and not available("torch"):  # `pip install capgen`: the bundled model as exported
             path = bundled_export_path()
         if is_export(path):
-            return ExportedCaptioner.from_folder(
-                path if isinstance(path, (str, Path)) else path[0],
-                encoder=encoder,
-                backend=backend,
-                max_pixels=max_pixels,
-                tag_words=tag_words,
-                precision=precision,
-                calibration=calibration,
-                threads=threads,
-            )
+            first = path if isinstance(path, (str, Path)) else path[0]
+            options = {"encoder": encoder, "backend": backend, "max_pixels": max_pixels, "tag_words": tag_words}
+            options.update(precision=precision, calibration=calibration, threads=threads)
+            return ExportedCaptioner.from_folder(first, **options)
         if not available("torch"):
             first = Path(path if isinstance(path, (str, Path)) else path[0])
             raise needs_checkpoint(f"{first.name}: a checkpoint", first)
         from capgen.checkpoint import load_checkpoints
-        from capgen.encoders import create_encoder, make_runner
-        from capgen.errors import TagsError
-        from capgen.tags import make_tagger
+        from capgen.encoders import make_runner
 
         paths = (
             [bundled_model_path()]
             if path is None
-            else [Path(path)]
-            if isinstance(path, (str, Path))
-            else [Path(p) for p in path]
+            else [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
         )
         ck = load_checkpoints(paths)
-        if encoder is not None:
-            enc = create_encoder(encoder, allow_import=True)  # the caller's own choice
-        else:
-            try:
-                enc = create_encoder(ck.encoder.get("name"))  # from the file: registered names only
-            except CapgenError as e:
-                raise CapgenError(f"{paths[0]}: {e}") from None
+        enc = _encoder_of(ck, encoder, paths[0])
         model = with_checkpoint_encoder(enc, ck, paths[0])
-        tagger, tags_error = None, None
-        try:
-            tagger = make_tagger(enc, tag_words)
-        except TagsError as e:
-            tags_error = str(e)
+        tagger, tags_error = _tagger_of(enc, tag_words)
         calib = None
         if calibration is not None:
             calib = np.stack([enc.preprocess.array(load_image(i, max_pixels=max_pixels)) for i in calibration])
@@ -181,18 +156,9 @@ class Captioner:
             if runner.backend == "onnx" and precision != "bf16"
             else None
         )
-        return cls(
-            model,
-            ck.vocab,
-            enc,
-            runner,
-            name=f"{ck.model.name} ({', '.join(p.name for p in paths)})",
-            max_pixels=max_pixels,
-            tagger=tagger,
-            tags_error=tags_error,
-            precision=precision,
-            fast_decoder=fast,
-        )
+        name = f"{ck.model.name} ({', '.join(p.name for p in paths)})"
+        extra = {"tagger": tagger, "tags_error": tags_error, "precision": precision, "fast_decoder": fast}
+        return cls(model, ck.vocab, enc, runner, name=name, max_pixels=max_pixels, **extra)
 
     # ---- properties the CLI and the server ask about ------------------------------------------------
     @property
@@ -452,6 +418,30 @@ def check_tagger(model, enc, path: Path) -> None:
                 f"{path}: trained with tagger {m.config.tagger}, but this encoder's is {built}; "
                 "caption with the encoder the model was trained with"
             )
+
+
+def _encoder_of(ck, encoder: str | None, path: Path):
+    """The encoder to rebuild: the caller's `encoder` (which may import code), else the checkpoint's
+    own name, which must be a registered encoder (a file never makes capgen import code)."""
+    from capgen.encoders import create_encoder
+
+    if encoder is not None:
+        return create_encoder(encoder, allow_import=True)
+    try:
+        return create_encoder(ck.encoder.get("name"))
+    except CapgenError as e:
+        raise CapgenError(f"{path}: {e}") from None
+
+
+def _tagger_of(enc, tag_words):
+    """(tagger, None), or (None, why there are no tags): captioning works without them."""
+    from capgen.errors import TagsError
+    from capgen.tags import make_tagger
+
+    try:
+        return make_tagger(enc, tag_words), None
+    except TagsError as e:
+        return None, str(e)
 
 
 def check_encoder_spec(built: dict, stored: dict, path: Path) -> None:

@@ -10,8 +10,10 @@ import json
 import sys
 from typing import Sequence
 
+from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
 from capgen.errors import CapgenError
 from capgen.io import echo
+from capgen.tags.guide import GuideConfig
 
 
 def _threads(text: str) -> int:
@@ -31,19 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("folder", metavar="DIR", help="the exported folder")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    method = p.add_mutually_exclusive_group()
-    method.add_argument("--beam-size", type=int, help="beam width (default: the export's decoding settings)")
-    method.add_argument("--greedy", action="store_true", help="greedy decoding")
-    p.add_argument("--max-len", type=int, help="maximum caption length in words (default: the export's)")
-    p.add_argument("--min-words", type=int, help="no caption shorter than this many words (default 1)")
-    p.add_argument("--max-words", type=int, help="captions of at most this many words (default: --max-len)")
-    p.add_argument("--n-best", type=int, help="also report the next best captions (jsonl)")
-    p.add_argument(
-        "--no-guide",
-        action="store_true",
-        help="captions from the model alone, without tag guidance (on by default when the export "
-        "has a tagger, as in capgen caption; thresholds: Runtime.caption(guide=GuideConfig(...)))",
-    )
+    add_decode_args(p, model_defaults=True)
+    add_guide_args(p, GuideConfig())
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
     p.add_argument("--threads", type=_threads, help="encoder threads (default: all cores)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -53,26 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    options = {
-        k: v
-        for k, v in (
-            ("beam_size", 1 if args.greedy else args.beam_size),
-            ("max_len", args.max_len),
-            ("min_words", args.min_words),
-            ("max_words", args.max_words),
-            ("n_best", args.n_best),
-        )
-        if v is not None
-    }
     try:
         from capgen.runtime import Runtime
 
+        options = decode_options(args)
         rt = Runtime(args.folder, threads=args.threads)
-        if "beam_size" in options and "n_best" not in options:
-            options["n_best"] = 1
-        results = rt.caption(
-            list(args.images), batch_size=args.batch_size, **({"guide": None} if args.no_guide else {}), **options
-        )
+        results = rt.caption(list(args.images), batch_size=args.batch_size, guide=guide_config(args), **options)
         for path, res in zip(args.images, results):
             if args.format == "jsonl":
                 print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False))

@@ -183,8 +183,6 @@ class Runtime:
         if "method" not in options and ("beam_size" in options or "n_best" in options):
             merged["method"] = None  # picked again from beam_size / n_best, as DecodeConfig does
         cfg = DecodeConfig(**merged)
-        if cfg.method == "sample":
-            raise ExportError("the runtime decodes greedy or beam search; sampling needs capgen caption --sample")
         if self.max_len_limit is not None and cfg.length_limit > self.max_len_limit:
             which = "max_words" if cfg.max_words else "max_len"
             raise ExportError(
@@ -207,6 +205,8 @@ class Runtime:
         self, pooled: np.ndarray, config: DecodeConfig, guide: GuideConfig | float | None = GuideConfig()
     ) -> list[Guidance | None]:
         """Per image, the confident tag its caption must contain, or None (as Captioner.guidance)."""
+        if config.method == "sample":  # guidance constrains a search; a sample is the model's own draw
+            return [None] * len(pooled)
         return plan_images(self.guide, self.tagger, pooled, guide)
 
     def decode(

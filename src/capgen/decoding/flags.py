@@ -1,59 +1,71 @@
-"""The decoding flags shared by `capgen caption` and `capgen evaluate`; their defaults are
-DecodeConfig's (and GuideConfig's for tag guidance), so every entry point decodes the same way
-unless told otherwise."""
+"""The decoding flags of every command that decodes (`capgen caption`, `evaluate`, `export`, `alt`
+and the torch-free `python -m capgen.runtime`), written once. Their defaults are DecodeConfig's (and
+GuideConfig's for tag guidance), so every entry point decodes the same way unless told otherwise;
+with `model_defaults` a flag left out is left to the model's own settings (an export's decoding.json)."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
 
-from capgen.cli.types import finite_float, non_negative_int, positive_float, positive_int, probability, unit_interval
-from capgen.decoding import MAX_BEAM, DecodeConfig
+from capgen.argtypes import finite_float, non_negative_int, positive_float, positive_int, probability, unit_interval
+from capgen.decoding.config import DecodeConfig
+from capgen.decoding.rules import MAX_BEAM
 from capgen.tags.guide import GuideConfig
 
 _D = DecodeConfig()
 
 
-def add_decode_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding (defaults are DecodeConfig's, the same for every command)")
+class _ModelDefaults:
+    """Every flag left out stays unset (None): the model's own decoding settings apply."""
+
+    def __getattr__(self, name):
+        return None
+
+
+def add_decode_args(p: argparse.ArgumentParser, model_defaults: bool = False) -> None:
+    d = _ModelDefaults() if model_defaults else _D
+    p.set_defaults(decode_model_defaults=model_defaults)
+    title = "the model's own settings, else DecodeConfig's" if model_defaults else "DecodeConfig's, for every command"
+    g = p.add_argument_group(f"decoding (defaults: {title})")
     method = g.add_mutually_exclusive_group()
     method.add_argument(
         "--beam-size",
         type=positive_int,
-        default=_D.beam_size,
+        default=d.beam_size,
         help=f"beam width, at most {MAX_BEAM} (default {_D.beam_size}; 1 = greedy)",
     )
     method.add_argument("--greedy", action="store_true", help="greedy decoding")
     method.add_argument("--sample", action="store_true", help="sample captions (see --temperature, --seed)")
-    g.add_argument("--n-best", type=positive_int, default=_D.n_best, help="also report the next best captions")
+    g.add_argument("--n-best", type=positive_int, default=d.n_best, help="also report the next best captions")
     g.add_argument(
         "--max-len",
         type=positive_int,
-        default=_D.max_len,
+        default=d.max_len,
         help=f"maximum caption length in words (default {_D.max_len})",
     )
     g.add_argument(
         "--min-words",
         type=positive_int,
-        default=_D.min_words,
+        default=d.min_words,
         help="no caption shorter than this many words (default 1)",
     )
     g.add_argument(
         "--max-words",
         type=positive_int,
-        default=_D.max_words,
+        default=d.max_words,
         help="captions of at most this many words, ending on a word a caption may end on (default: --max-len)",
     )
     g.add_argument(
         "--length-penalty",
         type=finite_float,
-        default=_D.length_penalty,
+        default=d.length_penalty,
         help="GNMT length normalisation alpha (default 0: raw log-prob sums)",
     )
     g.add_argument(
         "--no-repeat-ngram",
         type=non_negative_int,
-        default=_D.no_repeat_ngram,
+        default=d.no_repeat_ngram,
         help=f"block repeated n-grams of this size (default {_D.no_repeat_ngram}; 0 = off)",
     )
     repeat = g.add_mutually_exclusive_group()
@@ -61,7 +73,7 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
         "--no-repeat-words",
         dest="no_repeat_words",
         action="store_true",
-        default=_D.no_repeat_words,
+        default=d.no_repeat_words,
         help="block a second use of any content word, 'a woman and a woman' (the default)",
     )
     repeat.add_argument(
@@ -73,15 +85,17 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--consensus",
         type=non_negative_int,
-        default=_D.consensus,
+        default=d.consensus,
         metavar="K",
         help="rerank K beam candidates by their agreement with each other (minimum Bayes risk, "
         "CIDEr-D-like utility); 0 = off (the default)",
     )
-    g.add_argument("--allow-unk", action="store_true", help="let <unk> appear in captions (research use)")
-    g.add_argument("--temperature", type=positive_float, default=_D.temperature, help="sampling temperature")
-    g.add_argument("--top-k", type=non_negative_int, default=_D.top_k, help="sample from the k best words")
-    g.add_argument("--top-p", type=unit_interval, default=_D.top_p, help="nucleus sampling threshold")
+    g.add_argument(
+        "--allow-unk", action="store_true", default=d.allow_unk, help="let <unk> appear in captions (research use)"
+    )
+    g.add_argument("--temperature", type=positive_float, default=d.temperature, help="sampling temperature")
+    g.add_argument("--top-k", type=non_negative_int, default=d.top_k, help="sample from the k best words")
+    g.add_argument("--top-p", type=unit_interval, default=d.top_p, help="nucleus sampling threshold")
     g.add_argument("--seed", type=int, default=None, help="random seed for --sample")
 
 
@@ -92,6 +106,10 @@ def decode_options(args: argparse.Namespace) -> dict:
     options["method"] = "greedy" if args.greedy else "sample" if args.sample else None
     if args.greedy or args.sample:
         options["beam_size"] = 1
+    if getattr(args, "decode_model_defaults", False):  # left out: the model's own setting
+        options = {k: v for k, v in options.items() if v is not None}
+        if "beam_size" in options and "n_best" not in options:
+            options["n_best"] = 1  # a narrower beam than the model's n-best: one caption
     return options
 
 
