@@ -52,7 +52,8 @@ def export_captioner(
     config = config if config is not None else DecodeConfig()
     if config.method == "sample":
         raise ExportError(
-            "an export's default decoding is greedy or beam search; export without --sample (the runtime samples when asked: --sample)"
+            "an export's default decoding is greedy or beam search; export without --sample "
+            "(the runtime samples when asked: --sample)"
         )
     model = captioner.model
     limit = _max_len_limit(model)
