@@ -279,3 +279,20 @@ def test_failed_onnx_check_falls_back_on_auto_and_raises_on_onnx(tmp_path, monke
         assert make_runner(enc, backend="auto", cache_dir=tmp_path).backend == "torch"
     with pytest.raises(EncoderError, match="differs from torch"):
         make_runner(enc, backend="onnx", cache_dir=tmp_path)
+
+
+def test_encoder_spec_is_the_one_comparison_of_two_encoders():
+    from capgen.encoder_spec import EncoderSpec
+    from capgen.errors import CapgenError
+
+    stored = {"name": "lite2", "preprocess": {"size": 260, "mean": [0.5, 0.5, 0.5]}, "dim": 1280, "grid": [9, 9]}
+    built = {**stored, "preprocess": {"size": 260, "mean": (0.5, 0.5, 0.5)}, "grid": (9, 9)}  # tuples, as built
+    assert EncoderSpec.of(stored) == EncoderSpec.of(built) and EncoderSpec.of(stored).diff(built) == []
+    other = {**built, "dim": 1024, "split_at": 2}
+    assert EncoderSpec.of(stored).diff(other) == ["dim", "split_at"]
+    assert EncoderSpec.of(stored).diff(other, ("name", "dim")) == ["dim"]
+    assert EncoderSpec.of(stored).differences(other, "checkpoint", "encoder") == "dim: checkpoint 1280, encoder 1024"
+    assert (EncoderSpec.of(stored).kind, EncoderSpec.of(other).kind) == ("grid", "block_input")
+    assert "last 2 blocks of lite2" in EncoderSpec.of(other).text()
+    with pytest.raises(CapgenError, match="encoder spec must be an object"):
+        EncoderSpec.of(["lite2"])

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from capgen.data.vocab import Vocabulary
+from capgen.encoder_spec import EncoderSpec
 from capgen.errors import CapgenError
 from capgen.io import atomic_path
 
@@ -34,11 +35,6 @@ class Checkpoint:
     vocab: Vocabulary
     encoder: dict  # ImageEncoder.spec(): name, preprocess, dim, grid
     meta: dict = field(default_factory=dict)  # metrics, train config, epoch...
-
-
-def spec_diff(a: dict, b: dict) -> list[str]:
-    """The keys in which two encoder specs (or any flat dicts) differ, sorted."""
-    return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 def _float_state(state: dict) -> dict:
@@ -264,10 +260,10 @@ def _with_encoder_top(decoder, payload: dict):
 
     spec, top = payload["encoder"], payload["encoder_top"]
     model, stem_spec = attach_top(decoder, spec["name"], top["split_at"])
-    if stem_spec != spec:
+    if EncoderSpec.of(stem_spec) != EncoderSpec.of(spec):
         raise CheckpointError(
             f"its encoder blocks do not fit {spec['name']} split at {top['split_at']} "
-            f"blocks ({', '.join(spec_diff(spec, stem_spec))} differ)"
+            f"blocks ({', '.join(EncoderSpec.of(spec).diff(stem_spec))} differ)"
         )
     model.top.load_state_dict(_float_state(top["state_dict"]))
     return model
@@ -291,10 +287,10 @@ def load_checkpoints(paths: Sequence[str | Path]) -> Checkpoint:
                 f"words, {paths[0]} has {len(first.vocab)}"
                 + (" (same size, other words)" if len(ck.vocab) == len(first.vocab) else "")
             )
-        if ck.encoder != first.encoder:
+        if EncoderSpec.of(ck.encoder) != EncoderSpec.of(first.encoder):
             raise CheckpointError(
                 f"{path}: ensemble members must share the encoder input; "
-                f"{', '.join(spec_diff(ck.encoder, first.encoder))} "
+                f"{', '.join(EncoderSpec.of(ck.encoder).diff(first.encoder))} "
                 f"differ from {paths[0]} ({ck.encoder.get('name')} vs {first.encoder.get('name')})"
             )
     model = EnsembleModel([c.model for c in cks]).eval()

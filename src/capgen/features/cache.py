@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from capgen.encoder_spec import EncoderSpec
 from capgen.errors import FeatureCacheError
 
 JOB, META, LOCK = "job.json", "meta.json", ".lock"
@@ -29,22 +30,6 @@ FORMAT_VERSION = 2
 
 
 KINDS = ("grid", "block_input")
-
-
-def cache_kind(encoder_spec: dict) -> str:
-    """ "grid" (the encoder's final grid) or "block_input" (the activation entering its last
-    `split_at` blocks, for fine-tuning them); older caches without the field are grids."""
-    return "block_input" if encoder_spec.get("split_at") else "grid"
-
-
-def kind_text(encoder_spec: dict) -> str:
-    """Words for what a cache of this encoder spec holds, for error messages."""
-    n = encoder_spec.get("split_at")
-    return (
-        f"the activation entering the last {n} blocks of {encoder_spec.get('name')} (extract --split-at {n})"
-        if n
-        else f"final-grid features of {encoder_spec.get('name')} (extract without --split-at)"
-    )
 
 
 def read_json(path: Path, what: str) -> dict:
@@ -102,7 +87,7 @@ def check_meta(meta: dict, where: Path) -> None:
         and len(enc["grid"]) == 2
         and all(isinstance(g, int) and g > 0 for g in enc["grid"])
         and (enc.get("split_at") is None or (type(enc["split_at"]) is int and enc["split_at"] > 0))
-        and meta.get("kind", "grid") == cache_kind(enc)
+        and meta.get("kind", "grid") == EncoderSpec.of(enc).kind
     )
     if not ok:
         raise FeatureCacheError(
@@ -172,8 +157,8 @@ class FeatureCache:
 
     @property
     def kind(self) -> str:
-        """ "grid" or "block_input" (see cache_kind)."""
-        return cache_kind(self.meta["encoder"])
+        """ "grid" or "block_input" (see EncoderSpec.kind)."""
+        return EncoderSpec.of(self.meta["encoder"]).kind
 
     @property
     def encoder_name(self) -> str:
@@ -204,16 +189,14 @@ class FeatureCache:
                     f"but {name} is expected; extract with --encoder {name}"
                 )
             if isinstance(encoder, dict):
-                if encoder.get("split_at") != self.encoder_spec.get("split_at"):
+                have, want = EncoderSpec.of(self.encoder_spec), EncoderSpec.of(encoder)
+                if have.split_at != want.split_at:
+                    raise FeatureCacheError(f"{self.root}: holds {have.text()}, but the model takes {want.text()}")
+                for key in have.diff(want, ("preprocess", "dim", "grid"))[:1]:
                     raise FeatureCacheError(
-                        f"{self.root}: holds {kind_text(self.encoder_spec)}, but the model takes {kind_text(encoder)}"
+                        f"{self.root}: encoder {name} {key} differs: cache has {have.get(key)}, "
+                        f"expected {want.get(key)}"
                     )
-                for key in ("preprocess", "dim", "grid"):
-                    if encoder.get(key) != self.encoder_spec.get(key):
-                        raise FeatureCacheError(
-                            f"{self.root}: encoder {name} {key} differs: cache has "
-                            f"{self.encoder_spec.get(key)}, expected {encoder.get(key)}"
-                        )
         if dataset is not None:
             images_dir = dataset.manifest["images_dir"]
             if self.meta.get("images_dir") != images_dir:

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from capgen.data.prepared import ImageRecord, PreparedDataset
+from capgen.encoder_spec import EncoderSpec
 from capgen.encoders import create_encoder, make_runner
 from capgen.errors import CapgenError, FeatureCacheError, ImageLoadError
 from capgen.features.cache import (
@@ -27,9 +28,7 @@ from capgen.features.cache import (
     JOB,
     LOCK,
     META,
-    cache_kind,
     images_hash,
-    kind_text,
     load_array,
     read_json,
     unwritten_rows,
@@ -59,7 +58,12 @@ class ExtractResult:
 
 def _same_job(a: dict, b: dict) -> list[str]:
     """Names of the settings in which two jobs differ."""
-    return [k for k in ("capgen_features", "kind", "encoder", "dtype", "images", "images_dir") if a.get(k) != b.get(k)]
+    try:
+        same_encoder = EncoderSpec.of(a.get("encoder")) == EncoderSpec.of(b.get("encoder"))
+    except CapgenError:  # not an object: a damaged job file
+        same_encoder = False
+    keys = ("capgen_features", "kind", "encoder", "dtype", "images", "images_dir")
+    return [k for k in keys if (not same_encoder if k == "encoder" else a.get(k) != b.get(k))]
 
 
 def _clear(out: Path) -> None:
@@ -83,7 +87,7 @@ def _prepare_out(out: Path, job: dict, overwrite: bool) -> str:
             if diff:
                 raise FeatureCacheError(
                     f"{out}: already holds {'features' if marker == META else 'an unfinished extraction'} "
-                    f"with different {', '.join(diff)} ({kind_text(old.get('encoder') or {})}, "
+                    f"with different {', '.join(diff)} ({EncoderSpec.of(old.get('encoder')).text()}, "
                     f"{len(old.get('images', []))} images); use another --out or --overwrite"
                 )
             return "complete" if marker == META else "resume"
@@ -210,7 +214,7 @@ def _encoder(dataset, dist, encoder, split_at, backend, threads, precision):
 def _job(dataset, split, records, enc, runner, dtype) -> dict:
     job = {
         "capgen_features": FORMAT_VERSION,
-        "kind": cache_kind(enc.spec()),
+        "kind": EncoderSpec.of(enc.spec()).kind,
         "encoder": enc.spec(),
         "dtype": dtype,
         "images_dir": dataset.manifest["images_dir"],

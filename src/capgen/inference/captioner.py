@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from capgen.encoder_spec import EncoderSpec
 from capgen.errors import CapgenError
 from capgen.images import MAX_PIXELS, ImageSource, load_image
 from capgen.result import CaptionResult, from_hypotheses
@@ -450,16 +451,6 @@ def check_encoder_spec(built: dict, stored: dict, path: Path) -> None:
     This is the guard against train/inference preprocessing drift (a different resize or
     normalisation at inference gives plausible-looking but wrong captions).
     """
-    diffs = [key for key in ("name", "preprocess", "dim", "grid") if _norm(built.get(key)) != _norm(stored.get(key))]
-    if diffs:
-        detail = "; ".join(f"{k}: checkpoint {stored.get(k)!r}, encoder {built.get(k)!r}" for k in diffs)
+    detail = EncoderSpec.of(stored).differences(built, "checkpoint", "encoder")
+    if detail:
         raise CapgenError(f"{path}: the encoder does not match the one the model was trained with ({detail})")
-
-
-def _norm(value):
-    """Lists and tuples compare equal (specs come from JSON or from dataclasses)."""
-    if isinstance(value, dict):
-        return {k: _norm(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    return value

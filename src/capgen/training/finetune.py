@@ -6,11 +6,11 @@ cache and an --init checkpoint is one line naming both sides, raised before the 
 
 from __future__ import annotations
 
-from capgen.checkpoint import Checkpoint, CheckpointError, spec_diff
+from capgen.checkpoint import Checkpoint, CheckpointError
+from capgen.encoder_spec import EncoderSpec
 from capgen.encoders import create_encoder
 from capgen.errors import CapgenError
 from capgen.features import FeatureCache
-from capgen.features.cache import kind_text
 from capgen.models import create_model
 from capgen.models.base import CaptionModel
 from capgen.models.finetuned import FinetunedModel, attach_top
@@ -36,17 +36,17 @@ def build_model(
         )
     wants = n or init_top  # the block input the model reads, None = the final grid
     if wants != spec.get("split_at"):
-        need = kind_text({"name": spec["name"], "split_at": wants})
+        need = EncoderSpec.of({"name": spec["name"], "split_at": wants}).text()
         why = (
             (f"train.finetune_blocks={n}" if n else f"--init {init_path} (fine-tuned)")
             if wants
             else "train.finetune_blocks=0 (set it to fine-tune those blocks)"
         )
-        raise CapgenError(f"{cache.root}: holds {kind_text(spec)}, but {why} needs {need}")
+        raise CapgenError(f"{cache.root}: holds {EncoderSpec.of(spec).text()}, but {why} needs {need}")
     if init is not None and (init_top is not None or not n):
-        if init.encoder != spec:
+        if EncoderSpec.of(init.encoder) != EncoderSpec.of(spec):
             raise CheckpointError(
-                f"{init_path}: trained on {kind_text(init.encoder)} ({_diff(init.encoder, spec)} "
+                f"{init_path}: trained on {EncoderSpec.of(init.encoder).text()} ({_diff(init.encoder, spec)} "
                 f"differ from the feature cache {cache.root})"
             )
         if init_top is not None and not n:
@@ -67,9 +67,9 @@ def build_model(
     # Fine-tuning the last n blocks: the decoder reads the full encoder's grid.
     full = create_encoder(spec["name"])  # registered names only: the name comes from a file
     if init is not None:
-        if init.encoder != full.spec():
+        if EncoderSpec.of(init.encoder) != EncoderSpec.of(full.spec()):
             raise CheckpointError(
-                f"{init_path}: trained on {kind_text(init.encoder)} ({_diff(init.encoder, full.spec())} "
+                f"{init_path}: trained on {EncoderSpec.of(init.encoder).text()} ({_diff(init.encoder, full.spec())} "
                 f"differ from {full.name}'s final grid, which the fine-tuned blocks feed)"
             )
         decoder = init.model
@@ -83,7 +83,7 @@ def build_model(
             itos=vocab.itos,
         )
     model, stem_spec = attach_top(decoder, full, n)
-    if stem_spec != spec:
+    if EncoderSpec.of(stem_spec) != EncoderSpec.of(spec):
         raise CapgenError(
             f"{cache.root}: block input of {spec['name']} differs from the encoder's own "
             f"({_diff(stem_spec, spec)}); extract the cache again with this capgen"
@@ -92,4 +92,4 @@ def build_model(
 
 
 def _diff(a: dict, b: dict) -> str:
-    return ", ".join(spec_diff(a, b)) or "nothing"
+    return ", ".join(EncoderSpec.of(a).diff(b)) or "nothing"
