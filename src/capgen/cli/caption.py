@@ -31,13 +31,7 @@ def register(sub, parents) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     add_model_args(p)
     add_decode_args(p)
-    p.add_argument(
-        "--tags",
-        action="store_true",
-        help="also print object tags from the encoder's ImageNet classifier, e.g. 'cat 0.85'; "
-        "text: appended after a tab, jsonl/csv: a 'tags' field",
-    )
-    p.add_argument("--n-tags", type=positive_int, default=5, metavar="K", help="at most K tags per photo (default 5)")
+    _add_tag_args(p)
     p.add_argument(
         "--tag-threshold",
         type=probability,
@@ -119,6 +113,16 @@ def add_file_args(p) -> None:
         "photos with a description are kept",
     )
     g.add_argument("--overwrite", action="store_true", help="with --write-metadata: replace existing descriptions")
+
+
+def _add_tag_args(p) -> None:
+    p.add_argument(
+        "--tags",
+        action="store_true",
+        help="also print object tags from the encoder's ImageNet classifier, e.g. 'cat 0.85'; "
+        "text: appended after a tab, jsonl/csv: a 'tags' field",
+    )
+    p.add_argument("--n-tags", type=positive_int, default=5, metavar="K", help="at most K tags per photo (default 5)")
 
 
 def add_model_args(p) -> None:
@@ -320,23 +324,9 @@ def _to_files(args, captioner, config, tags, destination) -> int:
     from tqdm.auto import tqdm
 
     from capgen.errors import DiskFullError, ImageLoadError
-    from capgen.inference import caption_paths, metadata, sidecar
+    from capgen.inference import caption_paths
 
-    if destination == "metadata":
-        planned = metadata.plan(args.paths, overwrite=args.overwrite)
-        todo, done_note = [(p, p) for p in planned.todo], f"{planned.kept} kept their description"
-
-        def write(photo, target, res) -> bool:
-            metadata.write_description(photo, res.caption)
-            return True
-    else:
-        planned = sidecar.plan(args.paths, destination)
-        sidecar.remove_temporaries(t for _, t in planned.todo)
-        todo, done_note = planned.todo, f"{planned.done} already had a sidecar"
-
-        def write(photo, target, res) -> bool:
-            return sidecar.write_sidecar(photo, target, res, destination)
-
+    planned, todo, done_note, write = _file_plan(args, destination)
     failed = dict(planned.failed)
     for path, reason in failed.items():
         print(f"capgen caption: skipped {path}: {reason}", file=sys.stderr)
@@ -378,6 +368,27 @@ def _to_files(args, captioner, config, tags, destination) -> int:
         file=sys.stderr,
     )
     return 1 if failed else 0
+
+
+def _file_plan(args, destination):
+    """(the plan, (photo, target) pairs to do, what the plan kept, the writer of one photo's caption)."""
+    from capgen.inference import metadata, sidecar
+
+    if destination == "metadata":
+        planned = metadata.plan(args.paths, overwrite=args.overwrite)
+
+        def write(photo, target, res) -> bool:
+            metadata.write_description(photo, res.caption)
+            return True
+
+        return planned, [(p, p) for p in planned.todo], f"{planned.kept} kept their description", write
+    planned = sidecar.plan(args.paths, destination)
+    sidecar.remove_temporaries(t for _, t in planned.todo)
+
+    def write(photo, target, res) -> bool:
+        return sidecar.write_sidecar(photo, target, res, destination)
+
+    return planned, planned.todo, f"{planned.done} already had a sidecar", write
 
 
 def _bulk(args, captioner, config) -> int:

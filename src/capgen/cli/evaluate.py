@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from capgen.argtypes import out_dir
+from capgen.cli.prepare import add_outside_root_arg
 from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
 
 
@@ -36,11 +37,7 @@ def register(sub, parents) -> None:
         help="with --images: build this encoder (a registered name or your "
         "'package.module:factory') instead of the checkpoint's",
     )
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)",
-    )
+    add_outside_root_arg(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument(
         "--out", required=True, metavar="DIR", type=out_dir, help="folder for predictions.json and metrics.json"

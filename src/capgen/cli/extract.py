@@ -7,6 +7,7 @@ import sys
 
 from capgen.argtypes import non_negative_int, out_dir, positive_int, thread_count
 from capgen.cli.caption import add_precision_args
+from capgen.cli.prepare import add_outside_root_arg
 
 
 def register(sub, parents) -> None:
@@ -19,11 +20,7 @@ def register(sub, parents) -> None:
         "torchrun --nproc_per_node N the images are sharded across ranks.",
     )
     p.add_argument("prepared", metavar="PREPARED", help="folder written by capgen prepare")
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)",
-    )
+    add_outside_root_arg(p)
     p.add_argument("--out", required=True, metavar="FEATURES", type=out_dir, help="feature cache folder")
     p.add_argument(
         "--encoder",

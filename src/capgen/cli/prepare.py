@@ -77,3 +77,20 @@ def run(args) -> int:
             f"(kept, as in the benchmarks' reference sets)"
         )
     return 0
+
+
+def add_dataset_args(p, features: bool = True) -> None:
+    """--data PREPARED (and --features FEATURES) with --allow-outside-root: how train, tune and
+    evaluate name their data."""
+    p.add_argument("--data", required=True, metavar="PREPARED", help="folder written by capgen prepare")
+    add_outside_root_arg(p)
+    if features:
+        p.add_argument("--features", required=True, metavar="FEATURES", help="folder written by capgen extract")
+
+
+def add_outside_root_arg(p) -> None:
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)",
+    )

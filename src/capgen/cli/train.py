@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from capgen.argtypes import out_dir
+from capgen.cli.prepare import add_dataset_args
 
 
 def register(sub, parents) -> None:
@@ -16,13 +17,7 @@ def register(sub, parents) -> None:
         "keeps the best checkpoint by val CIDEr. Ctrl-C checkpoints; --resume "
         "continues. Under torchrun it uses DistributedDataParallel (gloo).",
     )
-    p.add_argument("--data", required=True, metavar="PREPARED", help="folder written by capgen prepare")
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)",
-    )
-    p.add_argument("--features", required=True, metavar="FEATURES", help="folder written by capgen extract")
+    add_dataset_args(p)
     p.add_argument("--model", help="show_tell, show_attend_tell or transformer (default: the config's)")
     p.add_argument("--out", required=True, metavar="RUN", type=out_dir, help="run folder (checkpoints, logs, curves)")
     p.add_argument("--config", metavar="YAML", help="run config file (see configs/)")

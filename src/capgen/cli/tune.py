@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from capgen.argtypes import positive_float, positive_int
+from capgen.cli.prepare import add_dataset_args
 
 
 def register(sub, parents) -> None:
@@ -19,13 +20,7 @@ def register(sub, parents) -> None:
         "training run in STUDY/trials/N. Run the same command again to continue a "
         "killed study. Writes trials.csv, best_config.yaml and PNG plots to STUDY.",
     )
-    p.add_argument("--data", required=True, metavar="PREPARED", help="folder written by capgen prepare")
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="read a dataset prepared with --allow-outside-root (image paths outside its images folder)",
-    )
-    p.add_argument("--features", required=True, metavar="FEATURES", help="folder written by capgen extract")
+    add_dataset_args(p)
     p.add_argument("--space", required=True, metavar="YAML", help="search space (see configs/tune_*.yaml)")
     p.add_argument("--study", required=True, metavar="DIR", help="study folder (journal, trials, results)")
     p.add_argument("--config", metavar="YAML", help="base run config the space's values override")

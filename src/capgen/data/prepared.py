@@ -76,12 +76,7 @@ def prepare_dataset(
         raise DatasetError(
             f"split fractions must be in [0, 1) and sum below 1, got val={val_fraction} test={test_fraction}"
         )
-    text_records: list[TextRecord] = []
-    corpora = []
-    for i, path in enumerate(text):  # read first: a bad corpus fails before any image is looked at
-        records, entry = read_corpus(path, i)
-        text_records += records
-        corpora.append(entry)
+    text_records, corpora = _read_corpora(text)  # first: a bad corpus fails before any image is looked at
     raw = read_dataset(data, fmt, images)
     if not allow_outside_root:
         check_inside_root(raw.records, raw.images_dir, str(raw.source))
@@ -111,6 +106,17 @@ def prepare_dataset(
     }
     _write(out, by_split, text_records, vocab, manifest)
     return PreparedDataset.load(out, allow_outside_root=allow_outside_root)
+
+
+def _read_corpora(paths) -> tuple[list[TextRecord], list[dict]]:
+    """The records of every caption corpus, and each corpus' manifest entry (path, sha256, counts)."""
+    text_records: list[TextRecord] = []
+    corpora = []
+    for i, path in enumerate(paths):
+        records, entry = read_corpus(path, i)
+        text_records += records
+        corpora.append(entry)
+    return text_records, corpora
 
 
 def _drop_missing(raw: RawDataset, skip_missing: bool) -> int:

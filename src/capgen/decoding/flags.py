@@ -56,6 +56,11 @@ def add_decode_args(p: argparse.ArgumentParser, model_defaults: bool = False) ->
         default=d.max_words,
         help="captions of at most this many words, ending on a word a caption may end on (default: --max-len)",
     )
+    _ranking_and_sampling_args(g, d)
+
+
+def _ranking_and_sampling_args(g, d) -> None:
+    """How candidates are scored and blocked, consensus, and the sampling knobs."""
     g.add_argument(
         "--length-penalty",
         type=finite_float,

@@ -71,11 +71,8 @@ def evaluate_checkpoint(
     )
     metrics.update(caption_stats(words, [h.truncated for h in best]))
     if guide is not None:
-        metrics["guided"] = {
-            **guide.to_dict(),
-            "images": sum(g is not None for g in guidance),
-            "stand_ins": sum(g is not None and g.stand_in is not None for g in guidance),
-        }
+        stand_ins = sum(g is not None and g.stand_in is not None for g in guidance)
+        metrics["guided"] = {**guide.to_dict(), "images": sum(g is not None for g in guidance), "stand_ins": stand_ins}
     metrics.update(
         {
             "split": split,
@@ -85,12 +82,17 @@ def evaluate_checkpoint(
             "decode_seconds": seconds,
         }
     )
+    _write(out, predictions, metrics)
+    return EvalResult(metrics, predictions, seconds)
+
+
+def _write(out: str | Path | None, predictions: list[dict], metrics: dict) -> None:
+    """OUT/predictions.json and OUT/metrics.json (nothing when out is None)."""
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "predictions.json", predictions)
         write_json(out / "metrics.json", metrics)
-    return EvalResult(metrics, predictions, seconds)
 
 
 def metrics_table(metrics: dict) -> str:

@@ -120,8 +120,7 @@ class Captioner:
         threads: compute threads (default: all cores; 1 on a machine busy with other work).
         backend: "auto" runs the encoder and the decoder's steps in ONNX Runtime where they export (else
           torch, with a warning); "onnx" requires it; "torch" uses torch for both.
-        A folder written by `capgen export` (and the bundled model without torch) gives an
-        ExportedCaptioner: the same pipeline on ONNX Runtime alone (capgen.inference.exported).
+        An export folder (and the bundled model without torch) gives an ExportedCaptioner (no torch).
         """
         from capgen.extras import available
         from capgen.inference.exported import ExportedCaptioner, is_export, needs_checkpoint
@@ -152,11 +151,8 @@ class Captioner:
         if calibration is not None:
             calib = np.stack([enc.preprocess.array(load_image(i, max_pixels=max_pixels)) for i in calibration])
         runner = make_runner(enc, backend=backend, precision=precision, calibration=calib, threads=threads)
-        fast = (
-            _fast_decoder(model, backend, threads, precision)
-            if runner.backend == "onnx" and precision != "bf16"
-            else None
-        )
+        onnx = runner.backend == "onnx" and precision != "bf16"  # the decoder's steps too, where they export
+        fast = _fast_decoder(model, backend, threads, precision) if onnx else None
         name = f"{ck.model.name} ({', '.join(p.name for p in paths)})"
         extra = {"tagger": tagger, "tags_error": tags_error, "precision": precision, "fast_decoder": fast}
         return cls(model, ck.vocab, enc, runner, name=name, max_pixels=max_pixels, **extra)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from capgen.errors import CapgenError, ExportError
+from capgen.errors import CapgenError
 from capgen.extras import MissingExtra, available, install_hint
 from capgen.images import MAX_PIXELS, ImageSource
 from capgen.inference.captioner import Captioner
@@ -131,9 +131,4 @@ class ExportedCaptioner(Captioner):
         """The export's decoding settings updated by `options` (DecodeConfig fields)."""
         if options.get("return_attention"):
             raise needs_checkpoint("an attention map", self.runtime.folder)
-        try:
-            return self.runtime.decode_config(**options)
-        except ExportError:
-            if options.get("method") == "sample":  # what the runtime does not decode
-                raise needs_checkpoint("sampling", self.runtime.folder) from None
-            raise
+        return self.runtime.decode_config(**options)

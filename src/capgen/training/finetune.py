@@ -29,20 +29,7 @@ def build_model(
     """The model to train (train mode), from `init` when given, checked against the cache's kind."""
     n, spec = finetune_blocks, cache.encoder_spec
     init_top = init.model.split_at if init is not None and isinstance(init.model, FinetunedModel) else None
-    if init_top is not None and n not in (0, init_top):
-        raise CapgenError(
-            f"{init_path}: fine-tunes the last {init_top} encoder blocks, but train.finetune_blocks="
-            f"{n}; set it to {init_top} (or 0 to keep those blocks frozen)"
-        )
-    wants = n or init_top  # the block input the model reads, None = the final grid
-    if wants != spec.get("split_at"):
-        need = EncoderSpec.of({"name": spec["name"], "split_at": wants}).text()
-        why = (
-            (f"train.finetune_blocks={n}" if n else f"--init {init_path} (fine-tuned)")
-            if wants
-            else "train.finetune_blocks=0 (set it to fine-tune those blocks)"
-        )
-        raise CapgenError(f"{cache.root}: holds {EncoderSpec.of(spec).text()}, but {why} needs {need}")
+    _check_kind(cache, n, init_top, init_path)
     if init is not None and (init_top is not None or not n):
         if EncoderSpec.of(init.encoder) != EncoderSpec.of(spec):
             raise CheckpointError(
@@ -89,6 +76,25 @@ def build_model(
             f"({_diff(stem_spec, spec)}); extract the cache again with this capgen"
         )
     return model.train()
+
+
+def _check_kind(cache: FeatureCache, n: int, init_top: int | None, init_path: str | None) -> None:
+    """The cache must hold what the model reads: the final grid, or the input of its last n blocks."""
+    spec = cache.encoder_spec
+    if init_top is not None and n not in (0, init_top):
+        raise CapgenError(
+            f"{init_path}: fine-tunes the last {init_top} encoder blocks, but train.finetune_blocks="
+            f"{n}; set it to {init_top} (or 0 to keep those blocks frozen)"
+        )
+    wants = n or init_top  # the block input the model reads, None = the final grid
+    if wants != spec.get("split_at"):
+        need = EncoderSpec.of({"name": spec["name"], "split_at": wants}).text()
+        why = (
+            (f"train.finetune_blocks={n}" if n else f"--init {init_path} (fine-tuned)")
+            if wants
+            else "train.finetune_blocks=0 (set it to fine-tune those blocks)"
+        )
+        raise CapgenError(f"{cache.root}: holds {EncoderSpec.of(spec).text()}, but {why} needs {need}")
 
 
 def _diff(a: dict, b: dict) -> str:

@@ -223,18 +223,11 @@ def train(
     state = _prepare_run_dir(out, cfg, resume) if dist.rank == 0 else None
     state = dist.broadcast(state)
     if state is None and tc.warm_start:
-        counts = warm_start(model, tc.warm_start, data.vocab.itos)
-        if progress and dist.rank == 0:
-            tqdm.write(
-                f"warm start from {tc.warm_start}: {counts['tensors']} weights, {counts['words']} words "
-                f"kept, {counts['new_words']} new"
-            )
+        _warm_start(model, tc.warm_start, data.vocab, progress and dist.rank == 0)
     train_records = data.split("train")
     pairs = CaptionPairs(train_records, data.vocab, tc.max_caption_len)
     steps_per_epoch = len(pairs.epoch_batches(0, tc.seed, tc.batch_size, dist.rank, dist.world_size))
-    optim = torch.optim.AdamW(param_groups(model, tc.weight_decay, tc.encoder_lr), lr=tc.lr)
-    total = steps_per_epoch * tc.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: lr_lambda(s, tc.warmup_steps, total, tc.min_lr_ratio))
+    optim, sched = _optimiser(model, tc, steps_per_epoch * tc.epochs)
     run = Run(cfg, out, model, data.vocab, cache.encoder_spec, optim, sched, [], {"epoch": -1, "CIDEr": -1.0})
     epoch, skip, partial = 0, 0, (0.0, 0)  # partial: loss sum and steps of an epoch interrupted part-way
     if state is not None:
@@ -254,6 +247,22 @@ def train(
     history, best = dist.broadcast(run.history), dist.broadcast(run.best)
     seconds = time.perf_counter() - run.started
     return TrainResult(out, out / "best.pt", best["epoch"], best, history, seconds, stopped_early)
+
+
+def _warm_start(model, path: str, vocab, say: bool) -> None:
+    counts = warm_start(model, path, vocab.itos)
+    if say:
+        tqdm.write(
+            f"warm start from {path}: {counts['tensors']} weights, {counts['words']} words kept, "
+            f"{counts['new_words']} new"
+        )
+
+
+def _optimiser(model, tc, total_steps: int):
+    """AdamW (param_groups) with linear warmup and cosine decay over the run's steps."""
+    optim = torch.optim.AdamW(param_groups(model, tc.weight_decay, tc.encoder_lr), lr=tc.lr)
+    decay = lambda s: lr_lambda(s, tc.warmup_steps, total_steps, tc.min_lr_ratio)  # noqa: E731
+    return optim, torch.optim.lr_scheduler.LambdaLR(optim, decay)
 
 
 def _restore(run: Run, state: dict) -> tuple[int, int, tuple[float, int]]:
