@@ -105,3 +105,17 @@ def test_without_ray_the_engine_says_what_to_install(tiny_run, photos, tmp_path,
         "pip install 'capgen[ray]'",
     )
     assert not out.exists()
+
+
+def test_a_ray_that_cannot_start_is_one_line_and_writes_nothing(ray, tiny_run, photos, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from conftest import one_line_error
+
+    def refuse(**kw):
+        raise ConnectionError("could not connect to 10.0.0.9:6379\nsecond line")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    out = tmp_path / "ray"
+    args = ["caption", str(photos), *_model_args(tiny_run), "--out", str(out), "--engine", "ray"]
+    one_line_error(capsys, [*args, "--ray-address", "10.0.0.9:6379"], "Ray could not start at 10.0.0.9:6379")
+    assert not out.exists()

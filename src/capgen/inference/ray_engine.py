@@ -129,6 +129,8 @@ def caption_with_ray(
     paths = [os.fspath(p) for p in expanded if not isinstance(p, ImageLoadError)]
     failed = {e.path: e.reason for e in expanded if isinstance(e, ImageLoadError)}
     job = {"capgen_ray": 1, "model": model_name, "decode": decode, "cwd": os.getcwd(), "count": len(paths)}
+    if not out.exists() and paths:  # a Ray that cannot start leaves nothing behind
+        _start(ray, address)
     out.mkdir(parents=True, exist_ok=True)
     with file_lock(
         out / ".lock", f"{out}: another capgen caption job is writing it; wait for it or choose another --out"
@@ -137,7 +139,8 @@ def caption_with_ray(
         todo = [p for p in paths if p not in done]
         start, captioned, n_actors, steady = time.perf_counter(), 0, 0, 0.0
         if todo:
-            _start(ray, address)
+            _start(ray, address)  # before job.json: a failed start changes nothing in DIR
+            write_json(out / "job.json", job)
             cpus = ray.cluster_resources().get("CPU", 1)
             n_actors = actors or actor_count(cpus)
             # Each actor reserves one CPU (so Ray keeps one for its own tasks), but may compute on its
@@ -201,7 +204,8 @@ def _start(ray, address: str | None) -> None:
 
 
 def _open(out: Path, job: dict) -> set[str]:
-    """Check DIR's job against this one, drop temporaries of a killed run; the photos already written."""
+    """Check DIR's job against this one, drop temporaries of a killed run; the photos already written.
+    job.json is written once Ray has started (caption_with_ray)."""
     import pyarrow.parquet as pq
 
     path = out / "job.json"
@@ -219,7 +223,6 @@ def _open(out: Path, job: dict) -> set[str]:
         raise CapgenError(f"{out}: exists and was not written by capgen caption --engine ray; choose another --out")
     for tmp in out.glob(".*.tmp"):  # a part a killed run was writing
         tmp.unlink()
-    write_json(path, job)
     done: set[str] = set()
     for part in sorted(out.glob("part-*.parquet")):
         try:
