@@ -154,22 +154,27 @@ def caption_with_ray(
                 concurrency=n_actors,
                 num_cpus=1,
             )
-            run = uuid.uuid4().hex[:8]
-            bar = _tqdm()(total=len(todo), unit="img", desc=f"caption (ray, {n_actors} actors)", dynamic_ncols=True)
-            k, first, first_n = -1, 0.0, 0
-            for k, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="numpy")):
-                bad = batch["error"] != ""
-                failed.update(zip(batch["image"][bad].tolist(), batch["error"][bad].tolist()))
-                captioned += _write_part(out / PART.format(run=run, k=k), {c: batch[c][~bad] for c in COLUMNS})
-                bar.update(len(batch["image"]))
-                if k == 0:
-                    first, first_n = time.perf_counter(), len(batch["image"])
-            bar.close()
-            if k > 0:
-                steady = (len(todo) - first_n) / (time.perf_counter() - first)
+            captioned, steady = _write_parts(ds, out, len(todo), n_actors, failed)
         seconds = time.perf_counter() - start
         _write_errors(out, failed)
     return RayResult(out, len(paths), captioned, len(paths) - len(todo), failed, seconds, n_actors, steady)
+
+
+def _write_parts(ds, out: Path, total: int, n_actors: int, failed: dict[str, str]) -> tuple[int, float]:
+    """Each batch the pool returns as one Parquet part (its unreadable photos into `failed`):
+    (photos written, images/s from the first part to the last)."""
+    run = uuid.uuid4().hex[:8]
+    bar = _tqdm()(total=total, unit="img", desc=f"caption (ray, {n_actors} actors)", dynamic_ncols=True)
+    captioned, k, first, first_n = 0, -1, 0.0, 0
+    for k, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="numpy")):
+        bad = batch["error"] != ""
+        failed.update(zip(batch["image"][bad].tolist(), batch["error"][bad].tolist()))
+        captioned += _write_part(out / PART.format(run=run, k=k), {c: batch[c][~bad] for c in COLUMNS})
+        bar.update(len(batch["image"]))
+        if k == 0:
+            first, first_n = time.perf_counter(), len(batch["image"])
+    bar.close()
+    return captioned, (total - first_n) / (time.perf_counter() - first) if k > 0 else 0.0
 
 
 def _tqdm():
