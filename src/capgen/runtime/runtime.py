@@ -1,7 +1,7 @@
 """`Runtime`: caption photos with an exported folder, using only onnxruntime, numpy and pillow.
 
 Same pipeline as capgen's Captioner (the one image loader, the encoder's own transform, the
-encoder, then greedy or beam search under the same rules), with no torch anywhere.
+encoder, then the one search of capgen.decoding under the same rules), with no torch anywhere.
 """
 
 from __future__ import annotations
