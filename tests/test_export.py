@@ -422,3 +422,15 @@ def test_the_runtime_samples_when_asked_seeded_from_its_flags(exports, photos, c
     # the same draws for the same batch (a seed seeds the batch's generator)
     same = [r.caption for r in rt.caption(photos[:3], method="sample", seed=7)]
     assert [json.loads(line)["caption"] for line in capsys.readouterr().out.splitlines()] == same
+
+
+def test_the_runtime_flags_refuse_bad_values_in_one_line(exports, photos, capsys):
+    from capgen.runtime.__main__ import main as runtime_main
+
+    for bad in (["--beam-size", "0"], ["--top-p", "2"], ["--greedy", "--sample"]):
+        with pytest.raises(SystemExit) as e:
+            runtime_main([str(exports["show_tell"]), photos[0], *bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "usage" not in err, err
+    assert runtime_main([str(exports["show_tell"]), photos[0], "--n-best", "9"]) == 2  # past the export's beam
+    assert "n_best (9) must be <= beam_size" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""argparse value types with one-line errors."""
+"""argparse value types with one-line errors, and the parser class whose errors are one line."""
 
 from __future__ import annotations
 
@@ -47,3 +47,10 @@ def out_dir(text: str) -> str:
 
 out_dir.__name__ = "an output folder"
 probability = _checked(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit 2 (argparse prints the usage too)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")

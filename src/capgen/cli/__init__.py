@@ -12,6 +12,7 @@ import warnings
 from typing import Sequence
 
 from capgen import __version__
+from capgen.argtypes import OneLineParser
 from capgen.cli import alt, caption, evaluate, export, extract, info, prepare, serve, synth, train, tune
 from capgen.errors import CapgenError
 from capgen.extras import require
@@ -22,13 +23,8 @@ COMMANDS = (prepare, extract, train, tune, evaluate, caption, alt, export, serve
 MESSAGE_LIMIT = 2000  # characters of an error line: a message echoing a hostile value stays one line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="capgen", description="Image captioning toolkit: prepare data, extract features, train, caption."
     )
     parser.add_argument("--version", action="version", version=f"capgen {__version__}")
@@ -38,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for module in COMMANDS:
         module.register(sub, [common])
     return parser

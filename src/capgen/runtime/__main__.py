@@ -10,6 +10,7 @@ import json
 import sys
 from typing import Sequence
 
+from capgen.argtypes import OneLineParser
 from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
 from capgen.errors import CapgenError
 from capgen.io import echo
@@ -26,7 +27,7 @@ def _threads(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m capgen.runtime",
         description="Caption images with a folder written by `capgen export`, "
         "using only onnxruntime, numpy and pillow.",
