@@ -228,9 +228,7 @@ class Captioner:
     ) -> list[Guidance | None]:
         """Per image, the confident tag its caption must contain, or None (no tagger, guide None,
         sampling, or no tag confident enough)."""
-        if self.tagger is None or config.method == "sample":
-            return [None] * len(pooled)
-        return plan_images(self._guide_for_vocab(), self.tagger, pooled, guide)
+        return plan_images(self._guide_for_vocab, self.tagger, pooled, guide, config.method)
 
     def postprocess(self, hyps: list, image: Image.Image, guided: Guidance | None = None) -> CaptionResult:
         """One image's hypotheses -> CaptionResult with words and (words, H, W) attention; a guided

@@ -205,9 +205,7 @@ class Runtime:
         self, pooled: np.ndarray, config: DecodeConfig, guide: GuideConfig | float | None = GuideConfig()
     ) -> list[Guidance | None]:
         """Per image, the confident tag its caption must contain, or None (as Captioner.guidance)."""
-        if config.method == "sample":  # guidance constrains a search; a sample is the model's own draw
-            return [None] * len(pooled)
-        return plan_images(self.guide, self.tagger, pooled, guide)
+        return plan_images(self.guide, self.tagger, pooled, guide, config.method)
 
     def decode(
         self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig, guidance: Sequence[Guidance | None] = ()

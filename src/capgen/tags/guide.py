@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -239,12 +239,21 @@ def _unit(x: np.ndarray) -> np.ndarray:
 CANDIDATES = 5
 
 
-def plan_images(plans: Guide | None, tagger, pooled: np.ndarray, guide: GuideConfig | float | None) -> list:
+def plan_images(
+    plans: Guide | Callable[[], Guide] | None,
+    tagger,
+    pooled: np.ndarray,
+    guide: GuideConfig | float | None,
+    method: str | None = None,
+) -> list:
     """Per image, the Guidance its caption must follow, or None: the one planner of capgen caption,
-    the runtime and evaluation. None for every image without plans or a tagger, or with guide None."""
+    the runtime and evaluation. None for every image without plans or a tagger, with guide None, or
+    when the decoding `method` is "sample" (guidance constrains a search; a sample is the model's draw).
+    `plans` may be a function that builds them, called only when some image may be guided."""
     guide = GuideConfig.of(guide)
-    if guide is None or tagger is None or plans is None:
+    if guide is None or tagger is None or plans is None or method == "sample":
         return [None] * len(pooled)
     from capgen.tags.tagger import TagConfig
 
+    plans = plans() if callable(plans) else plans
     return [plans.plan(t, guide) for t in tagger(pooled, TagConfig(top_k=CANDIDATES, threshold=guide.lowest))]
