@@ -47,7 +47,7 @@ def run(cmd: list[str], kill_after: float | None) -> int | None:
         return None
 
 
-def check(mode: str, folder: Path, out: Path, originals: dict[str, np.ndarray], final: bool) -> dict:
+def check(mode: str, folder: Path, out: Path, originals: dict[str, np.ndarray]) -> dict:
     photos = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
     damaged = sum(not np.array_equal(pixels(p), originals[p.name]) for p in photos)
     torn, captioned, dupes = 0, 0, 0
@@ -129,14 +129,14 @@ def main() -> int:
             wait = rng.uniform(1.0, args.max_wait)
             code = run(cmd, wait)
             kills.append(
-                {"after_s": round(wait, 1), "finished": code is not None, **check(mode, folder, out, originals, False)}
+                {"after_s": round(wait, 1), "finished": code is not None, **check(mode, folder, out, originals)}
             )
         start = time.perf_counter()
         code = run(cmd, None)
         final = {
             "exit": code,
             "seconds": round(time.perf_counter() - start, 1),
-            **check(mode, folder, out, originals, True),
+            **check(mode, folder, out, originals),
         }
         report[mode] = {"kills": kills, "final": final}
         bad = sum(k["damaged"] + k["torn"] + k["duplicates"] for k in kills)

@@ -219,7 +219,7 @@ class _Beams:
         att = None if self.att_history is None else gather(self.att_history, fin_beam)
         words_so_far, lengths = gather(self.history, fin_beam), np.full_like(fin_beam, t)
         self.pool.add(self.images, fin_scores.astype(np.float32), fin_offsets, words_so_far, lengths, fin_cut, att)
-        return (np.concatenate(x, axis=1) for x in (parents, scores, words))
+        return tuple(np.concatenate(x, axis=1) for x in (parents, scores, words))
 
     def advance(self, parent: np.ndarray, scores: np.ndarray, word: np.ndarray, t: int, att) -> None:
         """The alive candidates become the beams: their parents' state and words, plus word t."""

@@ -187,8 +187,8 @@ def extract_features(
     # leave rows the first run counts as done unwritten. Rank 0 holds the lock for all ranks.
     lock = folder_lock(out, "feature cache") if dist.rank == 0 else contextlib.nullcontext()
     runner, enc = _encoder(dataset, dist, encoder, split_at, backend, threads, precision)
-    job = _ExtractJob(out, records, enc, runner, _job(dataset, split, records, enc, runner, dtype), overwrite)
-    job.batch_size, job.workers, job.strict, job.progress = batch_size, workers, strict, progress
+    spec = _job(dataset, split, records, enc, runner, dtype)
+    job = _ExtractJob(out, records, enc, runner, spec, overwrite, batch_size, workers, strict, progress)
     ran = run_job(job, lock, dist)
     if ran.complete_before:
         meta = read_json(out / META, "feature cache metadata")
@@ -234,11 +234,10 @@ class _ExtractJob:
     """Extraction as a resumable job (capgen.jobs): rows of the shared memory-mapped arrays, each
     rank's progress in FEATURES/progress-r{rank}.json, sealed by meta.json."""
 
-    batch_size, workers, strict, progress = 32, 2, False, True
-
-    def __init__(self, out: Path, records, enc, runner, job: dict, overwrite: bool):
+    def __init__(self, out: Path, records, enc, runner, job: dict, overwrite, batch_size, workers, strict, progress):
         self.out, self.records, self.enc, self.runner, self.job = out, records, enc, runner, job
         self.overwrite, self.names = overwrite, job["images"]
+        self.batch_size, self.workers, self.strict, self.progress = batch_size, workers, strict, progress
 
     def open(self) -> str:
         out = self.out
@@ -320,9 +319,9 @@ class _ExtractJob:
     def seal(self, state: str) -> dict[str, str]:
         """Check every row is written, then meta.json: the cache is valid from there on."""
         out, names = self.out, self.names
-        for name, inode in zip(ARRAYS, getattr(self, "inodes", [None, None])):
+        for name, inode in zip(ARRAYS, self.inodes):  # work() ran on this rank before the seal
             load_array(out / name, "r", AGAIN)  # deleted while the job ran: say so, never seal
-            if inode is not None and os.stat(out / name).st_ino != inode:
+            if os.stat(out / name).st_ino != inode:
                 raise FeatureCacheError(f"{out / name}: replaced while this extraction was writing it; {AGAIN}")
         done, failed = _read_progress(out, len(names))
         missing = [names[i] for i in range(len(names)) if i not in done and names[i] not in failed]

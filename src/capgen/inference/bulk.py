@@ -304,8 +304,7 @@ def _caption_to_file(captioner, inputs, out, config, fmt, batch_size, progress, 
         "count": len(paths),
         "fingerprint": _fingerprint(paths),
     }
-    bulk = _BulkJob(captioner, out, fmt, config, job, paths, missing, log)
-    bulk.batch_size, bulk.progress, bulk.guide = batch_size, progress, guide
+    bulk = _BulkJob(captioner, out, fmt, config, job, paths, missing, log, batch_size, progress, guide)
     lock = contextlib.nullcontext()
     if dist.rank == 0:  # rank 0 owns OUT, the job file and the merge
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -319,10 +318,11 @@ class _BulkJob:
     """Bulk captioning as a resumable job (capgen.jobs): OUT's lines are the done set; under torchrun
     each rank appends to OUT.part{rank}, merged into OUT by rank 0."""
 
-    batch_size, progress, guide = 16, True, None
-
-    def __init__(self, captioner, out: Path, fmt: str, config, job: dict, paths: list[str], missing: dict, log):
+    def __init__(
+        self, captioner, out: Path, fmt: str, config, job: dict, paths, missing, log, batch_size, progress, guide
+    ):
         self.captioner, self.out, self.fmt, self.config, self.job = captioner, out, fmt, config, job
+        self.batch_size, self.progress, self.guide = batch_size, progress, guide
         self.paths, self.missing, self.done, self.skipped = paths, missing, set(), 0
         self.log = log or (lambda msg: _tqdm().write(f"capgen caption: {msg}", file=sys.stderr))
 

@@ -163,8 +163,12 @@ def caption_with_ray(
 def _write_parts(ds, out: Path, total: int, n_actors: int, failed: dict[str, str]) -> tuple[int, float]:
     """Each batch the pool returns as one Parquet part (its unreadable photos into `failed`):
     (photos written, images/s from the first part to the last)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     run = uuid.uuid4().hex[:8]
-    bar = _tqdm()(total=total, unit="img", desc=f"caption (ray, {n_actors} actors)", dynamic_ncols=True)
+    bar = tqdm(total=total, unit="img", desc=f"caption (ray, {n_actors} actors)", file=sys.stderr, dynamic_ncols=True)
     captioned, k, first, first_n = 0, -1, 0.0, 0
     for k, batch in enumerate(ds.iter_batches(batch_size=None, batch_format="numpy")):
         bad = batch["error"] != ""
@@ -175,15 +179,6 @@ def _write_parts(ds, out: Path, total: int, n_actors: int, failed: dict[str, str
             first, first_n = time.perf_counter(), len(batch["image"])
     bar.close()
     return captioned, (total - first_n) / (time.perf_counter() - first) if k > 0 else 0.0
-
-
-def _tqdm():
-    import sys
-    from functools import partial
-
-    from tqdm.auto import tqdm
-
-    return partial(tqdm, file=sys.stderr)
 
 
 def _start(ray, address: str | None) -> None:

@@ -39,11 +39,13 @@ class Validate(Callback):
     def on_epoch_end(self, run: Run, row: dict) -> None:
         run.metrics = validate(run.model, self.records, self.features, run.vocab, self.beam_size, self.max_len)
         row.update(run.metrics)
-        row["elapsed_s"] = time.perf_counter() - run.started
 
 
 class Record(Callback):
+    """The row, with the run's time so far (validation included), into the history."""
+
     def on_epoch_end(self, run: Run, row: dict) -> None:
+        row["elapsed_s"] = time.perf_counter() - run.started
         run.history.append(row)
 
 
