@@ -3,7 +3,6 @@ the split, the cache kind, joint training with exact resume, checkpoints that ca
 Captioner's ONNX encoder with them, and one-line errors for caches of the wrong kind."""
 
 import contextlib
-import json
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from capgen.encoders.registry import _REGISTRY
 from capgen.features import FeatureCache, extract_features
 from capgen.models.finetuned import FinetunedModel
 from capgen.training import load_run_config, train
+from capgen.training.callbacks import read_history
 from conftest import one_line_error
 from test_training import _StopAfter
 
@@ -244,5 +244,5 @@ def test_finetuning_from_a_grid_checkpoint_and_scst_after_it(prepared, caches, t
     assert isinstance(final, FinetunedModel)
     for a, b in zip(after.top.state_dict().values(), final.top.state_dict().values()):
         assert torch.equal(a, b)
-    history = json.loads((tmp_path / "scst" / "history.json").read_text())
+    history = read_history(tmp_path / "scst" / "history.json")
     assert len(history) == 1

@@ -1,8 +1,10 @@
-"""The core install (`pip install capgen`): captioning, the Captioner API, the server and its web page
-with torch and every other package of the optional installs made unimportable, in subprocesses.
+"""The core install (`pip install capgen`, plus `[serve]` for the server): captioning, the Captioner
+API, the server and its web page with torch and every other package of the optional installs made
+unimportable, in subprocesses.
 
-These tests need only the core install and pytest (CI runs them in a fresh virtualenv made from
-the wheel, without torch); the last ones compare against the torch path where torch is installed.
+These tests need only the core install, its serve extra and pytest (CI runs them in a fresh
+virtualenv made from the wheel, without torch); the last ones compare against the torch path where
+torch is installed.
 """
 
 from __future__ import annotations
@@ -28,19 +30,21 @@ from capgen.runtime import folder as fmt
 CAPGEN_ROOT = str(Path(capgen.__file__).resolve().parents[1])  # the capgen this test imported
 BUNDLED = Path(capgen.__file__).resolve().parent / "assets" / "captioner"
 TRAIN_HINT = "pip install 'capgen[train]'"
+SERVE = sorted(m for m, extra in EXTRA_OF.items() if extra == "serve")
 
-# Installed first on sys.meta_path by sitecustomize: importing any of these raises ModuleNotFoundError,
-# as on a machine where only the core install is.
-BLOCKER = f"""
+# Installed first on sys.meta_path by sitecustomize: importing any of BLOCKED raises
+# ModuleNotFoundError, as on a machine where only the core install (and what EXTRA_BLOCKED leaves) is.
+BLOCKER = """
+import os
 import sys
 
-BLOCKED = {sorted(EXTRA_OF)!r}
+BLOCKED = set(os.environ["CAPGEN_TEST_BLOCKED"].split(","))
 
 
 class _Blocker:
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] in BLOCKED:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
 
 
@@ -51,9 +55,24 @@ sys.meta_path.insert(0, _Blocker())
 @pytest.fixture(scope="module")
 def without_extras(tmp_path_factory) -> dict:
     """The environment of a subprocess in which torch and the other extras' packages cannot be imported."""
+    return _blocking(tmp_path_factory, [m for m in EXTRA_OF if m not in SERVE])
+
+
+@pytest.fixture(scope="module")
+def core_only(tmp_path_factory) -> dict:
+    """As without_extras, and the serve extra's packages blocked too: `pip install capgen` alone."""
+    return _blocking(tmp_path_factory, list(EXTRA_OF))
+
+
+def _blocking(tmp_path_factory, modules: list[str]) -> dict:
     block = tmp_path_factory.mktemp("block")
     (block / "sitecustomize.py").write_text(BLOCKER)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(block), CAPGEN_ROOT]), "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(block), CAPGEN_ROOT]),
+        "OMP_NUM_THREADS": "1",
+        "CAPGEN_TEST_BLOCKED": ",".join(sorted(modules)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +94,19 @@ def _run(env: dict, *args: str, code: str | None = None, timeout: float = 180) -
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
 
-def test_the_blocker_blocks(without_extras):
+def test_the_blocker_blocks(without_extras, core_only):
     done = _run(without_extras, code="import torch")
     assert done.returncode == 1 and "ModuleNotFoundError: No module named 'torch'" in done.stderr
+    done = _run(core_only, code="import fastapi")
+    assert done.returncode == 1 and "ModuleNotFoundError: No module named 'fastapi'" in done.stderr
+
+
+def test_core_install_captions_and_serve_names_its_extra(core_only, photos):
+    done = _run(core_only, "caption", photos[0])
+    assert done.returncode == 0 and done.stdout.strip(), done.stderr
+    done = _run(core_only, "serve", "--port", str(_free_port()))
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "pip install 'capgen[serve]'" in lines[0], done.stderr
 
 
 def test_capgen_caption_without_torch(without_extras, photos):

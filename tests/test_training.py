@@ -13,9 +13,11 @@ import capgen.training.trainer as trainer_mod
 from capgen.checkpoint import CheckpointError, load_checkpoint
 from capgen.cli import main
 from capgen.decoding import DecodeConfig
+from capgen.errors import CapgenError
 from capgen.evaluation.run import evaluate_checkpoint
 from capgen.features import FeatureCache, extract_features
 from capgen.training import load_run_config, train
+from capgen.training.callbacks import read_history
 from capgen.training.config import ConfigError
 from conftest import run_torchrun
 
@@ -168,6 +170,31 @@ def test_config_errors(tmp_path):
     assert cfg.train.lr == 0.5 and cfg.train.epochs == 3
 
 
+def test_run_files_carry_their_format(tmp_path):
+    from capgen.decoding import MAX_BEAM, DecodeConfig
+
+    cfg = load_run_config(None, [], "show_tell")
+    assert cfg.to_file_dict()["capgen_run"] == 1
+    (tmp_path / "v2.yaml").write_text("capgen_run: 2\nmodel: show_tell\n")
+    with pytest.raises(ConfigError, match="capgen_run 2 is not a run config format"):
+        load_run_config(tmp_path / "v2.yaml")
+    (tmp_path / "v1.yaml").write_text("capgen_run: 1\nmodel: show_tell\n")
+    assert load_run_config(tmp_path / "v1.yaml").to_dict() == cfg.to_dict()  # and without the key, as 0.1 wrote
+    # history.json: the versioned object, the bare list of capgen 0.1, anything else refused
+    (tmp_path / "h.json").write_text('{"capgen_history": 1, "epochs": [{"epoch": 1}]}')
+    assert read_history(tmp_path / "h.json") == [{"epoch": 1}]
+    (tmp_path / "h.json").write_text('[{"epoch": 1}]')
+    assert read_history(tmp_path / "h.json") == [{"epoch": 1}]
+    (tmp_path / "h.json").write_text('{"capgen_history": 9, "epochs": []}')
+    with pytest.raises(CapgenError, match="not a capgen training history of format 1"):
+        read_history(tmp_path / "h.json")
+    # validation decodes through DecodeConfig: its defaults, its MAX_BEAM
+    assert cfg.train.val_max_len == DecodeConfig.max_len
+    assert cfg.train.val_decode_config() == DecodeConfig(beam_size=1)
+    with pytest.raises(ConfigError, match=f"val_beam_size / val_max_len: beam_size must be in \\[1, {MAX_BEAM}\\]"):
+        load_run_config(None, [f"val_beam_size={MAX_BEAM + 1}"], "show_tell")
+
+
 def test_cli_train_and_evaluate(prepared, features, tmp_path, capsys):
     argv = [
         "train",
@@ -253,7 +280,7 @@ def test_torchrun_ddp_two_processes(prepared, features, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
     assert (tmp_path / "ddp" / "best.pt").is_file()
-    assert len(json.loads((tmp_path / "ddp" / "history.json").read_text())) == 2
+    assert len(read_history(tmp_path / "ddp" / "history.json")) == 2
 
 
 GLOO_THREADS_AFTER_SHUTDOWN = """
@@ -455,7 +482,7 @@ def test_divergence_stops_at_its_step_and_keeps_the_checkpoints_before_it(prepar
             on_epoch=lambda row: seen.update(epochs=row["epoch"]),
         )
     assert torch.load(run / "last.pt", weights_only=True)["resume"]["epoch"] == 1  # epoch 1's, untouched
-    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1]
+    assert [h["epoch"] for h in read_history(run / "history.json")] == [1]
     load_checkpoint(run / "best.pt")  # finite weights
 
 

@@ -1,7 +1,8 @@
 """What each optional install ("extra") brings, so that a missing package is one line naming the
 command that installs it.
 
-    pip install capgen              captioning with the bundled model (ONNX Runtime), the CLI, the server
+    pip install capgen              captioning with the bundled model (ONNX Runtime), the CLI
+    pip install 'capgen[serve]'     + FastAPI and uvicorn: capgen serve and its web page
     pip install 'capgen[train]'     + torch: prepare, extract, train, evaluate, export, attention maps, bf16
     pip install 'capgen[tune]'      + Optuna: capgen tune
 
@@ -28,6 +29,10 @@ EXTRA_OF = {
     "pyarrow": "train",
     "yaml": "train",  # training and tuning configs
     "optuna": "tune",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",  # python-multipart, fastapi's form parser (uploads)
+    "python_multipart": "serve",
     "timm": "timm",
 }
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from capgen.errors import DatasetError
 from capgen.evaluation.chair import invented
 from capgen.evaluation.metrics import score_captions
+from capgen.evaluation.results import write_results
 from capgen.evaluation.stats import caption_stats
-from capgen.io import write_json
 
 
 def read_coco_references(path: str | Path, images: str | Path) -> dict[str, list[str]]:
@@ -81,9 +81,5 @@ def evaluate_photos(
     metrics.update(invented(predictions, refs))
     metrics.update(caption_stats([c.split() for c in predictions.values()], [False] * len(predictions)))
     metrics.update({"images": len(predictions), "failed": failed, "references": str(references), "seconds": seconds})
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "predictions.json", [{"image_id": k, "caption": v} for k, v in sorted(predictions.items())])
-        write_json(out / "metrics.json", metrics)
+    write_results(out, [{"image_id": k, "caption": v} for k, v in sorted(predictions.items())], metrics)
     return metrics

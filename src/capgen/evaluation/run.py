@@ -12,9 +12,9 @@ from capgen.data.prepared import PreparedDataset
 from capgen.decoding import DecodeConfig, Hypothesis
 from capgen.evaluation.captioning import caption_records, tag_guidance
 from capgen.evaluation.metrics import METRIC_ORDER, score_captions
+from capgen.evaluation.results import write_results
 from capgen.evaluation.stats import caption_stats
 from capgen.features import FeatureCache, Features
-from capgen.io import write_json
 from capgen.tags import Guide, GuideConfig
 
 
@@ -82,17 +82,8 @@ def evaluate_checkpoint(
             "decode_seconds": seconds,
         }
     )
-    _write(out, predictions, metrics)
+    write_results(out, predictions, metrics)
     return EvalResult(metrics, predictions, seconds)
-
-
-def _write(out: str | Path | None, predictions: list[dict], metrics: dict) -> None:
-    """OUT/predictions.json and OUT/metrics.json (nothing when out is None)."""
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "predictions.json", predictions)
-        write_json(out / "metrics.json", metrics)
 
 
 def metrics_table(metrics: dict) -> str:

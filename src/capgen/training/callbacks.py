@@ -7,12 +7,14 @@ them in list order, on rank 0 at each epoch's end, so adding a concern never tou
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from tqdm.auto import tqdm
 
 from capgen.checkpoint import model_payload, save_checkpoint
-from capgen.io import write_json
+from capgen.errors import CapgenError
+from capgen.io import read_json, write_json
 from capgen.training.validate import validate
 
 if TYPE_CHECKING:  # the loop's state, handed to every call
@@ -31,13 +33,13 @@ class Callback:
 
 
 class Validate(Callback):
-    """Val CIDEr-D and BLEU-4 into the row (beam search at the run's val settings)."""
+    """Val CIDEr-D and BLEU-4 into the row, decoded with `config` (TrainConfig.val_decode_config())."""
 
-    def __init__(self, records, features, beam_size: int, max_len: int):
-        self.records, self.features, self.beam_size, self.max_len = records, features, beam_size, max_len
+    def __init__(self, records, features, config):
+        self.records, self.features, self.config = records, features, config
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
-        run.metrics = validate(run.model, self.records, self.features, run.vocab, self.beam_size, self.max_len)
+        run.metrics = validate(run.model, self.records, self.features, run.vocab, self.config)
         row.update(run.metrics)
 
 
@@ -107,13 +109,32 @@ class LastCheckpoint(Callback):
         run.save_last(row["epoch"], 0)
 
 
+# history.json: {"capgen_history": 1, "epochs": [row, ...]}; capgen 0.1 wrote the bare list.
+HISTORY_KEY, HISTORY_VERSION = "capgen_history", 1
+
+
+def read_history(path: Path, error: type[CapgenError] = CapgenError) -> list[dict]:
+    """A run's epoch rows from its history.json (either format); `error` names the file otherwise."""
+    data = read_json(path, "training history", error)
+    if isinstance(data, list):
+        return data
+    if (
+        not isinstance(data, dict)
+        or data.get(HISTORY_KEY) != HISTORY_VERSION
+        or not isinstance(data.get("epochs"), list)
+    ):
+        found = data.get(HISTORY_KEY) if isinstance(data, dict) else type(data).__name__
+        raise error(f"{path}: not a capgen training history of format {HISTORY_VERSION} (found {found!r})")
+    return data["epochs"]
+
+
 class HistoryFiles(Callback):
     """history.json and curves.png."""
 
     def on_epoch_end(self, run: Run, row: dict) -> None:
         from capgen.training.plots import plot_curves
 
-        write_json(run.out / "history.json", run.history)
+        write_json(run.out / "history.json", {HISTORY_KEY: HISTORY_VERSION, "epochs": run.history})
         plot_curves(run.history, run.out / "curves.png")
 
 

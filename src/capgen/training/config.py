@@ -13,9 +13,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from capgen.config import ConfigError, config_from_dict, config_to_dict
+from capgen.decoding.config import DecodeConfig, DecodeError
 from capgen.errors import CapgenError
 
 OBJECTIVES = ("xe", "scst")
+# A run's config.yaml (and a tuner's best_config.yaml) says which format wrote it. Files without the
+# key (capgen 0.1 runs, configs people write) read as this version; any other version is refused.
+FORMAT_KEY, FORMAT_VERSION = "capgen_run", 1
 
 
 @dataclass
@@ -35,8 +39,10 @@ class TrainConfig:
     max_caption_len: int = 22  # words kept per training caption (longer ones are cut, without <end>)
     seed: int = 0
     patience: int = 5  # epochs without a better val CIDEr before stopping (0 = never)
-    val_beam_size: int = 1  # per-epoch validation decoding (1 = greedy, fast)
-    val_max_len: int = 20
+    # Per-epoch validation decodes with DecodeConfig(beam_size=val_beam_size, max_len=val_max_len),
+    # every other setting at DecodeConfig's defaults; beam 1 (greedy) keeps validation fast.
+    val_beam_size: int = 1
+    val_max_len: int = DecodeConfig.max_len
     val_images: int = 0  # 0 = the whole val split
     threads: int = 0  # torch threads (0 = torch's default)
     save_every_steps: int = 0  # also checkpoint mid-epoch (0 = at epoch ends and on Ctrl-C)
@@ -67,8 +73,6 @@ class TrainConfig:
             "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
             "max_caption_len": (lambda v: v >= 1, "an integer >= 1"),
             "patience": (lambda v: v >= 0, "an integer >= 0 (0 = never stop early)"),
-            "val_beam_size": (lambda v: v >= 1, "an integer >= 1"),
-            "val_max_len": (lambda v: v >= 1, "an integer >= 1"),
             "val_images": (lambda v: v >= 0, "an integer >= 0 (0 = all)"),
             "threads": (lambda v: v >= 0, "an integer >= 0 (0 = torch's default)"),
             "save_every_steps": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
@@ -84,6 +88,7 @@ class TrainConfig:
             value = getattr(self, key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
                 raise ConfigError(f"train config {key}: expected {expected}, got {value!r}")
+        self.val_decode_config()
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"train config objective: expected one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.objective == "scst" and (self.text_batch or self.image_dropout or self.tag_dropout):
@@ -97,6 +102,13 @@ class TrainConfig:
                 "objective scst starts from a trained model: pass --init RUN/best.pt (a cross-entropy checkpoint)"
             )
 
+    def val_decode_config(self) -> DecodeConfig:
+        """The validation's decoding settings; DecodeConfig's own checks (MAX_BEAM, max_len range)."""
+        try:
+            return DecodeConfig(beam_size=self.val_beam_size, max_len=self.val_max_len)
+        except DecodeError as e:
+            raise ConfigError(f"train config val_beam_size / val_max_len: {str(e).removeprefix('decode: ')}") from None
+
 
 @dataclass
 class RunConfig:
@@ -106,6 +118,10 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return {"model": self.model, "model_config": dict(self.model_config), "train": asdict(self.train)}
+
+    def to_file_dict(self) -> dict:
+        """What config.yaml holds: the format version, then to_dict()."""
+        return {FORMAT_KEY: FORMAT_VERSION, **self.to_dict()}
 
 
 def _train_config(values: dict, where: str) -> TrainConfig:
@@ -139,6 +155,12 @@ def load_run_config(
         data = read_yaml(path, "config", ConfigError) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping with model, model_config, train")
+        version = data.pop(FORMAT_KEY, FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ConfigError(
+                f"{path}: {FORMAT_KEY} {version!r} is not a run config format this capgen reads "
+                f"(it reads {FORMAT_VERSION}); upgrade capgen or start a new run"
+            )
         unknown = set(data) - {"model", "model_config", "train"}
         if unknown:
             raise ConfigError(f"{path}: unknown top-level keys {sorted(unknown)}; expected model, model_config, train")

@@ -151,7 +151,7 @@ def _prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> dict | None:
     from capgen.io import atomic_path
 
     with atomic_path(cfg_path) as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(cfg.to_file_dict(), sort_keys=False))
     return None
 
 
@@ -282,7 +282,7 @@ def _callbacks(run: Run, val, progress: bool, on_epoch) -> list[Callback]:
     tc = run.cfg.train
     writer = _tensorboard(run.out / "tb")
     return [
-        Validate(*val, tc.val_beam_size, tc.val_max_len),
+        Validate(*val, tc.val_decode_config()),
         Record(),
         *([TensorBoard(writer)] if writer is not None else []),
         *([Report()] if progress else []),

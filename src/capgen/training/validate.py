@@ -8,8 +8,7 @@ from capgen.decoding import DecodeConfig
 from capgen.evaluation import caption_records, score_captions
 
 
-def validate(model, records: list[ImageRecord], feats, vocab: Vocabulary, beam_size: int, max_len: int) -> dict:
-    cfg = DecodeConfig(beam_size=beam_size, max_len=max_len)
+def validate(model, records: list[ImageRecord], feats, vocab: Vocabulary, cfg: DecodeConfig) -> dict:
     hyps = caption_records(model, records, feats, vocab, cfg)
     preds = {k: " ".join(vocab.decode(h[0].tokens)) for k, h in hyps.items()}
     refs = {r.image: list(r.raw) for r in records}

@@ -153,7 +153,7 @@ def check_fingerprint(study, study_dir: Path, fp: dict) -> None:
         if any(p.name not in (JOURNAL, f"{JOURNAL}.lock", STUDY_JSON, "trials") for p in study_dir.iterdir()):
             raise StudyError(f"{study_dir}: not empty and not a capgen study; choose another --study")
         study.set_user_attr("fingerprint", fp)
-        write_json(study_dir / STUDY_JSON, {"study_name": study.study_name, "fingerprint": fp})
+        _write_study_json(study_dir, study, fp)
         return
     where = {
         "data": f"--data (study: {saved.get('data_path')}, now: {fp['data_path']})",
@@ -169,7 +169,12 @@ def check_fingerprint(study, study_dir: Path, fp: dict) -> None:
         )
     if not (study_dir / STUDY_JSON).is_file():  # another machine's folder for a shared --storage study
         study_dir.mkdir(parents=True, exist_ok=True)
-        write_json(study_dir / STUDY_JSON, {"study_name": study.study_name, "fingerprint": fp})
+        _write_study_json(study_dir, study, fp)
+
+
+def _write_study_json(study_dir: Path, study, fp: dict) -> None:
+    """study.json: for people and scripts (the journal is the study's truth); says its format."""
+    write_json(study_dir / STUDY_JSON, {"capgen_study": 1, "study_name": study.study_name, "fingerprint": fp})
 
 
 def fail_dead_trials(study) -> list:

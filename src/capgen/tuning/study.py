@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from capgen.io import folder_lock, read_json, read_yaml
+from capgen.io import folder_lock, read_yaml
 from capgen.training import RunConfig, train
+from capgen.training.callbacks import read_history
+from capgen.training.config import FORMAT_KEY
 from capgen.tuning.space import Space, base_point, trial_config
 from capgen.tuning.storage import (
     HOST,
@@ -197,11 +199,7 @@ def _take_over(trial, run_dir: Path, cfg: RunConfig) -> bool:
         old.rmdir()
     except Exception:  # the old run is unreadable or busy: start afresh
         return False
-    history = (
-        read_json(run_dir / "history.json", "training history", StudyError)
-        if (run_dir / "history.json").is_file()
-        else []
-    )
+    history = read_history(run_dir / "history.json", StudyError) if (run_dir / "history.json").is_file() else []
     for row in history:  # the pruner sees the epochs already done
         trial.report(row["CIDEr"], row["epoch"])
     trial.set_user_attr("resumed_from_trial", trial.user_attrs.get("retry_of"))
@@ -209,7 +207,11 @@ def _take_over(trial, run_dir: Path, cfg: RunConfig) -> bool:
 
 
 def _saved_config(run_dir: Path) -> dict:
-    return read_yaml(run_dir / "config.yaml", "run config", StudyError)
+    """The run's config as RunConfig.to_dict() writes it (without config.yaml's format key)."""
+    saved = read_yaml(run_dir / "config.yaml", "run config", StudyError)
+    if isinstance(saved, dict):
+        saved.pop(FORMAT_KEY, None)
+    return saved
 
 
 def _reporter(trial) -> Callable[[dict], None]:
