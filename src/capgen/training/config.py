@@ -121,7 +121,12 @@ class RunConfig:
 
     def to_file_dict(self) -> dict:
         """What config.yaml holds: the format version, then to_dict()."""
-        return {FORMAT_KEY: FORMAT_VERSION, **self.to_dict()}
+        return config_file_dict(self.to_dict())
+
+
+def config_file_dict(config: dict) -> dict:
+    """A run config's dict (RunConfig.to_dict()) as a config file holds it: its format version first."""
+    return {FORMAT_KEY: FORMAT_VERSION, **config}
 
 
 def _train_config(values: dict, where: str) -> TrainConfig:

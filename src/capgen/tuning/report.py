@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from capgen.io import atomic_path
-from capgen.training.config import FORMAT_KEY, FORMAT_VERSION
+from capgen.training.config import config_file_dict
 
 BEST_CONFIG = "best_config.yaml"
 TRIALS_CSV = "trials.csv"
@@ -136,7 +136,7 @@ def _write_best_config(best, path: Path) -> None:
         f"train.val_images): raise them for a full run.\n# capgen train --config {path.name} ...\n"
     )
     with atomic_path(path) as tmp:
-        tmp.write_text(header + yaml.safe_dump({FORMAT_KEY: FORMAT_VERSION, **cfg}, sort_keys=False), encoding="utf-8")
+        tmp.write_text(header + yaml.safe_dump(config_file_dict(cfg), sort_keys=False), encoding="utf-8")
 
 
 def _plots(study, study_dir: Path) -> list[str]:

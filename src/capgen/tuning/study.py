@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from capgen.io import folder_lock, read_yaml
-from capgen.training import RunConfig, train
+from capgen.io import folder_lock
+from capgen.training import RunConfig, load_run_config, train
 from capgen.training.callbacks import read_history
-from capgen.training.config import FORMAT_KEY
 from capgen.tuning.space import Space, base_point, trial_config
 from capgen.tuning.storage import (
     HOST,
@@ -189,7 +188,9 @@ def _take_over(trial, run_dir: Path, cfg: RunConfig) -> bool:
     old = Path(old)
     try:
         with folder_lock(old, "tuning trial"):
-            if _saved_config(old) != cfg.to_dict():
+            # The one reader of config.yaml (format checked, later settings at their defaults),
+            # compared as the trainer's own --resume compares it.
+            if load_run_config(old / "config.yaml").to_dict() != cfg.to_dict():
                 return False
             # Move the contents, not the folder: our lock on run_dir/.lock must stay held.
             for p in old.iterdir():
@@ -204,14 +205,6 @@ def _take_over(trial, run_dir: Path, cfg: RunConfig) -> bool:
         trial.report(row["CIDEr"], row["epoch"])
     trial.set_user_attr("resumed_from_trial", trial.user_attrs.get("retry_of"))
     return True
-
-
-def _saved_config(run_dir: Path) -> dict:
-    """The run's config as RunConfig.to_dict() writes it (without config.yaml's format key)."""
-    saved = read_yaml(run_dir / "config.yaml", "run config", StudyError)
-    if isinstance(saved, dict):
-        saved.pop(FORMAT_KEY, None)
-    return saved
 
 
 def _reporter(trial) -> Callable[[dict], None]:
