@@ -434,3 +434,47 @@ def test_the_runtime_flags_refuse_bad_values_in_one_line(exports, photos, capsys
         assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "usage" not in err, err
     assert runtime_main([str(exports["show_tell"]), photos[0], "--n-best", "9"]) == 2  # past the export's beam
     assert "n_best (9) must be <= beam_size" in capsys.readouterr().err
+
+
+def test_half_precision_weights_are_stored_in_half_with_bit_identical_steps(tiny_run, tmp_path):
+    """A checkpoint saved in float16 (as the bundled one is) exports its float32 graphs' weights in
+    float16 behind a Cast, and the tied output layer as a Transpose of the word vectors: a smaller
+    folder whose log-probs and states equal the plain graphs' bit for bit."""
+    import numpy as np
+    import onnx
+
+    from capgen.checkpoint import load_checkpoint
+    from capgen.models.onnx import export_decoder, store_compact
+    from capgen.runtime.graphs import DecoderGraphs
+
+    plain = _transformer(tiny_run, tmp_path, "plain", d_model=64, ff_dim=64)
+    ck = load_checkpoint(plain)
+    half = tmp_path / "half.pt"
+    save_checkpoint(half, model_payload(ck.model, ck.vocab, ck.encoder, half=True))
+    model = load_checkpoint(half).model.eval()
+    iface = export_decoder(model, tmp_path / "init.onnx", tmp_path / "step.onnx")
+    sizes = {name: (tmp_path / name).stat().st_size for name in ("init.onnx", "step.onnx")}
+    for name in sizes:
+        (tmp_path / f"compact-{name}").write_bytes((tmp_path / name).read_bytes())
+        counts = store_compact(tmp_path / f"compact-{name}")
+        assert counts["float16"] > 0 and (tmp_path / f"compact-{name}").stat().st_size < sizes[name]
+    assert (tmp_path / "compact-step.onnx").stat().st_size < 0.6 * sizes["step.onnx"]
+    step = onnx.load(str(tmp_path / "compact-step.onnx"))
+    assert "Transpose" in {n.op_type for n in step.graph.node}
+    assert {t.data_type for t in step.graph.initializer} >= {onnx.TensorProto.FLOAT16}
+
+    a = DecoderGraphs(tmp_path / "init.onnx", tmp_path / "step.onnx", iface["memory"], iface["state"])
+    b = DecoderGraphs(tmp_path / "compact-init.onnx", tmp_path / "compact-step.onnx", iface["memory"], iface["state"])
+    rng = np.random.default_rng(0)
+    pooled = rng.standard_normal((3, model.feature_dim)).astype(np.float32)
+    grid = rng.standard_normal((3, model.num_regions, model.feature_dim)).astype(np.float32)
+    (mem_a, state_a), (mem_b, state_b) = a.start(pooled, grid), b.start(pooled, grid)
+    for _ in range(5):
+        tokens = rng.integers(0, model.vocab_size, 3)
+        (logp_a, state_a), (logp_b, state_b) = a.step(tokens, state_a, mem_a), b.step(tokens, state_b, mem_b)
+        assert np.array_equal(logp_a, logp_b)
+        assert all(np.array_equal(state_a[k], state_b[k]) for k in state_a)
+
+    # Float32 weights that are not float16 values stay as they are.
+    export_decoder(load_checkpoint(plain).model.eval(), tmp_path / "plain-init.onnx", tmp_path / "plain-step.onnx")
+    assert store_compact(tmp_path / "plain-step.onnx")["float16"] == 0

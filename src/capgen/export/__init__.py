@@ -47,7 +47,7 @@ def export_captioner(
     """Write the exported folder atomically (nothing half-written loads). Returns a summary:
     {"files": {name: bytes}, "step_max_diff": |log-prob| difference ONNX vs torch}.
     weights_sha256: the checkpoints' weight hashes, recorded in the manifest."""
-    from capgen.models.onnx import export_decoder, set_metadata, verify_decoder
+    from capgen.models.onnx import export_decoder, set_metadata, store_compact, verify_decoder
 
     config = config if config is not None else DecodeConfig()
     if config.method == "sample":
@@ -71,6 +71,8 @@ def export_captioner(
     with atomic_dir(out, replace_if=json_marker(fmt.MANIFEST, "format", fmt.FORMAT), what="capgen export") as tmp:
         shutil.copyfile(encoder_onnx, tmp / fmt.ENCODER)
         iface = export_decoder(model, tmp / fmt.INIT, tmp / fmt.STEP)
+        for graph in (fmt.INIT, fmt.STEP):
+            store_compact(tmp / graph)
         diff = verify_decoder(model, tmp / fmt.INIT, tmp / fmt.STEP, iface)
         write_json(tmp / fmt.VOCAB, captioner.vocab.to_dict(), indent=None)
         set_metadata(tmp / fmt.STEP, {fmt.VOCAB_HASH_KEY: fmt.sha256_file(tmp / fmt.VOCAB)})

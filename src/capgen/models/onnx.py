@@ -144,6 +144,60 @@ def _export(
         ) from None
 
 
+# Weights with fewer values than this stay as they are: a Cast node would cost more than it saves.
+_COMPACT_MIN = 1024
+
+
+def store_compact(path: Path) -> dict[str, int]:
+    """Rewrite the graph at `path` holding the same values in fewer bytes, for the exported folder
+    (the package carries one, and every byte of it is compressed into and out of the wheel):
+    - a float32 weight whose every value is a float16 (a checkpoint saved in half precision, as the
+      bundled one is) is stored in float16 behind a Cast to float32;
+    - a weight that is another's transpose (tied embeddings: the exporter writes the table and its
+      transpose for the output layer) becomes a Transpose of it.
+    Both are exact and ONNX Runtime folds them into constants when it loads the graph, so the
+    log-probs are bit-identical and a step costs the same. Not for the cached graphs: the int8
+    quantizer looks for MatMul weights as initializers. Returns {"float16": n, "transposed": n}."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name not in inputs}
+    matrices = {}
+    for name, a in arrays.items():
+        if a.ndim == 2 and a.size >= _COMPACT_MIN:
+            matrices.setdefault((a.dtype.str, a.shape, a.tobytes()), name)
+    transposed = {}
+    for name, a in arrays.items():
+        if a.ndim == 2 and a.size >= _COMPACT_MIN and name not in transposed.values():
+            source = matrices.get((a.dtype.str, a.shape[::-1], np.ascontiguousarray(a.T).tobytes()))
+            if source is not None and source != name and source not in transposed:
+                transposed[name] = source
+    kept, casts = [], []
+    for t in graph.initializer:
+        a = arrays.get(t.name)
+        if t.name in transposed:
+            continue
+        if a is not None and a.dtype == np.float32 and a.size >= _COMPACT_MIN:
+            half = a.astype(np.float16)
+            if np.array_equal(half.astype(np.float32), a):
+                kept.append(numpy_helper.from_array(half, f"{t.name}.float16"))
+                casts.append(helper.make_node("Cast", [f"{t.name}.float16"], [t.name], to=TensorProto.FLOAT))
+                continue
+        kept.append(t)
+    # Graph nodes are in topological order: Casts first, then the Transposes that may read them.
+    nodes = casts + [helper.make_node("Transpose", [s], [n], perm=[1, 0]) for n, s in transposed.items()]
+    nodes += list(graph.node)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return {"float16": len(casts), "transposed": len(transposed)}
+
+
 def set_metadata(path: Path, values: dict[str, str]) -> None:
     import onnx
 
