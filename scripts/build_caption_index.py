@@ -20,7 +20,7 @@ import numpy as np
 
 from capgen.data import PreparedDataset
 from capgen.data.corpus import read_corpus
-from capgen.decoding.consensus import _ngrams, _similarity
+from capgen.data.ngrams import NgramVector, similarity
 from capgen.io import write_json
 from capgen.tags.corpus_captions import FORMAT
 from capgen.tags.vetting import PERSON, PersonHead, head_sha256
@@ -32,11 +32,8 @@ def typical_first(captions: list[tuple[str, ...]], sample: int, rng: random.Rand
     pool = sorted(set(captions))
     rng.shuffle(pool)
     pool = pool[:sample]
-    grams = [_ngrams(c) for c in pool]
-    score = [
-        np.mean([_similarity(grams[a], grams[b], len(pool[a]), len(pool[b])) for b in range(len(pool)) if b != a])
-        for a in range(len(pool))
-    ]
+    grams = [NgramVector(c) for c in pool]
+    score = [np.mean([similarity(grams[a], grams[b]) for b in range(len(pool)) if b != a]) for a in range(len(pool))]
     return [pool[i] for i in np.argsort(score, kind="stable")[::-1]]
 
 

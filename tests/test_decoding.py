@@ -408,3 +408,35 @@ def test_numpy_backend_applies_the_word_limits_like_the_torch_one(method):
         got = numpy_decode(model, pooled, grid, ids, cfg)
         assert [[h.tokens for h in hs] for hs in got] == [[h.tokens for h in hs] for hs in ref]
         assert all(cfg.min_words <= len(h.tokens) <= cfg.length_limit for hs in got for h in hs)
+
+
+def numpy_score(model, pooled, grid, ids, captions):
+    """caption_scores over the numpy backend, as the runtime runs it."""
+    from capgen.decoding.score import caption_scores
+
+    with torch.inference_mode():
+        memory = model.init_memory(torch.as_tensor(pooled), torch.as_tensor(grid))
+        state = model.init_state(memory)
+    memory, state = ({k: v.numpy() for k, v in d.items()} for d in (memory, state))
+    return caption_scores(
+        ArrayStep(_numpy_step(model), model.vocab_size, model.shared_memory), memory, state, ids, captions
+    )
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_caption_scores_are_the_searchs_own_log_probabilities(name):
+    """Teacher-forced scoring of the greedy captions gives the search's score over the words and
+    <end>, per word, on both backends; a caption scores the same alone and beside others."""
+    from capgen.decoding.torch_step import score
+
+    model = sharp(name, 20)
+    pooled, grid = features(2, seed=3)
+    for b, hyps in enumerate(run(model, B=2, image_seed=3, method="greedy", max_len=8)):
+        tokens = hyps[0].tokens
+        others = [tokens, [5, 6, 7], [8]]
+        for fn in (score, numpy_score):
+            got = fn(model, pooled[b : b + 1], grid[b : b + 1], IDS, others)
+            assert got.shape == (3,)
+            assert got[0] * (len(tokens) + 1) == pytest.approx(hyps[0].score, rel=1e-5)
+            assert fn(model, pooled[b : b + 1], grid[b : b + 1], IDS, [[8]])[0] == pytest.approx(got[2], rel=1e-5)
+    assert score(model, pooled[:1], grid[:1], IDS, []).shape == (0,)

@@ -478,3 +478,22 @@ def test_half_precision_weights_are_stored_in_half_with_bit_identical_steps(tiny
     # Float32 weights that are not float16 values stay as they are.
     export_decoder(load_checkpoint(plain).model.eval(), tmp_path / "plain-init.onnx", tmp_path / "plain-step.onnx")
     assert store_compact(tmp_path / "plain-step.onnx")["float16"] == 0
+
+
+def test_the_runtime_scores_given_captions_as_the_captioner_does(tiny_run, checkpoints, exports, photos):
+    """Captions of similar scenes are ranked by the decoder's log-probability of them: the torch
+    path, the runtime and the exported captioner give the same, through their own steps."""
+    import numpy as np
+
+    cap = Captioner.from_pretrained(checkpoints["transformer"], encoder=tiny_run.encoder, backend="torch")
+    rt = Runtime(exports["transformer"], threads=1)
+    pooled, grid = rt.encode(photos[:2])
+    words = [w for w in cap.vocab.itos if not w.startswith("<")]
+    captions = [tuple(words[:5]), tuple(words[3:5]), tuple(reversed(words[:7]))]
+    want = cap.scorer(pooled, grid)(1, captions)
+    assert want.shape == (3,) and np.all(want < 0)
+    # ONNX kernels are not torch's: within the export check's per-step tolerance
+    assert rt.scorer(pooled, grid)(1, captions) == pytest.approx(want, abs=TOLERANCE)
+    assert Captioner.from_pretrained(exports["transformer"]).scorer(pooled, grid)(1, captions) == pytest.approx(
+        want, abs=TOLERANCE
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from capgen.argtypes import out_dir
 from capgen.cli.prepare import add_outside_root_arg
-from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
+from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config, guide_settings
 
 
 def register(sub, parents) -> None:
@@ -103,16 +103,13 @@ def run_photos(args) -> int:
     from capgen.evaluation.photos import evaluate_photos
     from capgen.evaluation.run import metrics_table
     from capgen.inference import Captioner
-    from capgen.tags.guide import GuideConfig
 
     captioner = Captioner.from_pretrained(
         args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0], encoder=args.encoder
     )
-    guide = (
-        None
-        if args.no_guide
-        else GuideConfig(args.guide_threshold, args.novel_guide_threshold, corpus=not args.no_corpus_captions)
-    )
+    # Photos go through the whole captioner, guided unless --no-guide (--guide is the cached-features
+    # mode's opt-in).
+    guide = None if args.no_guide else guide_settings(args)
     m = evaluate_photos(
         captioner,
         args.images,

@@ -4,7 +4,8 @@ Minimum Bayes risk decoding (Kumar and Byrne 2004) with a CIDEr-D-like utility, 
 reranking of Devlin et al. 2015 and Mao et al. 2015: candidate c scores
     sum over candidates c' != c of p(c') * u(c, c')
 where p is the model's probability renormalised over the candidates and u averages, for n = 1..4,
-the cosine similarity of the two captions' n-gram counts, times CIDEr-D's Gaussian length penalty.
+the cosine similarity of the two captions' n-gram counts, times CIDEr-D's Gaussian length penalty
+(capgen.data.ngrams).
 A beam's best caption is often an outlier ("a man is standing on a zebra" above nine zebra
 captions without a man); the consensus caption is the one most of the probability mass supports.
 
@@ -14,25 +15,11 @@ Works on token id lists only (no torch), so the torch decoder and the torch-free
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Sequence, TypeVar
 
+from capgen.data.ngrams import NgramVector, similarity
+
 H = TypeVar("H")  # anything with .tokens (list of ids) and .score (a log-probability)
-SIGMA = 6.0  # CIDEr-D's length penalty width
-
-
-def _ngrams(tokens: Sequence[int]) -> list[Counter]:
-    return [Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)) for n in range(1, 5)]
-
-
-def _similarity(a: list[Counter], b: list[Counter], len_a: int, len_b: int) -> float:
-    total = 0.0
-    for x, y in zip(a, b):
-        if not x or not y:
-            continue
-        dot = sum(v * y[k] for k, v in x.items() if k in y)
-        total += dot / math.sqrt(sum(v * v for v in x.values()) * sum(v * v for v in y.values()))
-    return total / 4 * math.exp(-((len_a - len_b) ** 2) / (2 * SIGMA**2))
 
 
 def consensus_order(hyps: Sequence[H]) -> list[H]:
@@ -41,14 +28,10 @@ def consensus_order(hyps: Sequence[H]) -> list[H]:
         return list(hyps)
     top = max(h.score for h in hyps)
     weight = [math.exp(h.score - top) for h in hyps]
-    grams = [_ngrams(h.tokens) for h in hyps]
+    grams = [NgramVector(h.tokens) for h in hyps]
     gain = []
-    for i, h in enumerate(hyps):
-        g = sum(
-            weight[j] * _similarity(grams[i], grams[j], len(h.tokens), len(o.tokens))
-            for j, o in enumerate(hyps)
-            if j != i
-        )
+    for i in range(len(hyps)):
+        g = sum(weight[j] * similarity(grams[i], grams[j]) for j in range(len(hyps)) if j != i)
         gain.append(g / (sum(weight) - weight[i]))
     order = sorted(range(len(hyps)), key=lambda i: (-gain[i], i))
     return [hyps[i] for i in order]

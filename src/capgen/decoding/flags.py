@@ -143,6 +143,12 @@ def add_guide_args(p, default: GuideConfig | None) -> None:
         help="never take a caption from human captions of an object the model barely knows "
         "(zebra, pizza, bus: see capgen.tags.corpus_captions)",
     )
+    p.add_argument(
+        "--no-scene-captions",
+        action="store_true",
+        help="never let human captions of similar scenes replace the model's caption of a photo "
+        "without people (see capgen.tags.scenes)",
+    )
     if on:
         p.add_argument("--no-guide", action="store_true", help="captions from the model alone, without tag guidance")
     else:
@@ -155,4 +161,14 @@ def guide_config(args) -> GuideConfig | None:
     """The GuideConfig the flags ask for, or None without guidance."""
     if getattr(args, "no_guide", False) or not getattr(args, "guide", True):
         return None
-    return GuideConfig(args.guide_threshold, args.novel_guide_threshold, corpus=not args.no_corpus_captions)
+    return guide_settings(args)
+
+
+def guide_settings(args) -> GuideConfig:
+    """The GuideConfig of the threshold and caption-text flags, whether guidance is on or not."""
+    return GuideConfig(
+        args.guide_threshold,
+        args.novel_guide_threshold,
+        corpus=not args.no_corpus_captions,
+        scenes=not args.no_scene_captions,
+    )

@@ -3,13 +3,15 @@ torch tensors on its device; each step hands the search its log-probs as a numpy
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Collection, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Collection, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
+from capgen.decoding.score import caption_scores
 from capgen.decoding.search import check, search
 from capgen.decoding.steps import Rows
 
@@ -51,23 +53,44 @@ def decode(
     follow its checkpointed random state.
     """
     config = check(config, ids, model.vocab_size)
-    # A model without parameters (the ONNX Runtime step, capgen.inference.onnx_step) runs on CPU float32.
-    param = next(model.parameters(), None)
-    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
-    pooled = torch.as_tensor(pooled).to(device=device, dtype=dtype)
-    grid = torch.as_tensor(grid).to(device=device, dtype=dtype)
+    device, pooled, grid = _on_device(model, pooled, grid)
     generator = torch.Generator(device=device).manual_seed(config.seed) if config.seed is not None else None
 
     def uniform(n: int) -> np.ndarray:
         return torch.rand(n, generator=generator, device=device, dtype=torch.float64).cpu().numpy()
 
+    with _started(model, pooled, grid) as (memory, state):
+        return search(TorchStep(model, device, config.return_attention), memory, state, ids, config, include, uniform)
+
+
+def score(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds, captions) -> np.ndarray:
+    """One image's features (1, D), (1, N, D) and word-id captions -> each caption's mean
+    log-probability per word under `model` (capgen.decoding.score.caption_scores), in eval mode."""
+    device, pooled, grid = _on_device(model, pooled, grid)
+    with _started(model, pooled, grid) as (memory, state):
+        return caption_scores(TorchStep(model, device, False), memory, state, ids, captions)
+
+
+@contextmanager
+def _started(model: CaptionModel, pooled: Tensor, grid: Tensor) -> Iterator[tuple[Rows, Rows]]:
+    """The model's memory and initial state for the features, in eval mode under inference_mode
+    (the model's mode is restored after)."""
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             memory = model.init_memory(pooled, grid)
-            state = model.init_state(memory)
-            step = TorchStep(model, device, config.return_attention)
-            return search(step, memory, state, ids, config, include, uniform)
+            yield memory, model.init_state(memory)
     finally:
         model.train(was_training)
+
+
+def _on_device(model: CaptionModel, pooled, grid) -> tuple[torch.device, Tensor, Tensor]:
+    # A model without parameters (the ONNX Runtime step, capgen.inference.onnx_step) runs on CPU float32.
+    param = next(model.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else (torch.device("cpu"), torch.float32)
+    return (
+        device,
+        torch.as_tensor(pooled).to(device=device, dtype=dtype),
+        torch.as_tensor(grid).to(device=device, dtype=dtype),
+    )

@@ -223,6 +223,21 @@ class Captioner:
         with autocast(self.precision):
             return decode(model, pooled, grid, self.ids, config, include=include)
 
+    def scorer(self, pooled: np.ndarray, grid: np.ndarray):
+        """Scores captions of similar scenes for CorpusCaptions: the decoder's mean log-probability
+        per word of each, given image i, on the decoder that captions (capgen.decoding.score)."""
+        from capgen.decoding.torch_step import score
+        from capgen.encoders.precision import autocast
+
+        model = self.model if self.fast_decoder is None else self.fast_decoder
+
+        def scorer(i: int, captions) -> np.ndarray:
+            with autocast(self.precision):
+                ids = [self.vocab.encode(c, add_special=False) for c in captions]
+                return score(model, pooled[i : i + 1], grid[i : i + 1], self.ids, ids)
+
+        return scorer
+
     def guidance(
         self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
     ) -> list[Guidance | None]:
@@ -341,7 +356,7 @@ class Captioner:
         guidance = self.guidance(pooled, config, guide)
         hyps = self.forward(pooled, grid, config, guidance)
         results = [self.postprocess(h, img, g) for h, img, g in zip(hyps, images, guidance)]
-        self.corpus.apply(results, pooled, config, guide)
+        self.corpus.apply(results, pooled, config, guide, self.scorer(pooled, grid))
         if tags is not None and self.tagger is not None:
             for res, image_tags in zip(results, self.tagger(pooled, tags)):
                 res.tags = image_tags

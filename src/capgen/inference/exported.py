@@ -127,6 +127,9 @@ class ExportedCaptioner(Captioner):
     def forward(self, pooled: np.ndarray, grid: np.ndarray, config, guidance=()) -> list:
         return self.runtime.decode(pooled, grid, config, guidance)
 
+    def scorer(self, pooled: np.ndarray, grid: np.ndarray):
+        return self.runtime.scorer(pooled, grid)
+
     def decode_config(self, **options):
         """The export's decoding settings updated by `options` (DecodeConfig fields)."""
         if options.get("return_attention"):

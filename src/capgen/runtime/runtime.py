@@ -16,6 +16,7 @@ from PIL import Image
 
 from capgen.data.vocab import Vocabulary
 from capgen.decoding.config import DecodeConfig, Hypothesis, TokenIds
+from capgen.decoding.score import caption_scores
 from capgen.decoding.search import search
 from capgen.decoding.steps import ArrayStep
 from capgen.errors import CapgenError, ExportError
@@ -235,9 +236,19 @@ class Runtime:
             pooled, grid = self.encode(items[i : i + batch_size])
             guidance = self.guidance(pooled, config, guide)
             batch = [self._result(h, g) for h, g in zip(self.decode(pooled, grid, config, guidance), guidance)]
-            self.corpus.apply(batch, pooled, config, guide)
+            self.corpus.apply(batch, pooled, config, guide, self.scorer(pooled, grid))
             results.extend(batch)
         return results[0] if single else results
+
+    def scorer(self, pooled: np.ndarray, grid: np.ndarray):
+        """As Captioner.scorer: captions of image i scored by the exported decoder."""
+
+        def scorer(i: int, captions) -> np.ndarray:
+            memory, state = self.graphs.start(pooled[i : i + 1], grid[i : i + 1])
+            ids = [self.vocab.encode(c, add_special=False) for c in captions]
+            return caption_scores(self.step, memory, state, self.ids, ids)
+
+        return scorer
 
     def _result(self, hyps: list[Hypothesis], guided: Guidance | None) -> CaptionResult:
         return from_hypotheses(hyps, self.vocab.decode, guided)

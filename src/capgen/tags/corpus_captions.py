@@ -7,7 +7,8 @@ captions of other photos of it (the COCO caption text, `../shared/data/text`): a
 typical captions naming the top tag, the one that also names the photo's other tags best.
 
 The same captions stand in for a decoder caption whose person or dog the photo does not support
-(tags/vetting.py).
+(tags/vetting.py). For a photo the person head doubts, human captions of similar scenes compete
+with the decoder's caption first (tags/scenes.py).
 
 The index (assets/caption_index.json, scripts/build_caption_index.py) holds, for each tag word, its
 `per_word` most typical captions (highest mean n-gram agreement with the other captions naming it),
@@ -18,15 +19,17 @@ Torch-free: the Captioner and the runtime share it, so both write the same capti
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from capgen.errors import TagsError
-from capgen.tags import vetting
+from capgen.io import read_json
+from capgen.tags import scenes, vetting
+from capgen.tags.scenes import SceneCaptions
 from capgen.tags.vetting import PersonHead
 from capgen.tags.words import WordMap, mention_index, mentions
 
@@ -47,11 +50,14 @@ class Retrieved:
     word: str  # the tag that chose the index
     p: float
     replaced: tuple[str, ...] = ()  # vetting: the claims ("person", "dog") the photo did not support
+    scenes: bool = False  # a caption of a similar scene that won against the decoder's (tags/scenes.py)
 
     def to_dict(self) -> dict:
         d = {"tag": self.word, "p": round(self.p, 4)}
         if self.replaced:
             d["replaced"] = list(self.replaced)
+        if self.scenes:
+            d["scenes"] = True
         return d
 
 
@@ -79,10 +85,7 @@ class CaptionIndex:
     @classmethod
     def load(cls, path: str | Path | None = None, words: WordMap | None = None) -> "CaptionIndex":
         path = Path(str(resources.files("capgen").joinpath(INDEX_FILE))) if path is None else Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise TagsError(f"{path}: unreadable caption index ({type(e).__name__})") from None
+        data = read_json(path, "caption index", TagsError)
         caps = data.get("captions") if isinstance(data, dict) else None
         if data.get("format") not in FORMATS if isinstance(data, dict) else True:
             raise TagsError(f"{path}: not a capgen caption index ({' or '.join(FORMATS)})")
@@ -165,12 +168,17 @@ def _rare_words(data: dict, path: Path) -> set[str] | None:
     return {w for w in data["captions"] if counts.get(w, 0) < below}
 
 
+# score(i, captions) -> the decoder's mean log-probability per word of each caption (token tuples)
+# given image i of the batch (capgen.decoding.score)
+Scorer = Callable[[int, Sequence[tuple[str, ...]]], np.ndarray]
+
+
 class CorpusCaptions:
     """The captioners' use of the index (the Captioner's and the torch-free runtime's alike): which
     images get a corpus caption, and putting it into their results."""
 
     def __init__(self, tagger):
-        self.tagger, self._index = tagger, None  # the index is read on first use
+        self.tagger, self._index, self._scenes = tagger, None, None  # read on first use
 
     def _active(self, config, guide) -> bool:
         from capgen.tags.guide import GuideConfig
@@ -183,10 +191,14 @@ class CorpusCaptions:
             self._index = CaptionIndex.load(words=self.tagger.words)
         return self._index
 
-    def picks(self, pooled, config, guide, captions=None) -> list[Retrieved | None]:
+    def picks(self, pooled, config, guide, captions=None, score: Scorer | None = None) -> list[Retrieved | None]:
         """Per image, the caption to take, or None; all None without a tagger, for sampling, or when
         the guide (a GuideConfig, a probability or None) is off or does not ask for it. `captions`
-        (the decoder's, one per image) are vetted for people and dogs when given."""
+        (the decoder's, one per image) are vetted for people and dogs when given; then, with `score`,
+        the caption so far competes with captions of similar scenes when the person head doubts the
+        photo."""
+        from capgen.tags.guide import GuideConfig
+
         if not self._active(config, guide):
             return [None] * len(pooled)
         index = self._load()
@@ -197,11 +209,34 @@ class CorpusCaptions:
         for i, caption in enumerate(captions or ()):
             if picks[i] is None:
                 picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
+        if score is not None and person is not None and GuideConfig.of(guide).scenes:
+            for i, caption in enumerate(captions):
+                if person[i] < scenes.PERSON_GATE:
+                    picks[i] = self._rerank(i, caption, picks[i], probs[i], float(person[i]), score, config)
         return picks
 
-    def apply(self, results: list, pooled, config, guide) -> None:
+    def _rerank(self, i: int, caption: str, pick, word_probs, person_p: float, score: Scorer, config):
+        """Image i's pick after its caption so far (`pick`'s, else the decoder's `caption`) met
+        the captions of similar scenes: a scene's caption that wins, else `pick` as it was."""
+        if self._scenes is None:
+            self._scenes = SceneCaptions.load(words=self.tagger.words)
+        found = self._scenes.candidates(word_probs, person_p)
+        keep = [k for k, c in enumerate(found.captions) if len(c) <= config.length_limit]
+        if not keep:
+            return pick
+        found = scenes.Candidates([found.captions[k] for k in keep], found.weights[keep])
+        own = tuple((caption if pick is None else pick.caption).split())
+        short, agree = self._scenes.shortlist(found, own)
+        k = scenes.best(agree, score(i, short))
+        if k == len(short) - 1:
+            return pick
+        j = int(np.argmax(word_probs))
+        replaced = () if pick is None else pick.replaced  # the decoder's claims refused on the way
+        return Retrieved(" ".join(short[k]), self.tagger.words.words[j], float(word_probs[j]), replaced, True)
+
+    def apply(self, results: list, pooled, config, guide, score: Scorer | None = None) -> None:
         """Replace the chosen results' captions in place; the decoder's own caption leads the alternatives."""
-        for res, pick in zip(results, self.picks(pooled, config, guide, [r.caption for r in results])):
+        for res, pick in zip(results, self.picks(pooled, config, guide, [r.caption for r in results], score)):
             if pick is None:
                 continue
             res.alternatives = [(res.caption, res.score), *(res.alternatives or [])][: max(config.n_best - 1, 1)]

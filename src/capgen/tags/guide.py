@@ -46,11 +46,14 @@ class GuideConfig:
     (the model's own choice already weighs the image), or `novel_threshold` for a word it never
     learned (the tag is then the only evidence; a lower bar names more novel objects).
     corpus: for an object the decoder barely knows, take the caption from human captions of it
-    (capgen.tags.corpus_captions) when the top tag is confident enough."""
+    (capgen.tags.corpus_captions) when the top tag is confident enough.
+    scenes: for a photo the person head doubts, let human captions of similar scenes compete with
+    the decoder's caption (capgen.tags.scenes); with corpus only."""
 
     threshold: float = DEFAULT_GUIDE_THRESHOLD
     novel_threshold: float = DEFAULT_NOVEL_GUIDE_THRESHOLD
     corpus: bool = True
+    scenes: bool = True
 
     def __post_init__(self) -> None:
         for name in ("threshold", "novel_threshold"):
@@ -70,7 +73,12 @@ class GuideConfig:
         return min(self.threshold, self.novel_threshold)
 
     def to_dict(self) -> dict:
-        return {"threshold": self.threshold, "novel_threshold": self.novel_threshold, "corpus": self.corpus}
+        return {
+            "threshold": self.threshold,
+            "novel_threshold": self.novel_threshold,
+            "corpus": self.corpus,
+            "scenes": self.scenes,
+        }
 
 
 @dataclass(frozen=True)

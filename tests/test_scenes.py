@@ -1,0 +1,125 @@
+"""Captions of similar scenes competing with the decoder's (capgen.tags.scenes), and the n-gram
+agreement they are ranked by (capgen.data.ngrams)."""
+
+import json
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from capgen.data.ngrams import NgramVector, agreements, similarity
+from capgen.decoding import DecodeConfig
+from capgen.errors import TagsError
+from capgen.tags.corpus_captions import FORMAT as INDEX_FORMAT
+from capgen.tags.corpus_captions import CaptionIndex, CorpusCaptions
+from capgen.tags.guide import GuideConfig
+from capgen.tags.scenes import FORMAT, SHORTLIST, Candidates, SceneCaptions, best
+from capgen.tags.vetting import PersonHead
+from capgen.tags.words import WordMap
+
+WORDS = WordMap.from_lines(["0\tzebra\tzebra", "1\tgiraffe\tgiraffe", "2\ttree\ttree", "3\tdog\tdog"])
+SCENES = [
+    ["a zebra standing in a field", "a zebra grazing in a field", "two zebras in a grassy field"],
+    ["a zebra and a giraffe near a tree", "a giraffe standing next to a zebra"],
+    ["a man feeding a zebra at the zoo", "a man and a zebra"],
+    ["a dog running in a field", "a dog in the grass"],
+    ["a tree in a park", "a large tree next to a road"],
+]
+
+
+def _scenes(tmp_path, scenes=SCENES, **fields) -> SceneCaptions:
+    path = tmp_path / "scenes.json"
+    path.write_text(json.dumps({"format": FORMAT, "documents": len(scenes), "scenes": scenes, "df": {}, **fields}))
+    return SceneCaptions.load(path, WORDS)
+
+
+def test_agreements_are_the_weighted_pairwise_similarities():
+    rng = random.Random(0)
+    captions = [
+        [rng.choice("a the zebra dog field runs in on".split()) for _ in range(rng.randint(1, 9))] for _ in range(12)
+    ]
+    vectors = [NgramVector(c, lambda g: 1.0 + len(g) / 3) for c in captions]
+    weights = [rng.random() + 0.1 for _ in captions]
+    want = [
+        sum(w * similarity(v, o, length_penalty=False) for o, w in zip(vectors, weights) if o is not v)
+        / (sum(weights) - weights[i])
+        for i, v in enumerate(vectors)
+    ]
+    assert agreements(vectors, weights) == pytest.approx(want, rel=1e-9)
+    assert similarity(vectors[0], vectors[0], length_penalty=False) == pytest.approx(1.0)
+
+
+def test_candidates_come_from_the_matching_scenes_less_unsupported_claims(tmp_path):
+    scenes = _scenes(tmp_path)
+    zebra = np.array([0.8, 0.0, 0.0, 0.0])  # no giraffe, no dog, no tree: those captions are other photos'
+    found = scenes.candidates(zebra, person_p=0.05)
+    got = {" ".join(c) for c in found.captions}
+    assert "a zebra standing in a field" in got and "two zebras in a grassy field" in got
+    assert not any("giraffe" in c or "man" in c or "dog" in c for c in got)
+    assert len(found.weights) == len(found.captions) and np.all(found.weights > 0)
+    # never a person, even one the head half believes: another scene's people are not this photo's
+    assert not any("man" in c for c in scenes.candidates(zebra, person_p=0.65).captions)
+
+
+def test_the_consensus_wins_unless_the_own_caption_is_far_more_likely(tmp_path):
+    scenes = _scenes(tmp_path)
+    found = Candidates(
+        [tuple(c.split()) for c in ("a red car", "a zebra standing in a field", "a zebra grazing in a field")],
+        np.ones(3),
+    )
+    own = tuple("a man is sitting on a zebra".split())
+    short, agree = scenes.shortlist(found, own)
+    assert short[-1] == own and len(short) == 4 and agree.max() == pytest.approx(1.0)
+    assert {" ".join(c) for c in short[:2]} == {"a zebra standing in a field", "a zebra grazing in a field"}
+    assert best(agree, [-2.0] * 4) in (0, 1)  # the two that agree
+    assert best(agree, [-2.0, -2.0, -2.0, -0.1]) == 3  # the decoder's own, by its likelihood
+    many = Candidates([("a", "zebra", str(k)) for k in range(20)], np.ones(20))
+    assert len(scenes.shortlist(many, own)[0]) == SHORTLIST + 1
+
+
+def test_bad_scene_files_are_refused_by_name(tmp_path):
+    bad = [
+        "[]",
+        json.dumps({"format": "x"}),
+        json.dumps({"format": FORMAT, "documents": 1, "scenes": [[]], "df": {}}),
+        json.dumps({"format": FORMAT, "documents": 1, "scenes": [["a zebra"]], "df": {"a": 0}}),
+        json.dumps({"format": FORMAT, "documents": 0, "scenes": [["a zebra"]], "df": {}}),
+    ]
+    for content in bad:
+        (tmp_path / "s.json").write_text(content)
+        with pytest.raises(TagsError, match="s.json"):
+            SceneCaptions.load(tmp_path / "s.json", WORDS)
+
+
+def test_the_bundled_scene_captions_load_with_the_bundled_words():
+    scenes = SceneCaptions.load()
+    assert len(scenes.captions) > 4000 and scenes.source["path"] == "coco_val2017.jsonl"
+
+
+def _corpus(tmp_path, person_p: float) -> CorpusCaptions:
+    """CorpusCaptions over WORDS whose person head says `person_p` for every photo."""
+    head = PersonHead(np.zeros(4, np.float32), float(np.log(person_p / (1 - person_p))), "h")
+    tagger = SimpleNamespace(words=WORDS, word_probs=lambda pooled: np.asarray(pooled), head="the head")
+    corpus = CorpusCaptions(tagger)
+    corpus._index = CaptionIndex({}, WORDS, {"format": INDEX_FORMAT}, set(), head)
+    corpus._index._head_ok[id("the head")] = True
+    corpus._scenes = _scenes(tmp_path)
+    return corpus
+
+
+def test_a_photo_the_person_head_doubts_gets_a_scene_caption_that_wins(tmp_path):
+    pooled = np.array([[0.8, 0.0, 0.0, 0.01]])  # a zebra, a trace of dog (not vetted)
+    flat = lambda i, captions: np.full(len(captions), -2.0)  # noqa: E731  the decoder likes none more
+    caption = ["a dog is sitting on a zebra"]
+    pick = _corpus(tmp_path, 0.1).picks(pooled, DecodeConfig(), GuideConfig(), caption, flat)[0]
+    assert pick.scenes and "zebra" in pick.caption.split() and pick.word == "zebra"
+    assert pick.to_dict() == {"tag": "zebra", "p": 0.8, "scenes": True}
+    # a person the head believes: the decoder's caption stands (Flickr8k's people are its own)
+    assert _corpus(tmp_path, 0.9).picks(pooled, DecodeConfig(), GuideConfig(), caption, flat) == [None]
+    # switched off, or nothing to score with
+    corpus = _corpus(tmp_path, 0.1)
+    assert corpus.picks(pooled, DecodeConfig(), GuideConfig(scenes=False), caption, flat) == [None]
+    assert corpus.picks(pooled, DecodeConfig(), GuideConfig(), caption) == [None]
+    # candidates longer than the caption may be are left out
+    assert corpus.picks(pooled, DecodeConfig(max_len=2), GuideConfig(), caption, flat) == [None]
