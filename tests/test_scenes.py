@@ -121,5 +121,6 @@ def test_a_photo_the_person_head_doubts_gets_a_scene_caption_that_wins(tmp_path)
     corpus = _corpus(tmp_path, 0.1)
     assert corpus.picks(pooled, DecodeConfig(), GuideConfig(scenes=False), caption, flat) == [None]
     assert corpus.picks(pooled, DecodeConfig(), GuideConfig(), caption) == [None]
-    # candidates longer than the caption may be are left out
+    # candidates longer or shorter than the caption may be are left out
     assert corpus.picks(pooled, DecodeConfig(max_len=2), GuideConfig(), caption, flat) == [None]
+    assert corpus.picks(pooled, DecodeConfig(min_words=12, max_len=20), GuideConfig(), caption, flat) == [None]

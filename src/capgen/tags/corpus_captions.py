@@ -221,7 +221,7 @@ class CorpusCaptions:
         if self._scenes is None:
             self._scenes = SceneCaptions.load(words=self.tagger.words)
         found = self._scenes.candidates(word_probs, person_p)
-        keep = [k for k, c in enumerate(found.captions) if len(c) <= config.length_limit]
+        keep = [k for k, c in enumerate(found.captions) if config.min_words <= len(c) <= config.length_limit]
         if not keep:
             return pick
         found = scenes.Candidates([found.captions[k] for k in keep], found.weights[keep])
