@@ -20,7 +20,12 @@ from capgen.tags.words import WordMap
 
 WORDS = WordMap.from_lines(["0\tzebra\tzebra", "1\tgiraffe\tgiraffe", "2\ttree\ttree", "3\tdog\tdog"])
 SCENES = [
-    ["a zebra standing in a field", "a zebra grazing in a field", "two zebras in a grassy field"],
+    [
+        "a zebra standing in a field",
+        "a zebra grazing in a field",
+        "two zebras in a grassy field",
+        "an animal in the sun",
+    ],
     ["a zebra and a giraffe near a tree", "a giraffe standing next to a zebra"],
     ["a man feeding a zebra at the zoo", "a man and a zebra"],
     ["a dog running in a field", "a dog in the grass"],
@@ -57,6 +62,8 @@ def test_candidates_come_from_the_matching_scenes_less_unsupported_claims(tmp_pa
     got = {" ".join(c) for c in found.captions}
     assert "a zebra standing in a field" in got and "two zebras in a grassy field" in got
     assert not any("giraffe" in c or "man" in c or "dog" in c for c in got)
+    assert "an animal in the sun" not in got  # names none of the photo's objects
+    assert scenes.object_of(found.captions[0], zebra) == ("zebra", pytest.approx(0.8))
     assert len(found.weights) == len(found.captions) and np.all(found.weights > 0)
     # never a person, even one the head half believes: another scene's people are not this photo's
     assert not any("man" in c for c in scenes.candidates(zebra, person_p=0.65).captions)

@@ -230,9 +230,9 @@ class CorpusCaptions:
         k = scenes.best(agree, score(i, short))
         if k == len(short) - 1:
             return pick
-        j = int(np.argmax(word_probs))
+        word, p = self._scenes.object_of(short[k], word_probs)
         replaced = () if pick is None else pick.replaced  # the decoder's claims refused on the way
-        return Retrieved(" ".join(short[k]), self.tagger.words.words[j], float(word_probs[j]), replaced, True)
+        return Retrieved(" ".join(short[k]), word, p, replaced, True)
 
     def apply(self, results: list, pooled, config, guide, score: Scorer | None = None) -> None:
         """Replace the chosen results' captions in place; the decoder's own caption leads the alternatives."""

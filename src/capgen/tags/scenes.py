@@ -46,6 +46,7 @@ SHARPNESS = 3.0  # a retrieved caption weighs exp(SHARPNESS x its scene's match)
 WEIGHT = 0.3  # of the decoder's mean log-probability per word against agreement (at most 1)
 OWN_BONUS = 0.1
 NAMED_MIN_P = 0.001  # a candidate naming a tag word the tagger puts below this is another photo's
+OBJECT_MIN_P = 0.05  # a candidate must name a tag word at least this probable: the photo's object
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,11 @@ class SceneCaptions:
         captions, weights = [], []
         for t in top:
             for c, names in zip(self.captions[t], self._names[t]):
-                if avoid.isdisjoint(c) and all(word_probs[j] >= NAMED_MIN_P for j in names):
+                if (
+                    avoid.isdisjoint(c)
+                    and all(word_probs[j] >= NAMED_MIN_P for j in names)
+                    and any(word_probs[j] >= OBJECT_MIN_P for j in names)
+                ):
                     captions.append(c)
                     weights.append(math.exp(SHARPNESS * float(match[t])))
         return Candidates(captions, np.asarray(weights))
@@ -122,6 +127,12 @@ class SceneCaptions:
         agree = agree / max(float(agree.max()), 1e-9)
         top = np.argsort(-agree[:-1], kind="stable")[:SHORTLIST]
         return [found.captions[k] for k in top] + [own], np.append(agree[top], agree[-1])
+
+    def object_of(self, caption: tuple[str, ...], word_probs: np.ndarray) -> tuple[str, float]:
+        """The most probable of the photo's tag words that `caption` names (every candidate names one
+        of at least OBJECT_MIN_P), with its probability."""
+        j = max(phrases_in(caption, self._index, self._longest), key=lambda j: (word_probs[j], -j))
+        return self.words[j], float(word_probs[j])
 
     def _vector(self, caption: tuple[str, ...]) -> NgramVector:
         v = self._vectors.get(caption)
