@@ -14,7 +14,7 @@ from capgen.errors import TagsError
 from capgen.tags.corpus_captions import FORMAT as INDEX_FORMAT
 from capgen.tags.corpus_captions import CaptionIndex, CorpusCaptions
 from capgen.tags.guide import GuideConfig
-from capgen.tags.scenes import FORMAT, SHORTLIST, Candidates, SceneCaptions, best
+from capgen.tags.scenes import DOG_MIN_P, FORMAT, SHORTLIST, Candidates, SceneCaptions, best
 from capgen.tags.vetting import PersonHead
 from capgen.tags.words import WordMap
 
@@ -65,6 +65,9 @@ def test_candidates_come_from_the_matching_scenes_less_unsupported_claims(tmp_pa
     assert "an animal in the sun" not in got  # names none of the photo's objects
     assert scenes.object_of(found.captions[0], zebra) == ("zebra", pytest.approx(0.8))
     assert len(found.weights) == len(found.captions) and np.all(found.weights > 0)
+    # a dog the tagger half sees (above vetting's bar, below DOG_MIN_P) is not named from another scene
+    some_dog = np.array([0.8, 0.0, 0.0, DOG_MIN_P / 2])
+    assert not any("dog" in c for c in scenes.candidates(some_dog, person_p=0.05).captions)
     # never a person, even one the head half believes: another scene's people are not this photo's
     assert not any("man" in c for c in scenes.candidates(zebra, person_p=0.65).captions)
 

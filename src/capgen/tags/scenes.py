@@ -46,6 +46,7 @@ SHARPNESS = 3.0  # a retrieved caption weighs exp(SHARPNESS x its scene's match)
 WEIGHT = 0.3  # of the decoder's mean log-probability per word against agreement (at most 1)
 OWN_BONUS = 0.1
 NAMED_MIN_P = 0.001  # a candidate naming a tag word the tagger puts below this is another photo's
+DOG_MIN_P = 0.3  # a candidate names a dog only when the tag word "dog" is at least this probable
 OBJECT_MIN_P = 0.05  # a candidate must name a tag word at least this probable: the photo's object
 
 
@@ -104,7 +105,10 @@ class SceneCaptions:
         dog = self.words.index("dog") if "dog" in self.words else None
         # No person: a photo reaches here because the person head doubts one, and the captions of
         # scenes with people bring their people along ("a man sitting in front of a plate of food").
-        avoid = vetting.avoid_in_replacement(vetting.PERSON, 1.0 if dog is None else float(word_probs[dog]), person_p)
+        dog_p = 1.0 if dog is None else float(word_probs[dog])
+        avoid = vetting.avoid_in_replacement(vetting.PERSON, dog_p, person_p)
+        if dog_p < DOG_MIN_P:  # another scene's dog needs more evidence than the decoder's own
+            avoid |= vetting.DOG
         captions, weights = [], []
         for t in top:
             for c, names in zip(self.captions[t], self._names[t]):
