@@ -410,7 +410,7 @@ def test_numpy_backend_applies_the_word_limits_like_the_torch_one(method):
         assert all(cfg.min_words <= len(h.tokens) <= cfg.length_limit for hs in got for h in hs)
 
 
-def numpy_score(model, pooled, grid, ids, captions):
+def numpy_score(model, pooled, grid, ids, per_image):
     """caption_scores over the numpy backend, as the runtime runs it."""
     from capgen.decoding.score import caption_scores
 
@@ -418,25 +418,27 @@ def numpy_score(model, pooled, grid, ids, captions):
         memory = model.init_memory(torch.as_tensor(pooled), torch.as_tensor(grid))
         state = model.init_state(memory)
     memory, state = ({k: v.numpy() for k, v in d.items()} for d in (memory, state))
-    return caption_scores(
-        ArrayStep(_numpy_step(model), model.vocab_size, model.shared_memory), memory, state, ids, captions
-    )
+    step = ArrayStep(_numpy_step(model), model.vocab_size, model.shared_memory)
+    return caption_scores(step, memory, state, ids, per_image)
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_caption_scores_are_the_searchs_own_log_probabilities(name):
     """Teacher-forced scoring of the greedy captions gives the search's score over the words and
-    <end>, per word, on both backends; a caption scores the same alone and beside others."""
+    <end>, per word, on both backends; a caption scores the same alone or beside others, and images
+    with more, fewer or no captions are scored in one call."""
     from capgen.decoding.torch_step import score
 
     model = sharp(name, 20)
-    pooled, grid = features(2, seed=3)
-    for b, hyps in enumerate(run(model, B=2, image_seed=3, method="greedy", max_len=8)):
-        tokens = hyps[0].tokens
-        others = [tokens, [5, 6, 7], [8]]
-        for fn in (score, numpy_score):
-            got = fn(model, pooled[b : b + 1], grid[b : b + 1], IDS, others)
-            assert got.shape == (3,)
-            assert got[0] * (len(tokens) + 1) == pytest.approx(hyps[0].score, rel=1e-5)
-            assert fn(model, pooled[b : b + 1], grid[b : b + 1], IDS, [[8]])[0] == pytest.approx(got[2], rel=1e-5)
-    assert score(model, pooled[:1], grid[:1], IDS, []).shape == (0,)
+    pooled, grid = features(3, seed=3)
+    hyps = run(model, B=3, image_seed=3, method="greedy", max_len=8)
+    greedy = [h[0].tokens for h in hyps]
+    per_image = [[greedy[0], [5, 6, 7], [8]], [], [greedy[2]]]
+    for fn in (score, numpy_score):
+        got = fn(model, pooled, grid, IDS, per_image)
+        assert [len(g) for g in got] == [3, 0, 1]
+        for b, k in ((0, 0), (2, 0)):
+            assert got[b][k] * (len(greedy[b]) + 1) == pytest.approx(hyps[b][0].score, rel=1e-5)
+        alone = fn(model, pooled[:1], grid[:1], IDS, [[[8]]])[0][0]
+        assert alone == pytest.approx(got[0][2], rel=1e-5)
+    assert [len(g) for g in score(model, pooled[:2], grid[:2], IDS, [[], []])] == [0, 0]

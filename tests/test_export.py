@@ -490,10 +490,10 @@ def test_the_runtime_scores_given_captions_as_the_captioner_does(tiny_run, check
     pooled, grid = rt.encode(photos[:2])
     words = [w for w in cap.vocab.itos if not w.startswith("<")]
     captions = [tuple(words[:5]), tuple(words[3:5]), tuple(reversed(words[:7]))]
-    want = cap.scorer(pooled, grid)(1, captions)
+    want = cap.scorer(pooled, grid)([1], [captions])[0]
     assert want.shape == (3,) and np.all(want < 0)
     # ONNX kernels are not torch's: within the export check's per-step tolerance
-    assert rt.scorer(pooled, grid)(1, captions) == pytest.approx(want, abs=TOLERANCE)
-    assert Captioner.from_pretrained(exports["transformer"]).scorer(pooled, grid)(1, captions) == pytest.approx(
-        want, abs=TOLERANCE
-    )
+    assert rt.scorer(pooled, grid)([1], [captions])[0] == pytest.approx(want, abs=TOLERANCE)
+    exported = Captioner.from_pretrained(exports["transformer"]).scorer(pooled, grid)
+    both = exported([0, 1], [captions[:1], captions])
+    assert both[1] == pytest.approx(want, abs=TOLERANCE) and both[0].shape == (1,)

@@ -120,7 +120,10 @@ def _corpus(tmp_path, person_p: float) -> CorpusCaptions:
 
 def test_a_photo_the_person_head_doubts_gets_a_scene_caption_that_wins(tmp_path):
     pooled = np.array([[0.8, 0.0, 0.0, 0.01]])  # a zebra, a trace of dog (not vetted)
-    flat = lambda i, captions: np.full(len(captions), -2.0)  # noqa: E731  the decoder likes none more
+
+    def flat(images, captions):  # the decoder likes none more than another
+        return [np.full(len(c), -2.0) for c in captions]
+
     caption = ["a dog is sitting on a zebra"]
     pick = _corpus(tmp_path, 0.1).picks(pooled, DecodeConfig(), GuideConfig(), caption, flat)[0]
     assert pick.scenes and "zebra" in pick.caption.split() and pick.word == "zebra"

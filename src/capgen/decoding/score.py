@@ -12,25 +12,36 @@ import numpy as np
 from capgen.decoding.config import TokenIds
 from capgen.decoding.steps import Rows, Step, expand
 
+Captions = Sequence[Sequence[int]]  # word ids, no <start>/<end>
 
-def caption_scores(
-    step: Step, memory: Rows, state: Rows, ids: TokenIds, captions: Sequence[Sequence[int]]
-) -> np.ndarray:
-    """One image's memory and state (one row each, as the step's init gives them) and word-id
-    captions (no <start>/<end>) -> (len(captions),) float64: each caption's mean log-probability per
-    word, its <end> included, so long and short captions compare."""
-    n = len(captions)
-    if n == 0:
-        return np.zeros(0)
-    lengths = np.array([len(c) + 1 for c in captions])
-    targets = np.full((n, int(lengths.max())), ids.end, dtype=np.int64)  # after <end>: ignored
-    for r, c in enumerate(captions):
+
+def caption_scores(step: Step, memory: Rows, state: Rows, ids: TokenIds, per_image: Sequence[Captions]) -> list:
+    """Images' memory and state (one row per image, as the step's init gives them) and, per image,
+    word-id captions -> per image, a float64 array: each caption's mean log-probability per word,
+    its <end> included, so long and short captions compare. All images' captions go through the
+    steps together (a batch of photos costs about one photo's steps); an image with fewer captions
+    is padded with repeats, so each keeps one memory row."""
+    B = len(per_image)
+    k = max((len(c) for c in per_image), default=0)
+    if k == 0:
+        return [np.zeros(0) for _ in range(B)]
+    rows = np.array([b for b in range(B) if per_image[b]], dtype=np.int64)
+    if len(rows) < B:
+        memory, state = step.rows(memory, rows), step.rows(state, rows)
+    memory, state = expand(step, memory, state, len(rows), k)
+    flat = [c for b in rows for c in [*per_image[b], *[per_image[b][-1]] * (k - len(per_image[b]))]]
+    lengths = np.array([len(c) + 1 for c in flat])
+    targets = np.full((len(flat), int(lengths.max())), ids.end, dtype=np.int64)  # after <end>: ignored
+    for r, c in enumerate(flat):
         targets[r, : len(c)] = c
-    memory, state = expand(step, memory, state, 1, n)
-    tokens, total, rows = np.full(n, ids.start, dtype=np.int64), np.zeros(n), np.arange(n)
+    tokens, total, index = np.full(len(flat), ids.start, dtype=np.int64), np.zeros(len(flat)), np.arange(len(flat))
     for t in range(targets.shape[1]):
         logp, state, _ = step(tokens, state, memory)
         live = t < lengths
-        total[live] += logp[rows[live], targets[live, t]]
+        total[live] += logp[index[live], targets[live, t]]
         tokens = targets[:, t]
-    return total / lengths
+    means = (total / lengths).reshape(len(rows), k)
+    out = [np.zeros(0) for _ in range(B)]
+    for row, b in enumerate(rows):
+        out[b] = means[row, : len(per_image[b])]
+    return out

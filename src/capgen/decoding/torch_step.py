@@ -63,12 +63,12 @@ def decode(
         return search(TorchStep(model, device, config.return_attention), memory, state, ids, config, include, uniform)
 
 
-def score(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds, captions) -> np.ndarray:
-    """One image's features (1, D), (1, N, D) and word-id captions -> each caption's mean
-    log-probability per word under `model` (capgen.decoding.score.caption_scores), in eval mode."""
+def score(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds, per_image) -> list:
+    """Images' features (B, D), (B, N, D) and per image word-id captions -> per image, each caption's
+    mean log-probability per word under `model` (capgen.decoding.score.caption_scores), in eval mode."""
     device, pooled, grid = _on_device(model, pooled, grid)
     with _started(model, pooled, grid) as (memory, state):
-        return caption_scores(TorchStep(model, device, False), memory, state, ids, captions)
+        return caption_scores(TorchStep(model, device, False), memory, state, ids, per_image)
 
 
 @contextmanager

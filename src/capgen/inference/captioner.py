@@ -224,17 +224,18 @@ class Captioner:
             return decode(model, pooled, grid, self.ids, config, include=include)
 
     def scorer(self, pooled: np.ndarray, grid: np.ndarray):
-        """Scores captions of similar scenes for CorpusCaptions: the decoder's mean log-probability
-        per word of each, given image i, on the decoder that captions (capgen.decoding.score)."""
+        """Scores captions of similar scenes for CorpusCaptions: for images (indices into the batch)
+        and their captions (token tuples), the decoder's mean log-probability per word of each, on
+        the decoder that captions (capgen.decoding.score)."""
         from capgen.decoding.torch_step import score
         from capgen.encoders.precision import autocast
 
         model = self.model if self.fast_decoder is None else self.fast_decoder
 
-        def scorer(i: int, captions) -> np.ndarray:
+        def scorer(images: list[int], captions) -> list:
+            ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
             with autocast(self.precision):
-                ids = [self.vocab.encode(c, add_special=False) for c in captions]
-                return score(model, pooled[i : i + 1], grid[i : i + 1], self.ids, ids)
+                return score(model, pooled[images], grid[images], self.ids, ids)
 
         return scorer
 

@@ -241,11 +241,11 @@ class Runtime:
         return results[0] if single else results
 
     def scorer(self, pooled: np.ndarray, grid: np.ndarray):
-        """As Captioner.scorer: captions of image i scored by the exported decoder."""
+        """As Captioner.scorer: captions of images of the batch scored by the exported decoder."""
 
-        def scorer(i: int, captions) -> np.ndarray:
-            memory, state = self.graphs.start(pooled[i : i + 1], grid[i : i + 1])
-            ids = [self.vocab.encode(c, add_special=False) for c in captions]
+        def scorer(images: list[int], captions) -> list:
+            memory, state = self.graphs.start(pooled[images], grid[images])
+            ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
             return caption_scores(self.step, memory, state, self.ids, ids)
 
         return scorer

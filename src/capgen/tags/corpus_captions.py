@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -168,9 +168,9 @@ def _rare_words(data: dict, path: Path) -> set[str] | None:
     return {w for w in data["captions"] if counts.get(w, 0) < below}
 
 
-# score(i, captions) -> the decoder's mean log-probability per word of each caption (token tuples)
-# given image i of the batch (capgen.decoding.score)
-Scorer = Callable[[int, Sequence[tuple[str, ...]]], np.ndarray]
+# score(images, captions) -> for images of the batch (indices) and, per image, captions (token
+# tuples): per image, the decoder's mean log-probability per word of each (capgen.decoding.score)
+Scorer = Callable[[list[int], list[list[tuple[str, ...]]]], list[np.ndarray]]
 
 
 class CorpusCaptions:
@@ -210,29 +210,35 @@ class CorpusCaptions:
             if picks[i] is None:
                 picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
         if score is not None and person is not None and GuideConfig.of(guide).scenes:
-            for i, caption in enumerate(captions):
-                if person[i] < scenes.PERSON_GATE:
-                    picks[i] = self._rerank(i, caption, picks[i], probs[i], float(person[i]), score, config)
+            self._rerank(picks, captions, probs, person, score, config)
         return picks
 
-    def _rerank(self, i: int, caption: str, pick, word_probs, person_p: float, score: Scorer, config):
-        """Image i's pick after its caption so far (`pick`'s, else the decoder's `caption`) met
-        the captions of similar scenes: a scene's caption that wins, else `pick` as it was."""
+    def _rerank(self, picks: list, captions, probs, person, score: Scorer, config) -> None:
+        """Each image the person head doubts: its caption so far (its pick's, else the decoder's)
+        meets the captions of similar scenes, and a scene's caption that wins becomes its pick. The
+        shortlists of all such images are scored in one call."""
         if self._scenes is None:
             self._scenes = SceneCaptions.load(words=self.tagger.words)
-        found = self._scenes.candidates(word_probs, person_p)
-        keep = [k for k, c in enumerate(found.captions) if config.min_words <= len(c) <= config.length_limit]
-        if not keep:
-            return pick
-        found = scenes.Candidates([found.captions[k] for k in keep], found.weights[keep])
-        own = tuple((caption if pick is None else pick.caption).split())
-        short, agree = self._scenes.shortlist(found, own)
-        k = scenes.best(agree, score(i, short))
-        if k == len(short) - 1:
-            return pick
-        word, p = self._scenes.object_of(short[k], word_probs)
-        replaced = () if pick is None else pick.replaced  # the decoder's claims refused on the way
-        return Retrieved(" ".join(short[k]), word, p, replaced, True)
+        lists = {}
+        for i, caption in enumerate(captions):
+            if person[i] >= scenes.PERSON_GATE:
+                continue
+            found = self._scenes.candidates(probs[i], float(person[i]))
+            keep = [k for k, c in enumerate(found.captions) if config.min_words <= len(c) <= config.length_limit]
+            if keep:
+                found = scenes.Candidates([found.captions[k] for k in keep], found.weights[keep])
+                own = tuple((caption if picks[i] is None else picks[i].caption).split())
+                lists[i] = self._scenes.shortlist(found, own)
+        if not lists:
+            return
+        images = list(lists)
+        for i, scored in zip(images, score(images, [lists[i][0] for i in images])):
+            short, agree = lists[i]
+            k = scenes.best(agree, scored)
+            if k < len(short) - 1:
+                word, p = self._scenes.object_of(short[k], probs[i])
+                replaced = () if picks[i] is None else picks[i].replaced  # claims refused on the way
+                picks[i] = Retrieved(" ".join(short[k]), word, p, replaced, True)
 
     def apply(self, results: list, pooled, config, guide, score: Scorer | None = None) -> None:
         """Replace the chosen results' captions in place; the decoder's own caption leads the alternatives."""
