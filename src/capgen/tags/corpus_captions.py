@@ -234,7 +234,8 @@ class CorpusCaptions:
         images = list(lists)
         for i, scored in zip(images, score(images, [lists[i][0] for i in images])):
             short, agree = lists[i]
-            k = scenes.best(agree, scored)
+            doubted = person[i] < vetting.AVOID_PERSON_BELOW and not vetting.PERSON.isdisjoint(short[-1])
+            k = scenes.best(agree, scored, doubted)
             if k < len(short) - 1:
                 word, p = self._scenes.object_of(short[k], probs[i])
                 replaced = () if picks[i] is None else picks[i].replaced  # claims refused on the way
