@@ -27,7 +27,7 @@ SCENES = [
         "an animal in the sun",
     ],
     ["a zebra and a giraffe near a tree", "a giraffe standing next to a zebra"],
-    ["a man feeding a zebra at the zoo", "a man and a zebra", "someone riding a zebra"],
+    ["a man feeding a zebra at the zoo", "a man and a zebra"],
     ["a dog running in a field", "a dog in the grass"],
     ["a tree in a park", "a large tree next to a road"],
 ]
@@ -69,7 +69,7 @@ def test_candidates_come_from_the_matching_scenes_less_unsupported_claims(tmp_pa
     some_dog = np.array([0.8, 0.0, 0.0, DOG_MIN_P / 2])
     assert not any("dog" in c for c in scenes.candidates(some_dog, person_p=0.05).captions)
     # never a person, even one the head half believes: another scene's people are not this photo's
-    assert not {"man", "someone"} & {w for c in scenes.candidates(zebra, person_p=0.65).captions for w in c}
+    assert not any("man" in c for c in scenes.candidates(zebra, person_p=0.65).captions)
 
 
 def test_the_consensus_wins_unless_the_own_caption_is_far_more_likely(tmp_path):
