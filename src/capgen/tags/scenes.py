@@ -107,7 +107,7 @@ class SceneCaptions:
         # No person: a photo reaches here because the person head doubts one, and the captions of
         # scenes with people bring their people along ("a man sitting in front of a plate of food").
         # Only vetting's person words: leaving out "skier", "surfer", "someone" too cost Flickr8k
-        # test 0.3 CIDEr (its skiers and surfers) and coco_dev 0.1 (BENCHMARKS.md).
+        # test 0.2 CIDEr (its skiers and surfers) and coco_dev 0.1 (BENCHMARKS.md).
         dog_p = 1.0 if dog is None else float(word_probs[dog])
         avoid = vetting.avoid_in_replacement(vetting.PERSON, dog_p, person_p)
         if dog_p < DOG_MIN_P:  # another scene's dog needs more evidence than the decoder's own
