@@ -16,7 +16,7 @@ import argparse
 from collections import Counter
 
 from capgen.data.corpus import read_corpus
-from capgen.data.ngrams import ORDERS
+from capgen.data.ngrams import NgramVector
 from capgen.io import write_json
 from capgen.tags.scenes import FORMAT
 
@@ -35,12 +35,8 @@ def main() -> None:
         if kept:
             scenes.append(kept)
     df: Counter = Counter()
-    for scene in scenes:
-        grams = set()
-        for c in scene:
-            t = c.split()
-            grams.update(" ".join(t[i : i + n]) for n in range(1, ORDERS + 1) for i in range(len(t) - n + 1))
-        df.update(grams)
+    for scene in scenes:  # the n-grams the reader's NgramVector counts, as the strings it looks up
+        df.update({" ".join(g) for c in scene for order in NgramVector(c.split()).weights for g in order})
     out = {
         "format": FORMAT,
         "source": {**entry, "path": entry["path"].rsplit("/", 1)[-1]},  # no machine path in an asset

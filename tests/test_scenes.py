@@ -19,6 +19,7 @@ from capgen.tags.vetting import PersonHead
 from capgen.tags.words import WordMap
 
 WORDS = WordMap.from_lines(["0\tzebra\tzebra", "1\tgiraffe\tgiraffe", "2\ttree\ttree", "3\tdog\tdog"])
+ANY_LENGTH = (1, 100)  # words: a caption of any length in these scenes
 SCENES = [
     [
         "a zebra standing in a field",
@@ -58,7 +59,7 @@ def test_agreements_are_the_weighted_pairwise_similarities():
 def test_candidates_come_from_the_matching_scenes_less_unsupported_claims(tmp_path):
     scenes = _scenes(tmp_path)
     zebra = np.array([0.8, 0.0, 0.0, 0.0])  # no giraffe, no dog, no tree: those captions are other photos'
-    found = scenes.candidates(zebra, person_p=0.05)
+    found = scenes.candidates(zebra, 0.05, ANY_LENGTH)
     got = {" ".join(c) for c in found.captions}
     assert "a zebra standing in a field" in got and "two zebras in a grassy field" in got
     assert not any("giraffe" in c or "man" in c or "dog" in c for c in got)
@@ -67,9 +68,9 @@ def test_candidates_come_from_the_matching_scenes_less_unsupported_claims(tmp_pa
     assert len(found.weights) == len(found.captions) and np.all(found.weights > 0)
     # a dog the tagger half sees (above vetting's bar, below DOG_MIN_P) is not named from another scene
     some_dog = np.array([0.8, 0.0, 0.0, DOG_MIN_P / 2])
-    assert not any("dog" in c for c in scenes.candidates(some_dog, person_p=0.05).captions)
+    assert not any("dog" in c for c in scenes.candidates(some_dog, 0.05, ANY_LENGTH).captions)
     # never a person, even one the head half believes: another scene's people are not this photo's
-    assert not any("man" in c for c in scenes.candidates(zebra, person_p=0.65).captions)
+    assert not any("man" in c for c in scenes.candidates(zebra, 0.65, ANY_LENGTH).captions)
 
 
 def test_the_consensus_wins_unless_the_own_caption_is_far_more_likely(tmp_path):

@@ -223,10 +223,8 @@ class CorpusCaptions:
         for i, caption in enumerate(captions):
             if person[i] >= scenes.PERSON_GATE:
                 continue
-            found = self._scenes.candidates(probs[i], float(person[i]))
-            keep = [k for k, c in enumerate(found.captions) if config.min_words <= len(c) <= config.length_limit]
-            if keep:
-                found = scenes.Candidates([found.captions[k] for k in keep], found.weights[keep])
+            found = self._scenes.candidates(probs[i], float(person[i]), (config.min_words, config.length_limit))
+            if found.captions:
                 own = tuple((caption if picks[i] is None else picks[i].caption).split())
                 lists[i] = self._scenes.shortlist(found, own)
         if not lists:

@@ -74,6 +74,7 @@ class SceneCaptions:
                 for j in names:
                     self._named[i, j] += 1 / len(caps)
                 self._person[i] += (not vetting.PERSON.isdisjoint(c)) / len(caps)
+        self._dog = self.words.index("dog") if "dog" in self.words else None
         self._df, self._log_n = df, math.log(documents)
         self._vectors: dict[tuple[str, ...], NgramVector] = {}
 
@@ -98,17 +99,17 @@ class SceneCaptions:
             raise TagsError(f"{path}: 'documents' must be a whole number >= 1")
         return cls(scenes, df, documents, words or WordMap.load(None), data.get("source", {}))
 
-    def candidates(self, word_probs: np.ndarray, person_p: float) -> Candidates:
-        """One photo's tag word probabilities (W,) and P(person) -> the retrieved captions it supports."""
+    def candidates(self, word_probs: np.ndarray, person_p: float, lengths: tuple[int, int]) -> Candidates:
+        """One photo's tag word probabilities (W,) and P(person) -> the retrieved captions it supports,
+        of lengths[0] to lengths[1] words (the caption's own limits)."""
         agree = person_p * self._person + (1 - person_p) * (1 - self._person)
         match = self._named @ np.asarray(word_probs, dtype=np.float32) + agree
         top = np.argsort(-match, kind="stable")[:SCENES]
-        dog = self.words.index("dog") if "dog" in self.words else None
         # No person: a photo reaches here because the person head doubts one, and the captions of
         # scenes with people bring their people along ("a man sitting in front of a plate of food").
         # Only vetting's person words: leaving out "skier", "surfer", "someone" too cost Flickr8k
         # test 0.2 CIDEr (its skiers and surfers) and coco_dev 0.1 (BENCHMARKS.md).
-        dog_p = 1.0 if dog is None else float(word_probs[dog])
+        dog_p = 1.0 if self._dog is None else float(word_probs[self._dog])
         avoid = vetting.avoid_in_replacement(vetting.PERSON, dog_p, person_p)
         if dog_p < DOG_MIN_P:  # another scene's dog needs more evidence than the decoder's own
             avoid |= vetting.DOG
@@ -116,7 +117,8 @@ class SceneCaptions:
         for t in top:
             for c, names in zip(self.captions[t], self._names[t]):
                 if (
-                    avoid.isdisjoint(c)
+                    lengths[0] <= len(c) <= lengths[1]
+                    and avoid.isdisjoint(c)
                     and all(word_probs[j] >= NAMED_MIN_P for j in names)
                     and any(word_probs[j] >= OBJECT_MIN_P for j in names)
                 ):
