@@ -12,7 +12,6 @@ word probabilities instead (training/text_batches.py).
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
@@ -24,14 +23,6 @@ from capgen.models.base import PAD_ID, ModelError
 # Class probabilities below this are not summed into their word (as tags/tagger.DEFAULT_CLASS_FLOOR:
 # the 121 dog breeds' leftovers would otherwise add up to a confident "dog" on any photo).
 CLASS_FLOOR = 0.005
-
-
-def tagger_id(encoder_name: str, weight: np.ndarray, bias: np.ndarray, class_words: tuple[str, ...]) -> str:
-    """A short name of one tagger: encoder, and a hash of its head and its class -> word mapping."""
-    h = hashlib.sha256(np.ascontiguousarray(weight, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(bias, dtype=np.float32).tobytes())
-    h.update("\n".join(class_words).encode())
-    return f"{encoder_name} head+words sha256:{h.hexdigest()[:16]}"
 
 
 class TagInput(nn.Module):

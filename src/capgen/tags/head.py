@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,3 +27,11 @@ class LinearHead:
     def logits(self, pooled: np.ndarray) -> np.ndarray:
         """(B, dim) -> (B, num_classes) float32."""
         return np.asarray(pooled, dtype=np.float32) @ self.weight.T + self.bias  # (B, C)
+
+
+def tagger_id(encoder_name: str, weight: np.ndarray, bias: np.ndarray, class_words: tuple[str, ...]) -> str:
+    """A short name of one tagger: encoder, and a hash of its head and its class -> word mapping."""
+    h = hashlib.sha256(np.ascontiguousarray(weight, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(bias, dtype=np.float32).tobytes())
+    h.update("\n".join(class_words).encode())
+    return f"{encoder_name} head+words sha256:{h.hexdigest()[:16]}"

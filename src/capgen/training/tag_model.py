@@ -15,7 +15,8 @@ import torch
 from capgen.checkpoint import load_checkpoint
 from capgen.errors import CapgenError
 from capgen.models.base import CaptionModel
-from capgen.models.tag_input import tag_word_ids, tagger_id
+from capgen.models.tag_input import tag_word_ids
+from capgen.tags.head import tagger_id
 
 # Parameters whose first dimension is the vocabulary.
 WORD_ROWS = ("word_embedding.table.weight", "head.bias")
