@@ -497,3 +497,99 @@ def test_the_runtime_scores_given_captions_as_the_captioner_does(tiny_run, check
     exported = Captioner.from_pretrained(exports["transformer"]).scorer(pooled, grid)
     both = exported([0, 1], [captions[:1], captions])
     assert both[1] == pytest.approx(want, abs=TOLERANCE) and both[0].shape == (1,)
+
+
+def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
+    tiny_run, checkpoints, photos, tmp_path, monkeypatch
+):
+    """The scene scorer folder (a tag-reading decoder that judges captions of similar scenes) gives
+    its checkpoint's scores through ONNX Runtime with the tagger's word probabilities as input, is
+    used only with the encoder and tagger it was trained with, and a changed file is refused by name."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from capgen.export.scene_scorer import write_scene_scorer
+    from capgen.runtime import scene_scorer as sc
+    from capgen.tags.head import tagger_id
+
+    cap = Captioner.from_pretrained(checkpoints["transformer"], encoder=tiny_run.encoder, backend="torch")
+    spec = cap.encoder.spec()
+    rng = np.random.default_rng(0)
+    head = SimpleNamespace(weight=rng.normal(size=(3, spec["dim"])).astype(np.float32), bias=np.zeros(3, np.float32))
+    words = SimpleNamespace(class_words=("cat", "dog", "cat"))
+    name = tagger_id(spec["name"], head.weight, head.bias, words.class_words)
+    payload = read_payload(checkpoints["transformer"])
+    vocab = Vocabulary.from_dict(payload["vocab"])
+    torch.manual_seed(1)
+    tag_model = create_model(
+        "transformer",
+        len(vocab),
+        payload["feature_dim"],
+        payload["num_regions"],
+        overrides={"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, "tag_tokens": 2, "tag_classes": 3}
+        | {"tag_words": 2, "tag_word_len": 1, "tagger": name},
+    )
+    tag_model.tags.word_ids.copy_(torch.tensor([[vocab.stoi[w]] for w in vocab.itos[4:6]]))
+    ckpt = tmp_path / "tags.pt"
+    save_checkpoint(ckpt, model_payload(tag_model, vocab, payload["encoder"]))
+    folder = tmp_path / "scorer"
+    summary = write_scene_scorer(ckpt, folder, half=False, encoder=tiny_run.encoder)
+    assert set(summary["files"]) == set(sc.FILES) and summary["step_max_diff"] < TOLERANCE
+    scene = sc.SceneScorer(folder)
+
+    pooled, grid = cap.encode(photos[:2])
+    probs = np.array([[0.7, 0.2], [0.1, 0.05]], dtype=np.float32)
+    captions = [tuple(vocab.itos[4:8]), tuple(vocab.itos[6:13])]
+    got = scene.scores(pooled, grid, probs, [captions, captions[:1]])
+    assert [g.shape for g in got] == [(2,), (1,)]
+    ids = [vocab.encode(c) for c in [*captions, captions[0]]]  # <start> ... <end>
+    padded = torch.full((3, max(map(len, ids))), 0, dtype=torch.long)
+    for r, c in enumerate(ids):
+        padded[r, : len(c)] = torch.tensor(c)
+    with torch.no_grad():
+        logp = torch.log_softmax(
+            tag_model.eval()(
+                torch.from_numpy(pooled),
+                torch.from_numpy(grid),
+                padded,
+                torch.tensor([0, 0, 1]),
+                torch.from_numpy(probs),
+            )["logits"],
+            -1,
+        )
+    want = [float(logp[r, torch.arange(len(c) - 1), torch.tensor(c[1:])].mean()) for r, c in enumerate(ids)]
+    assert np.concatenate(got) == pytest.approx(want, abs=TOLERANCE)
+
+    # Used where it fits (this encoder, this tagger): instead of the captioner's own decoder
+    tagger = SimpleNamespace(head=head, words=words, word_probs=lambda pooled: probs[: len(pooled)])
+    assert scene.fits(spec, tagger) and not scene.fits(spec, None)
+    assert not scene.fits(spec, SimpleNamespace(head=head, words=SimpleNamespace(class_words=("cat", "dog", "dog"))))
+    monkeypatch.setattr(sc, "bundled", lambda: scene)
+    never = lambda images, captions: pytest.fail("the captioner's own decoder scored")  # noqa: E731
+    chosen = sc.preferred(spec, tagger, never, pooled[:1], grid[:1])([0], [captions])
+    assert chosen[0] == pytest.approx(got[0], rel=1e-6)
+    assert sc.preferred({**spec, "dim": 1}, tagger, lambda i, c: ["own"], pooled, grid)([1], [captions]) == ["own"]
+    # The bundled captioner on the tiny encoder: its own decoder scores, as before
+    monkeypatch.undo()
+    own = cap.scorer(pooled, grid)([0], [captions])[0]
+    assert own.shape == (2,) and np.all(own < 0)
+
+    step = folder / fmt.STEP
+    step.write_bytes(step.read_bytes()[:-1] + bytes([step.read_bytes()[-1] ^ 1]))
+    with pytest.raises(ExportError, match="decoder_step.onnx: content differs"):
+        sc.SceneScorer(folder)
+    (folder / sc.INDEX).unlink()
+    with pytest.raises(ExportError, match="scorer.json: missing"):
+        sc.SceneScorer(folder)
+
+
+def test_the_bundled_scene_scorer_fits_the_bundled_captioner():
+    from capgen.inference.captioner import bundled_export_path
+    from capgen.runtime import Runtime
+    from capgen.runtime import scene_scorer as sc
+
+    scene = sc.bundled()
+    assert scene is not None and len(scene.vocab) > 2539  # COCO's words are its own
+    rt = Runtime(bundled_export_path(), verify=False)
+    assert scene.fits(rt.encoder_spec, rt.tagger)

@@ -225,19 +225,21 @@ class Captioner:
 
     def scorer(self, pooled: np.ndarray, grid: np.ndarray):
         """Scores captions of similar scenes for CorpusCaptions: for images (indices into the batch)
-        and their captions (token tuples), the decoder's mean log-probability per word of each, on
-        the decoder that captions (capgen.decoding.score)."""
+        and their captions (token tuples), the mean log-probability per word of each
+        (capgen.decoding.score) under the bundled scene scorer where it fits this encoder, else
+        under the decoder that captions (capgen.runtime.scene_scorer)."""
         from capgen.decoding.torch_step import score
         from capgen.encoders.precision import autocast
+        from capgen.runtime.scene_scorer import preferred
 
         model = self.model if self.fast_decoder is None else self.fast_decoder
 
-        def scorer(images: list[int], captions) -> list:
+        def own(images: list[int], captions) -> list:
             ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
             with autocast(self.precision):
                 return score(model, pooled[images], grid[images], self.ids, ids)
 
-        return scorer
+        return preferred(self.encoder.spec(), self.tagger, own, pooled, grid)
 
     def guidance(
         self, pooled: np.ndarray, config, guide: GuideConfig | float | None = GuideConfig()
@@ -411,7 +413,7 @@ def with_checkpoint_encoder(enc, ck, path: Path):
 def check_tagger(model, enc, path: Path) -> None:
     """A model that reads tags runs only with the tagger it was trained with (the encoder's head and
     the class -> word mapping its buffers hold): one line naming both otherwise."""
-    from capgen.models.tag_input import tagger_id
+    from capgen.tags.head import tagger_id
     from capgen.tags.words import WordMap
 
     members = getattr(model, "members", [model])

@@ -25,6 +25,7 @@ from capgen.ort import open_session
 from capgen.preprocess import Preprocess
 from capgen.result import CaptionResult, from_hypotheses
 from capgen.runtime import folder as fmt
+from capgen.runtime import scene_scorer
 from capgen.runtime.graphs import DecoderGraphs
 from capgen.tags.corpus_captions import CorpusCaptions
 from capgen.tags.guide import Guidance, Guide, GuideConfig, plan_images
@@ -241,14 +242,14 @@ class Runtime:
         return results[0] if single else results
 
     def scorer(self, pooled: np.ndarray, grid: np.ndarray):
-        """As Captioner.scorer: captions of images of the batch scored by the exported decoder."""
+        """As Captioner.scorer: the scene scorer where it fits, else the exported decoder."""
 
-        def scorer(images: list[int], captions) -> list:
+        def own(images: list[int], captions) -> list:
             memory, state = self.graphs.start(pooled[images], grid[images])
             ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
             return caption_scores(self.step, memory, state, self.ids, ids)
 
-        return scorer
+        return scene_scorer.preferred(self.encoder_spec, self.tagger, own, pooled, grid)
 
     def _result(self, hyps: list[Hypothesis], guided: Guidance | None) -> CaptionResult:
         return from_hypotheses(hyps, self.vocab.decode, guided)

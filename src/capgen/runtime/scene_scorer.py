@@ -1,0 +1,131 @@
+"""The scene scorer: a second decoder, trained on COCO caption text, that judges captions of similar
+scenes (capgen.tags.scenes) for the photo; torch-free, so the Captioner and the runtime rerank alike.
+
+The decoder that captions learned Flickr8k's people and dogs: asked how likely "a kitchen with a
+stove and a refrigerator" is for a kitchen photo, it prefers its own sentence about a man. A decoder
+that reads the encoder's object tags and was trained on COCO caption text beside the Flickr8k pairs
+(configs/flickr8k_transformer_tags.yaml with COCO text only) knows how such scenes are described.
+It only scores: its own captions lost to the bundled model's (BENCHMARKS.md). Used when it was
+trained on features and tags of the captioner's encoder (same spec, classifier head and tag words);
+otherwise the captioner's own decoder scores, as before.
+
+DIR/ (assets/scene_scorer, written by capgen.export.scene_scorer)
+  decoder_init.onnx   pooled, grid, word_probs -> memory.*, state.*   (word_probs: the tagger's)
+  decoder_step.onnx   tokens, state.*, memory.* -> logp, new_state.*
+  vocab.json          its vocabulary (COCO words are its own, not <unk>)
+  scorer.json         format, encoder spec, tagger (capgen.tags.head.tagger_id), graph names, every file's
+                      sha256 and size; written last, so it marks the folder complete
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from capgen.data.vocab import Vocabulary
+from capgen.decoding.config import TokenIds
+from capgen.decoding.score import caption_scores
+from capgen.decoding.steps import ArrayStep
+from capgen.errors import CapgenError, ExportError
+from capgen.runtime import folder as fmt
+from capgen.runtime.graphs import DecoderGraphs
+from capgen.tags.head import tagger_id
+
+FOLDER = "assets/scene_scorer"
+FORMAT, VERSION = "capgen-scene-scorer", 1
+INDEX = "scorer.json"
+FILES = (fmt.INIT, fmt.STEP, fmt.VOCAB)
+
+# images of the batch, their captions (token tuples) -> per image, mean log-prob per word of each
+Scorer = Callable[[list[int], list[list[tuple[str, ...]]]], list[np.ndarray]]
+
+
+class SceneScorer:
+    """A scene scorer folder, checked file by file against its index (ExportError naming the file)."""
+
+    def __init__(self, folder: str | Path, threads: int = 1):
+        self.folder = d = Path(folder)
+        info = fmt.read_json(d / INDEX, "a capgen scene scorer index")
+        path = d / INDEX
+        if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
+            raise ExportError(f"{path}: not a capgen scene scorer ({FORMAT} version {VERSION})")
+        files = fmt.field(info, "files", dict, path)
+        for name in FILES:
+            entry = files.get(name)
+            if not isinstance(entry, dict) or not (d / name).is_file() or (d / name).is_symlink():
+                raise ExportError(f"{d / name}: missing from the scene scorer (or not a plain file); build it again")
+            if (d / name).stat().st_size != entry.get("bytes") or fmt.sha256_file(d / name) != entry.get("sha256"):
+                raise ExportError(f"{d / name}: content differs from {INDEX} (changed after it was built); build again")
+        self.encoder_spec = fmt.field(info, "encoder", dict, path)
+        self.tagger = fmt.field(info, "tagger", str, path)
+        self.source = str(info.get("source", ""))[:200]
+        try:
+            self.vocab = Vocabulary.from_dict(fmt.read_json(d / fmt.VOCAB, "a vocabulary"))
+        except CapgenError as e:
+            raise ExportError(f"{d / fmt.VOCAB}: {e}") from None
+        memory, state = fmt.names_field(info, "memory", path), fmt.names_field(info, "state", path)
+        self.graphs = DecoderGraphs(d / fmt.INIT, d / fmt.STEP, memory, state, threads)
+        if "word_probs" not in self.graphs.init_inputs:
+            raise ExportError(f"{d / fmt.INIT}: takes no tag word probabilities ('word_probs'); build it again")
+        self.step = ArrayStep(self.graphs.step, len(self.vocab), fmt.field(info, "shared_memory", bool, path))
+        self.ids = TokenIds.from_vocab(self.vocab)
+
+    def fits(self, encoder_spec: dict, tagger) -> bool:
+        """Trained on this encoder's features and this tagger's words (capgen.tags.Tagger)."""
+        return (
+            tagger is not None
+            and _same(encoder_spec, self.encoder_spec)
+            and name_of(tagger, str(encoder_spec.get("name"))) == self.tagger
+        )
+
+    def scores(self, pooled: np.ndarray, grid: np.ndarray, word_probs: np.ndarray, captions) -> list[np.ndarray]:
+        """Images' features and tag word probabilities, per image captions (token tuples) -> per
+        image, each caption's mean log-probability per word."""
+        memory, state = self.graphs.start(pooled, grid, np.asarray(word_probs, dtype=np.float32))
+        ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
+        return caption_scores(self.step, memory, state, self.ids, ids)
+
+
+@lru_cache(maxsize=1)
+def bundled() -> SceneScorer | None:
+    """The package's scene scorer (loaded once per process, on first use), or None when absent."""
+    folder = Path(str(resources.files("capgen").joinpath(FOLDER)))
+    return SceneScorer(folder) if (folder / INDEX).is_file() else None
+
+
+def preferred(encoder_spec: dict, tagger, own: Scorer, pooled: np.ndarray, grid: np.ndarray) -> Scorer:
+    """The scorer of captions of similar scenes for a batch: the bundled scene scorer where it fits
+    the captioner's encoder, else `own` (the captioner's decoder). Nothing loads until a photo is
+    reranked."""
+
+    def scorer(images: list[int], captions) -> list:
+        scene = bundled()
+        if scene is None or not scene.fits(encoder_spec, tagger):
+            return own(images, captions)
+        return scene.scores(pooled[images], grid[images], tagger.word_probs(pooled[images]), captions)
+
+    return scorer
+
+
+def name_of(tagger, encoder_name: str) -> str:
+    """The tagger's tagger_id on that encoder (the name a tag-reading model records), computed once
+    per tagger object: hashing 5 MB of head weights would cost ~10 ms a batch."""
+    key = (id(tagger), encoder_name)
+    held = _NAMES.get(key)
+    if held is None or held[0] is not tagger:
+        _NAMES.clear()
+        head = tagger.head
+        held = _NAMES[key] = (tagger, tagger_id(encoder_name, head.weight, head.bias, tagger.words.class_words))
+    return held[1]
+
+
+_NAMES: dict[tuple[int, str], tuple[object, str]] = {}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
