@@ -214,18 +214,18 @@ class CorpusCaptions:
         return picks
 
     def _rerank(self, picks: list, captions, probs, person, score: Scorer, config) -> None:
-        """Each image the person head doubts: its caption so far (its pick's, else the decoder's)
-        meets the captions of similar scenes, and a scene's caption that wins becomes its pick. The
-        shortlists of all such images are scored in one call."""
+        """Each image the gates let through (SceneCaptions.reranks): its caption so far (its pick's,
+        else the decoder's) meets the captions of similar scenes, and a scene's caption that wins
+        becomes its pick. The shortlists of all such images are scored in one call."""
         if self._scenes is None:
             self._scenes = SceneCaptions.load(words=self.tagger.words)
         lists = {}
         for i, caption in enumerate(captions):
-            if person[i] >= scenes.PERSON_GATE:
+            own = tuple((caption if picks[i] is None else picks[i].caption).split())
+            if not self._scenes.reranks(probs[i], float(person[i]), own):
                 continue
             found = self._scenes.candidates(probs[i], float(person[i]), (config.min_words, config.length_limit))
             if found.captions:
-                own = tuple((caption if picks[i] is None else picks[i].caption).split())
                 lists[i] = self._scenes.shortlist(found, own)
         if not lists:
             return
