@@ -28,8 +28,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _transformer(tiny_run, tmp: Path, name: str, **overrides) -> Path:
-    """A tiny transformer (random weights) over the tiny encoder's features, saved as a checkpoint."""
+def _transformer(tiny_run, tmp: Path, name: str, fill=None, **overrides) -> Path:
+    """A tiny transformer (random weights) over the tiny encoder's features, saved as a checkpoint;
+    fill(model, vocab) may set buffers first."""
     payload = read_payload(tiny_run.checkpoints["show_tell"])
     vocab = Vocabulary.from_dict(payload["vocab"])
     torch.manual_seed(0)
@@ -40,6 +41,8 @@ def _transformer(tiny_run, tmp: Path, name: str, **overrides) -> Path:
         payload["num_regions"],
         overrides={"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, **overrides},
     )
+    if fill is not None:
+        fill(model, vocab)
     path = tmp / f"{name}.pt"
     save_checkpoint(path, model_payload(model, vocab, payload["encoder"]))
     return path
@@ -519,20 +522,15 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     head = SimpleNamespace(weight=rng.normal(size=(3, spec["dim"])).astype(np.float32), bias=np.zeros(3, np.float32))
     words = SimpleNamespace(class_words=("cat", "dog", "cat"))
     name = tagger_id(spec["name"], head.weight, head.bias, words.class_words)
-    payload = read_payload(checkpoints["transformer"])
-    vocab = Vocabulary.from_dict(payload["vocab"])
-    torch.manual_seed(1)
-    tag_model = create_model(
-        "transformer",
-        len(vocab),
-        payload["feature_dim"],
-        payload["num_regions"],
-        overrides={"d_model": 16, "num_heads": 2, "ff_dim": 32, "num_layers": 2, "tag_tokens": 2, "tag_classes": 3}
-        | {"tag_words": 2, "tag_word_len": 1, "tagger": name},
-    )
-    tag_model.tags.word_ids.copy_(torch.tensor([[vocab.stoi[w]] for w in vocab.itos[4:6]]))
-    ckpt = tmp_path / "tags.pt"
-    save_checkpoint(ckpt, model_payload(tag_model, vocab, payload["encoder"]))
+    built = {}
+
+    def fill(model, vocab):  # the tag words: two words of the vocabulary
+        model.tags.word_ids.copy_(torch.tensor([[vocab.stoi[w]] for w in vocab.itos[4:6]]))
+        built.update(model=model, vocab=vocab)
+
+    tags = {"tag_tokens": 2, "tag_classes": 3, "tag_words": 2, "tag_word_len": 1, "tagger": name}
+    ckpt = _transformer(tiny_run, tmp_path, "tags", fill=fill, **tags)
+    tag_model, vocab = built["model"], built["vocab"]
     folder = tmp_path / "scorer"
     summary = write_scene_scorer(ckpt, folder, half=False, encoder=tiny_run.encoder)
     assert set(summary["files"]) == set(sc.FILES) and summary["step_max_diff"] < TOLERANCE
@@ -575,6 +573,17 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     own = cap.scorer(pooled, grid)([0], [captions])[0]
     assert own.shape == (2,) and np.all(own < 0)
 
+    index = json.loads((folder / sc.INDEX).read_text())
+    for edit, words in (
+        ({"format": "capgen-export"}, "not a capgen scene scorer"),
+        ({"files": ["decoder_init.onnx"]}, "field 'files' must be dict"),
+        ({"memory": ["cross_k0", "cross_k0"]}, "field 'memory' must be a list of distinct names"),
+        ({"tagger": None}, "field 'tagger' must be str"),
+    ):
+        (folder / sc.INDEX).write_text(json.dumps({**index, **edit}))
+        with pytest.raises(ExportError, match=words):
+            sc.SceneScorer(folder)
+    (folder / sc.INDEX).write_text(json.dumps(index))
     step = folder / fmt.STEP
     step.write_bytes(step.read_bytes()[:-1] + bytes([step.read_bytes()[-1] ^ 1]))
     with pytest.raises(ExportError, match="decoder_step.onnx: content differs"):

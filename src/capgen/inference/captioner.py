@@ -185,11 +185,16 @@ class Captioner:
         }
 
     def warm_up(self) -> None:
-        """Load now what the first guided caption would load (the tag guide reads GloVe), so that a
-        server does it at start; a failure is left for that caption to retry and report."""
-        if self.tagger is not None and self._guide is None:
+        """Load now what the first guided caption would load (the tag guide reads GloVe, the scene
+        scorer its graphs), so that a server does it at start; a failure is left for that caption
+        to retry and report."""
+        from capgen.runtime.scene_scorer import bundled
+
+        if self.tagger is not None:
             try:
-                self._guide_for_vocab()
+                if self._guide is None:
+                    self._guide_for_vocab()
+                bundled()
             except CapgenError:
                 pass
 
