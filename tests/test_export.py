@@ -508,6 +508,7 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     """The scene scorer folder (a tag-reading decoder that judges captions of similar scenes) gives
     its checkpoint's scores through ONNX Runtime with the tagger's word probabilities as input, is
     used only with the encoder and tagger it was trained with, and a changed file is refused by name."""
+    from importlib import resources
     from types import SimpleNamespace
 
     import numpy as np
@@ -588,6 +589,12 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     step.write_bytes(step.read_bytes()[:-1] + bytes([step.read_bytes()[-1] ^ 1]))
     with pytest.raises(ExportError, match="decoder_step.onnx: content differs"):
         sc.SceneScorer(folder)
+    # The package's own scorer, damaged: the message says to reinstall
+    monkeypatch.setattr(sc, "FOLDER", os.path.relpath(folder, str(resources.files("capgen"))))
+    sc.bundled.cache_clear()
+    with pytest.raises(ExportError, match="content differs.*reinstall capgen"):
+        sc.bundled()
+    sc.bundled.cache_clear()
     (folder / sc.INDEX).unlink()
     with pytest.raises(ExportError, match="scorer.json: missing"):
         sc.SceneScorer(folder)

@@ -95,7 +95,12 @@ class SceneScorer:
 def bundled() -> SceneScorer | None:
     """The package's scene scorer (loaded once per process, on first use), or None when absent."""
     folder = Path(str(resources.files("capgen").joinpath(FOLDER)))
-    return SceneScorer(folder) if (folder / INDEX).is_file() else None
+    if not (folder / INDEX).is_file():
+        return None
+    try:
+        return SceneScorer(folder)
+    except ExportError as e:  # the install is damaged: "build it again" is not the user's fix
+        raise ExportError(f"{e} (the scene scorer capgen ships: reinstall capgen)") from None
 
 
 def preferred(encoder_spec: dict, tagger, own: Scorer, pooled: np.ndarray, grid: np.ndarray) -> Scorer:
