@@ -493,12 +493,12 @@ def test_the_runtime_scores_given_captions_as_the_captioner_does(tiny_run, check
     pooled, grid = rt.encode(photos[:2])
     words = [w for w in cap.vocab.itos if not w.startswith("<")]
     captions = [tuple(words[:5]), tuple(words[3:5]), tuple(reversed(words[:7]))]
-    want = cap.scorer(pooled, grid)([1], [captions])[0]
+    want = cap.scorer(pooled, grid)([1], [captions], None)[0]
     assert want.shape == (3,) and np.all(want < 0)
     # ONNX kernels are not torch's: within the export check's per-step tolerance
-    assert rt.scorer(pooled, grid)([1], [captions])[0] == pytest.approx(want, abs=TOLERANCE)
+    assert rt.scorer(pooled, grid)([1], [captions], None)[0] == pytest.approx(want, abs=TOLERANCE)
     exported = Captioner.from_pretrained(exports["transformer"]).scorer(pooled, grid)
-    both = exported([0, 1], [captions[:1], captions])
+    both = exported([0, 1], [captions[:1], captions], None)
     assert both[1] == pytest.approx(want, abs=TOLERANCE) and both[0].shape == (1,)
 
 
@@ -509,19 +509,20 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     its checkpoint's scores through ONNX Runtime with the tagger's word probabilities as input, is
     used only with the encoder and tagger it was trained with, and a changed file is refused by name."""
     from importlib import resources
-    from types import SimpleNamespace
 
     import numpy as np
 
     from capgen.export.scene_scorer import write_scene_scorer
     from capgen.runtime import scene_scorer as sc
-    from capgen.tags.head import tagger_id
+    from capgen.tags.head import LinearHead, tagger_id
+    from capgen.tags.tagger import Tagger
+    from capgen.tags.words import WordMap
 
     cap = Captioner.from_pretrained(checkpoints["transformer"], encoder=tiny_run.encoder, backend="torch")
     spec = cap.encoder.spec()
     rng = np.random.default_rng(0)
-    head = SimpleNamespace(weight=rng.normal(size=(3, spec["dim"])).astype(np.float32), bias=np.zeros(3, np.float32))
-    words = SimpleNamespace(class_words=("cat", "dog", "cat"))
+    head = LinearHead(rng.normal(size=(3, spec["dim"])).astype(np.float32), np.zeros(3, np.float32), "tiny")
+    words = WordMap.from_lines(["0\tcat\tcat", "1\tdog\tdog", "2\ttabby\tcat"])
     name = tagger_id(spec["name"], head.weight, head.bias, words.class_words)
     built = {}
 
@@ -561,17 +562,18 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     assert np.concatenate(got) == pytest.approx(want, abs=TOLERANCE)
 
     # Used where it fits (this encoder, this tagger): instead of the captioner's own decoder
-    tagger = SimpleNamespace(head=head, words=words, word_probs=lambda pooled: probs[: len(pooled)])
+    tagger = Tagger(head, words)
     assert scene.fits(spec, tagger) and not scene.fits(spec, None)
-    assert not scene.fits(spec, SimpleNamespace(head=head, words=SimpleNamespace(class_words=("cat", "dog", "dog"))))
+    assert not scene.fits(spec, Tagger(head, WordMap.from_lines(["0\tcat\tcat", "1\tdog\tdog", "2\tpug\tdog"])))
     monkeypatch.setattr(sc, "bundled", lambda: scene)
-    never = lambda images, captions: pytest.fail("the captioner's own decoder scored")  # noqa: E731
-    chosen = sc.preferred(spec, tagger, never, pooled[:1], grid[:1])([0], [captions])
+    never = lambda images, captions, word_probs: pytest.fail("the captioner's own decoder scored")  # noqa: E731
+    chosen = sc.preferred(spec, tagger, never, pooled[:1], grid[:1])([0], [captions], probs[:1])
     assert chosen[0] == pytest.approx(got[0], rel=1e-6)
-    assert sc.preferred({**spec, "dim": 1}, tagger, lambda i, c: ["own"], pooled, grid)([1], [captions]) == ["own"]
+    own = lambda images, captions, word_probs: ["own"]  # noqa: E731
+    assert sc.preferred({**spec, "dim": 1}, tagger, own, pooled, grid)([1], [captions], probs[1:]) == ["own"]
     # The bundled captioner on the tiny encoder: its own decoder scores, as before
     monkeypatch.undo()
-    own = cap.scorer(pooled, grid)([0], [captions])[0]
+    own = cap.scorer(pooled, grid)([0], [captions], probs[:1])[0]
     assert own.shape == (2,) and np.all(own < 0)
 
     index = json.loads((folder / sc.INDEX).read_text())

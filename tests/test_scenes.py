@@ -152,7 +152,7 @@ def _corpus(tmp_path, person_p: float) -> CorpusCaptions:
 def test_a_photo_the_person_head_doubts_gets_a_scene_caption_that_wins(tmp_path):
     pooled = np.array([[0.8, 0.0, 0.0, 0.01]])  # a zebra, a trace of dog (not vetted)
 
-    def flat(images, captions):  # the decoder likes none more than another
+    def flat(images, captions, word_probs):  # the decoder likes none more than another
         return [np.full(len(c), -2.0) for c in captions]
 
     caption = ["a dog is sitting on a zebra"]

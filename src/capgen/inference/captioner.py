@@ -239,7 +239,7 @@ class Captioner:
 
         model = self.model if self.fast_decoder is None else self.fast_decoder
 
-        def own(images: list[int], captions) -> list:
+        def own(images: list[int], captions, word_probs) -> list:  # reads no tags
             ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
             with autocast(self.precision):
                 return score(model, pooled[images], grid[images], self.ids, ids)

@@ -244,7 +244,7 @@ class Runtime:
     def scorer(self, pooled: np.ndarray, grid: np.ndarray):
         """As Captioner.scorer: the scene scorer where it fits, else the exported decoder."""
 
-        def own(images: list[int], captions) -> list:
+        def own(images: list[int], captions, word_probs) -> list:  # reads no tags
             memory, state = self.graphs.start(pooled[images], grid[images])
             ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
             return caption_scores(self.step, memory, state, self.ids, ids)

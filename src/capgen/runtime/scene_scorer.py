@@ -19,11 +19,9 @@ DIR/ (assets/scene_scorer, written by capgen.export.scene_scorer)
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -31,18 +29,16 @@ from capgen.data.vocab import Vocabulary
 from capgen.decoding.config import TokenIds
 from capgen.decoding.score import caption_scores
 from capgen.decoding.steps import ArrayStep
+from capgen.encoder_spec import EncoderSpec
 from capgen.errors import CapgenError, ExportError
 from capgen.runtime import folder as fmt
 from capgen.runtime.graphs import DecoderGraphs
-from capgen.tags.head import tagger_id
+from capgen.tags.corpus_captions import Scorer
 
 FOLDER = "assets/scene_scorer"
 FORMAT, VERSION = "capgen-scene-scorer", 1
 INDEX = "scorer.json"
 FILES = (fmt.INIT, fmt.STEP, fmt.VOCAB)
-
-# images of the batch, their captions (token tuples) -> per image, mean log-prob per word of each
-Scorer = Callable[[list[int], list[list[tuple[str, ...]]]], list[np.ndarray]]
 
 
 class SceneScorer:
@@ -79,8 +75,8 @@ class SceneScorer:
         """Trained on this encoder's features and this tagger's words (capgen.tags.Tagger)."""
         return (
             tagger is not None
-            and _same(encoder_spec, self.encoder_spec)
-            and name_of(tagger, str(encoder_spec.get("name"))) == self.tagger
+            and EncoderSpec.of(encoder_spec) == EncoderSpec.of(self.encoder_spec)
+            and tagger.tagger_id(str(encoder_spec.get("name"))) == self.tagger
         )
 
     def scores(self, pooled: np.ndarray, grid: np.ndarray, word_probs: np.ndarray, captions) -> list[np.ndarray]:
@@ -108,29 +104,10 @@ def preferred(encoder_spec: dict, tagger, own: Scorer, pooled: np.ndarray, grid:
     the captioner's encoder, else `own` (the captioner's decoder). Nothing loads until a photo is
     reranked."""
 
-    def scorer(images: list[int], captions) -> list:
+    def scorer(images: list[int], captions, word_probs: np.ndarray) -> list:
         scene = bundled()
         if scene is None or not scene.fits(encoder_spec, tagger):
-            return own(images, captions)
-        return scene.scores(pooled[images], grid[images], tagger.word_probs(pooled[images]), captions)
+            return own(images, captions, word_probs)
+        return scene.scores(pooled[images], grid[images], word_probs, captions)
 
     return scorer
-
-
-def name_of(tagger, encoder_name: str) -> str:
-    """The tagger's tagger_id on that encoder (the name a tag-reading model records), computed once
-    per tagger object: hashing 5 MB of head weights would cost ~10 ms a batch."""
-    key = (id(tagger), encoder_name)
-    held = _NAMES.get(key)
-    if held is None or held[0] is not tagger:
-        _NAMES.clear()
-        head = tagger.head
-        held = _NAMES[key] = (tagger, tagger_id(encoder_name, head.weight, head.bias, tagger.words.class_words))
-    return held[1]
-
-
-_NAMES: dict[tuple[int, str], tuple[object, str]] = {}
-
-
-def _same(a: dict, b: dict) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

@@ -168,9 +168,10 @@ def _rare_words(data: dict, path: Path) -> set[str] | None:
     return {w for w in data["captions"] if counts.get(w, 0) < below}
 
 
-# score(images, captions) -> for images of the batch (indices) and, per image, captions (token
-# tuples): per image, the decoder's mean log-probability per word of each (capgen.decoding.score)
-Scorer = Callable[[list[int], list[list[tuple[str, ...]]]], list[np.ndarray]]
+# score(images, captions, word_probs) -> for images of the batch (indices), per image captions
+# (token tuples), and those images' tag word probabilities (rows, for a scorer that reads tags):
+# per image, the scorer's mean log-probability per word of each (capgen.decoding.score)
+Scorer = Callable[[list[int], list[list[tuple[str, ...]]], np.ndarray], list[np.ndarray]]
 
 
 class CorpusCaptions:
@@ -230,7 +231,7 @@ class CorpusCaptions:
         if not lists:
             return
         images = list(lists)
-        for i, scored in zip(images, score(images, [lists[i][0] for i in images])):
+        for i, scored in zip(images, score(images, [lists[i][0] for i in images], probs[images])):
             short, agree = lists[i]
             doubted = person[i] < vetting.AVOID_PERSON_BELOW and not vetting.PERSON.isdisjoint(short[-1])
             k = scenes.best(agree, scored, doubted)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from capgen.errors import TagsError
-from capgen.tags.head import LinearHead
+from capgen.tags.head import LinearHead, tagger_id
 from capgen.tags.words import WordMap
 
 if TYPE_CHECKING:  # tags stay importable without torch; encoders are only passed in
@@ -94,6 +94,14 @@ class Tagger:
             )
         self.head, self.words = head, words
         self._matrix = words.matrix().astype(np.float64)  # (C, W)
+        self._ids: dict[str, str] = {}
+
+    def tagger_id(self, encoder_name: str) -> str:
+        """This tagger's name on that encoder (capgen.tags.head.tagger_id, what a tag-reading model
+        records), hashed once: the head is 5 MB of weights."""
+        if encoder_name not in self._ids:
+            self._ids[encoder_name] = tagger_id(encoder_name, self.head.weight, self.head.bias, self.words.class_words)
+        return self._ids[encoder_name]
 
     def word_probs(self, pooled: np.ndarray, class_floor: float = DEFAULT_CLASS_FLOOR) -> np.ndarray:
         """(B, dim) pooled features -> (B, num_words) word probabilities (rows sum to <= 1)."""
