@@ -18,11 +18,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--full-precision", action="store_true", help="keep float32 weights")
+    ap.add_argument("--full-precision", action="store_true", help="keep float32 weights (no float16, no int8)")
+    ap.add_argument("--no-int8", action="store_true", help="keep the MatMul weights in floating point")
     args = ap.parse_args()
-    summary = write_scene_scorer(args.checkpoint, args.out, half=not args.full_precision)
+    full = args.full_precision
+    summary = write_scene_scorer(args.checkpoint, args.out, half=not full, int8=not (full or args.no_int8))
     total = sum(summary["files"].values())
-    print(f"{args.out}: {total / 1e6:.1f} MB ({summary['files']}), ONNX vs torch {summary['step_max_diff']:.2g}")
+    print(f"{args.out}: {total / 1e6:.1f} MB ({summary['files']}), ONNX vs torch {summary['max_diff']:.2g}")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def test_damaged_export_folders_are_refused_naming_the_file(exports, photos, tmp
     data = bytearray((tampered / fmt.STEP).read_bytes())
     data[len(data) // 2] ^= 0xFF
     (tampered / fmt.STEP).write_bytes(bytes(data))
-    _runtime_error(capsys, tampered, photos[0], "decoder_step.onnx", "differs from the manifest")
+    _runtime_error(capsys, tampered, photos[0], "decoder_step.onnx", "content differs from manifest.json")
 
     missing = _copy(good, tmp_path / "missing")
     (missing / fmt.VOCAB).unlink()
@@ -534,8 +534,8 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     ckpt = _transformer(tiny_run, tmp_path, "tags", fill=fill, **tags)
     tag_model, vocab = built["model"], built["vocab"]
     folder = tmp_path / "scorer"
-    summary = write_scene_scorer(ckpt, folder, half=False, encoder=tiny_run.encoder)
-    assert set(summary["files"]) == set(sc.FILES) and summary["step_max_diff"] < TOLERANCE
+    summary = write_scene_scorer(ckpt, folder, half=False, int8=False, encoder=tiny_run.encoder)
+    assert set(summary["files"]) == set(sc.FILES) and summary["max_diff"] < TOLERANCE
     scene = sc.SceneScorer(folder)
 
     pooled, grid = cap.encode(photos[:2])
@@ -560,6 +560,14 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
         )
     want = [float(logp[r, torch.arange(len(c) - 1), torch.tensor(c[1:])].mean()) for r, c in enumerate(ids)]
     assert np.concatenate(got) == pytest.approx(want, abs=TOLERANCE)
+    # The shipped form: float16 weights, MatMuls in int8, within the int8 check of its export
+    from capgen.models.onnx_score import INT8_TOLERANCE
+
+    small = write_scene_scorer(ckpt, tmp_path / "scorer8", encoder=tiny_run.encoder)
+    assert 0 < small["max_diff"] < INT8_TOLERANCE
+    assert json.loads((tmp_path / "scorer8" / sc.INDEX).read_text())["int8"] is True
+    got8 = sc.SceneScorer(tmp_path / "scorer8").scores(pooled, grid, probs, [captions, captions[:1]])
+    assert np.concatenate(got8) == pytest.approx(want, abs=INT8_TOLERANCE)
 
     # Used where it fits (this encoder, this tagger): instead of the captioner's own decoder
     tagger = Tagger(head, words)
@@ -580,17 +588,33 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     for edit, words in (
         ({"format": "capgen-export"}, "not a capgen scene scorer"),
         ({"files": ["decoder_init.onnx"]}, "field 'files' must be dict"),
-        ({"memory": ["cross_k0", "cross_k0"]}, "field 'memory' must be a list of distinct names"),
+        ({"version": 1}, "not a capgen scene scorer"),  # 0.5.0's init and step graphs
         ({"tagger": None}, "field 'tagger' must be str"),
     ):
         (folder / sc.INDEX).write_text(json.dumps({**index, **edit}))
         with pytest.raises(ExportError, match=words):
             sc.SceneScorer(folder)
     (folder / sc.INDEX).write_text(json.dumps(index))
-    step = folder / fmt.STEP
-    step.write_bytes(step.read_bytes()[:-1] + bytes([step.read_bytes()[-1] ^ 1]))
-    with pytest.raises(ExportError, match="decoder_step.onnx: content differs"):
+    graph = folder / sc.GRAPH
+    kept = graph.read_bytes()
+    graph.write_bytes(kept[:-1] + bytes([kept[-1] ^ 1]))
+    with pytest.raises(ExportError, match="scorer.onnx: content differs"):
         sc.SceneScorer(folder)
+    graph.write_bytes(kept)
+    (folder / "scorer.onnx.data").write_bytes(b"\0" * 64)  # an external-data file nobody hashed
+    with pytest.raises(ExportError, match="scorer.onnx.data: not part of the scene scorer"):
+        sc.SceneScorer(folder)
+    (folder / "scorer.onnx.data").unlink()
+    # Another graph in its place, listed in the index: refused as not a scoring graph
+    from capgen.models.onnx import export_decoder
+
+    export_decoder(tag_model, tmp_path / "init.onnx", graph, word_probs=True)
+    entry = {"sha256": fmt.sha256_file(graph), "bytes": graph.stat().st_size}
+    (folder / sc.INDEX).write_text(json.dumps({**index, "files": {**index["files"], sc.GRAPH: entry}}))
+    with pytest.raises(ExportError, match="scorer.onnx: not a scoring graph"):
+        sc.SceneScorer(folder)
+    graph.write_bytes(kept[:-1] + bytes([kept[-1] ^ 1]))
+    (folder / sc.INDEX).write_text(json.dumps(index))
     # The package's own scorer, damaged: the message says to reinstall
     monkeypatch.setattr(sc, "FOLDER", os.path.relpath(folder, str(resources.files("capgen"))))
     sc.bundled.cache_clear()

@@ -51,10 +51,12 @@ def open_session(path, threads: int, error: type[Exception] | None = None):
         ) from None
 
 
-def quantize_dynamic_int8(src, dst) -> None:
+def quantize_dynamic_int8(src, dst, reduce_range: bool = False) -> None:
     """Write `src` with its MatMul weights in int8 (dynamic quantization: activations are quantized
     per call, so nothing to calibrate). For the decoder step, whose small matrices are read once
-    per word: 4x fewer weight bytes to read, ~2x faster at beam 3 (BENCHMARKS.md)."""
+    per word: 4x fewer weight bytes to read, ~2x faster at beam 3 (BENCHMARKS.md). reduce_range:
+    7-bit weights, so that x86 CPUs without VNNI (whose u8 x s8 kernels add pairs of products in
+    16 bits) cannot saturate: for a graph shipped to every machine rather than made on it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from capgen.errors import ExportError
@@ -63,7 +65,9 @@ def quantize_dynamic_int8(src, dst) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs advice ("consider pre-processing") on the root logger
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], reduce_range=reduce_range
+        )
     except Exception as e:  # noqa: BLE001  the quantizer raises many types for graphs it cannot take
         raise ExportError(
             f"{src}: ONNX Runtime cannot quantize it to int8 ({type(e).__name__}: {str(e)[:120]})"

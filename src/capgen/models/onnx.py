@@ -62,7 +62,7 @@ class _Step(nn.Module):
         return (logp,) + tuple(new_state[k] for k in self.state_keys)
 
 
-def _example(model: CaptionModel, batch: int = 2, word_probs: bool = False) -> tuple[Tensor, ...]:
+def example_inputs(model: CaptionModel, batch: int = 2, word_probs: bool = False) -> tuple[Tensor, ...]:
     """Random features (pooled (B, D), grid (B, N, D)), and with word_probs the tag word
     probabilities (B, W) of a tag-reading model."""
     g = torch.Generator().manual_seed(0)
@@ -80,7 +80,7 @@ def export_decoder(model: CaptionModel, init_path: Path, step_path: Path, word_p
     word_probs: the init graph of a tag-reading model takes the tag word probabilities (B, W) as a
     third input, and its classifier head stays out of the graph."""
     model.eval()
-    pooled, grid, *probs = example = _example(model, word_probs=word_probs)
+    pooled, grid, *probs = example = example_inputs(model, word_probs=word_probs)
     with torch.no_grad():  # not inference_mode: its tensors cannot be traced into a graph
         memory = model.init_memory(pooled, grid, *probs)
         state0 = model.init_state(memory)
@@ -105,7 +105,7 @@ def export_decoder(model: CaptionModel, init_path: Path, step_path: Path, word_p
         **{name: {0: "batch"} for name in init_out[: len(memory_keys)]},
         **{f"state.{k}": axes("", k, growing[k]) for k in state_keys},
     }
-    _export(
+    export_module(
         _Init(model, memory_keys, state_keys),
         example,
         init_path,
@@ -126,12 +126,12 @@ def export_decoder(model: CaptionModel, init_path: Path, step_path: Path, word_p
         **{f"memory.{k}": {0: "images"} for k in memory_keys},
     }
     example = (tokens, *[state1[k] for k in state_keys], *[memory[k] for k in memory_keys])
-    _export(_Step(model, memory_keys, state_keys), example, step_path, step_in, step_out, step_axes, model.name)
+    export_module(_Step(model, memory_keys, state_keys), example, step_path, step_in, step_out, step_axes, model.name)
     iface = {"memory": memory_keys, "state": state_keys, "shared_memory": bool(model.shared_memory)}
     return {**iface, "word_probs": True} if word_probs else iface
 
 
-def _export(
+def export_module(
     module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], dynamic_axes: dict, name: str
 ) -> None:
     try:
@@ -249,7 +249,7 @@ def verify_decoder(
 
 def _difference(model: CaptionModel, graphs, images: int, rows: int, steps: int, relative: bool = False) -> float:
     """One verify run: `images` images, each decoded in `rows` rows of state over one memory row."""
-    pooled, grid, *probs = _example(model, batch=images, word_probs="word_probs" in graphs.init_inputs)
+    pooled, grid, *probs = example_inputs(model, batch=images, word_probs="word_probs" in graphs.init_inputs)
     g = torch.Generator().manual_seed(1)
     memory_o, state_o = graphs.start(pooled.numpy(), grid.numpy(), *(p.numpy() for p in probs))
     state_o = {k: np.repeat(v, rows, axis=0) for k, v in state_o.items()}

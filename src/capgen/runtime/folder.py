@@ -103,39 +103,45 @@ def check_folder(folder: str | Path, verify: bool = True) -> Path:
         raise ExportError(
             f"{folder / MANIFEST}: lists {', '.join(tagged)} but not all of {', '.join(TAG_FILES)}; export again"
         )
-    for name in FILES + tuple(tagged):
+    check_listed(folder, folder / MANIFEST, files, FILES + tuple(tagged), verify, "the export", "export again")
+    return folder
+
+
+def check_listed(
+    folder: Path, index: Path, files: dict, names: Sequence[str], verify: bool, what: str, again: str
+) -> None:
+    """Refuse, naming the file, one of `names` that `index` (its `files`: name -> {"sha256", "bytes"})
+    does not hash, that is a link, missing, or not as hashed (verify: by sha256 as well as by size),
+    and any file in `folder` beside them and the index. what: "the export", say; again: the fix."""
+    for name in names:
         path, entry = folder / name, files.get(name)
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-            raise ExportError(f"{folder / MANIFEST}: lists no hash for {name}")
+            raise ExportError(f"{index}: lists no hash for {name}")
         if type(entry.get("bytes")) is not int or entry["bytes"] < 0:
             raise ExportError(
-                f"{folder / MANIFEST}: the size of {name} ('bytes') must be an integer >= 0, got "
-                f"{brief(entry.get('bytes'))}"
+                f"{index}: the size of {name} ('bytes') must be an integer >= 0, got {brief(entry.get('bytes'))}"
             )
         if path.is_symlink():  # it may point at a copy outside, that nobody checks stays as hashed
-            raise ExportError(
-                f"{path}: a symbolic link; an export folder holds its own files (copy the file in, or export again)"
-            )
+            raise ExportError(f"{path}: a symbolic link; {what} holds its own files (copy the file in, or {again})")
         if not path.is_file():
-            raise ExportError(f"{path}: missing from the export; export again")
-        if path.stat().st_size != entry.get("bytes"):
+            raise ExportError(f"{path}: missing from {what}; {again}")
+        if path.stat().st_size != entry["bytes"]:
             raise ExportError(
-                f"{path}: {path.stat().st_size} bytes, the manifest says {entry.get('bytes')} "
-                "(truncated or changed after export); export again"
+                f"{path}: {path.stat().st_size} bytes, {index.name} says {entry['bytes']} "
+                f"(truncated or changed after it was written); {again}"
             )
         if verify and sha256_file(path) != entry["sha256"]:
             raise ExportError(
-                f"{path}: content differs from the manifest's sha256 (corrupted or changed after export); export again"
+                f"{path}: content differs from {index.name}'s sha256 (corrupted or changed after it was "
+                f"written); {again}"
             )
     # Nothing unhashed may sit beside them: ONNX Runtime would read an external-data file a graph
     # names from this folder, unchecked.
-    extra = sorted(p.name for p in folder.iterdir() if p.name not in {MANIFEST, *FILES, *tagged})
+    extra = sorted(p.name for p in folder.iterdir() if p.name not in {index.name, *names})
     if extra:
         raise ExportError(
-            f"{folder / extra[0]}: not part of the export (its manifest does not list it); an export "
-            f"folder holds only what `capgen export` wrote: remove it, or export again"
+            f"{folder / extra[0]}: not part of {what} ({index.name} does not list it): remove it, or {again}"
         )
-    return folder
 
 
 def read_npz(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -> dict:

@@ -1,7 +1,8 @@
-"""The decoder's two exported ONNX graphs behind numpy calls: init (pooled, grid -> memory, state) and
-one step (tokens, state, memory -> log-probs, new state). The one owner of their input and output
-names, used by the torch-free Runtime, the Captioner's ONNX Runtime decoder (inference/onnx_step)
-and the check of an export against torch (models/onnx)."""
+"""The decoder's exported ONNX graphs behind numpy calls: init (pooled, grid -> memory, state) and
+one step (tokens, state, memory -> log-probs, new state), used by the torch-free Runtime, the
+Captioner's ONNX Runtime decoder (inference/onnx_step) and the check of an export against torch
+(models/onnx); and the scoring graph of a decoder that only scores (models/onnx_score: the scene
+scorer). The one owner of their input and output names."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from typing import Sequence
 
 import numpy as np
 
+from capgen.errors import ExportError
 from capgen.ort import open_session
 
 Arrays = dict[str, np.ndarray]
+SCORE_INPUTS = ("pooled", "grid", "word_probs", "captions", "image_index")
+SCORE_OUTPUT = "token_logp"
 
 
 class DecoderGraphs:
@@ -51,3 +55,19 @@ class DecoderGraphs:
         }
         logp, *new = self.step_session.run(self._step_outputs, {k: v for k, v in feed.items() if k in self.step_inputs})
         return logp, dict(zip(self.state_keys, new))
+
+
+class ScoreGraph:
+    """A scoring graph: images (pooled (I, D), grid (I, N, D), word_probs (I, W)), captions (R, T)
+    (<start> words <end>, then anything) and each caption's image (R,) -> token_logp (R, T-1), the
+    log-probability of each next token. ExportError naming a file that is not one."""
+
+    def __init__(self, path: Path, threads: int = 1):
+        self.session = open_session(path, threads)
+        names = sorted(i.name for i in self.session.get_inputs())
+        if names != sorted(SCORE_INPUTS) or [o.name for o in self.session.get_outputs()] != [SCORE_OUTPUT]:
+            raise ExportError(f"{path}: not a scoring graph (inputs {', '.join(SCORE_INPUTS)} -> {SCORE_OUTPUT})")
+
+    def token_logp(self, pooled, grid, word_probs, captions: np.ndarray, image_index: np.ndarray) -> np.ndarray:
+        values = (pooled, grid, word_probs, captions, image_index)
+        return self.session.run([SCORE_OUTPUT], dict(zip(SCORE_INPUTS, values)))[0]

@@ -10,11 +10,12 @@ trained on features and tags of the captioner's encoder (same spec, classifier h
 otherwise the captioner's own decoder scores, as before.
 
 DIR/ (assets/scene_scorer, written by capgen.export.scene_scorer)
-  decoder_init.onnx   pooled, grid, word_probs -> memory.*, state.*   (word_probs: the tagger's)
-  decoder_step.onnx   tokens, state.*, memory.* -> logp, new_state.*
-  vocab.json          its vocabulary (COCO words are its own, not <unk>)
-  scorer.json         format, encoder spec, tagger (capgen.tags.head.tagger_id), graph names, every file's
-                      sha256 and size; written last, so it marks the folder complete
+  scorer.onnx   pooled, grid, word_probs (the tagger's), captions, image_index -> token_logp: whole
+                captions scored in one call (capgen.models.onnx_score; version 1 held the search's
+                init and step graphs, a call per word: twice the time)
+  vocab.json    its vocabulary (COCO words are its own, not <unk>)
+  scorer.json   format, version, encoder spec, tagger (capgen.tags.head.tagger_id), every file's
+                sha256 and size; written last, so it marks the folder complete
 """
 
 from __future__ import annotations
@@ -27,18 +28,17 @@ import numpy as np
 
 from capgen.data.vocab import Vocabulary
 from capgen.decoding.config import TokenIds
-from capgen.decoding.score import caption_scores
-from capgen.decoding.steps import ArrayStep
+from capgen.decoding.score import sequence_scores
 from capgen.encoder_spec import EncoderSpec
 from capgen.errors import CapgenError, ExportError
 from capgen.runtime import folder as fmt
-from capgen.runtime.graphs import DecoderGraphs
+from capgen.runtime.graphs import ScoreGraph
 from capgen.tags.corpus_captions import Scorer
 
 FOLDER = "assets/scene_scorer"
-FORMAT, VERSION = "capgen-scene-scorer", 1
-INDEX = "scorer.json"
-FILES = (fmt.INIT, fmt.STEP, fmt.VOCAB)
+FORMAT, VERSION = "capgen-scene-scorer", 2
+INDEX, GRAPH = "scorer.json", "scorer.onnx"
+FILES = (GRAPH, fmt.VOCAB)
 
 
 class SceneScorer:
@@ -51,12 +51,7 @@ class SceneScorer:
         if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("version") != VERSION:
             raise ExportError(f"{path}: not a capgen scene scorer ({FORMAT} version {VERSION})")
         files = fmt.field(info, "files", dict, path)
-        for name in FILES:
-            entry = files.get(name)
-            if not isinstance(entry, dict) or not (d / name).is_file() or (d / name).is_symlink():
-                raise ExportError(f"{d / name}: missing from the scene scorer (or not a plain file); build it again")
-            if (d / name).stat().st_size != entry.get("bytes") or fmt.sha256_file(d / name) != entry.get("sha256"):
-                raise ExportError(f"{d / name}: content differs from {INDEX} (changed after it was built); build again")
+        fmt.check_listed(d, path, files, FILES, True, "the scene scorer", "build it again")
         self.encoder_spec = fmt.field(info, "encoder", dict, path)
         self.tagger = fmt.field(info, "tagger", str, path)
         self.source = str(info.get("source", ""))[:200]
@@ -64,11 +59,7 @@ class SceneScorer:
             self.vocab = Vocabulary.from_dict(fmt.read_json(d / fmt.VOCAB, "a vocabulary"))
         except CapgenError as e:
             raise ExportError(f"{d / fmt.VOCAB}: {e}") from None
-        memory, state = fmt.names_field(info, "memory", path), fmt.names_field(info, "state", path)
-        self.graphs = DecoderGraphs(d / fmt.INIT, d / fmt.STEP, memory, state, threads)
-        if "word_probs" not in self.graphs.init_inputs:
-            raise ExportError(f"{d / fmt.INIT}: takes no tag word probabilities ('word_probs'); build it again")
-        self.step = ArrayStep(self.graphs.step, len(self.vocab), fmt.field(info, "shared_memory", bool, path))
+        self.graph = ScoreGraph(d / GRAPH, threads)
         self.ids = TokenIds.from_vocab(self.vocab)
 
     def fits(self, encoder_spec: dict, tagger) -> bool:
@@ -82,9 +73,10 @@ class SceneScorer:
     def scores(self, pooled: np.ndarray, grid: np.ndarray, word_probs: np.ndarray, captions) -> list[np.ndarray]:
         """Images' features and tag word probabilities, per image captions (token tuples) -> per
         image, each caption's mean log-probability per word."""
-        memory, state = self.graphs.start(pooled, grid, np.asarray(word_probs, dtype=np.float32))
+        probs = np.asarray(word_probs, dtype=np.float32)
         ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
-        return caption_scores(self.step, memory, state, self.ids, ids)
+        run = lambda caps, index: self.graph.token_logp(pooled, grid, probs, caps, index)  # noqa: E731
+        return sequence_scores(run, self.ids, ids)
 
 
 @lru_cache(maxsize=1)
