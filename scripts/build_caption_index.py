@@ -23,7 +23,7 @@ from capgen.data.corpus import read_corpus
 from capgen.data.ngrams import NgramVector, similarity
 from capgen.io import write_json
 from capgen.tags.corpus_captions import FORMAT
-from capgen.tags.vetting import PERSON, PersonHead, head_sha256
+from capgen.tags.vetting import PERSON, PersonHead
 from capgen.tags.words import WordMap, mention_index, mentions
 
 
@@ -75,7 +75,7 @@ def person_head(prepared, features: str, l2: float = 0.3) -> tuple[PersonHead, d
     head = PersonHead(
         weight.astype(np.float32),
         float(b.item() - weight @ mu),
-        head_sha256(make_tagger(create_encoder(cache.encoder_name)).head),
+        make_tagger(create_encoder(cache.encoder_name)).head.sha256,
     )
     xv, yv = split("val")
     return head, {

@@ -10,6 +10,7 @@ from capgen.decoding import DecodeConfig
 from capgen.errors import TagsError
 from capgen.tags.corpus_captions import FORMAT, THRESHOLD, CaptionIndex, CorpusCaptions
 from capgen.tags.guide import GuideConfig
+from capgen.tags.head import LinearHead
 from capgen.tags.words import WordMap
 
 WORDS = WordMap.from_lines(["0\tzebra\tzebra", "1\tgiraffe\tgiraffe", "2\ttree\ttree", "3\tdog\tdog"])
@@ -83,10 +84,10 @@ def _vetting_index(tmp_path, head_hash):
 
 
 def test_vetting_replaces_people_and_dogs_the_photo_does_not_support(tmp_path):
-    from capgen.tags.vetting import DOG_BELOW, PERSON_BELOW, head_sha256
+    from capgen.tags.vetting import DOG_BELOW, PERSON_BELOW
 
-    head = SimpleNamespace(weight=np.ones((4, 4), np.float32), bias=np.zeros(4, np.float32))
-    index = _vetting_index(tmp_path, head_sha256(head))
+    head = LinearHead(np.ones((4, 4), np.float32), np.zeros(4, np.float32), "test")
+    index = _vetting_index(tmp_path, head.sha256)
     tree = np.array([0.0, 0.0, 0.5, 0.0])
     assert index.choose(tree) is None  # "tree" is a word the decoder knows
     low, high = PERSON_BELOW / 2, 0.99
@@ -105,18 +106,16 @@ def test_vetting_replaces_people_and_dogs_the_photo_does_not_support(tmp_path):
     # the person head applies only to the encoder it was trained on
     pooled = np.array([[-5.0, 0, 0, 0]])
     assert index.person_probs(pooled, head)[0] < 0.01
-    other = SimpleNamespace(weight=np.zeros((4, 4), np.float32), bias=np.zeros(4, np.float32))
+    other = LinearHead(np.zeros((4, 4), np.float32), np.zeros(4, np.float32), "test")
     assert index.person_probs(pooled, other) is None
 
 
 def test_apply_vets_the_decoders_captions(tmp_path):
-    from capgen.tags.vetting import head_sha256
-
-    head = SimpleNamespace(weight=np.ones((4, 4), np.float32), bias=np.zeros(4, np.float32))
+    head = LinearHead(np.ones((4, 4), np.float32), np.zeros(4, np.float32), "test")
     # pooled doubles as the word probabilities here; column 0 drives the person head
     tagger = SimpleNamespace(words=WORDS, head=head, word_probs=lambda pooled: np.clip(np.asarray(pooled), 0, 1))
     corpus = CorpusCaptions(tagger)
-    corpus._index = _vetting_index(tmp_path, head_sha256(head))
+    corpus._index = _vetting_index(tmp_path, head.sha256)
     results = [SimpleNamespace(caption="a man on a bench", score=-3.0, tokens=[], alternatives=[], from_corpus=None)]
     corpus.apply(results, np.array([[-5.0, 0.0, 0.5, 0.0]]), DecodeConfig(), GuideConfig())
     assert results[0].caption == "a tree in a park" and results[0].from_corpus.to_dict()["replaced"] == ["person"]
@@ -148,6 +147,5 @@ def test_format_1_indexes_still_load_with_every_word_rare(tmp_path):
 def test_the_bundled_person_head_fits_the_bundled_encoder():
     from capgen.encoders import create_encoder
     from capgen.tags.tagger import make_tagger
-    from capgen.tags.vetting import head_sha256
 
-    assert CaptionIndex.load().person.tagger_head == head_sha256(make_tagger(create_encoder("efficientnet-lite2")).head)
+    assert CaptionIndex.load().person.tagger_head == make_tagger(create_encoder("efficientnet-lite2")).head.sha256

@@ -141,10 +141,11 @@ def test_the_bundled_scene_captions_load_with_the_bundled_words():
 def _corpus(tmp_path, person_p: float) -> CorpusCaptions:
     """CorpusCaptions over WORDS whose person head says `person_p` for every photo."""
     head = PersonHead(np.zeros(4, np.float32), float(np.log(person_p / (1 - person_p))), "h")
-    tagger = SimpleNamespace(words=WORDS, word_probs=lambda pooled: np.asarray(pooled), head="the head")
+    tagger = SimpleNamespace(
+        words=WORDS, word_probs=lambda pooled: np.asarray(pooled), head=SimpleNamespace(sha256="h")
+    )
     corpus = CorpusCaptions(tagger)
     corpus._index = CaptionIndex({}, WORDS, {"format": INDEX_FORMAT}, set(), head)
-    corpus._index._head_ok[id("the head")] = True
     corpus._scenes = _scenes(tmp_path)
     return corpus
 

@@ -80,7 +80,6 @@ class CaptionIndex:
         self._named = {
             w: [mentions([c.split()], self._index, self._longest) for c in caps] for w, caps in captions.items()
         }
-        self._head_ok: dict[int, bool] = {}  # id(tagger head) -> whether the person head fits it
 
     @classmethod
     def load(cls, path: str | Path | None = None, words: WordMap | None = None) -> "CaptionIndex":
@@ -130,13 +129,10 @@ class CaptionIndex:
         return None
 
     def person_probs(self, pooled: np.ndarray, tagger_head) -> np.ndarray | None:
-        """(B,) P(person) for the encoder whose classifier head is `tagger_head`; None when the index
-        holds no person head for that encoder."""
-        if self.person is None or self._head_ok.get(id(tagger_head)) is False:
+        """(B,) P(person) for the encoder whose classifier head is `tagger_head` (a LinearHead); None
+        when the index holds no person head for that encoder."""
+        if self.person is None or tagger_head.sha256 != self.person.tagger_head:
             return None
-        if id(tagger_head) not in self._head_ok:
-            self._head_ok[id(tagger_head)] = vetting.head_sha256(tagger_head) == self.person.tagger_head
-            return self.person_probs(pooled, tagger_head)
         return self.person.probs(pooled)
 
     def _best(self, word: str, word_probs: np.ndarray, avoid: frozenset[str]) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -23,6 +24,17 @@ class LinearHead:
     @property
     def num_classes(self) -> int:
         return int(self.weight.shape[0])
+
+    @cached_property
+    def sha256(self) -> str:
+        """Fingerprint of the head's weights, hashed once (5 MB): what a head trained on this
+        encoder's features (the person head, tags/vetting.py) records, as it means nothing on another's."""
+        h = hashlib.sha256()
+        for a in (self.weight, self.bias):
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            h.update(f"{a.shape}|".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
 
     def logits(self, pooled: np.ndarray) -> np.ndarray:
         """(B, dim) -> (B, num_classes) float32."""

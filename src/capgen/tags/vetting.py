@@ -13,7 +13,6 @@ photo's most probable object (tags/corpus_captions.py). Torch-free: the runtime 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,24 +36,13 @@ DOG_BELOW = 0.005  # a caption naming a dog is vetted when the tag word "dog" is
 FALLBACK_MIN_P = 0.1  # the object a replacement is about must be at least this probable
 
 
-def head_sha256(head) -> str:
-    """Fingerprint of an encoder's classifier head (capgen.tags.head.LinearHead): the person head
-    was trained on that encoder's features and means nothing on another's."""
-    h = hashlib.sha256()
-    for a in (head.weight, head.bias):
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        h.update(f"{a.shape}|".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class PersonHead:
     """P(the photo shows a person) = sigmoid(pooled @ weight + bias), for one encoder."""
 
     weight: np.ndarray  # (dim,) float32
     bias: float
-    tagger_head: str  # head_sha256 of the encoder it was trained on
+    tagger_head: str  # LinearHead.sha256 of the encoder it was trained on
 
     @classmethod
     def from_dict(cls, d, where: str) -> "PersonHead":
