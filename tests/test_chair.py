@@ -75,6 +75,8 @@ def test_evaluate_a_photo_folder_against_coco_references(tiny_run, tmp_path, cap
             "--no-meteor",
             "--encoder",
             tiny_run.encoder,
+            "--threads",
+            "1",
         ]
     )
     assert code == 0

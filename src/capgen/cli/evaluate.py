@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from capgen.argtypes import out_dir
+from capgen.argtypes import out_dir, thread_count
 from capgen.cli.prepare import add_outside_root_arg
 from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config, guide_settings
 
@@ -37,6 +37,12 @@ def register(sub, parents) -> None:
         help="with --images: build this encoder (a registered name or your "
         "'package.module:factory') instead of the checkpoint's",
     )
+    p.add_argument(
+        "--threads",
+        type=thread_count,
+        default=None,
+        help="with --images: compute threads (default: all cores; 1 beside other jobs)",
+    )
     add_outside_root_arg(p)
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument(
@@ -61,6 +67,8 @@ def run(args) -> int:
         raise CapgenError(
             "evaluate: --data PREPARED and --features FEATURES are required (or --images with --references)"
         )
+    if args.threads is not None:  # the cached features' decoder runs in torch, with torch's threads
+        raise CapgenError("evaluate: --threads goes with --images (the captioner's threads)")
     from capgen.data import PreparedDataset
     from capgen.decoding import DecodeConfig
     from capgen.evaluation.run import evaluate_checkpoint, metrics_table
@@ -105,7 +113,9 @@ def run_photos(args) -> int:
     from capgen.inference import Captioner
 
     captioner = Captioner.from_pretrained(
-        args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0], encoder=args.encoder
+        args.checkpoints if len(args.checkpoints) > 1 else args.checkpoints[0],
+        encoder=args.encoder,
+        threads=args.threads,
     )
     # Photos go through the whole captioner, guided unless --no-guide (--guide is the cached-features
     # mode's opt-in).
