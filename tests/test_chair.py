@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 from PIL import Image
+from tests.conftest import _one_torch_thread
 
 from capgen.cli import main
 from capgen.decoding.consensus import consensus_order
@@ -62,23 +63,24 @@ def test_evaluate_a_photo_folder_against_coco_references(tiny_run, tmp_path, cap
         names.append(f"{i}.jpg")
     refs = _coco(tmp_path, names, ["a red circle above a blue square", "a green square"])
     ck = tiny_run.checkpoints["show_attend_tell"]
-    code = main(
-        [
-            "evaluate",
-            str(ck),
-            "--images",
-            str(photos),
-            "--references",
-            str(refs),
-            "--out",
-            str(tmp_path / "ev"),
-            "--no-meteor",
-            "--encoder",
-            tiny_run.encoder,
-            "--threads",
-            "1",
-        ]
-    )
+    with _one_torch_thread():  # --threads 1 sets torch's threads for the process: restored after
+        code = main(
+            [
+                "evaluate",
+                str(ck),
+                "--images",
+                str(photos),
+                "--references",
+                str(refs),
+                "--out",
+                str(tmp_path / "ev"),
+                "--no-meteor",
+                "--encoder",
+                tiny_run.encoder,
+                "--threads",
+                "1",
+            ]
+        )
     assert code == 0
     out = capsys.readouterr().out
     assert "CIDEr" in out and "invented person" in out
