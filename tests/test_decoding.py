@@ -433,6 +433,25 @@ def numpy_score(model, pooled, grid, ids, per_image):
     return caption_scores(step, memory, state, ids, per_image)
 
 
+def test_sequence_scores_feed_whole_captions_in_one_call():
+    """A scoring graph gets every caption once (<start> words <end>, padded with <end>) with its
+    image; only the words and <end> count, so a longer neighbour's padding does not."""
+    from capgen.decoding.score import sequence_scores
+
+    calls = []
+
+    def token_logp(captions, image_index):
+        calls.append((captions.tolist(), image_index.tolist()))
+        return -np.broadcast_to(np.arange(1.0, captions.shape[1]), (len(captions), captions.shape[1] - 1))
+
+    got = sequence_scores(token_logp, IDS, [[[5, 6]], [], [[7], [8, 9, 10]]])
+    S, E = IDS.start, IDS.end
+    assert calls == [([[S, 5, 6, E, E], [S, 7, E, E, E], [S, 8, 9, 10, E]], [0, 2, 2])]
+    # position t costs t + 1: a caption of n words sums 1..n+1 over its n words and <end>
+    assert [g.tolist() for g in got] == [[-2.0], [], [-1.5, -2.5]]
+    assert sequence_scores(token_logp, IDS, [[], []])[1].shape == (0,) and len(calls) == 1
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_caption_scores_are_the_searchs_own_log_probabilities(name):
     """Teacher-forced scoring of the greedy captions gives the search's score over the words and
