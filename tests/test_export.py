@@ -534,6 +534,10 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     ckpt = _transformer(tiny_run, tmp_path, "tags", fill=fill, **tags)
     tag_model, vocab = built["model"], built["vocab"]
     folder = tmp_path / "scorer"
+    # A decoder that reads no tags cannot judge with the tagger's words; nothing is left behind
+    with pytest.raises(ExportError, match="reads no tags"):
+        write_scene_scorer(checkpoints["transformer"], tmp_path / "plain", encoder=tiny_run.encoder)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".plain", "plain"))]
     summary = write_scene_scorer(ckpt, folder, half=False, int8=False, encoder=tiny_run.encoder)
     assert set(summary["files"]) == set(sc.FILES) and summary["max_diff"] < TOLERANCE
     scene = sc.SceneScorer(folder)
@@ -608,7 +612,7 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     # Another graph in its place, listed in the index: refused as not a scoring graph
     from capgen.models.onnx import export_decoder
 
-    export_decoder(tag_model, tmp_path / "init.onnx", graph, word_probs=True)
+    export_decoder(tag_model, tmp_path / "init.onnx", graph)
     entry = {"sha256": fmt.sha256_file(graph), "bytes": graph.stat().st_size}
     (folder / sc.INDEX).write_text(json.dumps({**index, "files": {**index["files"], sc.GRAPH: entry}}))
     with pytest.raises(ExportError, match="scorer.onnx: not a scoring graph"):

@@ -41,10 +41,8 @@ class _Init(nn.Module):
         super().__init__()
         self.model, self.memory_keys, self.state_keys = model, memory_keys, state_keys
 
-    def forward(self, pooled: Tensor, grid: Tensor, *word_probs: Tensor) -> tuple[Tensor, ...]:
-        # word_probs: a tag-reading model given the tagger's word probabilities as an input (the
-        # scene scorer), instead of computing them with the classifier head it holds
-        memory = self.model.init_memory(pooled, grid, *word_probs)
+    def forward(self, pooled: Tensor, grid: Tensor) -> tuple[Tensor, ...]:
+        memory = self.model.init_memory(pooled, grid)
         state = self.model.init_state(memory)
         return tuple(memory[k] for k in self.memory_keys) + tuple(state[k] for k in self.state_keys)
 
@@ -64,25 +62,24 @@ class _Step(nn.Module):
 
 def example_inputs(model: CaptionModel, batch: int = 2, word_probs: bool = False) -> tuple[Tensor, ...]:
     """Random features (pooled (B, D), grid (B, N, D)), and with word_probs the tag word
-    probabilities (B, W) of a tag-reading model."""
+    probabilities (B, W) of a tag-reading model (the scene scorer's graph takes them as an input:
+    capgen.models.onnx_score)."""
     g = torch.Generator().manual_seed(0)
     pooled = torch.randn(batch, model.feature_dim, generator=g)  # (B, D)
     grid = torch.randn(batch, model.num_regions, model.feature_dim, generator=g)  # (B, N, D)
     if not word_probs:
         return pooled, grid
     if not getattr(model, "reads_tags", False):
-        raise ExportError(f"model {model.name}: reads no tags, so its init graph takes no word probabilities")
+        raise ExportError(f"model {model.name}: reads no tags, so no graph of it takes tag word probabilities")
     return pooled, grid, torch.softmax(4 * torch.randn(batch, model.tags.num_words, generator=g), -1)
 
 
-def export_decoder(model: CaptionModel, init_path: Path, step_path: Path, word_probs: bool = False) -> dict:
-    """Write both graphs; returns their interface: memory and state key lists (in graph order).
-    word_probs: the init graph of a tag-reading model takes the tag word probabilities (B, W) as a
-    third input, and its classifier head stays out of the graph."""
+def export_decoder(model: CaptionModel, init_path: Path, step_path: Path) -> dict:
+    """Write both graphs; returns their interface: memory and state key lists (in graph order)."""
     model.eval()
-    pooled, grid, *probs = example = example_inputs(model, word_probs=word_probs)
+    pooled, grid = example_inputs(model)
     with torch.no_grad():  # not inference_mode: its tensors cannot be traced into a graph
-        memory = model.init_memory(pooled, grid, *probs)
+        memory = model.init_memory(pooled, grid)
         state0 = model.init_state(memory)
         tokens = torch.full((pooled.shape[0],), 1, dtype=torch.long)
         _, state1, _ = model.step(tokens, state0, memory)
@@ -99,17 +96,17 @@ def export_decoder(model: CaptionModel, init_path: Path, step_path: Path, word_p
         return {0: "batch", **{i: f"{key}_len{i}{prefix}" for i in dims}}
 
     init_out = [f"memory.{k}" for k in memory_keys] + [f"state.{k}" for k in state_keys]
-    init_in = ["pooled", "grid", "word_probs"][: len(example)]
     init_axes = {
-        **{name: {0: "batch"} for name in init_in},
+        "pooled": {0: "batch"},
+        "grid": {0: "batch"},
         **{name: {0: "batch"} for name in init_out[: len(memory_keys)]},
         **{f"state.{k}": axes("", k, growing[k]) for k in state_keys},
     }
     export_module(
         _Init(model, memory_keys, state_keys),
-        example,
+        (pooled, grid),
         init_path,
-        init_in,
+        ["pooled", "grid"],
         init_out,
         init_axes,
         model.name,
@@ -127,8 +124,7 @@ def export_decoder(model: CaptionModel, init_path: Path, step_path: Path, word_p
     }
     example = (tokens, *[state1[k] for k in state_keys], *[memory[k] for k in memory_keys])
     export_module(_Step(model, memory_keys, state_keys), example, step_path, step_in, step_out, step_axes, model.name)
-    iface = {"memory": memory_keys, "state": state_keys, "shared_memory": bool(model.shared_memory)}
-    return {**iface, "word_probs": True} if word_probs else iface
+    return {"memory": memory_keys, "state": state_keys, "shared_memory": bool(model.shared_memory)}
 
 
 def export_module(
@@ -249,13 +245,13 @@ def verify_decoder(
 
 def _difference(model: CaptionModel, graphs, images: int, rows: int, steps: int, relative: bool = False) -> float:
     """One verify run: `images` images, each decoded in `rows` rows of state over one memory row."""
-    pooled, grid, *probs = example_inputs(model, batch=images, word_probs="word_probs" in graphs.init_inputs)
+    pooled, grid = example_inputs(model, batch=images)
     g = torch.Generator().manual_seed(1)
-    memory_o, state_o = graphs.start(pooled.numpy(), grid.numpy(), *(p.numpy() for p in probs))
+    memory_o, state_o = graphs.start(pooled.numpy(), grid.numpy())
     state_o = {k: np.repeat(v, rows, axis=0) for k, v in state_o.items()}
     R, worst = images * rows, 0.0
     with torch.inference_mode():
-        memory: State = model.init_memory(pooled, grid, *probs)
+        memory: State = model.init_memory(pooled, grid)
         state: State = {k: v.repeat_interleave(rows, dim=0) for k, v in model.init_state(memory).items()}
         tokens = torch.full((R,), 1, dtype=torch.long)
         for _ in range(steps):

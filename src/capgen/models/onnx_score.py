@@ -51,9 +51,8 @@ def _example_captions(model: CaptionModel, rows: int, length: int, images: int, 
 
 def export_score_graph(model: CaptionModel, path: Path) -> None:
     """Write the scoring graph of a tag-reading model (its word probabilities are an input, so the
-    classifier head stays out of the graph); ExportError for a model that reads no tags."""
-    if not getattr(model, "reads_tags", False):
-        raise ExportError(f"model {model.name}: reads no tags; a scene scorer's graph takes tag word probabilities")
+    classifier head stays out of the graph); ExportError for a model that reads no tags
+    (example_inputs says so)."""
     model.eval()
     example = (*example_inputs(model, batch=2, word_probs=True), *_example_captions(model, 3, 6, 2, 0))
     axes = {

@@ -34,12 +34,9 @@ class DecoderGraphs:
         self.init_outputs = [o.name for o in self.init_session.get_outputs()]
         self._step_outputs = ["logp"] + [f"new_state.{k}" for k in self.state_keys]
 
-    def start(
-        self, pooled: np.ndarray, grid: np.ndarray, word_probs: np.ndarray | None = None
-    ) -> tuple[Arrays, Arrays]:
-        """Features (B, D), (B, N, D) -> the memory and the initial state, one row per image;
-        word_probs (B, W): the tag word probabilities of an init graph that takes them."""
-        features = {"pooled": pooled, "grid": grid, "word_probs": word_probs}
+    def start(self, pooled: np.ndarray, grid: np.ndarray) -> tuple[Arrays, Arrays]:
+        """Features (B, D), (B, N, D) -> the memory and the initial state, one row per image."""
+        features = {"pooled": pooled, "grid": grid}
         values = dict(zip(self.init_outputs, self.init_session.run(None, {k: features[k] for k in self.init_inputs})))
         return (
             {k: values[f"memory.{k}"] for k in self.memory_keys},
