@@ -572,6 +572,9 @@ def test_a_scene_scorer_scores_as_its_checkpoint_and_refuses_a_changed_file(
     assert json.loads((tmp_path / "scorer8" / sc.INDEX).read_text())["int8"] is True
     got8 = sc.SceneScorer(tmp_path / "scorer8").scores(pooled, grid, probs, [captions, captions[:1]])
     assert np.concatenate(got8) == pytest.approx(want, abs=INT8_TOLERANCE)
+    # A photo scores the same whatever is scored beside it (int8 activations are scaled per call)
+    alone8 = sc.SceneScorer(tmp_path / "scorer8").scores(pooled[1:], grid[1:], probs[1:], [captions[:1]])
+    assert np.array_equal(alone8[0], got8[1])
 
     # Used where it fits (this encoder, this tagger): instead of the captioner's own decoder
     tagger = Tagger(head, words)

@@ -20,7 +20,7 @@ DIR/ (assets/scene_scorer, written by capgen.export.scene_scorer)
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from pathlib import Path
 
@@ -72,11 +72,15 @@ class SceneScorer:
 
     def scores(self, pooled: np.ndarray, grid: np.ndarray, word_probs: np.ndarray, captions) -> list[np.ndarray]:
         """Images' features and tag word probabilities, per image captions (token tuples) -> per
-        image, each caption's mean log-probability per word."""
+        image, each caption's mean log-probability per word. One call per image: the int8 graph
+        quantizes its activations with one scale per call, so photos scored together would move
+        each other's scores (a photo's caption changed with the photos beside it in a batch)."""
         probs = np.asarray(word_probs, dtype=np.float32)
-        ids = [[self.vocab.encode(c, add_special=False) for c in caps] for caps in captions]
-        run = lambda caps, index: self.graph.token_logp(pooled, grid, probs, caps, index)  # noqa: E731
-        return sequence_scores(run, self.ids, ids)
+        out = []
+        for i, caps in enumerate(captions):
+            image = partial(self.graph.token_logp, pooled[i : i + 1], grid[i : i + 1], probs[i : i + 1])
+            out += sequence_scores(image, self.ids, [[self.vocab.encode(c, add_special=False) for c in caps]])
+        return out
 
 
 @lru_cache(maxsize=1)
