@@ -1,0 +1,165 @@
+"""Captions of the nearest training photos: the evidence of nearest-neighbour consensus reranking.
+
+Devlin et al. 2015 ("Exploring nearest neighbor approaches for image captioning") and Mao et al.
+2015 (m-RNN) rerank a decoder's candidates by their agreement with the human captions of the
+training images that look most like the photo. The index (assets/neighbour_captions.json,
+scripts/build_neighbour_index.py) holds, for the decoder's training photos, their pooled encoder
+features projected onto their top principal directions (PROJECTED_DIM, unit length, float16), and
+their captions. For a photo, the K nearest by cosine give K x 5 references, each weighted
+exp(SHARPNESS x cosine); the beam's candidates are then ordered by their tf-idf n-gram agreement
+with them (capgen.decoding.consensus; document frequencies from the same captions).
+
+A photo unlike every training photo (mean cosine of its K nearest below GATE: a kitchen in a
+Flickr8k index) gets no references and keeps the model's order: its neighbours would be other
+scenes. Torch-free: the Captioner and the runtime rerank alike (through tags.corpus_captions).
+The features mean nothing for another encoder: the index records the classifier head's fingerprint
+(LinearHead.sha256) of the encoder it was built with, and is used only with that encoder.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from capgen.data.ngrams import ORDERS, NgramVector
+from capgen.errors import TagsError
+from capgen.io import read_json
+
+INDEX_FILE = "assets/neighbour_captions.json"
+FORMAT = "capgen-neighbour-captions/1"
+# Chosen on Flickr8k val and coco_dev (BENCHMARKS.md, "Captions of the nearest training photos"):
+# candidates drawn (the beam widened to this; 5 did as well as 10 for half the decoding time),
+# neighbours per photo, how sharply the nearer ones count, and the gate.
+CANDIDATES = 5
+NEIGHBOURS = 30
+SHARPNESS = 10.0
+GATE = 0.42
+PROJECTED_DIM = 128
+
+
+@dataclass(frozen=True)
+class References:
+    """What consensus reranking (capgen.decoding.consensus) ranks a batch's candidates against: per
+    image, the references' n-gram vectors and weights (None: keep the model's order), and how a
+    candidate's token ids become a vector of the same kind."""
+
+    per_image: list[tuple[list[NgramVector], list[float]] | None]
+    vector: Callable[[Sequence[int]], NgramVector]
+
+
+def _ngrams(tokens: Sequence[str]):
+    for n in range(1, ORDERS + 1):
+        for i in range(len(tokens) - n + 1):
+            yield tuple(tokens[i : i + n])
+
+
+def encode_array(a: np.ndarray) -> str:
+    """A float16 array as base64 text (the index is JSON: data, never code)."""
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<f2").tobytes()).decode("ascii")
+
+
+def _decode_array(text, shape: tuple[int, ...], name: str, path: Path) -> np.ndarray:
+    if not isinstance(text, str):
+        raise TagsError(f"{path}: '{name}' must be base64 text of float16 {shape}")
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise TagsError(f"{path}: '{name}' is not base64 text") from None
+    if len(raw) != 2 * math.prod(shape):
+        raise TagsError(f"{path}: '{name}' must hold float16 {shape} ({2 * math.prod(shape)} bytes), got {len(raw)}")
+    a = np.frombuffer(raw, dtype="<f2").astype(np.float32).reshape(shape)
+    if not np.all(np.isfinite(a)):
+        raise TagsError(f"{path}: '{name}' holds a non-finite number")
+    return a
+
+
+class NeighbourCaptions:
+    """The training photos' projected features and captions, for one encoder."""
+
+    def __init__(self, mean: np.ndarray, projection: np.ndarray, features: np.ndarray, captions, tagger_head: str):
+        self.mean, self.projection, self.tagger_head = mean, projection, tagger_head
+        self.features = features  # (N, d) unit rows
+        self.captions = [[tuple(c.split()) for c in caps] for caps in captions]
+        df = Counter(g for caps in self.captions for g in {g for c in caps for g in _ngrams(c)})
+        self._df, self._log_n = df, math.log(len(self.captions))
+        self._vectors: dict[int, list[NgramVector]] = {}
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "NeighbourCaptions":
+        path = Path(str(resources.files("capgen").joinpath(INDEX_FILE))) if path is None else Path(path)
+        data = read_json(path, "neighbour captions", TagsError)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise TagsError(f"{path}: not capgen neighbour captions ({FORMAT})")
+        captions, dim, tagger_head = data.get("captions"), data.get("dim"), data.get("tagger_head")
+        if (
+            not isinstance(captions, list)
+            or not captions
+            or not all(isinstance(s, list) and s and all(isinstance(c, str) and c.strip() for c in s) for s in captions)
+        ):
+            raise TagsError(
+                f"{path}: 'captions' must be a non-empty list (one per photo) of non-empty lists of captions"
+            )
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= 65536:
+            raise TagsError(f"{path}: 'dim' must be the encoder's feature size, a whole number in [1, 65536]")
+        if not isinstance(tagger_head, str):
+            raise TagsError(f"{path}: 'tagger_head' must be the encoder's classifier head fingerprint (a string)")
+        d = PROJECTED_DIM if dim >= PROJECTED_DIM else dim
+        d = data.get("projected_dim", d)
+        if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= dim:
+            raise TagsError(f"{path}: 'projected_dim' must be a whole number in [1, dim = {dim}]")
+        mean = _decode_array(data.get("mean"), (dim,), "mean", path)
+        projection = _decode_array(data.get("projection"), (dim, d), "projection", path)
+        features = _decode_array(data.get("features"), (len(captions), d), "features", path)
+        return cls(mean, projection, features, captions, tagger_head)
+
+    def fits(self, tagger_head) -> bool:
+        """Whether the index was built with the encoder whose classifier head is `tagger_head`."""
+        return tagger_head is not None and tagger_head.sha256 == self.tagger_head
+
+    def project(self, pooled: np.ndarray) -> np.ndarray:
+        """(B, dim) pooled features -> (B, d) unit rows, as the index's features were made."""
+        x = (np.asarray(pooled, dtype=np.float32) - self.mean) @ self.projection
+        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+    def references(self, pooled: np.ndarray) -> list[tuple[list[NgramVector], list[float]] | None]:
+        """Per photo, the n-gram vectors of its nearest training photos' captions with their
+        weights, or None when it is unlike them all (below GATE)."""
+        sims = self.project(pooled) @ self.features.T  # (B, N)
+        k = min(NEIGHBOURS, sims.shape[1])
+        out = []
+        for row in sims:
+            near = np.argpartition(-row, k - 1)[:k]
+            near = near[np.lexsort((near, -row[near]))]  # nearest first, ties by index: stable
+            if float(row[near].mean()) < GATE:
+                out.append(None)
+                continue
+            vectors, weights = [], []
+            for t in near:
+                w = math.exp(SHARPNESS * float(row[t]))
+                for v in self._vectors_of(int(t)):
+                    vectors.append(v)
+                    weights.append(w)
+            out.append((vectors, weights))
+        return out
+
+    def vector(self, words: Sequence[str]) -> NgramVector:
+        """A candidate's n-gram vector, weighted as the references are."""
+        return NgramVector(tuple(words), self._idf)
+
+    def _vectors_of(self, photo: int) -> list[NgramVector]:
+        v = self._vectors.get(photo)
+        if v is None:
+            if len(self._vectors) > 20_000:  # a long bulk job meets every photo: keep memory bounded
+                self._vectors.clear()
+            v = self._vectors[photo] = [NgramVector(c, self._idf) for c in self.captions[photo]]
+        return v
+
+    def _idf(self, gram: tuple[str, ...]) -> float:
+        return self._log_n - math.log(max(self._df.get(gram, 1), 1))
