@@ -149,6 +149,12 @@ def add_guide_args(p, default: GuideConfig | None) -> None:
         help="never let human captions of similar scenes replace the model's caption of a photo "
         "without people (see capgen.tags.scenes)",
     )
+    p.add_argument(
+        "--no-neighbour-captions",
+        action="store_true",
+        help="keep the beam's best caption instead of the candidate that agrees most with the captions "
+        "of the nearest training photos (see capgen.tags.neighbours)",
+    )
     if on:
         p.add_argument("--no-guide", action="store_true", help="captions from the model alone, without tag guidance")
     else:
@@ -171,4 +177,5 @@ def guide_settings(args) -> GuideConfig:
         args.novel_guide_threshold,
         corpus=not args.no_corpus_captions,
         scenes=not args.no_scene_captions,
+        neighbours=not args.no_neighbour_captions,
     )

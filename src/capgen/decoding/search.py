@@ -16,6 +16,7 @@ from capgen.decoding.config import DecodeConfig, DecodeError, Hypothesis, TokenI
 from capgen.decoding.consensus import rerank, search_config
 from capgen.decoding.sampling import Uniform, sample_search
 from capgen.decoding.steps import Rows, Step, expand
+from capgen.tags.neighbours import References
 
 
 def search(
@@ -26,6 +27,7 @@ def search(
     config: DecodeConfig | None = None,
     include: Sequence[Collection[int] | None] | None = None,
     uniform: Uniform | None = None,
+    references: References | None = None,
 ) -> list[list[Hypothesis]]:
     """Caption a batch of images whose memory and state (one row per image) the step's init gave ->
     per image, up to `n_best` hypotheses, best first.
@@ -39,6 +41,8 @@ def search(
     becomes a beam of 1, which is the same search. A caption without one comes only when blocking
     makes every such word impossible.
     uniform: sampling's random source (default: numpy's, seeded by config.seed).
+    references: with config.consensus, per image the captions its candidates are ranked against
+    (the nearest training photos', capgen.tags.neighbours) instead of each other.
     """
     config = check(config, ids, step.vocab_size)
     B = next(iter(memory.values())).shape[0]
@@ -54,7 +58,7 @@ def search(
         if uniform is None:
             uniform = np.random.default_rng(config.seed).random
         found = _sample_n(step, memory, state, ids, config, uniform)
-    return rerank(hypotheses(found, config.n_best), asked)
+    return rerank(hypotheses(found, config.n_best), asked, references)
 
 
 def check(config: DecodeConfig | None, ids: TokenIds, vocab_size: int) -> DecodeConfig:

@@ -43,10 +43,11 @@ def decode(
     ids: TokenIds,
     config: DecodeConfig | None = None,
     include: Sequence[Collection[int] | None] | None = None,
+    references=None,
 ) -> list[list[Hypothesis]]:
     """Caption a batch of images: pooled (B, D), grid (B, N, D) -> per image, up to `n_best`
-    hypotheses, best first (capgen.decoding.search.search says what every caption obeys). `ids` comes
-    from `TokenIds.from_vocab(vocab)`.
+    hypotheses, best first (capgen.decoding.search.search says what every caption obeys, and what
+    `include` and `references` do). `ids` comes from `TokenIds.from_vocab(vocab)`.
 
     Runs in eval mode under inference_mode (the model's mode is restored). Sampling draws from
     torch's generator: seeded by config.seed, else the global one, so a training run's samples
@@ -60,7 +61,8 @@ def decode(
         return torch.rand(n, generator=generator, device=device, dtype=torch.float64).cpu().numpy()
 
     with _started(model, pooled, grid) as (memory, state):
-        return search(TorchStep(model, device, config.return_attention), memory, state, ids, config, include, uniform)
+        step = TorchStep(model, device, config.return_attention)
+        return search(step, memory, state, ids, config, include, uniform, references)
 
 
 def score(model: CaptionModel, pooled: Tensor, grid: Tensor, ids: TokenIds, per_image) -> list:

@@ -218,15 +218,18 @@ class Captioner:
         """Images -> pooled (B, dim), grid (B, H*W, dim) float32: the features a feature cache holds."""
         return self.encode_loaded([self.load(i) for i in images])
 
-    def forward(self, pooled: np.ndarray, grid: np.ndarray, config, guidance: Sequence[Guidance | None] = ()) -> list:
-        """Features -> per image, a list of Hypothesis (best first); one batched decode call."""
+    def forward(
+        self, pooled: np.ndarray, grid: np.ndarray, config, guidance: Sequence[Guidance | None] = (), references=None
+    ) -> list:
+        """Features -> per image, a list of Hypothesis (best first); one batched decode call
+        (references: see capgen.decoding.search)."""
         from capgen.decoding import decode
         from capgen.encoders.precision import autocast
 
         include = [g.include if g else None for g in guidance] if any(guidance) else None
         model = self.model if self.fast_decoder is None or config.return_attention else self.fast_decoder
         with autocast(self.precision):
-            return decode(model, pooled, grid, self.ids, config, include=include)
+            return decode(model, pooled, grid, self.ids, config, include=include, references=references)
 
     def scorer(self, pooled: np.ndarray, grid: np.ndarray):
         """Scores captions of similar scenes for CorpusCaptions: for images (indices into the batch)
@@ -362,7 +365,8 @@ class Captioner:
     ) -> list[CaptionResult]:
         """Images with their features -> results (guidance, one batched decode, tags)."""
         guidance = self.guidance(pooled, config, guide)
-        hyps = self.forward(pooled, grid, config, guidance)
+        wide, references = self.corpus.search(pooled, config, guide, self.vocab.decode)
+        hyps = self.forward(pooled, grid, wide, guidance, references)
         results = [self.postprocess(h, img, g) for h, img, g in zip(hyps, images, guidance)]
         self.corpus.apply(results, pooled, config, guide, self.scorer(pooled, grid))
         if tags is not None and self.tagger is not None:

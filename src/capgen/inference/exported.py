@@ -124,8 +124,8 @@ class ExportedCaptioner(Captioner):
     def encode_loaded(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
         return self.runtime.encode_loaded(images)
 
-    def forward(self, pooled: np.ndarray, grid: np.ndarray, config, guidance=()) -> list:
-        return self.runtime.decode(pooled, grid, config, guidance)
+    def forward(self, pooled: np.ndarray, grid: np.ndarray, config, guidance=(), references=None) -> list:
+        return self.runtime.decode(pooled, grid, config, guidance, references)
 
     def scorer(self, pooled: np.ndarray, grid: np.ndarray):
         return self.runtime.scorer(pooled, grid)

@@ -210,12 +210,18 @@ class Runtime:
         return plan_images(self.guide, self.tagger, pooled, guide, config.method)
 
     def decode(
-        self, pooled: np.ndarray, grid: np.ndarray, config: DecodeConfig, guidance: Sequence[Guidance | None] = ()
+        self,
+        pooled: np.ndarray,
+        grid: np.ndarray,
+        config: DecodeConfig,
+        guidance: Sequence[Guidance | None] = (),
+        references=None,
     ) -> list[list[Hypothesis]]:
-        """Features -> per image, hypotheses best first (the one search, capgen.decoding.search)."""
+        """Features -> per image, hypotheses best first (the one search, capgen.decoding.search,
+        which says what `references` do)."""
         memory, state = self.graphs.start(pooled, grid)
         include = [None if g is None else g.include for g in guidance] if guidance else None
-        return search(self.step, memory, state, self.ids, config, include)
+        return search(self.step, memory, state, self.ids, config, include, references=references)
 
     def caption(
         self,
@@ -236,7 +242,9 @@ class Runtime:
         for i in range(0, len(items), batch_size):
             pooled, grid = self.encode(items[i : i + batch_size])
             guidance = self.guidance(pooled, config, guide)
-            batch = [self._result(h, g) for h, g in zip(self.decode(pooled, grid, config, guidance), guidance)]
+            wide, references = self.corpus.search(pooled, config, guide, self.vocab.decode)
+            hyps = self.decode(pooled, grid, wide, guidance, references)
+            batch = [self._result(h, g) for h, g in zip(hyps, guidance)]
             self.corpus.apply(batch, pooled, config, guide, self.scorer(pooled, grid))
             results.extend(batch)
         return results[0] if single else results

@@ -19,7 +19,7 @@ Torch-free: the Captioner and the runtime share it, so both write the same capti
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -28,7 +28,8 @@ import numpy as np
 
 from capgen.errors import TagsError
 from capgen.io import read_json
-from capgen.tags import scenes, vetting
+from capgen.tags import neighbours, scenes, vetting
+from capgen.tags.neighbours import NeighbourCaptions, References
 from capgen.tags.scenes import SceneCaptions
 from capgen.tags.vetting import PersonHead
 from capgen.tags.words import WordMap, mention_index, mentions
@@ -175,13 +176,32 @@ class CorpusCaptions:
     images get a corpus caption, and putting it into their results."""
 
     def __init__(self, tagger):
-        self.tagger, self._index, self._scenes = tagger, None, None  # read on first use
+        self.tagger, self._index, self._scenes, self._neighbours = tagger, None, None, None  # read on first use
 
     def _active(self, config, guide) -> bool:
         from capgen.tags.guide import GuideConfig
 
         guide = GuideConfig.of(guide)
         return self.tagger is not None and config.method != "sample" and guide is not None and guide.corpus
+
+    def search(self, pooled, config, guide, words_of) -> tuple:
+        """(config, references) for the search (capgen.decoding.search): when the neighbour rerank
+        applies (a beam search without consensus of its own, the guide's `neighbours` on, an index
+        of this encoder), a consensus of neighbours.CANDIDATES candidates ranked against the captions
+        of each photo's nearest training photos; else (config, None). words_of: token ids -> words."""
+        from capgen.tags.guide import GuideConfig
+
+        guide = GuideConfig.of(guide)
+        head = getattr(self.tagger, "head", None)
+        if guide is None or not guide.neighbours or config.method != "beam" or config.consensus or head is None:
+            return config, None
+        if self._neighbours is None:
+            self._neighbours = NeighbourCaptions.load()
+        index = self._neighbours
+        if not index.fits(head):
+            return config, None
+        wide = replace(config, consensus=max(neighbours.CANDIDATES, config.beam_size))
+        return wide, References(index.references(pooled), lambda ids: index.vector(words_of(ids)))
 
     def _load(self) -> CaptionIndex:
         if self._index is None:

@@ -48,12 +48,15 @@ class GuideConfig:
     corpus: for an object the decoder barely knows, take the caption from human captions of it
     (capgen.tags.corpus_captions) when the top tag is confident enough.
     scenes: for a photo the person head doubts, let human captions of similar scenes compete with
-    the decoder's caption (capgen.tags.scenes); with corpus only."""
+    the decoder's caption (capgen.tags.scenes); with corpus only.
+    neighbours: draw several beam candidates and keep the one that agrees most with the captions of
+    the nearest training photos (capgen.tags.neighbours), for a photo like them."""
 
     threshold: float = DEFAULT_GUIDE_THRESHOLD
     novel_threshold: float = DEFAULT_NOVEL_GUIDE_THRESHOLD
     corpus: bool = True
     scenes: bool = True
+    neighbours: bool = True
 
     def __post_init__(self) -> None:
         for name in ("threshold", "novel_threshold"):
@@ -78,6 +81,7 @@ class GuideConfig:
             "novel_threshold": self.novel_threshold,
             "corpus": self.corpus,
             "scenes": self.scenes,
+            "neighbours": self.neighbours,
         }
 
 
