@@ -2,13 +2,16 @@
 capgen.decoding.consensus) and the n-gram agreement behind it (capgen.data.ngrams.agreement_with)."""
 
 import json
+import math
 import random
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from capgen.data.ngrams import NgramVector, agreement_with, similarity
+from capgen.data.ngram_table import NgramTable
+from capgen.data.ngrams import NgramVector, similarity
 from capgen.decoding import DecodeConfig
 from capgen.decoding.consensus import rerank
 from capgen.decoding.flags import add_guide_args, guide_config
@@ -16,7 +19,7 @@ from capgen.errors import TagsError
 from capgen.tags import neighbours
 from capgen.tags.corpus_captions import CorpusCaptions
 from capgen.tags.guide import GuideConfig
-from capgen.tags.neighbours import FORMAT, NeighbourCaptions, References, encode_array
+from capgen.tags.neighbours import FORMAT, NeighbourCaptions, encode_array
 
 DIM, D = 16, 4
 CAPTIONS = [
@@ -56,17 +59,34 @@ def _hyps(*captions):
     return [SimpleNamespace(tokens=c.split(), score=-float(i)) for i, c in enumerate(captions)]
 
 
-def test_agreement_with_is_the_weighted_mean_similarity():
+def test_the_table_agrees_as_the_weighted_mean_tf_idf_similarity():
+    """NgramTable against NgramVector + similarity computed directly: repeated and unknown n-grams,
+    one-word captions, candidates with words the corpus lacks."""
     rng = random.Random(1)
     words = "a dog man runs on the grass in field red ball".split()
-    cands = [NgramVector([rng.choice(words) for _ in range(rng.randint(2, 9))]) for _ in range(5)]
-    refs = [NgramVector([rng.choice(words) for _ in range(rng.randint(2, 12))]) for _ in range(20)]
-    weights = [rng.uniform(0.1, 3) for _ in refs]
-    got = agreement_with(cands, refs, weights)
-    for c, g in zip(cands, got):
-        want = sum(w * similarity(c, r) for r, w in zip(refs, weights)) / sum(weights)
-        assert g == pytest.approx(want, rel=1e-9)
-    assert agreement_with(cands, [], []) == [0.0] * 5
+    caps = [tuple(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(60)]
+    docs = [i // 5 for i in range(60)]
+    table = NgramTable(caps, docs)
+    df = Counter(g for d in set(docs) for g in {g for c, e in zip(caps, docs) if e == d for g in _grams(c)})
+
+    def idf(g):
+        return math.log(12) - math.log(max(df.get(g, 1), 1))
+
+    for _ in range(30):
+        cands = [tuple(rng.choice(words + ["zebra"]) for _ in range(rng.randint(1, 10))) for _ in range(5)]
+        rows = np.array(rng.sample(range(60), 20))
+        weights = np.array([rng.uniform(0.1, 3) for _ in rows])
+        for c, got in zip(cands, table.agreement(cands, rows, weights)):
+            want = sum(w * similarity(NgramVector(c, idf), NgramVector(caps[r], idf)) for r, w in zip(rows, weights))
+            assert got == pytest.approx(want / weights.sum(), rel=1e-9, abs=1e-12)
+    assert table.agreement([("zebra", "zebra")], rows, weights) == [0.0]  # nothing in common
+    assert table.agreement([("a", "dog")], rows, np.zeros(len(rows))) == [0.0]
+
+
+def _grams(c):
+    for n in range(1, 5):
+        for i in range(len(c) - n + 1):
+            yield tuple(c[i : i + n])
 
 
 def test_a_photo_like_a_training_photo_gets_its_captions_and_one_unlike_them_none(tmp_path, monkeypatch):
@@ -75,11 +95,10 @@ def test_a_photo_like_a_training_photo_gets_its_captions_and_one_unlike_them_non
     monkeypatch.setattr(neighbours, "NEIGHBOURS", 1)
     far = np.zeros((1, DIM))
     far[0] = projection[:, 3]  # the 4th axis: no training photo lies there
-    near, unlike = index.references(np.concatenate([_photo(projection, 1), far]))
+    near, unlike = index.references(np.concatenate([_photo(projection, 1), far]), str.split)
     assert unlike is None  # below GATE: keeps the model's order
-    vectors, weights = near
-    assert len(vectors) == 3 and len(set(weights)) == 1
-    assert [v.length for v in vectors] == [len(c.split()) for c in CAPTIONS[1]]
+    bike, dog, exact = near(["a man rides a bicycle", "two dogs play in the grass", CAPTIONS[1][0]])
+    assert dog == 0.0 < bike < exact
 
 
 def test_rerank_takes_the_candidate_the_neighbours_agree_with(tmp_path, monkeypatch):
@@ -87,7 +106,7 @@ def test_rerank_takes_the_candidate_the_neighbours_agree_with(tmp_path, monkeypa
     index = NeighbourCaptions.load(path)
     monkeypatch.setattr(neighbours, "NEIGHBOURS", 1)
     photos = np.concatenate([_photo(projection, 0), np.zeros((1, DIM)) + projection[:, 3]])
-    refs = References(index.references(photos), lambda ids: index.vector(ids))
+    refs = index.references(photos, list)
     hyps = [_hyps("a man is standing on the grass", "a dog runs on the grass", "a red car")] * 2
     config = DecodeConfig(consensus=3)
     first, second = rerank(hyps, config, refs)
@@ -103,7 +122,7 @@ def test_the_search_widens_only_where_the_rerank_applies(tmp_path):
     corpus._neighbours = NeighbourCaptions.load(path)
     pooled = np.zeros((2, DIM))
     wide, refs = corpus.search(pooled, DecodeConfig(), GuideConfig(), lambda ids: ids)
-    assert wide.consensus == neighbours.CANDIDATES and wide.n_best == 1 and len(refs.per_image) == 2
+    assert wide.consensus == neighbours.CANDIDATES and wide.n_best == 1 and len(refs) == 2
     assert corpus.search(pooled, DecodeConfig(beam_size=8, n_best=2), GuideConfig(), str)[0].consensus == 8
     for config, guide in [
         (DecodeConfig(), GuideConfig(neighbours=False)),

@@ -62,34 +62,3 @@ def agreements(vectors: Sequence[NgramVector], weights: Sequence[float]) -> list
         others = total - w
         out.append(agree / ORDERS / others if others > 0 else 0.0)
     return out
-
-
-def agreement_with(
-    candidates: Sequence[NgramVector], references: Sequence[NgramVector], weights: Sequence[float]
-) -> list[float]:
-    """For each candidate, the weighted mean of its `similarity` (with the length penalty) to the
-    references. The references are summed into one centroid of unit vectors per caption length, so
-    five candidates against 150 references cost a few dozen dict walks, not 750 pairs."""
-    total = float(sum(weights))
-    if not candidates or total <= 0:
-        return [0.0] * len(candidates)
-    by_length: dict[int, list[dict]] = {}
-    for v, w in zip(references, weights):
-        centroid = by_length.setdefault(v.length, [{} for _ in range(ORDERS)])
-        for c, x, s in zip(centroid, v.weights, v.squares):
-            if s:
-                scale = w / math.sqrt(s)
-                for g, value in x.items():
-                    c[g] = c.get(g, 0.0) + scale * value
-    out = []
-    for v in candidates:
-        agree = 0.0
-        for length, centroid in by_length.items():
-            penalty = math.exp(-((v.length - length) ** 2) / (2 * SIGMA**2))
-            dot = 0.0
-            for c, x, s in zip(centroid, v.weights, v.squares):
-                if s:
-                    dot += sum(value * c.get(g, 0.0) for g, value in x.items()) / math.sqrt(s)
-            agree += penalty * dot
-        out.append(agree / ORDERS / total)
-    return out

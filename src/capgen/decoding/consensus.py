@@ -9,10 +9,10 @@ the cosine similarity of the two captions' n-gram counts, times CIDEr-D's Gaussi
 A beam's best caption is often an outlier ("a man is standing on a zebra" above nine zebra
 captions without a man); the consensus caption is the one most of the probability mass supports.
 
-With `references` (the captions of the photo's nearest training images, tags/neighbours.py) each
-candidate scores its weighted agreement with those instead: Devlin et al. 2015's nearest-neighbour
-consensus, which on Flickr8k beats agreement among the candidates (BENCHMARKS.md, "Captions of the
-nearest training photos").
+With references (per image, a function giving the candidates' agreement with the captions of the
+photo's nearest training images, tags/neighbours.py) each candidate scores that instead: Devlin et
+al. 2015's nearest-neighbour consensus, which on Flickr8k beats agreement among the candidates
+(BENCHMARKS.md, "Captions of the nearest training photos").
 
 Works on token id lists only (no torch), so the torch decoder and the torch-free runtime share it.
 """
@@ -22,22 +22,18 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence, TypeVar
 
-from capgen.data.ngrams import NgramVector, agreement_with, similarity
-from capgen.tags.neighbours import References
+from capgen.data.ngrams import NgramVector, similarity
 
 H = TypeVar("H")  # anything with .tokens (list of ids) and .score (a log-probability)
+# candidates' token id lists -> their agreement with an image's references (higher is better)
+Agreement = Callable[[list[Sequence[int]]], list[float]]
 
 
-def consensus_order(
-    hyps: Sequence[H],
-    references: tuple[Sequence[NgramVector], Sequence[float]] | None = None,
-    vector: Callable[[Sequence], NgramVector] = NgramVector,
-) -> list[H]:
+def consensus_order(hyps: Sequence[H], agreement: Agreement | None = None) -> list[H]:
     """The hypotheses sorted by expected agreement with the others (ties: the model's order), or,
-    given references (their n-gram vectors and weights), with those; `vector` makes a hypothesis's
-    n-gram vector from its tokens (the references' kind of tokens and weights)."""
-    if references is not None:
-        gain = agreement_with([vector(h.tokens) for h in hyps], *references)
+    given `agreement`, by their agreement with the image's references."""
+    if agreement is not None:
+        gain = agreement([h.tokens for h in hyps])
         return [hyps[i] for i in sorted(range(len(hyps)), key=lambda i: (-gain[i], i))]
     if len(hyps) < 3:  # with two, each agrees with the other equally: keep the model's choice
         return list(hyps)
@@ -64,17 +60,14 @@ def search_config(config):
     )
 
 
-def rerank(hyps: list[list[H]], config, references: "References | None" = None) -> list[list[H]]:
+def rerank(hyps: list[list[H]], config, references: Sequence[Agreement | None] | None = None) -> list[list[H]]:
     """Per image, the candidates in consensus order, cut to `config.n_best` (unchanged without
-    consensus). With `references` (tags/neighbours.py), an image that has some is ranked by its
-    agreement with them, and one without (unlike every training photo) keeps the model's order."""
+    consensus). With `references` (per image, tags/neighbours.py), an image that has an Agreement is
+    ranked by it, and one with None (unlike every training photo) keeps the model's order."""
     if not config.consensus:
         return hyps
     if references is None:
         return [consensus_order(h)[: config.n_best] for h in hyps]
-    if len(references.per_image) != len(hyps):
-        raise ValueError(f"references for {len(references.per_image)} images, candidates for {len(hyps)}")
-    return [
-        (list(h) if r is None else consensus_order(h, r, references.vector))[: config.n_best]
-        for h, r in zip(hyps, references.per_image)
-    ]
+    if len(references) != len(hyps):
+        raise ValueError(f"references for {len(references)} images, candidates for {len(hyps)}")
+    return [(list(h) if r is None else consensus_order(h, r))[: config.n_best] for h, r in zip(hyps, references)]

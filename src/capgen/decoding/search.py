@@ -13,10 +13,9 @@ import numpy as np
 
 from capgen.decoding.beam import Found, beam_search, gather
 from capgen.decoding.config import DecodeConfig, DecodeError, Hypothesis, TokenIds
-from capgen.decoding.consensus import rerank, search_config
+from capgen.decoding.consensus import Agreement, rerank, search_config
 from capgen.decoding.sampling import Uniform, sample_search
 from capgen.decoding.steps import Rows, Step, expand
-from capgen.tags.neighbours import References
 
 
 def search(
@@ -27,7 +26,7 @@ def search(
     config: DecodeConfig | None = None,
     include: Sequence[Collection[int] | None] | None = None,
     uniform: Uniform | None = None,
-    references: References | None = None,
+    references: Sequence[Agreement | None] | None = None,
 ) -> list[list[Hypothesis]]:
     """Caption a batch of images whose memory and state (one row per image) the step's init gave ->
     per image, up to `n_best` hypotheses, best first.
@@ -41,8 +40,9 @@ def search(
     becomes a beam of 1, which is the same search. A caption without one comes only when blocking
     makes every such word impossible.
     uniform: sampling's random source (default: numpy's, seeded by config.seed).
-    references: with config.consensus, per image the captions its candidates are ranked against
-    (the nearest training photos', capgen.tags.neighbours) instead of each other.
+    references: with config.consensus, per image how its candidates agree with the captions of its
+    nearest training photos (capgen.tags.neighbours), which ranks them instead of their agreement
+    with each other; None for an image keeps the model's order.
     """
     config = check(config, ids, step.vocab_size)
     B = next(iter(memory.values())).shape[0]

@@ -29,7 +29,7 @@ import numpy as np
 from capgen.errors import TagsError
 from capgen.io import read_json
 from capgen.tags import neighbours, scenes, vetting
-from capgen.tags.neighbours import NeighbourCaptions, References
+from capgen.tags.neighbours import NeighbourCaptions
 from capgen.tags.scenes import SceneCaptions
 from capgen.tags.vetting import PersonHead
 from capgen.tags.words import WordMap, mention_index, mentions
@@ -201,7 +201,7 @@ class CorpusCaptions:
         if not index.fits(head):
             return config, None
         wide = replace(config, consensus=max(neighbours.CANDIDATES, config.beam_size))
-        return wide, References(index.references(pooled), lambda ids: index.vector(words_of(ids)))
+        return wide, index.references(pooled, words_of)
 
     def _load(self) -> CaptionIndex:
         if self._index is None:

@@ -7,7 +7,8 @@ scripts/build_neighbour_index.py) holds, for the decoder's training photos, thei
 features projected onto their top principal directions (PROJECTED_DIM, unit length, float16), and
 their captions. For a photo, the K nearest by cosine give K x 5 references, each weighted
 exp(SHARPNESS x cosine); the beam's candidates are then ordered by their tf-idf n-gram agreement
-with them (capgen.decoding.consensus; document frequencies from the same captions).
+with them (capgen.decoding.consensus; capgen.data.ngram_table, document frequencies over the
+index's photos).
 
 A photo unlike every training photo (mean cosine of its K nearest below GATE: a kitchen in a
 Flickr8k index) gets no references and keeps the model's order: its neighbours would be other
@@ -20,15 +21,14 @@ from __future__ import annotations
 
 import base64
 import math
-from collections import Counter
-from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from capgen.data.ngrams import ORDERS, NgramVector
+from capgen.data.ngram_table import NgramTable
 from capgen.errors import TagsError
 from capgen.io import read_json
 
@@ -42,22 +42,6 @@ NEIGHBOURS = 30
 SHARPNESS = 10.0
 GATE = 0.42
 PROJECTED_DIM = 128
-
-
-@dataclass(frozen=True)
-class References:
-    """What consensus reranking (capgen.decoding.consensus) ranks a batch's candidates against: per
-    image, the references' n-gram vectors and weights (None: keep the model's order), and how a
-    candidate's token ids become a vector of the same kind."""
-
-    per_image: list[tuple[list[NgramVector], list[float]] | None]
-    vector: Callable[[Sequence[int]], NgramVector]
-
-
-def _ngrams(tokens: Sequence[str]):
-    for n in range(1, ORDERS + 1):
-        for i in range(len(tokens) - n + 1):
-            yield tuple(tokens[i : i + n])
 
 
 def encode_array(a: np.ndarray) -> str:
@@ -87,9 +71,9 @@ class NeighbourCaptions:
         self.mean, self.projection, self.tagger_head = mean, projection, tagger_head
         self.features = features  # (N, d) unit rows
         self.captions = [[tuple(c.split()) for c in caps] for caps in captions]
-        df = Counter(g for caps in self.captions for g in {g for c in caps for g in _ngrams(c)})
-        self._df, self._log_n = df, math.log(len(self.captions))
-        self._vectors: dict[int, list[NgramVector]] = {}
+        flat = [c for caps in self.captions for c in caps]
+        self.table = NgramTable(flat, [i for i, caps in enumerate(self.captions) for _ in caps])  # df per photo
+        self._first = np.cumsum([0] + [len(caps) for caps in self.captions])  # photo -> its first caption row
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "NeighbourCaptions":
@@ -128,9 +112,10 @@ class NeighbourCaptions:
         x = (np.asarray(pooled, dtype=np.float32) - self.mean) @ self.projection
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
-    def references(self, pooled: np.ndarray) -> list[tuple[list[NgramVector], list[float]] | None]:
-        """Per photo, the n-gram vectors of its nearest training photos' captions with their
-        weights, or None when it is unlike them all (below GATE)."""
+    def references(self, pooled: np.ndarray, words_of: Callable[[Sequence[int]], Sequence[str]]) -> list:
+        """Per photo, a function from candidates (token id lists; words_of makes them words) to their
+        weighted agreement with the captions of its nearest training photos, or None when the photo
+        is unlike them all (below GATE): what capgen.decoding.consensus.rerank takes."""
         sims = self.project(pooled) @ self.features.T  # (B, N)
         k = min(NEIGHBOURS, sims.shape[1])
         out = []
@@ -140,26 +125,11 @@ class NeighbourCaptions:
             if float(row[near].mean()) < GATE:
                 out.append(None)
                 continue
-            vectors, weights = [], []
-            for t in near:
-                w = math.exp(SHARPNESS * float(row[t]))
-                for v in self._vectors_of(int(t)):
-                    vectors.append(v)
-                    weights.append(w)
-            out.append((vectors, weights))
+            counts = self._first[near + 1] - self._first[near]
+            rows = np.repeat(self._first[near] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            weights = np.repeat(np.exp(SHARPNESS * row[near].astype(np.float64)), counts)
+            out.append(partial(self._agreement, words_of, rows, weights))
         return out
 
-    def vector(self, words: Sequence[str]) -> NgramVector:
-        """A candidate's n-gram vector, weighted as the references are."""
-        return NgramVector(tuple(words), self._idf)
-
-    def _vectors_of(self, photo: int) -> list[NgramVector]:
-        v = self._vectors.get(photo)
-        if v is None:
-            if len(self._vectors) > 20_000:  # a long bulk job meets every photo: keep memory bounded
-                self._vectors.clear()
-            v = self._vectors[photo] = [NgramVector(c, self._idf) for c in self.captions[photo]]
-        return v
-
-    def _idf(self, gram: tuple[str, ...]) -> float:
-        return self._log_n - math.log(max(self._df.get(gram, 1), 1))
+    def _agreement(self, words_of, rows, weights, candidates) -> list[float]:
+        return self.table.agreement([tuple(words_of(c)) for c in candidates], rows, weights)
