@@ -33,7 +33,7 @@ from capgen.data.ngrams import NgramVector, agreements
 from capgen.errors import TagsError
 from capgen.io import read_json
 from capgen.tags import vetting
-from capgen.tags.words import WordMap, mention_index, phrases_in
+from capgen.tags.words import WordMap, caption_groups, mention_index, phrases_in
 
 SCENES_FILE = "assets/scene_captions.json"
 FORMAT = "capgen-scene-captions/1"
@@ -94,13 +94,8 @@ class SceneCaptions:
         data = read_json(path, "scene captions", TagsError)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise TagsError(f"{path}: not capgen scene captions ({FORMAT})")
-        scenes, df, documents = data.get("scenes"), data.get("df"), data.get("documents")
-        if (
-            not isinstance(scenes, list)
-            or not scenes
-            or not all(isinstance(s, list) and s and all(isinstance(c, str) and c.strip() for c in s) for s in scenes)
-        ):
-            raise TagsError(f"{path}: 'scenes' must be a non-empty list of non-empty lists of captions")
+        scenes = caption_groups(data, "scenes", path)
+        df, documents = data.get("df"), data.get("documents")
         if not isinstance(df, dict) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in df.values()
         ):

@@ -129,3 +129,16 @@ def phrases_in(tokens, table: dict, longest: int) -> set:
 def mentions(captions, index: dict[tuple[str, ...], int], longest: int) -> list[int]:
     """Sorted tag word indices mentioned by any caption (token tuples) of one photo (phrases_in)."""
     return sorted(set().union(*(phrases_in(tokens, index, longest) for tokens in captions)))
+
+
+def caption_groups(data: dict, key: str, path, per: str = "") -> list[list[str]]:
+    """data[key] of an index file (caption index, scenes, neighbours): a non-empty list of
+    non-empty lists of non-empty captions, else TagsError naming the file and the key."""
+    groups = data.get(key)
+    if (
+        not isinstance(groups, list)
+        or not groups
+        or not all(isinstance(s, list) and s and all(isinstance(c, str) and c.strip() for c in s) for s in groups)
+    ):
+        raise TagsError(f"{path}: '{key}' must be a non-empty list{per} of non-empty lists of captions")
+    return groups
