@@ -1,5 +1,5 @@
 """Consensus reranking against the captions of the nearest training photos (capgen.tags.neighbours,
-capgen.decoding.consensus) and the n-gram agreement behind it (capgen.data.ngrams.agreement_with)."""
+capgen.decoding.consensus) and the n-gram agreement behind it (capgen.data.ngram_table)."""
 
 import json
 import math
@@ -136,6 +136,23 @@ def test_the_search_widens_only_where_the_rerank_applies(tmp_path):
     other._neighbours = corpus._neighbours
     assert other.search(pooled, DecodeConfig(), GuideConfig(), str) == (DecodeConfig(), None)
     assert CorpusCaptions(None).search(pooled, DecodeConfig(), GuideConfig(), str) == (DecodeConfig(), None)
+
+
+def test_a_photo_whose_caption_must_name_a_tag_keeps_the_beams_order(tmp_path, monkeypatch):
+    path, projection = _index(tmp_path)
+    monkeypatch.setattr(neighbours, "NEIGHBOURS", 1)
+    corpus = CorpusCaptions(SimpleNamespace(head=SimpleNamespace(sha256="head-sha")))
+    corpus._neighbours = NeighbourCaptions.load(path)
+    pooled = np.concatenate([_photo(projection, 0)] * 3)  # the dog photo's neighbourhood
+    cat, dog = SimpleNamespace(include=("cat",)), SimpleNamespace(include=("dog",))  # Guidance: tag word ids
+    _, refs = corpus.search(pooled, DecodeConfig(), GuideConfig(), list, [None, cat, dog])
+    assert refs[0] is not None and refs[2] is not None  # unguided, or guided by a tag the neighbours name
+    assert refs[1] is None  # no neighbour caption names a cat
+    refs = refs[:2]
+    hyps = [_hyps("a cat is sitting on a ramp", "a dog runs on the grass", "a red car")] * 2
+    first, second = rerank(hyps, DecodeConfig(consensus=3), refs)
+    assert " ".join(first[0].tokens) == "a dog runs on the grass"  # the neighbours' choice
+    assert second == [hyps[1][0]]  # the guided photo: the model's best
 
 
 def test_no_neighbour_captions_turns_only_the_rerank_off():

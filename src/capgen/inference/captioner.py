@@ -365,7 +365,7 @@ class Captioner:
     ) -> list[CaptionResult]:
         """Images with their features -> results (guidance, one batched decode, tags)."""
         guidance = self.guidance(pooled, config, guide)
-        wide, references = self.corpus.search(pooled, config, guide, self.vocab.decode)
+        wide, references = self.corpus.search(pooled, config, guide, self.vocab.decode, guidance)
         hyps = self.forward(pooled, grid, wide, guidance, references)
         results = [self.postprocess(h, img, g) for h, img, g in zip(hyps, images, guidance)]
         self.corpus.apply(results, pooled, config, guide, self.scorer(pooled, grid))

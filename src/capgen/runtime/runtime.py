@@ -242,7 +242,7 @@ class Runtime:
         for i in range(0, len(items), batch_size):
             pooled, grid = self.encode(items[i : i + batch_size])
             guidance = self.guidance(pooled, config, guide)
-            wide, references = self.corpus.search(pooled, config, guide, self.vocab.decode)
+            wide, references = self.corpus.search(pooled, config, guide, self.vocab.decode, guidance)
             hyps = self.decode(pooled, grid, wide, guidance, references)
             batch = [self._result(h, g) for h, g in zip(hyps, guidance)]
             self.corpus.apply(batch, pooled, config, guide, self.scorer(pooled, grid))

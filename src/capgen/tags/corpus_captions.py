@@ -184,11 +184,14 @@ class CorpusCaptions:
         guide = GuideConfig.of(guide)
         return self.tagger is not None and config.method != "sample" and guide is not None and guide.corpus
 
-    def search(self, pooled, config, guide, words_of) -> tuple:
+    def search(self, pooled, config, guide, words_of, guidance=()) -> tuple:
         """(config, references) for the search (capgen.decoding.search): when the neighbour rerank
         applies (a beam search without consensus of its own, the guide's `neighbours` on, an index
         of this encoder), a consensus of neighbours.CANDIDATES candidates ranked against the captions
-        of each photo's nearest training photos; else (config, None). words_of: token ids -> words."""
+        of each photo's nearest training photos; else (config, None). words_of: token ids -> words.
+
+        guidance: per photo, its Guidance or None; a guided photo is reranked only where its
+        neighbours' captions name the tag (NeighbourCaptions.references)."""
         from capgen.tags.guide import GuideConfig
 
         guide = GuideConfig.of(guide)
@@ -201,7 +204,7 @@ class CorpusCaptions:
         if not index.fits(head):
             return config, None
         wide = replace(config, consensus=max(neighbours.CANDIDATES, config.beam_size))
-        return wide, index.references(pooled, words_of)
+        return wide, index.references(pooled, words_of, [g.include if g is not None else None for g in guidance])
 
     def _load(self) -> CaptionIndex:
         if self._index is None:
