@@ -75,7 +75,7 @@ class NgramTable:
         if not len(candidates) or total <= 0:
             return [0.0] * len(candidates)
         counts = self._start[rows + 1] - self._start[rows]
-        entry = np.repeat(self._start[rows] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        entry = ranges(self._start[rows], counts)
         ref_gram, ref_value, ref_row = self._gram[entry], self._value[entry], np.repeat(np.arange(len(rows)), counts)
         out = []
         for words in candidates:
@@ -115,6 +115,11 @@ class NgramTable:
         if not grams:
             return np.zeros(0, np.int64), np.zeros(0)
         return np.concatenate(grams), np.concatenate(values)  # orders in turn: sorted ids
+
+
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The concatenation of arange(s, s + c) for each (s, c): the flat rows of some groups of rows."""
+    return np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
 
 
 def _distinct(x: np.ndarray) -> np.ndarray:

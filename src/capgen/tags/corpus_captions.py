@@ -184,13 +184,13 @@ class CorpusCaptions:
         guide = GuideConfig.of(guide)
         return self.tagger is not None and config.method != "sample" and guide is not None and guide.corpus
 
-    def search(self, pooled, config, guide, words_of, guidance=()) -> tuple:
+    def search(self, pooled, config, guide, words_of, guidance=None) -> tuple:
         """(config, references) for the search (capgen.decoding.search): when the neighbour rerank
         applies (a beam search without consensus of its own, the guide's `neighbours` on, an index
         of this encoder), a consensus of neighbours.CANDIDATES candidates ranked against the captions
         of each photo's nearest training photos; else (config, None). words_of: token ids -> words.
 
-        guidance: per photo, its Guidance or None; a guided photo is reranked only where its
+        guidance: per photo, its Guidance or None (None: no photo guided); a guided photo is reranked only where its
         neighbours' captions name the tag (NeighbourCaptions.references)."""
         from capgen.tags.guide import GuideConfig
 
@@ -204,7 +204,8 @@ class CorpusCaptions:
         if not index.fits(head):
             return config, None
         wide = replace(config, consensus=max(neighbours.CANDIDATES, config.beam_size))
-        return wide, index.references(pooled, words_of, [g.include if g is not None else None for g in guidance])
+        required = None if guidance is None else [g.include if g is not None else None for g in guidance]
+        return wide, index.references(pooled, words_of, required)
 
     def _load(self) -> CaptionIndex:
         if self._index is None:

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from capgen.data.ngram_table import NgramTable
+from capgen.data.ngram_table import NgramTable, ranges
 from capgen.errors import TagsError
 from capgen.io import read_json
 from capgen.tags.words import caption_groups
@@ -115,28 +115,27 @@ class NeighbourCaptions:
         self,
         pooled: np.ndarray,
         words_of: Callable[[Sequence[int]], Sequence[str]],
-        required: Sequence[Sequence[int] | None] = (),
+        required: Sequence[Sequence[int] | None] | None = None,
     ) -> list:
         """Per photo, a function from candidates (token id lists; words_of makes them words) to their
         weighted agreement with the captions of its nearest training photos, or None when the photo
         is unlike them all (below GATE): what capgen.decoding.consensus.rerank takes.
 
-        required: per photo, the word ids of which its caption must name one (a confident tag), or
-        None. Such a photo is reranked only if at least TAG_SHARE of its references' weight names
+        required: per photo (None: for none), the word ids of which its caption must name one (a
+        confident tag), or None. Such a photo is reranked only if at least TAG_SHARE of its references' weight names
         one of them: otherwise the neighbours (a Flickr8k index has almost no cats) would choose the
         sentence around the tag, "a man is sitting on a cat" over "a cat is sitting on a ramp"."""
         sims = self.project(pooled) @ self.features.T  # (B, N)
         k = min(NEIGHBOURS, sims.shape[1])
-        required = list(required) + [None] * (len(sims) - len(required))
         out = []
-        for row, tag_ids in zip(sims, required):
+        for row, tag_ids in zip(sims, [None] * len(sims) if required is None else required, strict=True):
             near = np.argpartition(-row, k - 1)[:k]
             near = near[np.lexsort((near, -row[near]))]  # nearest first, ties by index: stable
             if float(row[near].mean()) < GATE:
                 out.append(None)
                 continue
             counts = self._first[near + 1] - self._first[near]
-            rows = np.repeat(self._first[near] - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+            rows = ranges(self._first[near], counts)
             weights = np.repeat(np.exp(SHARPNESS * row[near].astype(np.float64)), counts)
             if tag_ids and self._share_naming(set(words_of(tag_ids)), rows, weights) < TAG_SHARE:
                 out.append(None)

@@ -132,7 +132,7 @@ def mentions(captions, index: dict[tuple[str, ...], int], longest: int) -> list[
 
 
 def caption_groups(data: dict, key: str, path, per: str = "") -> list[list[str]]:
-    """data[key] of an index file (caption index, scenes, neighbours): a non-empty list of
+    """data[key] of an index file (scene captions, neighbour captions): a non-empty list of
     non-empty lists of non-empty captions, else TagsError naming the file and the key."""
     groups = data.get(key)
     if (
