@@ -21,6 +21,7 @@ import numpy as np
 from capgen.data import PreparedDataset
 from capgen.data.corpus import read_corpus
 from capgen.data.ngrams import NgramVector, similarity
+from capgen.errors import run_script
 from capgen.io import write_json
 from capgen.tags.corpus_captions import FORMAT
 from capgen.tags.vetting import PERSON, PersonHead
@@ -146,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

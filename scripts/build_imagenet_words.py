@@ -18,6 +18,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from capgen.errors import run_script
+
 # (first, last) inclusive -> word; later entries override earlier ones.
 ANIMALS: list[tuple[int, int, str]] = [
     (0, 1, "fish"),
@@ -245,4 +247,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 
 from capgen.data import PreparedDataset
+from capgen.errors import run_script
 from capgen.io import write_json
 from capgen.tags.neighbours import FORMAT, PROJECTED_DIM, NeighbourCaptions, encode_array
 
@@ -67,4 +68,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

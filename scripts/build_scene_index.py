@@ -17,6 +17,7 @@ from collections import Counter
 
 from capgen.data.corpus import read_corpus
 from capgen.data.ngrams import NgramVector
+from capgen.errors import run_script
 from capgen.io import write_json
 from capgen.tags.scenes import FORMAT
 
@@ -49,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

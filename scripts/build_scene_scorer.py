@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from capgen.errors import run_script
 from capgen.export.scene_scorer import write_scene_scorer
 
 
@@ -28,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from capgen.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from capgen.errors import run_script
 
 LIMIT_MB = 30
 
@@ -38,4 +39,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

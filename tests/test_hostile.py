@@ -565,3 +565,28 @@ def test_a_bit_flip_in_the_weights_is_refused_by_the_stored_hash(tiny_run, tmp_p
         load_checkpoint(forged_checkpoint(tiny_run, tmp_path, flip))
     old = forged_checkpoint(tiny_run, tmp_path, lambda p: p.pop("weights_sha256"))  # written before hashes
     assert load_checkpoint(old).model is not None
+
+
+@pytest.mark.parametrize(
+    "script, args, words",
+    [
+        ("build_neighbour_index.py", ["{tmp}/none", "--features", "{tmp}/f", "--out", "{tmp}/n.json"], "prepared"),
+        ("bundle_model.py", ["{tmp}/none.pt", "--out", "{tmp}/b"], "checkpoint"),
+    ],
+)
+def test_a_maintainer_script_refuses_bad_input_in_one_line(tmp_path, script, args, words):
+    """scripts/ run through capgen.errors.run_script: one line naming the script, exit 2, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    argv = [a.format(tmp=tmp_path) for a in args]
+    env = {k: v for k, v in os.environ.items() if k != "CAPGEN_DEBUG"}
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / script), *argv], capture_output=True, text=True, env=env
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and words in lines[0], done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+from typing import Callable, NoReturn
+
 
 class CapgenError(Exception):
     """Base class for errors caused by the user's input (files, options, data)."""
@@ -41,3 +46,17 @@ class TagsError(CapgenError):
 class ExportError(CapgenError):
     """A checkpoint cannot be exported for capgen.runtime, or an exported folder is incomplete,
     damaged or mismatched (the message names the file)."""
+
+
+def run_script(main: Callable[[], int | None]) -> NoReturn:
+    """A maintainer script's entry (scripts/): its bad input (a CapgenError) is one line naming the
+    script, exit 2, as the CLI's; CAPGEN_DEBUG=1 shows the traceback instead."""
+    name = Path(sys.argv[0]).name
+    try:
+        code = main()
+    except CapgenError as e:
+        if os.environ.get("CAPGEN_DEBUG"):
+            raise
+        print(f"{name}: error: {e}", file=sys.stderr)
+        code = e.exit_code
+    raise SystemExit(code or 0)
