@@ -17,6 +17,7 @@ def test_objects_named_longest_phrase_and_plurals():
     assert objects_named("a hot dog next to two dogs and a teddy bear".split()) == {"hot dog", "dog", "teddy bear"}
     assert objects_named("three men ride buses past a refrigerator".split()) == {"person", "bus", "refrigerator"}
     assert objects_named("an orange cat".split()) == {"cat"}  # the colour is no fruit
+    assert objects_named("oranges and broccoli on a plate".split()) == {"orange", "broccoli"}
 
 
 def test_invented_counts_objects_no_reference_names():

@@ -69,7 +69,8 @@ OBJECTS: dict[str, tuple[str, ...]] = {
     "banana": ("banana",),
     "apple": ("apple",),
     "sandwich": ("sandwich", "burger", "hamburger", "sub"),
-    "orange": ("oranges",),  # "orange" alone is mostly the colour "broccoli": ("broccoli",),
+    "orange": ("oranges",),  # "orange" alone is mostly the colour
+    "broccoli": ("broccoli",),
     "carrot": ("carrot",),
     "hot dog": ("hot dog", "hotdog"),
     "pizza": ("pizza",),
