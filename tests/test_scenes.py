@@ -11,9 +11,11 @@ import pytest
 from capgen.data.ngrams import NgramVector, agreements, similarity
 from capgen.decoding import DecodeConfig
 from capgen.errors import TagsError
+from capgen.tags import vetting
 from capgen.tags.corpus_captions import FORMAT as INDEX_FORMAT
 from capgen.tags.corpus_captions import CaptionIndex, CorpusCaptions
 from capgen.tags.guide import GuideConfig
+from capgen.tags.neighbours import NeighbourCaptions
 from capgen.tags.scenes import (
     DOG_GATE,
     DOG_MIN_P,
@@ -169,3 +171,52 @@ def test_a_photo_the_person_head_doubts_gets_a_scene_caption_that_wins(tmp_path)
     # candidates longer or shorter than the caption may be are left out
     assert corpus.picks(pooled, DecodeConfig(max_len=2), GuideConfig(), caption, flat) == [None]
     assert corpus.picks(pooled, DecodeConfig(min_words=12, max_len=20), GuideConfig(), caption, flat) == [None]
+
+
+def test_the_caption_texts_share_of_people_moves_the_heads_odds_only_for_unfamiliar_photos():
+    head = np.array([0.75, 0.75, 0.75, 0.75, 0.2])
+    prior = np.array([vetting.PRIOR_NEUTRAL, 0.0, 0.0, 0.95, 0.0])
+    familiarity = np.array([0.0, 0.0, vetting.FAMILIAR, 0.0, 0.0])
+    got = vetting.with_scene_prior(head, prior, familiarity)
+    assert got[0] == pytest.approx(0.75, rel=1e-6)  # a neutral prior says nothing
+    assert got[2] == pytest.approx(0.75, rel=1e-6)  # a photo like the training photos: the head alone
+    assert got[3] > 0.75  # scenes like it nearly always hold people
+    # no people in such scenes: the odds fall, by no more than the floor's share allows
+    floor = (vetting.PRIOR_FLOOR / (1 - vetting.PRIOR_FLOOR)) / (vetting.PRIOR_NEUTRAL / (1 - vetting.PRIOR_NEUTRAL))
+    assert got[1] == pytest.approx(1 / (1 + 1 / (3.0 * floor)), rel=1e-6) and got[1] < 0.75
+    assert got[4] < 0.2
+
+
+def test_the_person_prior_is_the_share_of_people_in_the_best_matching_scenes(tmp_path, monkeypatch):
+    scenes = _scenes(tmp_path, [["a man with a dog", "a woman walks a dog"], ["a tree in a park", "a tree by a road"]])
+    dog, tree = [0.0, 0.0, 0.0, 0.9], [0.0, 0.0, 0.7, 0.0]
+    monkeypatch.setattr(vetting, "PRIOR_SCENES", 1)
+    assert scenes.person_prior(np.array([dog, tree])).tolist() == [1.0, 0.0]
+    monkeypatch.setattr(vetting, "PRIOR_SCENES", 2)
+    assert scenes.person_prior(np.array([dog, tree])).tolist() == [0.5, 0.5]
+
+
+def _neighbours_at(feature_rows) -> NeighbourCaptions:
+    """A neighbour index over the 4 pooled dims of _corpus's photos, for its head "h"."""
+    rows = np.asarray(feature_rows, dtype=np.float32)
+    return NeighbourCaptions(np.zeros(4, np.float32), np.eye(4, dtype=np.float32), rows, [["a photo"]] * len(rows), "h")
+
+
+def test_a_confident_head_on_a_photo_unlike_its_data_yields_to_the_caption_text(tmp_path):
+    """0.75 keeps the decoder's caption (PERSON_GATE), unless the photo is unlike every training photo
+    and scenes with its tags seldom hold people (one of SCENES' five)."""
+    pooled = np.array([[0.8, 0.0, 0.0, 0.01]])
+    caption = ["a man is sitting on a zebra"]
+
+    def flat(images, captions, word_probs):
+        return [np.full(len(c), -2.0) for c in captions]
+
+    unlike = _corpus(tmp_path, 0.75)
+    unlike._neighbours = _neighbours_at([[0, 1, 0, 0], [0, 0, 1, 0]])
+    pick = unlike.picks(pooled, DecodeConfig(), GuideConfig(), caption, flat)[0]
+    assert pick.scenes and "zebra" in pick.caption.split() and vetting.PERSON.isdisjoint(pick.caption.split())
+    like = _corpus(tmp_path, 0.75)
+    like._neighbours = _neighbours_at([[1, 0, 0, 0], [1, 0, 0, 0]])
+    assert like.picks(pooled, DecodeConfig(), GuideConfig(), caption, flat) == [None]
+    # the prior is part of the scene captions: off with them
+    assert unlike.picks(pooled, DecodeConfig(), GuideConfig(scenes=False), caption, flat) == [None]

@@ -198,14 +198,22 @@ class CorpusCaptions:
         head = getattr(self.tagger, "head", None)
         if guide is None or not guide.neighbours or config.method != "beam" or config.consensus or head is None:
             return config, None
-        if self._neighbours is None:
-            self._neighbours = NeighbourCaptions.load()
-        index = self._neighbours
+        index = self._neighbour_index()
         if not index.fits(head):
             return config, None
         wide = replace(config, consensus=max(neighbours.CANDIDATES, config.beam_size))
         required = None if guidance is None else [g.include if g is not None else None for g in guidance]
         return wide, index.references(pooled, words_of, required)
+
+    def _neighbour_index(self) -> NeighbourCaptions:
+        if self._neighbours is None:
+            self._neighbours = NeighbourCaptions.load()
+        return self._neighbours
+
+    def _scene_index(self) -> SceneCaptions:
+        if self._scenes is None:
+            self._scenes = SceneCaptions.load(words=self.tagger.words)
+        return self._scenes
 
     def _load(self) -> CaptionIndex:
         if self._index is None:
@@ -226,6 +234,10 @@ class CorpusCaptions:
         probs = self.tagger.word_probs(pooled)
         head = getattr(self.tagger, "head", None)
         person = index.person_probs(pooled, head) if captions is not None and head is not None else None
+        if person is not None and GuideConfig.of(guide).scenes and self._neighbour_index().fits(head):
+            # the caption text's word on people in such scenes, where the head is far from its data
+            prior = self._scene_index().person_prior(probs)
+            person = vetting.with_scene_prior(person, prior, self._neighbour_index().familiarity(pooled))
         picks = [index.choose(row) for row in probs]
         for i, caption in enumerate(captions or ()):
             if picks[i] is None:
@@ -238,16 +250,15 @@ class CorpusCaptions:
         """Each image the gates let through (SceneCaptions.reranks): its caption so far (its pick's,
         else the decoder's) meets the captions of similar scenes, and a scene's caption that wins
         becomes its pick. The shortlists of all such images are scored in one call."""
-        if self._scenes is None:
-            self._scenes = SceneCaptions.load(words=self.tagger.words)
+        scene_index = self._scene_index()
         lists = {}
         for i, caption in enumerate(captions):
             own = tuple((caption if picks[i] is None else picks[i].caption).split())
-            if not self._scenes.reranks(probs[i], float(person[i]), own):
+            if not scene_index.reranks(probs[i], float(person[i]), own):
                 continue
-            found = self._scenes.candidates(probs[i], float(person[i]), (config.min_words, config.length_limit))
+            found = scene_index.candidates(probs[i], float(person[i]), (config.min_words, config.length_limit))
             if found.captions:
-                lists[i] = self._scenes.shortlist(found, own)
+                lists[i] = scene_index.shortlist(found, own)
         if not lists:
             return
         images = list(lists)
@@ -256,7 +267,7 @@ class CorpusCaptions:
             doubted = person[i] < vetting.AVOID_PERSON_BELOW and not vetting.PERSON.isdisjoint(short[-1])
             k = scenes.best(agree, scored, doubted)
             if k < len(short) - 1:
-                word, p = self._scenes.object_of(short[k], probs[i])
+                word, p = scene_index.object_of(short[k], probs[i])
                 replaced = () if picks[i] is None else picks[i].replaced  # claims refused on the way
                 picks[i] = Retrieved(" ".join(short[k]), word, p, replaced, True)
 

@@ -125,12 +125,9 @@ class NeighbourCaptions:
         confident tag), or None. Such a photo is reranked only if at least TAG_SHARE of its references' weight names
         one of them: otherwise the neighbours (a Flickr8k index has almost no cats) would choose the
         sentence around the tag, "a man is sitting on a cat" over "a cat is sitting on a ramp"."""
-        sims = self.project(pooled) @ self.features.T  # (B, N)
-        k = min(NEIGHBOURS, sims.shape[1])
+        sims, nearest = self._nearest(pooled)
         out = []
-        for row, tag_ids in zip(sims, [None] * len(sims) if required is None else required, strict=True):
-            near = np.argpartition(-row, k - 1)[:k]
-            near = near[np.lexsort((near, -row[near]))]  # nearest first, ties by index: stable
+        for row, near, tag_ids in zip(sims, nearest, [None] * len(sims) if required is None else required, strict=True):
             if float(row[near].mean()) < GATE:
                 out.append(None)
                 continue
@@ -142,6 +139,21 @@ class NeighbourCaptions:
                 continue
             out.append(partial(self._agreement, words_of, rows, weights))
         return out
+
+    def familiarity(self, pooled: np.ndarray) -> np.ndarray:
+        """(B, dim) -> (B,) the mean cosine of each photo's NEIGHBOURS nearest training photos: how
+        much it looks like the photos the decoder (and the person head) learned from."""
+        sims, nearest = self._nearest(pooled)
+        return np.take_along_axis(sims, nearest, axis=1).mean(axis=1)
+
+    def _nearest(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, N) cosines to the training photos and (B, K) the K nearest's indices, nearest first
+        (ties by index, so stable)."""
+        sims = self.project(pooled) @ self.features.T
+        k = min(NEIGHBOURS, sims.shape[1])
+        near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        order = [np.lexsort((n, -row[n])) for row, n in zip(sims, near)]
+        return sims, np.stack([n[o] for n, o in zip(near, order)]) if len(near) else near
 
     def _share_naming(self, words: set[str], rows: np.ndarray, weights: np.ndarray) -> float:
         names = np.array([not words.isdisjoint(self._words[r]) for r in rows])

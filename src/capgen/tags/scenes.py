@@ -111,6 +111,14 @@ class SceneCaptions:
         actor = person_p >= vetting.PERSON_BELOW and not ACTORS.isdisjoint(own)
         return person_p < PERSON_GATE and dog_p < DOG_GATE and not actor
 
+    def person_prior(self, word_probs: np.ndarray) -> np.ndarray:
+        """(B, W) tag word probabilities -> (B,) the share of captions naming a person among the
+        vetting.PRIOR_SCENES scenes whose named objects best match each photo's tags: how often people
+        are in such scenes, as the caption text tells it (a kitchen, a bus: seldom; skis: nearly always)."""
+        match = self._named @ np.asarray(word_probs, dtype=np.float32).T  # (S, B)
+        top = np.argsort(-match, axis=0, kind="stable")[: vetting.PRIOR_SCENES]
+        return self._person[top].mean(axis=0).astype(np.float64)
+
     def candidates(self, word_probs: np.ndarray, person_p: float, lengths: tuple[int, int]) -> Candidates:
         """One photo's tag word probabilities (W,) and P(person) -> the retrieved captions it supports,
         of lengths[0] to lengths[1] words (the caption's own limits)."""
