@@ -147,7 +147,7 @@ def add_guide_args(p, default: GuideConfig | None) -> None:
         "--no-scene-captions",
         action="store_true",
         help="never let human captions of similar scenes replace the model's caption of a photo "
-        "without people (see capgen.tags.scenes)",
+        "without people, nor their share of people doubt the person head (see capgen.tags.scenes)",
     )
     p.add_argument(
         "--no-neighbour-captions",
