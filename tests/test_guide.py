@@ -135,6 +135,17 @@ def test_no_known_word_to_stand_in_says_so():
         ("a circle on a square", "soccer ball", "circle", "a soccer ball on a square", [0, 1, 1, 2, 3, 4]),
         ("a square", "square", None, "a square", [0, 1]),
         ("a apple", "apple", None, "an apple", [0, 1]),
+        # a count before the tag word: the decoder's plural sentence, the tag's singular word
+        ("two circle are on a square", "gondola", "circle", "two gondolas are on a square", [0, 1, 2, 3, 4, 5]),
+        ("two bus are here", "bus", None, "two buses are here", [0, 1, 2, 3]),
+        ("three circle", "strawberry", "circle", "three strawberries", [0, 1]),
+        ("two circle", "soccer ball", "circle", "two soccer balls", [0, 1, 1]),
+        ("two circle", "sheep", "circle", "two sheep", [0, 1]),
+        ("two circle", "knife", "circle", "two knives", [0, 1]),
+        ("two circle", "skis", "circle", "two skis", [0, 1]),
+        ("the circle", "gondola", "circle", "the gondola", [0, 1]),
+        ("two circle dogs are here", "sled", "circle", "two sled dogs are here", [0, 1, 2, 3, 4]),
+        ("two circle is here", "boa", "circle", "two boas is here", [0, 1, 2, 3]),
     ],
 )
 def test_render(decoded, tag, stand_in, expected, source):

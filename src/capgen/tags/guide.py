@@ -37,6 +37,18 @@ DEFAULT_NOVEL_GUIDE_THRESHOLD = 0.35
 # model rarely emitted is one it does not know how to place.
 STAND_IN_RANK = 1500
 _VOWELS = "aeiou"
+# A tag word after one of these is written as a plural: the decoder's "two" came from its own
+# sentence ("two dogs are playing"), the singular from the tag ("two bear are playing").
+_COUNTS = frozenset("two three four five six several many".split())
+_VERBS_S = frozenset("is was has does".split())  # words ending in s that are no plural nouns
+_IRREGULAR = {
+    **{w: w for w in "sheep fish deer bison moose elk salmon trout aircraft cattle swine".split()},
+    **dict(
+        pair.split(":")
+        for pair in "knife:knives wolf:wolves shelf:shelves leaf:leaves loaf:loaves mouse:mice goose:geese "
+        "ox:oxen man:men woman:women child:children foot:feet tooth:teeth tomato:tomatoes potato:potatoes".split()
+    ),
+}
 _SINGULAR_S = frozenset("tennis canvas gas lens chassis iris atlas axis mantis".split())
 
 
@@ -220,7 +232,13 @@ class Guide:
                     source.pop()
                 else:
                     out[-1] = "an" if new[0] in _VOWELS else "a"
-            for part in new.split():  # "ball" -> "soccer ball"
+            parts = new.split()  # "ball" -> "soccer ball"
+            # "two gondola are" -> "two gondolas are"; not "two sled dogs", where the tag word names a kind
+            after = words[i + 1] if i + 1 < len(words) else ""
+            kind = bool(after) and _is_plural(after) and after not in _VERBS_S
+            if out and out[-1] in _COUNTS and not _is_plural(new) and not kind:
+                parts[-1] = _plural(parts[-1])
+            for part in parts:
                 out.append(part)
                 source.append(i)
         return out, source
@@ -240,6 +258,18 @@ def _is_plural(word: str) -> bool:
     """English plural by its ending ("skis", "bubbles", "maracas"; not "bus", "glass", "canvas", "tennis")."""
     last = word.split()[-1]
     return last.endswith("s") and not last.endswith(("ss", "us")) and last not in _SINGULAR_S
+
+
+def _plural(word: str) -> str:
+    """English plural: "gondola" -> "gondolas", "bus" -> "buses", "strawberry" -> "strawberries",
+    "knife" -> "knives", "sheep" -> "sheep"."""
+    if word in _IRREGULAR:
+        return _IRREGULAR[word]
+    if word.endswith(("s", "x", "z", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2:-1] not in tuple(_VOWELS):
+        return word[:-1] + "ies"
+    return word + "s"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
