@@ -234,10 +234,10 @@ class CorpusCaptions:
         probs = self.tagger.word_probs(pooled)
         head = getattr(self.tagger, "head", None)
         person = index.person_probs(pooled, head) if captions is not None and head is not None else None
-        if person is not None and GuideConfig.of(guide).scenes and self._neighbour_index().fits(head):
+        if person is not None and GuideConfig.of(guide).scenes and (nbrs := self._neighbour_index()).fits(head):
             # the caption text's word on people in such scenes, where the head is far from its data
             prior = self._scene_index().person_prior(probs)
-            person = vetting.with_scene_prior(person, prior, self._neighbour_index().familiarity(pooled))
+            person = vetting.with_scene_prior(person, prior, nbrs.familiarity(pooled))
         picks = [index.choose(row) for row in probs]
         for i, caption in enumerate(captions or ()):
             if picks[i] is None:

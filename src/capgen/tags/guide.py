@@ -267,7 +267,7 @@ def _plural(word: str) -> str:
         return _IRREGULAR[word]
     if word.endswith(("s", "x", "z", "ch", "sh")):
         return word + "es"
-    if word.endswith("y") and word[-2:-1] not in tuple(_VOWELS):
+    if word.endswith("y") and len(word) > 1 and word[-2] not in _VOWELS:
         return word[:-1] + "ies"
     return word + "s"
 

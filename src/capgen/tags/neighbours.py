@@ -152,8 +152,8 @@ class NeighbourCaptions:
         sims = self.project(pooled) @ self.features.T
         k = min(NEIGHBOURS, sims.shape[1])
         near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        order = [np.lexsort((n, -row[n])) for row, n in zip(sims, near)]
-        return sims, np.stack([n[o] for n, o in zip(near, order)]) if len(near) else near
+        order = np.lexsort((near, -np.take_along_axis(sims, near, axis=1)), axis=-1)
+        return sims, np.take_along_axis(near, order, axis=1)
 
     def _share_naming(self, words: set[str], rows: np.ndarray, weights: np.ndarray) -> float:
         names = np.array([not words.isdisjoint(self._words[r]) for r in rows])

@@ -87,20 +87,25 @@ class PersonHead:
     def probs(self, pooled: np.ndarray) -> np.ndarray:
         """(B, dim) -> (B,) probabilities."""
         z = np.asarray(pooled, dtype=np.float32) @ self.weight + np.float32(self.bias)
-        return 1.0 / (1.0 + np.exp(-z.astype(np.float64)))
+        return _sigmoid(z.astype(np.float64))
 
 
 def with_scene_prior(person_p: np.ndarray, prior: np.ndarray, familiarity: np.ndarray) -> np.ndarray:
     """(B,) head probabilities, the caption text's person shares and the photos' familiarity ->
     (B,) P(person) with the prior's evidence added where the photo is unlike the training photos."""
 
-    def logit(p):
-        return np.log(p / (1.0 - p))
-
     p = np.clip(np.asarray(person_p, dtype=np.float64), 1e-6, 1 - 1e-6)
     q = np.clip(np.asarray(prior, dtype=np.float64), PRIOR_FLOOR, 1 - 1e-3)
-    shift = np.where(np.asarray(familiarity) < FAMILIAR, logit(q) - logit(PRIOR_NEUTRAL), 0.0)
-    return 1.0 / (1.0 + np.exp(-(logit(p) + shift)))
+    shift = np.where(np.asarray(familiarity) < FAMILIAR, _logit(q) - _logit(PRIOR_NEUTRAL), 0.0)
+    return _sigmoid(_logit(p) + shift)
+
+
+def _logit(p):
+    return np.log(p / (1.0 - p))
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def unsupported(words: set[str], dog_p: float, person_p: float | None) -> frozenset[str]:
