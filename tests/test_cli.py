@@ -54,6 +54,29 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, prepared, tiny_encoder):
         )
 
 
+def test_an_error_line_is_one_write(monkeypatch, tmp_path):
+    """Issue 20's CI failure: under PYTHONUNBUFFERED print() wrote a message and its newline apart, so
+    two torchrun ranks' errors ran together on one line. Each message must reach stderr in one write."""
+
+    class Writes:
+        def __init__(self):
+            self.calls = []
+
+        def write(self, s):
+            self.calls.append(s)
+            return len(s)
+
+        def flush(self):
+            pass
+
+    stderr = Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    code = main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "p")])
+    assert code == 2 and len(stderr.calls) == 1, stderr.calls
+    assert stderr.calls[0].startswith("capgen prepare: error:") and stderr.calls[0].endswith("\n")
+    assert stderr.calls[0].count("\n") == 1
+
+
 def test_bad_option_values_exit_2(capsys, tmp_path):
     for argv in (
         ["prepare", "x", "--out", "y", "--min-count", "zero"],

@@ -48,6 +48,14 @@ class ExportError(CapgenError):
     damaged or mismatched (the message names the file)."""
 
 
+def say(line: str) -> None:
+    """Write one message line to stderr in a single write. print() writes the text and its newline
+    separately when Python runs unbuffered (PYTHONUNBUFFERED=1), so the lines of torchrun ranks
+    sharing one stderr ran together; one write of a line under PIPE_BUF bytes stays whole."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_script(main: Callable[[], int | None]) -> NoReturn:
     """A maintainer script's entry (scripts/): its bad input (a CapgenError) is one line naming the
     script, exit 2, as the CLI's; CAPGEN_DEBUG=1 shows the traceback instead."""
@@ -57,6 +65,6 @@ def run_script(main: Callable[[], int | None]) -> NoReturn:
     except CapgenError as e:
         if os.environ.get("CAPGEN_DEBUG"):
             raise
-        print(f"{name}: error: {e}", file=sys.stderr)
+        say(f"{name}: error: {e}")
         code = e.exit_code
     raise SystemExit(code or 0)

@@ -7,14 +7,13 @@ User errors (CapgenError) print one line and exit 2; tracebacks only with --debu
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from typing import Sequence
 
 from capgen import __version__
 from capgen.argtypes import OneLineParser
 from capgen.cli import alt, caption, evaluate, export, extract, info, prepare, serve, synth, train, tune
-from capgen.errors import CapgenError
+from capgen.errors import CapgenError, say
 from capgen.extras import require
 from capgen.io import echo
 from capgen.parallel import shutdown_distributed
@@ -62,10 +61,10 @@ def _run(args) -> int:
     except CapgenError as e:
         if args.debug:
             raise
-        print(f"capgen {args.command}: error: {echo(str(e), MESSAGE_LIMIT)}", file=sys.stderr)
+        say(f"capgen {args.command}: error: {echo(str(e), MESSAGE_LIMIT)}")
         return e.exit_code
     except KeyboardInterrupt:
-        print(f"capgen {args.command}: interrupted; run the same command again to resume", file=sys.stderr)
+        say(f"capgen {args.command}: interrupted; run the same command again to resume")
         return 130
     except Exception as e:  # a bug, not bad input: still one line unless --debug
         if args.debug:
@@ -75,19 +74,17 @@ def _run(args) -> int:
 
         missing = missing_extra(e)
         if missing is not None:  # a package of an optional install: name the extra that brings it
-            print(f"capgen {args.command}: error: {missing}", file=sys.stderr)
+            say(f"capgen {args.command}: error: {missing}")
             return missing.exit_code
         if is_disk_full(e):  # a write outside capgen.io's helpers (logs, figures): name the file
-            print(
+            say(
                 f"capgen {args.command}: error: no space left on device writing "
-                f"{getattr(e, 'filename', None) or 'an output file'}",
-                file=sys.stderr,
+                f"{getattr(e, 'filename', None) or 'an output file'}"
             )
             return 2
-        print(
+        say(
             f"capgen {args.command}: internal error: {type(e).__name__}: {echo(str(e), MESSAGE_LIMIT)} "
             f"(rerun with --debug for the "
-            f"traceback)",
-            file=sys.stderr,
+            f"traceback)"
         )
         return 1

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from capgen.argtypes import positive_int
 from capgen.cli.caption import add_model_args
 from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.errors import CapgenError
+from capgen.errors import CapgenError, say
 from capgen.tags.guide import GuideConfig
 
 
@@ -64,7 +63,7 @@ def run(args) -> int:
     images = sorted({img.image for _, imgs in found.values() for img in imgs})
     missing = [i for i in images if not i.is_file()]
     for i in missing:
-        print(f"capgen alt: skipped {i}: no such image file", file=sys.stderr)
+        say(f"capgen alt: skipped {i}: no such image file")
     alts, failed = {}, len(missing)
     todo = [i for i in images if i.is_file()]
     if todo:
@@ -73,7 +72,7 @@ def run(args) -> int:
         for image, res in caption_paths(captioner, todo, config, batch_size=args.batch_size, guide=guide_config(args)):
             if isinstance(res, ImageLoadError):
                 failed += 1
-                print(f"capgen alt: skipped {res}", file=sys.stderr)
+                say(f"capgen alt: skipped {res}")
             else:
                 alts[Path(image)] = res.caption
     filled = 0
@@ -86,10 +85,9 @@ def run(args) -> int:
             continue
         _write(page, targets[page], splice(text, done, alts), text, args.in_place)
     verb = "would fill" if args.dry_run else "filled"
-    print(
+    say(
         f"capgen alt: {verb} {filled} alt attributes in {len(pages)} pages"
-        + (f", {failed} images failed" if failed else ""),
-        file=sys.stderr,
+        + (f", {failed} images failed" if failed else "")
     )
     return 1 if failed else 0
 

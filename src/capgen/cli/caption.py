@@ -9,7 +9,7 @@ from pathlib import Path
 
 from capgen.argtypes import out_dir, positive_int, probability, thread_count
 from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.errors import CapgenError
+from capgen.errors import CapgenError, say
 from capgen.inference.files import display_name
 from capgen.tags.guide import GuideConfig
 
@@ -207,7 +207,7 @@ def run(args) -> int:
     captioner = load_captioner(args)
     tags = captioner.tag_config(args.n_tags if args.tags else 0, args.tag_threshold)
     if tags and captioner.tags_error:  # captions still come; say once why tags do not
-        print(f"capgen caption: {captioner.tags_error}", file=sys.stderr)
+        say(f"capgen caption: {captioner.tags_error}")
     config = captioner.decode_config(**decode_options(args), return_attention=bool(args.attention))
     if args.out:
         return _bulk(args, captioner, config)
@@ -248,7 +248,7 @@ def run(args) -> int:
                 tqdm.write(f"capgen caption: no figure for {display_name(path)}: {reason}", file=sys.stderr)
     bar.close()
     if failed:
-        print(f"capgen caption: {failed} of {len(paths)} inputs failed", file=sys.stderr)
+        say(f"capgen caption: {failed} of {len(paths)} inputs failed")
     return 1 if failed else 0
 
 
@@ -274,13 +274,12 @@ def _ray(args, captioner, config) -> int:
         model_name=captioner.name,
     )
     for path, reason in list(res.failed.items())[:10]:
-        print(f"capgen caption: failed {display_name(path)}: {reason}", file=sys.stderr)
-    print(
+        say(f"capgen caption: failed {display_name(path)}: {reason}")
+    say(
         f"capgen caption: {res.captioned} captioned on Ray ({res.actors} actors, {res.images_per_s:.1f} images/s"
         + (f", {res.steady_images_per_s:.1f} after start-up" if res.steady_images_per_s else "")
         + "), "
-        f"{res.skipped} already in {display_name(res.out)}, {len(res.failed)} failed",
-        file=sys.stderr,
+        f"{res.skipped} already in {display_name(res.out)}, {len(res.failed)} failed"
     )
     return 1 if res.failed else 0
 
@@ -329,7 +328,7 @@ def _to_files(args, captioner, config, tags, destination) -> int:
     planned, todo, done_note, write = _file_plan(args, destination)
     failed = dict(planned.failed)
     for path, reason in failed.items():
-        print(f"capgen caption: skipped {path}: {reason}", file=sys.stderr)
+        say(f"capgen caption: skipped {path}: {reason}")
     targets = dict(todo)
     out = _writer(args.format, sys.stdout, with_tags=bool(tags) and captioner.tagger is not None)
     bar = tqdm(
@@ -361,11 +360,10 @@ def _to_files(args, captioner, config, tags, destination) -> int:
         unchanged += not changed
         out(path, res)
     bar.close()
-    print(
+    say(
         f"capgen caption: {written} written, {done_note}"
         + (f", {unchanged} unchanged" if unchanged else "")
-        + f", {len(failed)} failed",
-        file=sys.stderr,
+        + f", {len(failed)} failed"
     )
     return 1 if failed else 0
 
@@ -409,12 +407,11 @@ def _bulk(args, captioner, config) -> int:
     )
     if int(os.environ.get("RANK", "0")) == 0:
         for path, reason in list(res.failed.items())[:10]:
-            print(f"capgen caption: failed {display_name(path)}: {reason}", file=sys.stderr)
+            say(f"capgen caption: failed {display_name(path)}: {reason}")
         out = display_name(res.out)
-        print(
+        say(
             f"capgen caption: {res.captioned} captioned ({res.images_per_s:.1f} images/s), {res.skipped} already "
-            f"in {out}, {len(res.failed)} failed" + (f" (listed in {out}.errors)" if res.failed else ""),
-            file=sys.stderr,
+            f"in {out}, {len(res.failed)} failed" + (f" (listed in {out}.errors)" if res.failed else "")
         )
     return 1 if res.failed else 0
 

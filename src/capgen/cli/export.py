@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 from capgen.argtypes import out_dir
 from capgen.decoding.flags import add_decode_args, decode_options
+from capgen.errors import say
 
 
 def register(sub, parents) -> None:
@@ -47,9 +46,7 @@ def run(args) -> int:
 
     summary = export_checkpoint(args.checkpoint, args.out, DecodeConfig(**decode_options(args)), encoder=args.encoder)
     size = sum(summary["files"].values()) / 2**20
-    print(
-        f"capgen export: wrote {args.out} ({size:.1f} MB; decoder step matches torch to "
-        f"{summary['step_max_diff']:.1e})",
-        file=sys.stderr,
+    say(
+        f"capgen export: wrote {args.out} ({size:.1f} MB; decoder step matches torch to {summary['step_max_diff']:.1e})"
     )
     return 0

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 from capgen.argtypes import non_negative_int, out_dir, positive_int, thread_count
 from capgen.cli.caption import add_precision_args
 from capgen.cli.prepare import add_outside_root_arg
+from capgen.errors import say
 
 
 def register(sub, parents) -> None:
@@ -83,7 +83,7 @@ def run(args) -> int:
         f"{res.backend}) -> {res.out} ({res.images} images)"
     )
     if res.failed:
-        print(f"skipped {len(res.failed)} bad images:", file=sys.stderr)
+        say(f"skipped {len(res.failed)} bad images:")
         for name, why in res.failed.items():
-            print(f"  {name}: {why}", file=sys.stderr)
+            say(f"  {name}: {why}")
     return 0

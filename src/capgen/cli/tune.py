@@ -8,6 +8,7 @@ import sys
 
 from capgen.argtypes import positive_float, positive_int
 from capgen.cli.prepare import add_dataset_args
+from capgen.errors import say
 
 
 def register(sub, parents) -> None:
@@ -162,6 +163,4 @@ def _run_workers(args) -> None:
             p.wait()
         raise
     if any(codes):
-        print(
-            f"capgen tune: {sum(1 for c in codes if c)} of {args.workers} workers exited with an error", file=sys.stderr
-        )
+        say(f"capgen tune: {sum(1 for c in codes if c)} of {args.workers} workers exited with an error")

@@ -324,7 +324,8 @@ class _BulkJob:
         self.captioner, self.out, self.fmt, self.config, self.job = captioner, out, fmt, config, job
         self.batch_size, self.progress, self.guide = batch_size, progress, guide
         self.paths, self.missing, self.done, self.skipped = paths, missing, set(), 0
-        self.log = log or (lambda msg: _tqdm().write(f"capgen caption: {msg}", file=sys.stderr))
+        # the line and its newline in one write (tqdm writes `end` apart): ranks share one stderr
+        self.log = log or (lambda msg: _tqdm().write(f"capgen caption: {msg}\n", file=sys.stderr, end=""))
 
     def open(self) -> list[str]:
         notes, self.done = _open_job(

@@ -12,7 +12,7 @@ from typing import Sequence
 
 from capgen.argtypes import OneLineParser
 from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.errors import CapgenError
+from capgen.errors import CapgenError, say
 from capgen.io import echo
 from capgen.tags.guide import GuideConfig
 
@@ -59,18 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CapgenError as e:
         if args.debug:
             raise
-        print(f"capgen.runtime: error: {echo(str(e), 2000)}", file=sys.stderr)
+        say(f"capgen.runtime: error: {echo(str(e), 2000)}")
         return e.exit_code
     except KeyboardInterrupt:
-        print("capgen.runtime: interrupted", file=sys.stderr)
+        say("capgen.runtime: interrupted")
         return 130
     except Exception as e:  # a bug or an input nothing checked: still one line, exit 2, unless --debug
         if args.debug:
             raise
-        print(
+        say(
             f"capgen.runtime: internal error: {type(e).__name__}: {echo(str(e), 2000)} (rerun with --debug for "
-            "the traceback)",
-            file=sys.stderr,
+            "the traceback)"
         )
         return 2
     return 0
