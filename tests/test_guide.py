@@ -119,6 +119,19 @@ def test_known_words_are_required_as_they_are_and_new_ones_get_the_nearest_known
         GuideConfig(0.5, 0)
 
 
+def test_words_that_name_a_tag_satisfy_it():
+    """"bike" names a bicycle and "skier" the skis: requiring the tag word itself wrote "a man is riding a
+    bicycle on a dirt bike" and "a skier is skis down a snowy hill"."""
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "bicycle", "bike", "bikers", "skier", "skiing"])
+    guide = Guide.build(vocab, words("bicycle", "skis"))
+    assert guide.plans["bicycle"].include == (5, 6, 7)  # the word, then the others the vocabulary has
+    assert guide.plans["bicycle"].stand_in is None
+    # a tag word the model lacks still gets a stand-in, not the words naming it
+    assert guide.plans["skis"].stand_in is not None and guide.plans["skis"].include == (
+        vocab.stoi[guide.plans["skis"].stand_in],
+    )
+
+
 def test_no_known_word_to_stand_in_says_so():
     with pytest.warns(RuntimeWarning, match="nothing to stand in for them"):
         guide = Guide.build(VOCAB, words("ball", "apple"))
@@ -146,6 +159,8 @@ def test_no_known_word_to_stand_in_says_so():
         ("the circle", "gondola", "circle", "the gondola", [0, 1]),
         ("two circle dogs are here", "sled", "circle", "two sled dogs are here", [0, 1, 2, 3, 4]),
         ("two circle is here", "boa", "circle", "two boas is here", [0, 1, 2, 3]),
+        ("a circle dogs are here", "sled", "circle", "sled dogs are here", [1, 2, 3, 4]),
+        ("a circle is here", "sled", "circle", "a sled is here", [0, 1, 2, 3]),
     ],
 )
 def test_render(decoded, tag, stand_in, expected, source):

@@ -98,6 +98,9 @@ def test_photos_of_people_dogs_and_people_at_a_sport_keep_the_decoders_caption(t
     skier = tuple("a skier is jumping over a ramp".split())
     assert not scenes.reranks(zebra, PERSON_BELOW, skier)  # a person at a sport the head allows
     assert scenes.reranks(zebra, PERSON_BELOW / 2, skier)  # ... and one it doubts
+    rider = tuple("a man is riding a bike through the woods".split())  # a person on a bike is at a sport too
+    assert not scenes.reranks(zebra, PERSON_BELOW, rider) and scenes.reranks(zebra, PERSON_BELOW / 2, rider)
+    assert scenes.reranks(zebra, PERSON_BELOW, tuple("a bike parked on a street".split()))  # a bike alone is not
 
 
 def test_the_consensus_wins_unless_the_own_caption_is_far_more_likely(tmp_path):
