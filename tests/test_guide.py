@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from capgen import Captioner
 from capgen.cli import main
 from capgen.data.vocab import Vocabulary
 from capgen.decoding import DecodeConfig, DecodeError, beam, decode
+from capgen.decoding.config import MAX_GUIDE_PENALTY as HARD
 from capgen.errors import TagsError
 from capgen.tags import Guidance, Guide, GuideConfig, Tag, WordMap
 from conftest import one_line_error
@@ -30,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_required_words_appear_and_other_images_are_untouched(name):
     model = sharp(name, 20)
     pooled, grid = features(3, seed=4)
-    cfg = DecodeConfig(beam_size=3, max_len=8)
+    cfg = DecodeConfig(beam_size=3, max_len=8, guide_penalty=HARD)  # the word comes, whatever it costs
     free = decode(model, pooled, grid, IDS, cfg)
     guided = decode(model, pooled, grid, IDS, cfg, include=[{7}, None, {9, 10}])
     assert 7 in guided[0][0].tokens and {9, 10} & set(guided[2][0].tokens)
@@ -38,7 +40,9 @@ def test_required_words_appear_and_other_images_are_untouched(name):
     # ones, so only the float rounding of another batch size may differ)
     assert guided[1][0].tokens == free[1][0].tokens and guided[1][0].score == pytest.approx(free[1][0].score, rel=1e-6)
     # greedy becomes a beam of one, which also satisfies the constraint
-    greedy = decode(model, pooled, grid, IDS, DecodeConfig(beam_size=1, max_len=8), include=[{7}, {8}, {9}])
+    greedy = decode(
+        model, pooled, grid, IDS, DecodeConfig(beam_size=1, max_len=8, guide_penalty=HARD), include=[{7}, {8}, {9}]
+    )
     assert [7 in greedy[0][0].tokens, 8 in greedy[1][0].tokens, 9 in greedy[2][0].tokens] == [True, True, True]
 
 
@@ -59,10 +63,35 @@ def test_wide_constrained_beam_finds_the_best_caption_with_the_word(name, early_
             pooled,
             grid,
             IDS,
-            DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0, no_repeat_words=False),
+            DecodeConfig(
+                beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0, no_repeat_words=False, guide_penalty=HARD
+            ),
             include=[{5}],
         )[0][0]
         assert hyp.tokens == tokens and hyp.score == logp_approx(score, scale, 4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_caption_without_the_word_wins_when_it_is_likelier_by_more_than_the_penalty(name):
+    """Soft guidance: exhaustive search returns the caption best by its score, plus EARLY_BONUS with
+    word 5 among its first EARLY_WORDS words, minus the penalty without word 5; with its own score."""
+    model = sharp(name, 6).eval()
+    cfg = DecodeConfig(beam_size=32, max_len=3, allow_unk=True, no_repeat_ngram=0, no_repeat_words=False)
+    named = {}
+    for penalty in (0.0, 1.0, 3.0, HARD):
+        for seed in range(4):
+            pooled, grid = features(1, seed=seed)
+            every, scale = brute_force(model, pooled, grid, [3, 4, 5], 3, 0.0)
+
+            def ranked(ts, penalty=penalty):
+                t, s = ts
+                return s + (beam.EARLY_BONUS * (t.index(5) < beam.EARLY_WORDS) if 5 in t else -penalty)
+
+            tokens, score = max(every, key=ranked)
+            hyp = decode(model, pooled, grid, IDS, replace(cfg, guide_penalty=penalty), include=[{5}])[0][0]
+            assert hyp.tokens == tokens and hyp.score == logp_approx(score, scale, 4)
+            named.setdefault(penalty, []).append(5 in tokens)
+    assert not all(named[0.0]) and all(named[HARD])  # the penalty decides some captions
 
 
 def test_an_impossible_word_still_gives_a_caption_with_its_own_score():
@@ -120,7 +149,7 @@ def test_known_words_are_required_as_they_are_and_new_ones_get_the_nearest_known
 
 
 def test_words_that_name_a_tag_satisfy_it():
-    """"bike" names a bicycle and "skier" the skis: requiring the tag word itself wrote "a man is riding a
+    """ "bike" names a bicycle and "skier" the skis: requiring the tag word itself wrote "a man is riding a
     bicycle on a dirt bike" and "a skier is skis down a snowy hill"."""
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "bicycle", "bike", "bikers", "skier", "skiing"])
     guide = Guide.build(vocab, words("bicycle", "skis"))
@@ -196,9 +225,9 @@ def test_captioner_guides_by_default_when_confident(guided_captioner, tiny_run):
     images = [photo(tiny_run), tiny_run.prepared.split("test")[1].path]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "dog" has no stand-in in the synthetic vocabulary
-        guided = guided_captioner.caption(images, return_attention=True)
+        guided = guided_captioner.caption(images, return_attention=True, guide_penalty=HARD)
         plain = guided_captioner.caption(images, guide=None, return_attention=True)
-        strict = guided_captioner.caption(images, guide=0.9)
+        strict = guided_captioner.caption(images, guide=0.9, guide_penalty=HARD)
     for g, p, s in zip(guided, plain, strict):
         assert "square" in g.tokens and g.guided.tag.word == "square" and g.to_dict()["guided"]["word"] == "square"
         assert g.attention.shape[0] == len(g.tokens)
@@ -225,6 +254,8 @@ def test_cli_guide_options(tiny_run, square_words, capsys):
         str(square_words),
         "--format",
         "jsonl",
+        "--guide-penalty",
+        str(HARD),
     ]
     assert main(base) == 0
     line = json.loads(capsys.readouterr().out)
@@ -235,6 +266,8 @@ def test_cli_guide_options(tiny_run, square_words, capsys):
     assert "guided" not in json.loads(capsys.readouterr().out)
     err = one_line_error(capsys, base + ["--guide-threshold", "7"], "--guide-threshold")
     assert "probability" in err
+    one_line_error(capsys, base + ["--guide-penalty", "-1"], "--guide-penalty", "a number >= 0")
+    one_line_error(capsys, base + ["--guide-penalty", "1e9"], "guide_penalty must be in [0, 10000]")
 
 
 def test_evaluate_guide_needs_a_classifier_head(tiny_run, tmp_path, capsys):
@@ -254,11 +287,15 @@ def test_evaluate_guide_needs_a_classifier_head(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "ev" / "predictions.json").exists()
 
 
-def test_server_guides_by_default(guided_captioner, tiny_run):
+def test_server_guides_by_default(guided_captioner, tiny_run, monkeypatch):
     testclient = pytest.importorskip("fastapi.testclient")
     from pathlib import Path
 
     from capgen.serve import create_app
+
+    # the tiny model may find a caption without the word likelier than the default penalty allows
+    build = guided_captioner.decode_config
+    monkeypatch.setattr(guided_captioner, "decode_config", lambda **o: build(**{"guide_penalty": HARD, **o}))
 
     files = {"files": ("a.png", Path(photo(tiny_run)).read_bytes(), "image/png")}
     with warnings.catch_warnings():
@@ -308,9 +345,11 @@ def test_the_runtime_tags_and_guides_like_the_captioner(tiny_run, square_words, 
             encoder="capgen_tiny_headed_encoder:build_headed",
             tag_words=square_words,
         )
-        export_captioner(guided_captioner, tmp_path / "exported")
+        # the export's decoding settings carry the penalty to the runtime
+        export_captioner(guided_captioner, tmp_path / "exported", DecodeConfig(guide_penalty=HARD))
         images = [str(r.path) for r in tiny_run.prepared.split("test")[:4]]
-        ref, plain = guided_captioner.caption(images), guided_captioner.caption(images, guide=None)
+        ref = guided_captioner.caption(images, guide_penalty=HARD)
+        plain = guided_captioner.caption(images, guide=None)
     rt = Runtime(tmp_path / "exported", threads=1)
     got = rt.caption(images)
     assert [r.caption for r in got] == [r.caption for r in ref]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capgen.decoding.config import DecodeConfig, TokenIds
-from capgen.decoding.rules import EARLY_BONUS, EARLY_WORDS, NEG_INF, UNMET_PENALTY, Rules, length_normalised
+from capgen.decoding.rules import EARLY_BONUS, EARLY_WORDS, NEG_INF, Rules, length_normalised
 from capgen.decoding.steps import Rows, Step, expand
 
 
@@ -130,7 +130,7 @@ def beam_search(
     constraint per image, "the caption contains one of these words". Each such image keeps three
     groups of K beams: without a required word yet, with one named late, with one named among the
     first EARLY_WORDS words. A candidate moves up a group when it adds a required word; finished
-    captions are ranked with their group's offset (UNMET_PENALTY, 0, EARLY_BONUS) and keep their
+    captions are ranked with their group's offset (-cfg.guide_penalty, 0, EARLY_BONUS) and keep their
     own scores. An image whose row is all False is unconstrained: it only uses the middle group.
     """
     beams = _Beams(step, memory, state, ids, cfg, include)
@@ -171,7 +171,7 @@ class _Beams:
         scores[np.arange(B), start_group, 0] = 0.0
         self.scores = scores.reshape(B, self.GK)
         self.group_of = np.repeat(np.arange(G), K)[None]  # (1, GK)
-        self.offset = np.array([0.0] if G == 1 else [-UNMET_PENALTY, 0.0, EARLY_BONUS], dtype=np.float32)
+        self.offset = np.array([0.0] if G == 1 else [-cfg.guide_penalty, 0.0, EARLY_BONUS], dtype=np.float32)
         self.history = np.full((B, self.GK, L), ids.pad, dtype=np.int64)  # words of each beam
         self.att_history: np.ndarray | None = None  # (B, GK, L, N)
         self.pool = _Pool(B, K, L, ids.pad)

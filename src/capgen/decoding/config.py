@@ -11,8 +11,10 @@ import numpy as np
 from capgen.data.vocab import Vocabulary
 
 # The rules live in torch-free rules.py, shared with capgen.runtime; re-exported for old imports.
-from capgen.decoding.rules import BAD_ENDINGS, FUNCTION_WORDS, MAX_BEAM, METHODS  # noqa: F401
+from capgen.decoding.rules import BAD_ENDINGS, FUNCTION_WORDS, GUIDE_PENALTY, MAX_BEAM, METHODS  # noqa: F401
 from capgen.errors import CapgenError
+
+MAX_GUIDE_PENALTY = 1.0e4
 
 
 class DecodeError(CapgenError):
@@ -81,6 +83,9 @@ class DecodeConfig:
     # widened to it) and the one the others agree with most comes first; 0 = off. Measured in
     # BENCHMARKS.md ("Consensus reranking"); off by default because it did not win on everyday photos.
     consensus: int = 0
+    # Tag guidance: how much likelier (log-prob) a caption without the tag word must be to win
+    # (rules.py); MAX_GUIDE_PENALTY: the word always comes, if any caption can hold it.
+    guide_penalty: float = GUIDE_PENALTY
 
     def __post_init__(self) -> None:
         if self.method is None:
@@ -141,6 +146,10 @@ class DecodeConfig:
             not self.consensus or self.n_best <= self.consensus,
             f"n_best ({self.n_best}) must be <= consensus ({self.consensus})",
         )
+        need(
+            0 <= self.guide_penalty <= MAX_GUIDE_PENALTY,
+            f"guide_penalty must be in [0, {MAX_GUIDE_PENALTY:g}], got {self.guide_penalty}",
+        )
         need(0 < self.temperature < float("inf"), f"temperature must be > 0 and finite, got {self.temperature}")
         need(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
@@ -155,6 +164,7 @@ _TYPES = [
     ("no_repeat_words", bool, "true or false"),
     ("allow_unk", bool, "true or false"),
     ("n_best", *_INT),
+    ("guide_penalty", *_REAL),
     ("temperature", *_REAL),
     ("top_k", *_INT),
     ("top_p", *_REAL),

@@ -8,8 +8,16 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from capgen.argtypes import finite_float, non_negative_int, positive_float, positive_int, probability, unit_interval
-from capgen.decoding.config import DecodeConfig
+from capgen.argtypes import (
+    finite_float,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    unit_interval,
+)
+from capgen.decoding.config import MAX_GUIDE_PENALTY, DecodeConfig
 from capgen.decoding.rules import MAX_BEAM
 from capgen.tags.guide import GuideConfig
 
@@ -94,6 +102,14 @@ def _ranking_and_sampling_args(g, d) -> None:
         metavar="K",
         help="rerank K beam candidates by their agreement with each other (minimum Bayes risk, "
         "CIDEr-D-like utility); 0 = off (the default)",
+    )
+    g.add_argument(
+        "--guide-penalty",
+        type=non_negative_float,
+        default=d.guide_penalty,
+        metavar="NATS",
+        help="tag guidance: a caption that does not name the tag still wins when it is this much likelier "
+        f"(log-prob; default {_D.guide_penalty}; {MAX_GUIDE_PENALTY:g} = always name it)",
     )
     g.add_argument(
         "--allow-unk", action="store_true", default=d.allow_unk, help="let <unk> appear in captions (research use)"
