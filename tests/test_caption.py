@@ -243,9 +243,12 @@ def test_bundled_model_captions_a_photo_offline(tmp_path):
     assert cap.encoder.name == "efficientnet-lite2"
     r = cap.caption(tmp_path / "cat.jpg", n_best=2, return_attention=True)
     words = r.caption.split()
-    assert 3 <= len(words) <= 20 and all(w in cap.vocab.stoi for w in words)
-    assert r.attention.shape == (len(words), 9, 9) and len(r.alternatives) == 1
+    assert 3 <= len(words) <= 20 and len(r.alternatives) == 1
     assert words[0] in ("a", "an", "the", "two", "three", "several", "some", "people", "there"), r.caption
+    # a caption from caption text (tags/corpus_captions.py) has no attention; the decoder's has
+    assert r.attention is None if r.from_corpus else r.attention.shape == (len(words), 9, 9)
+    own = cap.caption(tmp_path / "cat.jpg", guide=None, return_attention=True)
+    assert all(w in cap.vocab.stoi for w in own.tokens) and own.attention.shape == (len(own.tokens), 9, 9)
     # what it says about this cat is a matter of quality (BENCHMARKS.md), not of behaviour
 
 

@@ -189,6 +189,8 @@ def test_no_known_word_to_stand_in_says_so():
         ("two circle dogs are here", "sled", "circle", "two sled dogs are here", [0, 1, 2, 3, 4]),
         ("two circle is here", "boa", "circle", "two boas is here", [0, 1, 2, 3]),
         ("a circle dogs are here", "sled", "circle", "sled dogs are here", [1, 2, 3, 4]),
+        ("a soccer circle on a square", "soccer ball", "circle", "a soccer ball on a square", [0, 1, 2, 3, 4, 5]),
+        ("a race circle", "race car", "circle", "a race car", [0, 1, 2]),
         ("a circle is here", "sled", "circle", "a sled is here", [0, 1, 2, 3]),
     ],
 )

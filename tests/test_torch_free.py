@@ -231,6 +231,25 @@ def test_runtime_and_capgen_caption_write_the_same_json(without_extras, photos):
     )
     assert caption.returncode == 0 and runtime.returncode == 0, caption.stderr + runtime.stderr
     assert runtime.stdout == caption.stdout and len(caption.stdout.splitlines()) == 3
+    # a folder, as capgen caption takes it: its image files, sorted (the photos' own order)
+    folder = _run(
+        without_extras,
+        str(BUNDLED),
+        os.path.dirname(photos[0]),
+        "--format",
+        "jsonl",
+        code="import sys; from capgen.runtime.__main__ import main; sys.exit(main(sys.argv[1:]))",
+    )
+    assert folder.returncode == 0 and folder.stdout == caption.stdout, folder.stderr
+
+
+def test_runtime_entry_point_names_an_input_that_finds_nothing(capsys, tmp_path):
+    from capgen.runtime.__main__ import main as runtime_main
+
+    (tmp_path / "empty").mkdir()
+    for name, why in (("empty", "folder holds no image files"), ("none*.jpg", "no image files match this pattern")):
+        assert runtime_main([str(BUNDLED), str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"capgen.runtime: error: {tmp_path / name}: {why}"]
 
 
 def test_runtime_entry_point_reports_an_unexpected_error_in_one_line(monkeypatch, capsys, photos):

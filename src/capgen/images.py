@@ -6,11 +6,12 @@ the file. Geometry (resize to the encoder's input) lives with each encoder's pre
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -125,3 +126,47 @@ def to_rgb(img: Image.Image, name: str = "<image>") -> Image.Image:
         background.paste(img, mask=img.getchannel("A"))
         return background
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+# Characters that make an input a glob pattern, not a file name.
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _unique(found: list[Path | ImageLoadError]) -> list[Path | ImageLoadError]:
+    """The first of each file (by resolved path: the same file named twice, or a folder and a file in
+    it, is captioned once)."""
+    seen: set[str] = set()
+    out = []
+    for item in found:
+        if not isinstance(item, ImageLoadError):
+            key = os.path.realpath(item)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(item)
+    return out
+
+
+def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadError]:
+    """Each input in order: a file as is; a folder -> its image files, recursively, sorted; a glob ->
+    its matches, sorted. An input that names nothing becomes an ImageLoadError in its place.
+
+    Files named explicitly are kept whatever their extension (the loader says if they are not
+    images); inside folders and globs only image extensions are taken. A file found twice is kept
+    where it is first found.
+    """
+    out: list[Path | ImageLoadError] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text)
+        if path.is_dir():
+            found = sorted((p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
+            out.extend(found or [ImageLoadError(text, "folder holds no image files")])
+        elif path.exists():
+            out.append(path)
+        elif _GLOB_CHARS & set(text):
+            found = sorted((Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p) and is_image_file(p)))
+            out.extend(found or [ImageLoadError(text, "no image files match this pattern")])
+        else:
+            out.append(ImageLoadError(text, "no such file or directory"))
+    return _unique(out)

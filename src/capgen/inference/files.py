@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from capgen.errors import ImageLoadError
-from capgen.images import is_image_file
+from capgen.images import expand_paths  # noqa: F401 (re-exported: the inference API's)
 from capgen.result import CaptionResult
 from capgen.tags import GuideConfig
 
-_GLOB_CHARS = frozenset("*?[")
 # Longest file name most file systems take, in bytes.
 NAME_MAX = 255
 
@@ -36,46 +34,6 @@ def _escape(c: str) -> str:
         return c
     code = ord(c)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-def _unique(found: list[Path | ImageLoadError]) -> list[Path | ImageLoadError]:
-    """The first of each file (by resolved path: the same file named twice, or a folder and a file in
-    it, is captioned once)."""
-    seen: set[str] = set()
-    out = []
-    for item in found:
-        if not isinstance(item, ImageLoadError):
-            key = os.path.realpath(item)
-            if key in seen:
-                continue
-            seen.add(key)
-        out.append(item)
-    return out
-
-
-def expand_paths(inputs: Iterable[str | os.PathLike]) -> list[Path | ImageLoadError]:
-    """Each input in order: a file as is; a folder -> its image files, recursively, sorted; a glob ->
-    its matches, sorted. An input that names nothing becomes an ImageLoadError in its place.
-
-    Files named explicitly are kept whatever their extension (the loader says if they are not
-    images); inside folders and globs only image extensions are taken. A file found twice is kept
-    where it is first found.
-    """
-    out: list[Path | ImageLoadError] = []
-    for item in inputs:
-        text = os.fspath(item)
-        path = Path(text)
-        if path.is_dir():
-            found = sorted((p for p in path.rglob("*") if p.is_file() and is_image_file(p)))
-            out.extend(found or [ImageLoadError(text, "folder holds no image files")])
-        elif path.exists():
-            out.append(path)
-        elif _GLOB_CHARS & set(text):
-            found = sorted((Path(p) for p in glob.glob(text, recursive=True) if os.path.isfile(p) and is_image_file(p)))
-            out.extend(found or [ImageLoadError(text, "no image files match this pattern")])
-        else:
-            out.append(ImageLoadError(text, "no such file or directory"))
-    return _unique(out)
 
 
 def caption_paths(

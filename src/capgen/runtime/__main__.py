@@ -1,6 +1,7 @@
 """python -m capgen.runtime DIR IMAGES...: caption image files with an exported folder (no torch).
 
-Prints `path<TAB>caption` (or JSON lines). Bad input: one line naming the file, exit 2.
+IMAGES: files, folders (their image files, recursively, sorted) or glob patterns, as `capgen caption`
+takes them. Prints `path<TAB>caption` (or JSON lines). Bad input: one line naming the file, exit 2.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         "using only onnxruntime, numpy and pillow.",
     )
     p.add_argument("folder", metavar="DIR", help="the exported folder")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     add_decode_args(p, model_defaults=True)
     add_guide_args(p, GuideConfig())
     p.add_argument("--format", choices=("text", "jsonl"), default="text")
@@ -46,12 +47,17 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from capgen.images import expand_paths
         from capgen.runtime import Runtime
 
+        paths = [str(p) if not isinstance(p, CapgenError) else p for p in expand_paths(args.images)]
+        bad = next((p for p in paths if isinstance(p, CapgenError)), None)
+        if bad is not None:  # a name that finds nothing, an empty folder
+            raise bad
         options = decode_options(args)
         rt = Runtime(args.folder, threads=args.threads)
-        results = rt.caption(list(args.images), batch_size=args.batch_size, guide=guide_config(args), **options)
-        for path, res in zip(args.images, results):
+        results = rt.caption(paths, batch_size=args.batch_size, guide=guide_config(args), **options)
+        for path, res in zip(paths, results):
             if args.format == "jsonl":
                 print(json.dumps({"image": path, **res.to_dict()}, ensure_ascii=False))
             else:

@@ -246,6 +246,11 @@ class Guide:
                 else:
                     out[-1] = "an" if new[0] in _VOWELS else "a"
             parts = new.split()  # "ball" -> "soccer ball"
+            # the decoder's own first words of the tag: "a soccer ball" -> "a soccer ball", not "soccer soccer"
+            for k in range(len(parts) - 1, 0, -1):
+                if out[-k:] == parts[:k]:
+                    parts = parts[k:]
+                    break
             if out and out[-1] in _COUNTS and not _is_plural(new) and not kind:
                 parts[-1] = _plural(parts[-1])
             for part in parts:
