@@ -370,6 +370,25 @@ def test_no_repeat_words_blocks_repeated_content_words(method):
         assert len(content) == len(set(content))
 
 
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_same_words_count_as_one_for_no_repeat_words(method):
+    """ "a man is riding a bike on a bicycle": words of one SAME_WORDS group are one word."""
+    ids = TokenIds(PAD_ID, START, END, UNK, function_words=(4, 5), same_words=((6, 7, 8),))
+    model = NeverEnds(build("transformer", vocab_size=12))
+    for hyps in run(model, method=method, ids=ids, no_repeat_words=True, no_repeat_ngram=0, max_len=10, seed=0):
+        content = [6 if t in (7, 8) else t for t in hyps[0].tokens if t not in (4, 5)]
+        assert len(content) == len(set(content))
+    if method != "greedy":  # this model's greedy captions hold one of them anyway; its others, more
+        free = run(model, method=method, ids=ids, no_repeat_words=False, no_repeat_ngram=0, max_len=10, seed=0)
+        assert any(sum(t in (6, 7, 8) for t in hyps[0].tokens) > 1 for hyps in free)  # the rule blocks them
+    from capgen.data.vocab import Vocabulary
+
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "bike", "bicycle", "bicycles", "man"])
+    assert TokenIds.from_vocab(vocab).same_words == ((5, 6, 7),)
+    with pytest.raises(DecodeError, match="outside the vocabulary"):
+        TokenIds(PAD_ID, START, END, UNK, same_words=((6, 99),)).check(12)
+
+
 @pytest.mark.parametrize(
     "cfg",
     [dict(method="greedy"), dict(beam_size=3, n_best=3), dict(method="sample", seed=0, n_best=3)],

@@ -11,7 +11,14 @@ import numpy as np
 from capgen.data.vocab import Vocabulary
 
 # The rules live in torch-free rules.py, shared with capgen.runtime; re-exported for old imports.
-from capgen.decoding.rules import BAD_ENDINGS, FUNCTION_WORDS, GUIDE_PENALTY, MAX_BEAM, METHODS  # noqa: F401
+from capgen.decoding.rules import (  # noqa: F401
+    BAD_ENDINGS,
+    FUNCTION_WORDS,
+    GUIDE_PENALTY,
+    MAX_BEAM,
+    METHODS,
+    SAME_WORDS,
+)
 from capgen.errors import CapgenError
 
 MAX_GUIDE_PENALTY = 1.0e4
@@ -31,13 +38,17 @@ class TokenIds:
     unk: int
     bad_endings: tuple[int, ...] = ()  # <end> may not follow these words
     function_words: tuple[int, ...] = ()  # words exempt from `no_repeat_words`
+    same_words: tuple[tuple[int, ...], ...] = ()  # groups one word for `no_repeat_words` (rules.SAME_WORDS)
 
     @classmethod
     def from_vocab(cls, vocab: Vocabulary) -> "TokenIds":
-        def ids(words: frozenset) -> tuple[int, ...]:
+        def ids(words) -> tuple[int, ...]:
             return tuple(sorted(vocab.stoi[w] for w in words if w in vocab.stoi))
 
-        return cls(vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id, ids(BAD_ENDINGS), ids(FUNCTION_WORDS))
+        same = tuple(g for g in (ids(group.split()) for group in SAME_WORDS) if len(g) > 1)
+        return cls(
+            vocab.pad_id, vocab.start_id, vocab.end_id, vocab.unk_id, ids(BAD_ENDINGS), ids(FUNCTION_WORDS), same
+        )
 
     def check(self, vocab_size: int) -> None:
         for name in ("pad", "start", "end", "unk"):
@@ -49,7 +60,7 @@ class TokenIds:
                 f"decode: <pad> ({self.pad}), <start> ({self.start}), <end> ({self.end}) and "
                 f"<unk> ({self.unk}) ids must differ"
             )
-        if any(not 0 <= i < vocab_size for i in self.bad_endings + self.function_words):
+        if any(not 0 <= i < vocab_size for i in self.bad_endings + self.function_words + sum(self.same_words, ())):
             raise DecodeError(f"decode: a word id is outside the vocabulary (size {vocab_size})")
 
 
