@@ -383,7 +383,7 @@ def test_same_words_count_as_one_for_no_repeat_words(method):
         assert any(sum(t in (6, 7, 8) for t in hyps[0].tokens) > 1 for hyps in free)  # the rule blocks them
     from capgen.data.vocab import Vocabulary
 
-    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "bike", "bicycle", "bicycles", "man"])
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "a", "bike", "bicycle", "motorcycle", "man"])
     assert TokenIds.from_vocab(vocab).same_words == ((5, 6, 7),)
     with pytest.raises(DecodeError, match="outside the vocabulary"):
         TokenIds(PAD_ID, START, END, UNK, same_words=((6, 99),)).check(12)
