@@ -219,6 +219,9 @@ def test_capgen_serve_and_its_page_without_torch(without_extras, photos):
         server.wait(timeout=30)
 
 
+RUNTIME_MAIN = "import sys; from capgen.runtime.__main__ import main; sys.exit(main(sys.argv[1:]))"
+
+
 def test_runtime_and_capgen_caption_write_the_same_json(without_extras, photos):
     caption = _run(without_extras, "caption", *photos, "--format", "jsonl")
     runtime = _run(
@@ -227,7 +230,7 @@ def test_runtime_and_capgen_caption_write_the_same_json(without_extras, photos):
         *photos,
         "--format",
         "jsonl",
-        code="import sys; from capgen.runtime.__main__ import main; sys.exit(main(sys.argv[1:]))",
+        code=RUNTIME_MAIN,
     )
     assert caption.returncode == 0 and runtime.returncode == 0, caption.stderr + runtime.stderr
     assert runtime.stdout == caption.stdout and len(caption.stdout.splitlines()) == 3
@@ -238,7 +241,7 @@ def test_runtime_and_capgen_caption_write_the_same_json(without_extras, photos):
         os.path.dirname(photos[0]),
         "--format",
         "jsonl",
-        code="import sys; from capgen.runtime.__main__ import main; sys.exit(main(sys.argv[1:]))",
+        code=RUNTIME_MAIN,
     )
     assert folder.returncode == 0 and folder.stdout == caption.stdout, folder.stderr
 

@@ -16,12 +16,11 @@ from capgen.decoding.rules import (  # noqa: F401
     FUNCTION_WORDS,
     GUIDE_PENALTY,
     MAX_BEAM,
+    MAX_GUIDE_PENALTY,
     METHODS,
     SAME_WORDS,
 )
 from capgen.errors import CapgenError
-
-MAX_GUIDE_PENALTY = 1.0e4
 
 
 class DecodeError(CapgenError):

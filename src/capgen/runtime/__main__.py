@@ -50,10 +50,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from capgen.images import expand_paths
         from capgen.runtime import Runtime
 
-        paths = [str(p) if not isinstance(p, CapgenError) else p for p in expand_paths(args.images)]
-        bad = next((p for p in paths if isinstance(p, CapgenError)), None)
+        found = expand_paths(args.images)
+        bad = next((p for p in found if isinstance(p, CapgenError)), None)
         if bad is not None:  # a name that finds nothing, an empty folder
             raise bad
+        paths = [str(p) for p in found]
         options = decode_options(args)
         rt = Runtime(args.folder, threads=args.threads)
         results = rt.caption(paths, batch_size=args.batch_size, guide=guide_config(args), **options)

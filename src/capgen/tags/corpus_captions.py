@@ -234,7 +234,8 @@ class CorpusCaptions:
         probs = self.tagger.word_probs(pooled)
         head = getattr(self.tagger, "head", None)
         person = index.person_probs(pooled, head) if captions is not None and head is not None else None
-        if person is not None and GuideConfig.of(guide).scenes and (nbrs := self._neighbour_index()).fits(head):
+        scenes_on = GuideConfig.of(guide).scenes
+        if person is not None and scenes_on and (nbrs := self._neighbour_index()).fits(head):
             # the caption text's word on people in such scenes, where the head is far from its data
             prior = self._scene_index().person_prior(probs)
             person = vetting.with_scene_prior(person, prior, nbrs.familiarity(pooled))
@@ -242,7 +243,7 @@ class CorpusCaptions:
         for i, caption in enumerate(captions or ()):
             if picks[i] is None:
                 picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
-        if score is not None and person is not None and GuideConfig.of(guide).scenes:
+        if score is not None and person is not None and scenes_on:
             self._rerank(picks, captions, probs, person, score, config)
         return picks
 

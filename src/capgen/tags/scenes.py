@@ -113,8 +113,8 @@ class SceneCaptions:
         for photos of people, dogs, or people at a sport the decoder named (the gates above)."""
         dog_p = 0.0 if self._dog is None else float(word_probs[self._dog])
         words = set(own)
-        at_sport = not ACTORS.isdisjoint(words) or not (GEAR.isdisjoint(words) or vetting.PERSON.isdisjoint(words))
-        actor = person_p >= vetting.PERSON_BELOW and at_sport
+        on_gear = not GEAR.isdisjoint(words) and not vetting.PERSON.isdisjoint(words)
+        actor = person_p >= vetting.PERSON_BELOW and (on_gear or not ACTORS.isdisjoint(words))
         return person_p < PERSON_GATE and dog_p < DOG_GATE and not actor
 
     def person_prior(self, word_probs: np.ndarray) -> np.ndarray:
