@@ -77,6 +77,33 @@ def test_an_error_line_is_one_write(monkeypatch, tmp_path):
     assert stderr.calls[0].count("\n") == 1
 
 
+def test_a_line_above_a_progress_bar_is_one_write(monkeypatch):
+    """A skipped photo's line while the bar runs: tqdm.write writes its `end` apart, which ran lines
+    of torchrun ranks together as print() did; say_above_bar writes the line with its newline."""
+    from tqdm.auto import tqdm
+
+    from capgen.errors import say_above_bar
+
+    calls = []
+
+    class Writes:
+        def write(self, s):
+            calls.append(s)
+            return len(s)
+
+        def flush(self):
+            pass
+
+    stderr = Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    bar = tqdm(total=3, file=stderr)
+    bar.update(1)
+    say_above_bar("capgen caption: skipped a.jpg: not an image")
+    bar.close()
+    mine = [c for c in calls if "skipped" in c]
+    assert mine == ["capgen caption: skipped a.jpg: not an image\n"], calls
+
+
 def test_bad_option_values_exit_2(capsys, tmp_path):
     for argv in (
         ["prepare", "x", "--out", "y", "--min-count", "zero"],

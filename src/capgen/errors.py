@@ -56,6 +56,14 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
+def say_above_bar(line: str) -> None:
+    """say() for a line written while a tqdm bar runs: tqdm.write clears the bar, writes, and
+    redraws it, but writes its `end` apart, so the line and its newline go together here."""
+    from tqdm.auto import tqdm  # the bars' own class; only the commands that draw one pay for it
+
+    tqdm.write(line + "\n", file=sys.stderr, end="")
+
+
 def run_script(main: Callable[[], int | None]) -> NoReturn:
     """A maintainer script's entry (scripts/): its bad input (a CapgenError) is one line naming the
     script, exit 2, as the CLI's; CAPGEN_DEBUG=1 shows the traceback instead."""

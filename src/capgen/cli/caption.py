@@ -9,7 +9,7 @@ from pathlib import Path
 
 from capgen.argtypes import out_dir, positive_int, probability, thread_count
 from capgen.decoding.flags import add_decode_args, add_guide_args, decode_options, guide_config
-from capgen.errors import CapgenError, say
+from capgen.errors import CapgenError, say, say_above_bar
 from capgen.inference.files import display_name
 from capgen.tags.guide import GuideConfig
 
@@ -230,7 +230,7 @@ def run(args) -> int:
         bar.update(1)
         if isinstance(res, ImageLoadError):
             failed += 1
-            tqdm.write(f"capgen caption: skipped {display_name(res.path)}: {res.reason}", file=sys.stderr)
+            say_above_bar(f"capgen caption: skipped {display_name(res.path)}: {res.reason}")
             continue
         write(path, res)
         if args.annotate or args.attention:
@@ -245,7 +245,7 @@ def run(args) -> int:
             except (OSError, CapgenError) as e:
                 failed += 1
                 reason = e.reason if isinstance(e, ImageLoadError) else getattr(e, "strerror", None) or e
-                tqdm.write(f"capgen caption: no figure for {display_name(path)}: {reason}", file=sys.stderr)
+                say_above_bar(f"capgen caption: no figure for {display_name(path)}: {reason}")
     bar.close()
     if failed:
         say(f"capgen caption: {failed} of {len(paths)} inputs failed")
@@ -352,9 +352,7 @@ def _to_files(args, captioner, config, tags, destination) -> int:
             raise  # every later photo would fail the same way
         except (CapgenError, OSError) as e:
             failed[path] = str(e)
-            tqdm.write(
-                f"capgen caption: skipped {e if isinstance(e, CapgenError) else f'{path}: {e}'}", file=sys.stderr
-            )
+            say_above_bar(f"capgen caption: skipped {e if isinstance(e, CapgenError) else f'{path}: {e}'}")
             continue
         written += changed
         unchanged += not changed

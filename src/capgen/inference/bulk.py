@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from capgen.errors import CapgenError, ImageLoadError
+from capgen.errors import CapgenError, ImageLoadError, say_above_bar
 from capgen.inference.files import caption_paths, display_name, expand_paths
 from capgen.io import _disk_full_error, file_lock, is_disk_full, write_json
 from capgen.jobs import run_job
@@ -324,8 +324,7 @@ class _BulkJob:
         self.captioner, self.out, self.fmt, self.config, self.job = captioner, out, fmt, config, job
         self.batch_size, self.progress, self.guide = batch_size, progress, guide
         self.paths, self.missing, self.done, self.skipped = paths, missing, set(), 0
-        # the line and its newline in one write (tqdm writes `end` apart): ranks share one stderr
-        self.log = log or (lambda msg: _tqdm().write(f"capgen caption: {msg}\n", file=sys.stderr, end=""))
+        self.log = log or (lambda msg: say_above_bar(f"capgen caption: {msg}"))  # ranks share one stderr
 
     def open(self) -> list[str]:
         notes, self.done = _open_job(
