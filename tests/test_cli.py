@@ -54,22 +54,25 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, prepared, tiny_encoder):
         )
 
 
+class _Writes:
+    """A stderr that records each write() call apart."""
+
+    def __init__(self):
+        self.calls = []
+
+    def write(self, s):
+        self.calls.append(s)
+        return len(s)
+
+    def flush(self):
+        pass
+
+
 def test_an_error_line_is_one_write(monkeypatch, tmp_path):
     """Issue 20's CI failure: under PYTHONUNBUFFERED print() wrote a message and its newline apart, so
     two torchrun ranks' errors ran together on one line. Each message must reach stderr in one write."""
 
-    class Writes:
-        def __init__(self):
-            self.calls = []
-
-        def write(self, s):
-            self.calls.append(s)
-            return len(s)
-
-        def flush(self):
-            pass
-
-    stderr = Writes()
+    stderr = _Writes()
     monkeypatch.setattr(sys, "stderr", stderr)
     code = main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "p")])
     assert code == 2 and len(stderr.calls) == 1, stderr.calls
@@ -84,24 +87,14 @@ def test_a_line_above_a_progress_bar_is_one_write(monkeypatch):
 
     from capgen.errors import say_above_bar
 
-    calls = []
-
-    class Writes:
-        def write(self, s):
-            calls.append(s)
-            return len(s)
-
-        def flush(self):
-            pass
-
-    stderr = Writes()
+    stderr = _Writes()
     monkeypatch.setattr(sys, "stderr", stderr)
     bar = tqdm(total=3, file=stderr)
     bar.update(1)
     say_above_bar("capgen caption: skipped a.jpg: not an image")
     bar.close()
-    mine = [c for c in calls if "skipped" in c]
-    assert mine == ["capgen caption: skipped a.jpg: not an image\n"], calls
+    mine = [c for c in stderr.calls if "skipped" in c]
+    assert mine == ["capgen caption: skipped a.jpg: not an image\n"], stderr.calls
 
 
 def test_bad_option_values_exit_2(capsys, tmp_path):
