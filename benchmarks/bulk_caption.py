@@ -35,8 +35,10 @@ def main() -> None:
     cap = Captioner(ck.model, ck.vocab, enc, make_runner(enc, threads=1), name=f"{ck.model.name} ({os.fspath(path)})")
     res = caption_to_file(cap, a.paths, a.out, batch_size=a.batch_size)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"{res.captioned} captioned in {res.seconds:.0f} s = {res.images_per_s:.2f} images/s "
-              f"(world {os.environ.get('WORLD_SIZE', '1')}), {res.skipped} skipped, {len(res.failed)} failed")
+        print(
+            f"{res.captioned} captioned in {res.seconds:.0f} s = {res.images_per_s:.2f} images/s "
+            f"(world {os.environ.get('WORLD_SIZE', '1')}), {res.skipped} skipped, {len(res.failed)} failed"
+        )
 
 
 if __name__ == "__main__":

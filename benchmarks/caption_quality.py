@@ -29,14 +29,17 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("files", nargs="+", type=Path)
     args = p.parse_args(argv)
-    print("| captions | file | repeated content word | repeated bigram | <unk> | truncated | mean length | distinct words |")
+    columns = "file, repeated content word, repeated bigram, <unk>, truncated, mean length, distinct words"
+    print("| captions | " + " | ".join(columns.split(", ")) + " |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for f in args.files:
         caps, truncated = read_captions(f)
         s = caption_stats(caps, truncated)
         cut = f"{100 * s['truncated']:.1f}%" if "truncated" in s else "-"
-        print(f"| {s['captions']} | {f} | {100 * s['repeated_content_word']:.1f}% | {100 * s['repeated_bigram']:.1f}% "
-              f"| {100 * s['unk']:.1f}% | {cut} | {s['mean_length']:.2f} | {s['distinct_words']} |")
+        print(
+            f"| {s['captions']} | {f} | {100 * s['repeated_content_word']:.1f}% | {100 * s['repeated_bigram']:.1f}% "
+            f"| {100 * s['unk']:.1f}% | {cut} | {s['mean_length']:.2f} | {s['distinct_words']} |"
+        )
 
 
 if __name__ == "__main__":

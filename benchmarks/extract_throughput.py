@@ -1,6 +1,7 @@
 """Feature-extraction throughput over all Flickr8k images, beside this machine's matmul limit.
 
-    python benchmarks/extract_throughput.py [--data ../shared/data/flickr8k] [--encoders efficientnet-lite2 efficientnet-lite0]
+    python benchmarks/extract_throughput.py [--data ../shared/data/flickr8k] \\
+        [--encoders efficientnet-lite2 efficientnet-lite0]
 
 For each encoder: FLOPs per image (FlopCounterMode), end-to-end `extract_features` images/s over
 every image file (JPEG decoding, resizing and encoding; ONNX Runtime backend), the PyTorch backend
@@ -69,11 +70,15 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(torch.get_num_threads())
     peak32, peak16 = peak_matmul_gflops(torch.float32), peak_matmul_gflops(torch.bfloat16)
-    print(f"peak matmul: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s "
-          f"({torch.get_num_threads()} threads)")
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
-               f"{torch.get_num_threads()} threads", "torch": torch.__version__,
-               "peak_fp32_gflops": peak32, "peak_bf16_gflops": peak16, "encoders": {}}
+    print(f"peak matmul: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s ({torch.get_num_threads()} threads)")
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "torch": torch.__version__,
+        "peak_fp32_gflops": peak32,
+        "peak_bf16_gflops": peak16,
+        "encoders": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ds = all_images_dataset(data, tmp)
@@ -83,8 +88,9 @@ def main(argv=None) -> int:
             gflop = count_flops(enc) / 1e9
             make_runner(enc, backend="onnx")  # export once, outside the timing
             t = time.perf_counter()
-            res = extract_features(ds, tmp / name, encoder=name, backend="onnx", batch_size=args.batch_size,
-                                   workers=args.workers)
+            res = extract_features(
+                ds, tmp / name, encoder=name, backend="onnx", batch_size=args.batch_size, workers=args.workers
+            )
             wall = time.perf_counter() - t
             ips = n / wall
             # Reference: the PyTorch backend on a subset, and how far the ONNX features are from it.
@@ -102,20 +108,29 @@ def main(argv=None) -> int:
             torch_ips = len(x) / (time.perf_counter() - t)
             ref_grid = np.concatenate(ref_grid)
             onnx_runner = make_runner(enc, backend="onnx")
-            onnx_grid = np.concatenate([onnx_runner(x[i : i + args.batch_size])[1]
-                                        for i in range(0, len(x), args.batch_size)])
+            onnx_grid = np.concatenate(
+                [onnx_runner(x[i : i + args.batch_size])[1] for i in range(0, len(x), args.batch_size)]
+            )
             cached = FeatureCache.open(tmp / name).grid([r.image for r in sub])
-            row = {"gflop_per_image": gflop, "images": n, "failed": len(res.failed), "seconds": wall,
-                   "images_per_s": ips, "share_of_fp32_peak": gflop * ips / peak32,
-                   "torch_images_per_s_encoder_only": torch_ips,
-                   "max_abs_diff_onnx_vs_torch_fp32": float(np.abs(onnx_grid - ref_grid).max()),
-                   "max_abs_diff_cache_fp16_vs_torch": float(np.abs(cached - ref_grid).max())}
+            row = {
+                "gflop_per_image": gflop,
+                "images": n,
+                "failed": len(res.failed),
+                "seconds": wall,
+                "images_per_s": ips,
+                "share_of_fp32_peak": gflop * ips / peak32,
+                "torch_images_per_s_encoder_only": torch_ips,
+                "max_abs_diff_onnx_vs_torch_fp32": float(np.abs(onnx_grid - ref_grid).max()),
+                "max_abs_diff_cache_fp16_vs_torch": float(np.abs(cached - ref_grid).max()),
+            }
             results["encoders"][name] = row
-            print(f"{name}: {n} images in {wall:.1f} s = {ips:.1f} img/s end to end (onnx), "
-                  f"{gflop:.2f} GFLOP/img -> {gflop * ips:.0f} GFLOP/s = {row['share_of_fp32_peak']:.0%} "
-                  f"of fp32 peak; torch encoder-only {torch_ips:.1f} img/s; max |onnx-torch| "
-                  f"{row['max_abs_diff_onnx_vs_torch_fp32']:.1e}, fp16 cache vs torch "
-                  f"{row['max_abs_diff_cache_fp16_vs_torch']:.1e}")
+            print(
+                f"{name}: {n} images in {wall:.1f} s = {ips:.1f} img/s end to end (onnx), "
+                f"{gflop:.2f} GFLOP/img -> {gflop * ips:.0f} GFLOP/s = {row['share_of_fp32_peak']:.0%} "
+                f"of fp32 peak; torch encoder-only {torch_ips:.1f} img/s; max |onnx-torch| "
+                f"{row['max_abs_diff_onnx_vs_torch_fp32']:.1e}, fp16 cache vs torch "
+                f"{row['max_abs_diff_cache_fp16_vs_torch']:.1e}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    print(f"| blocks | block input | KB/image fp16 | CPU s/batch | wall s/batch | CPU s per 6,000-image epoch |")
+    print("| blocks | block input | KB/image fp16 | CPU s/batch | wall s/batch | CPU s per 6,000-image epoch |")
     print("| --- | --- | --- | --- | --- | --- |")
     for n in a.blocks:
         enc = create_encoder(a.encoder)
@@ -36,9 +36,9 @@ def main() -> None:
         c, (h, w) = stem.dim, stem.grid_hw
         x = torch.randn(a.batch, c, h, w)
         cpu = wall = 0.0
-        for i in range(a.steps + 3):                                   # 3 warm-up steps
+        for i in range(a.steps + 3):  # 3 warm-up steps
             c0, w0 = time.process_time(), time.perf_counter()
-            pooled, grid = pool_grid(top(x))                           # (B, D), (B, H*W, D)
+            pooled, grid = pool_grid(top(x))  # (B, D), (B, H*W, D)
             (pooled.square().mean() + grid.square().mean()).backward()
             optim.step()
             optim.zero_grad(set_to_none=True)
@@ -46,8 +46,10 @@ def main() -> None:
                 cpu += time.process_time() - c0
                 wall += time.perf_counter() - w0
         per_cpu, per_wall = cpu / a.steps, wall / a.steps
-        print(f"| {n} | {c}x{h}x{w} | {c * h * w * 2 / 1024:.0f} | {per_cpu:.3f} | {per_wall:.3f} | "
-              f"{per_cpu * 6000 / a.batch:.0f} |")
+        print(
+            f"| {n} | {c}x{h}x{w} | {c * h * w * 2 / 1024:.0f} | {per_cpu:.3f} | {per_wall:.3f} | "
+            f"{per_cpu * 6000 / a.batch:.0f} |"
+        )
 
 
 if __name__ == "__main__":

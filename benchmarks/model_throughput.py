@@ -24,8 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from extract_throughput import peak_matmul_gflops  # noqa: E402
 
-CONFIGS = {"show_tell": "flickr8k_show_tell.yaml", "show_attend_tell": "flickr8k_show_attend_tell.yaml",
-           "transformer": "flickr8k_transformer.yaml"}
+CONFIGS = {
+    "show_tell": "flickr8k_show_tell.yaml",
+    "show_attend_tell": "flickr8k_show_attend_tell.yaml",
+    "transformer": "flickr8k_transformer.yaml",
+}
 
 
 def _time(fn, min_seconds: float = 3.0, warmup: int = 1) -> float:
@@ -60,7 +63,8 @@ def main(argv=None) -> int:
         pooled, grid = torch.randn(B, D), torch.randn(B, R, D).relu()
         caps = torch.randint(4, V, (B, T))
 
-        def step():
+        # the loop's objects are bound as defaults: each closure times this iteration's model
+        def step(model=model, pooled=pooled, grid=grid, caps=caps, opt=opt):
             out = model(pooled, grid, caps)
             loss = masked_loss(out["logits"], caps[:, 1:], 0, 0.1) + out["aux_loss"]
             opt.zero_grad()
@@ -73,19 +77,25 @@ def main(argv=None) -> int:
             (masked_loss(out["logits"], caps[:, 1:], 0, 0.1) + out["aux_loss"]).backward()
         flops = fc.get_total_flops()
         t = _time(step)
-        row = {"params": sum(p.numel() for p in model.parameters()), "train_captions_per_s": B / t,
-               "train_gflop_per_step": flops / 1e9, "train_share_of_peak": flops / t / 1e9 / peak}
+        row = {
+            "params": sum(p.numel() for p in model.parameters()),
+            "train_captions_per_s": B / t,
+            "train_gflop_per_step": flops / 1e9,
+            "train_share_of_peak": flops / t / 1e9 / peak,
+        }
         for method, beam in (("greedy", 1), ("beam", 3)):
             for bs in (1, 64):
                 cfg_d = DecodeConfig(method=method, beam_size=beam, max_len=20)
                 p, g = pooled[:bs], grid[:bs]
-                t = _time(lambda: decode(model, p, g, 1, 2, cfg_d), min_seconds=2.0)
+                t = _time(lambda m=model, p=p, g=g, c=cfg_d: decode(m, p, g, 1, 2, c), min_seconds=2.0)
                 row[f"{method}{beam if method == 'beam' else ''}_batch{bs}_images_per_s"] = bs / t
         results["models"][name] = row
-        print(f"{name}: {row['params'] / 1e6:.1f}M params; train {row['train_captions_per_s']:.0f} captions/s "
-              f"({row['train_share_of_peak']:.0%} of peak); decode images/s: greedy b1 "
-              f"{row['greedy_batch1_images_per_s']:.1f}, b64 {row['greedy_batch64_images_per_s']:.0f}; beam3 b1 "
-              f"{row['beam3_batch1_images_per_s']:.1f}, b64 {row['beam3_batch64_images_per_s']:.0f}")
+        print(
+            f"{name}: {row['params'] / 1e6:.1f}M params; train {row['train_captions_per_s']:.0f} captions/s "
+            f"({row['train_share_of_peak']:.0%} of peak); decode images/s: greedy b1 "
+            f"{row['greedy_batch1_images_per_s']:.1f}, b64 {row['greedy_batch64_images_per_s']:.0f}; beam3 b1 "
+            f"{row['beam3_batch1_images_per_s']:.1f}, b64 {row['beam3_batch64_images_per_s']:.0f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

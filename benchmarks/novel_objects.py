@@ -15,8 +15,8 @@ How the objects were chosen (`--features CACHE` prints the numbers): objects, no
      of about 50 or more. Most mentioned objects fail this: car, bench, sunglasses, sweater, hat,
      backpack score 0-25 on val, because on photos of people the head names clothes and scenes
      weakly. A split of those would measure the tagger, not the captioner.
-Boat (val 31) just misses; "dog" passes both but would remove 1,527 of the 6,000 training images; "cat" and "horse" have 2
-and 6 test images. The mention forms below add plurals (and "bike" for bicycle).
+Boat (val 31) just misses; "dog" passes both but would remove 1,527 of the 6,000 training images;
+"cat" and "horse" have 2 and 6 test images. The mention forms below add plurals (and "bike" for bicycle).
 """
 
 from __future__ import annotations
@@ -69,21 +69,30 @@ def write_held_out(data: PreparedDataset, out: Path, objects: dict[str, tuple[st
     """The prepared dataset without the training images whose references mention any held-out object."""
     forms = {f for fs in objects.values() for f in fs}
     keep = [r for r in data.split("train") if not any(mentions(t, forms) for t in r.tokens)]
-    vocab = Vocabulary.build((t for r in keep for t in r.tokens), data.manifest["min_count"],
-                             data.manifest.get("max_vocab"))
+    vocab = Vocabulary.build(
+        (t for r in keep for t in r.tokens), data.manifest["min_count"], data.manifest.get("max_vocab")
+    )
     leaked = sorted(forms & set(vocab.stoi))
     if leaked:  # cannot happen: every caption that has them was removed
         raise SystemExit(f"held-out words still in the vocabulary: {leaked}")
     manifest = json.loads(json.dumps(data.manifest))
     manifest["splits"]["train"] = {"images": len(keep), "captions": sum(len(r.raw) for r in keep)}
     manifest["vocab_size"] = len(vocab)
-    manifest["held_out"] = {"from": str(data.root.resolve()), "objects": {k: list(v) for k, v in objects.items()},
-                            "removed_train_images": len(data.split("train")) - len(keep)}
+    manifest["held_out"] = {
+        "from": str(data.root.resolve()),
+        "objects": {k: list(v) for k, v in objects.items()},
+        "removed_train_images": len(data.split("train")) - len(keep),
+    }
     with atomic_dir(out, replace_if=MANIFEST) as tmp:
         with open(tmp / "train.jsonl", "w", encoding="utf-8") as f:
             for r in keep:
-                f.write(json.dumps({"image": r.image, "raw": list(r.raw), "tokens": [list(t) for t in r.tokens]},
-                                   ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {"image": r.image, "raw": list(r.raw), "tokens": [list(t) for t in r.tokens]},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         for split in ("val", "test"):
             (tmp / f"{split}.jsonl").write_bytes((data.root / f"{split}.jsonl").read_bytes())
         vocab.save(tmp / "vocab.json")
@@ -118,11 +127,13 @@ def tag_f1(data: PreparedDataset, features: str, objects: dict[str, tuple[str, .
     return result
 
 
-def f1_table(data: PreparedDataset, predictions_path: Path, objects: dict[str, tuple[str, ...]],
-             split: str = "test") -> tuple[list[dict], float]:
+def f1_table(
+    data: PreparedDataset, predictions_path: Path, objects: dict[str, tuple[str, ...]], split: str = "test"
+) -> tuple[list[dict], float]:
     """Per-object DCC F1 (%) of a `capgen evaluate` predictions.json over `split`, and the mean."""
-    predictions = {p["image_id"]: normalize_caption(p["caption"])
-                   for p in json.loads(predictions_path.read_text(encoding="utf-8"))}
+    predictions = {
+        p["image_id"]: normalize_caption(p["caption"]) for p in json.loads(predictions_path.read_text(encoding="utf-8"))
+    }
     references = {r.image: r.tokens for r in data.split(split)}
     missing = len(set(references) - set(predictions))
     if missing:
@@ -130,8 +141,17 @@ def f1_table(data: PreparedDataset, predictions_path: Path, objects: dict[str, t
     rows = []
     for obj, forms in objects.items():
         s = mention_f1(predictions, references, forms)
-        rows.append({"object": obj, "images": s.positives, "predicted": s.predicted, "correct": s.true_positives,
-                     "precision": 100 * s.precision, "recall": 100 * s.recall, "f1": 100 * s.f1})
+        rows.append(
+            {
+                "object": obj,
+                "images": s.positives,
+                "predicted": s.predicted,
+                "correct": s.true_positives,
+                "precision": 100 * s.precision,
+                "recall": 100 * s.recall,
+                "f1": 100 * s.f1,
+            }
+        )
     return rows, sum(r["f1"] for r in rows) / len(rows)
 
 
@@ -146,15 +166,17 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the counts (or F1 table) as JSON here")
     args = ap.parse_args(argv)
     data = PreparedDataset.load(args.data)
-    objects = ({o: forms_of(o) for o in args.objects.split(",")} if args.objects else dict(HELD_OUT))
+    objects = {o: forms_of(o) for o in args.objects.split(",")} if args.objects else dict(HELD_OUT)
 
     if args.predictions:
         rows, mean = f1_table(data, Path(args.predictions), objects)
         print("| object | test images | captions naming it | correct | precision | recall | F1 |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for r in rows:
-            print(f"| {r['object']} | {r['images']} | {r['predicted']} | {r['correct']} | {r['precision']:.1f} "
-                  f"| {r['recall']:.1f} | {r['f1']:.1f} |")
+            print(
+                f"| {r['object']} | {r['images']} | {r['predicted']} | {r['correct']} | {r['precision']:.1f} "
+                f"| {r['recall']:.1f} | {r['f1']:.1f} |"
+            )
         print(f"| **mean** | | | | | | **{mean:.1f}** |")
         if args.json:
             write_json(args.json, {"objects": rows, "mean_f1": mean})
@@ -162,17 +184,23 @@ def main(argv=None) -> int:
 
     candidates = {w: forms_of(w) for w in WordMap.load().words} | objects
     counts = count_mentions(data, candidates)
-    shown = counts[: args.top] + [r for r in counts[args.top:] if r["object"] in objects]
+    shown = counts[: args.top] + [r for r in counts[args.top :] if r["object"] in objects]
     tags = tag_f1(data, args.features, {r["object"]: tuple(r["forms"]) for r in shown}) if args.features else {}
-    print("Images whose references mention each ImageNet-mapped word (word + plurals; held-out objects with "
-          "their synonyms)" + ("; tag-only F1 (threshold picked on val):" if tags else ":"))
+    print(
+        "Images whose references mention each ImageNet-mapped word (word + plurals; held-out objects with "
+        "their synonyms)" + ("; tag-only F1 (threshold picked on val):" if tags else ":")
+    )
     print("| word | train | val | test | held out |" + (" tag F1 val | tag F1 test | t |" if tags else ""))
     print("| --- | --- | --- | --- | --- |" + (" --- | --- | --- |" if tags else ""))
     for r in shown:
         tag = tags.get(r["object"])
-        extra = f" {tag['val_f1']:.1f} | {tag['test_f1']:.1f} | {tag['threshold']} |" if tag else (" | | |" if tags else "")
-        print(f"| {r['object']} | {r['train']} | {r['val']} | {r['test']} | {'yes' if r['object'] in objects else ''} |"
-              + extra)
+        extra = (
+            f" {tag['val_f1']:.1f} | {tag['test_f1']:.1f} | {tag['threshold']} |" if tag else (" | | |" if tags else "")
+        )
+        print(
+            f"| {r['object']} | {r['train']} | {r['val']} | {r['test']} | {'yes' if r['object'] in objects else ''} |"
+            + extra
+        )
         r.update({"tag": tag} if tag else {})
     if tags:
         held = [tags[o]["test_f1"] for o in objects if o in tags]
@@ -181,8 +209,10 @@ def main(argv=None) -> int:
     if args.out:
         info = write_held_out(data, Path(args.out), objects)
         n = len(data.split("train"))
-        print(f"\nheld out {', '.join(objects)}: removed {info['removed_train_images']} of {n} training images "
-              f"({100 * info['removed_train_images'] / n:.1f}%); wrote {args.out}")
+        print(
+            f"\nheld out {', '.join(objects)}: removed {info['removed_train_images']} of {n} training images "
+            f"({100 * info['removed_train_images'] / n:.1f}%); wrote {args.out}"
+        )
         report["removed_train_images"] = info["removed_train_images"]
     if args.json:
         write_json(args.json, report)

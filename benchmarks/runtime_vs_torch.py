@@ -76,8 +76,8 @@ def main() -> None:
     config = captioner.decode_config(beam_size=args.beam_size)
     ref, got, torch_s, runtime_s, feature_diff = [], [], 0.0, 0.0, None
     for i in range(0, len(paths), 16):
-        chunk = paths[i:i + 16]
-        pooled, grid = rt.encode(chunk)                                   # (B, D), (B, N, D)
+        chunk = paths[i : i + 16]
+        pooled, grid = rt.encode(chunk)  # (B, D), (B, N, D)
         if feature_diff is None:
             _, grid_torch_path = captioner.encode(chunk)
             feature_diff = float(np.abs(grid_torch_path - grid).max())
@@ -96,13 +96,26 @@ def main() -> None:
 
     ref = [SimpleNamespace(caption=text(h, g), score=h.score) for h, g in ref]
     got = [SimpleNamespace(caption=text(h, g), score=h.score) for h, g in got]
-    diffs = [{"image": path, "torch": a.caption, "torch_score": a.score, "runtime": b.caption,
-              "runtime_score": b.score} for path, a, b in zip(paths, ref, got) if a.caption != b.caption]
+    diffs = [
+        {"image": path, "torch": a.caption, "torch_score": a.score, "runtime": b.caption, "runtime_score": b.score}
+        for path, a, b in zip(paths, ref, got)
+        if a.caption != b.caption
+    ]
     if args.captions:
         with open(args.captions, "w") as f:
             for path, a, b in zip(paths, ref, got):
-                f.write(json.dumps({"image": path, "torch": a.caption, "runtime": b.caption,
-                                    "torch_score": a.score, "runtime_score": b.score}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "image": path,
+                            "torch": a.caption,
+                            "runtime": b.caption,
+                            "torch_score": a.score,
+                            "runtime_score": b.score,
+                        }
+                    )
+                    + "\n"
+                )
 
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(tmp) / "photo_500x375.jpg"
@@ -110,18 +123,26 @@ def main() -> None:
         lat_torch = _latency(lambda x: captioner.caption(x, beam_size=args.beam_size, guide=guide), photo)
         lat_rt = _latency(lambda x: rt.caption(x, beam_size=args.beam_size, guide=guide), photo)
 
-    out = {"images": len(paths), "identical": len(paths) - len(diffs),
-           "identical_pct": 100.0 * (len(paths) - len(diffs)) / max(len(paths), 1), "differences": diffs,
-           "decode_only_batch16_images_per_s": {"captioner": len(paths) / torch_s, "runtime": len(paths) / runtime_s},
-           "first_batch_grid_max_abs_diff_runtime_vs_captioner_encoder": feature_diff,
-           "latency_beam3_one_photo": {"captioner": lat_torch, "runtime": lat_rt},
-           "guide": guide is not None, "captioner_decoder": "torch" if args.torch_decoder else "onnx",
-           "threads": args.threads, "machine": platform.processor() or platform.machine(),
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    out = {
+        "images": len(paths),
+        "identical": len(paths) - len(diffs),
+        "identical_pct": 100.0 * (len(paths) - len(diffs)) / max(len(paths), 1),
+        "differences": diffs,
+        "decode_only_batch16_images_per_s": {"captioner": len(paths) / torch_s, "runtime": len(paths) / runtime_s},
+        "first_batch_grid_max_abs_diff_runtime_vs_captioner_encoder": feature_diff,
+        "latency_beam3_one_photo": {"captioner": lat_torch, "runtime": lat_rt},
+        "guide": guide is not None,
+        "captioner_decoder": "torch" if args.torch_decoder else "onnx",
+        "threads": args.threads,
+        "machine": platform.processor() or platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
     print(json.dumps({k: v for k, v in out.items() if k != "differences"}, indent=1))
     for d in diffs:
-        print(f"DIFF {Path(d['image']).name}: torch '{d['torch']}' ({d['torch_score']:.4f}) | runtime "
-              f"'{d['runtime']}' ({d['runtime_score']:.4f})")
+        print(
+            f"DIFF {Path(d['image']).name}: torch '{d['torch']}' ({d['torch_score']:.4f}) | runtime "
+            f"'{d['runtime']}' ({d['runtime_score']:.4f})"
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 

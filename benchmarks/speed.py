@@ -75,19 +75,28 @@ def batch(cap, records, images: Path, bs: int = 32, keep: int = 200) -> tuple[di
     paths = [images / r.image for r in records]
     captions, t = {}, time.perf_counter()
     for i in range(0, len(paths), bs):
-        for r, res in zip(records[i:i + bs], cap.caption(paths[i:i + bs], beam_size=3, batch_size=bs)):
+        for r, res in zip(records[i : i + bs], cap.caption(paths[i : i + bs], beam_size=3, batch_size=bs)):
             captions[r.image] = res.caption
     full = len(paths) / (time.perf_counter() - t)
     agreement = reference_agreement(cap, paths, captions, records, bs) if cap.fast_decoder is not None else None
     grids, t = [], time.perf_counter()
     for i in range(0, len(paths), bs):
-        x = np.stack([cap.encoder.preprocess(load_image(p)).numpy() for p in paths[i:i + bs]])
+        x = np.stack([cap.encoder.preprocess(load_image(p)).numpy() for p in paths[i : i + bs]])
         _, grid = cap.runner(x)
         if i < keep:
             grids.append(grid)
     enc = len(paths) / (time.perf_counter() - t)
-    return ({"images": len(paths), "caption_images_per_s": full, "encoder_only_images_per_s": enc,
-             "ratio": full / enc, **(agreement or {})}, np.concatenate(grids)[:keep], captions)
+    return (
+        {
+            "images": len(paths),
+            "caption_images_per_s": full,
+            "encoder_only_images_per_s": enc,
+            "ratio": full / enc,
+            **(agreement or {}),
+        },
+        np.concatenate(grids)[:keep],
+        captions,
+    )
 
 
 def reference_agreement(cap, paths, captions: dict, records, bs: int) -> dict:
@@ -97,7 +106,7 @@ def reference_agreement(cap, paths, captions: dict, records, bs: int) -> dict:
     try:
         differ = []
         for i in range(0, len(paths), bs):
-            for r, res in zip(records[i:i + bs], cap.caption(paths[i:i + bs], beam_size=3, batch_size=bs)):
+            for r, res in zip(records[i : i + bs], cap.caption(paths[i : i + bs], beam_size=3, batch_size=bs)):
                 if res.caption != captions[r.image]:
                     differ.append({"image": r.image, "onnx": captions[r.image], "torch": res.caption})
     finally:
@@ -115,24 +124,54 @@ def quality(captions: dict, records) -> dict:
 def extraction(ds, precision: str, tmp: Path, gflop: float, peaks: dict, threads: int | None) -> dict:
     from capgen.features import extract_features
 
-    res = extract_features(ds, tmp / f"feats-{precision}", encoder="efficientnet-lite2", split="test",
-                           backend="onnx", workers=2, precision=precision, progress=False, threads=threads)
+    res = extract_features(
+        ds,
+        tmp / f"feats-{precision}",
+        encoder="efficientnet-lite2",
+        split="test",
+        backend="onnx",
+        workers=2,
+        precision=precision,
+        progress=False,
+        threads=threads,
+    )
     ips = res.images_per_s
-    return {"images": res.images, "images_per_s": ips, "gflop_per_s": gflop * ips,
-            "share_fp32_peak": gflop * ips / peaks["fp32"], "share_bf16_peak": gflop * ips / peaks["bf16"]}
+    return {
+        "images": res.images,
+        "images_per_s": ips,
+        "gflop_per_s": gflop * ips,
+        "share_fp32_peak": gflop * ips / peaks["fp32"],
+        "share_bf16_peak": gflop * ips / peaks["bf16"],
+    }
 
 
-def serve(precision: str, bodies: list[bytes], clients: list[int], requests: int, max_batch: int,
-          threads: int | None) -> dict:
+def serve(
+    precision: str, bodies: list[bytes], clients: list[int], requests: int, max_batch: int, threads: int | None
+) -> dict:
     import httpx
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "capgen", "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--precision", precision, "--max-batch", str(max_batch),
-                             *(["--threads", str(threads)] if threads else [])],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "capgen",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--precision",
+            precision,
+            "--max-batch",
+            str(max_batch),
+            *(["--threads", str(threads)] if threads else []),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url, out = f"http://127.0.0.1:{port}", {}
     try:
         deadline = time.time() + 300
@@ -154,7 +193,9 @@ def serve(precision: str, bodies: list[bytes], clients: list[int], requests: int
                 local.client = httpx.Client(timeout=120)
             t = time.perf_counter()
             try:
-                r = local.client.post(f"{url}/caption", files={"files": ("p.jpg", bodies[i % len(bodies)], "image/jpeg")})
+                r = local.client.post(
+                    f"{url}/caption", files={"files": ("p.jpg", bodies[i % len(bodies)], "image/jpeg")}
+                )
                 status = r.status_code if r.status_code != 200 or r.json()["results"][0]["caption"] else -1
             except httpx.HTTPError:
                 status = -2
@@ -169,10 +210,19 @@ def serve(precision: str, bodies: list[bytes], clients: list[int], requests: int
             wall = time.perf_counter() - start
             ok = [r[0] * 1000 for r in res if r[1] == 200]
             p50, p95 = _percentiles(ok) if ok else (float("nan"), float("nan"))
-            out[c] = {"requests": len(res), "requests_per_s": len(ok) / wall, "p50_ms": p50, "p95_ms": p95,
-                      "busy_503": sum(r[1] == 503 for r in res), "errors": sum(r[1] not in (200, 503) for r in res)}
-            print(f"  serve {precision} {c:>2} clients: {out[c]['requests_per_s']:.1f} req/s, p50 {p50:.0f} ms, "
-                  f"p95 {p95:.0f} ms, 503 {out[c]['busy_503']}, errors {out[c]['errors']}", flush=True)
+            out[c] = {
+                "requests": len(res),
+                "requests_per_s": len(ok) / wall,
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "busy_503": sum(r[1] == 503 for r in res),
+                "errors": sum(r[1] not in (200, 503) for r in res),
+            }
+            print(
+                f"  serve {precision} {c:>2} clients: {out[c]['requests_per_s']:.1f} req/s, p50 {p50:.0f} ms, "
+                f"p95 {p95:.0f} ms, 503 {out[c]['busy_503']}, errors {out[c]['errors']}",
+                flush=True,
+            )
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -191,8 +241,12 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=30, help="latency calls")
     ap.add_argument("--limit", type=int, default=None, help="only the first N test images (a quick check)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["latency", "batch", "extract", "serve"])
-    ap.add_argument("--threads", type=int, default=None,
-                    help="compute threads everywhere, peaks included (default: all cores; 1 on a busy machine)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="compute threads everywhere, peaks included (default: all cores; 1 on a busy machine)",
+    )
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     import torch
@@ -205,16 +259,24 @@ def main(argv=None) -> int:
     from capgen.encoders import count_flops, create_encoder
 
     ds, images = PreparedDataset.load(args.data), Path(args.images)
-    records = ds.split("test")[:args.limit]
+    records = ds.split("test")[: args.limit]
     peaks = {"fp32": peak_matmul_gflops(torch.float32), "bf16": peak_matmul_gflops(torch.bfloat16)}
-    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": " ".join(sys.argv),
-           "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                      f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at start",
-           "torch": torch.__version__, "peaks_gflops": peaks, "runs": {}}
-    out["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).parent).stdout.strip()
-    print(f"{out['date']}: peak matmul fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; {out['machine']}",
-          flush=True)
+    out = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(sys.argv),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at start",
+        "torch": torch.__version__,
+        "peaks_gflops": peaks,
+        "runs": {},
+    }
+    out["git_commit"] = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
+    print(
+        f"{out['date']}: peak matmul fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f} GFLOP/s; {out['machine']}",
+        flush=True,
+    )
     gflop = count_flops(create_encoder("efficientnet-lite2")) / 1e9
     photo = _photo_jpeg()
     # int8 calibrates on 64 training images spread over the split, as `capgen extract --precision int8` does
@@ -224,35 +286,46 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for p in args.precisions:
             row: dict = {}
-            cap = Captioner.from_pretrained(precision=p, calibration=calibration if p == "int8" else None,
-                                            threads=args.threads)
+            cap = Captioner.from_pretrained(
+                precision=p, calibration=calibration if p == "int8" else None, threads=args.threads
+            )
             row["precision"] = cap.info()["precision"]
             if "latency" not in args.skip:
                 row["latency"] = latency(cap, photo, args.calls)
                 row["latency_no_guide"] = latency(cap, photo, args.calls, guide=None)
                 for key, label in (("latency", "guided"), ("latency_no_guide", "no guidance")):
-                    print(f"{p}: latency ({label}) p50 {row[key]['p50_ms']:.1f} ms, p95 {row[key]['p95_ms']:.1f} ms: "
-                          f"{row[key]['caption']!r}", flush=True)
+                    print(
+                        f"{p}: latency ({label}) p50 {row[key]['p50_ms']:.1f} ms, p95 {row[key]['p95_ms']:.1f} ms: "
+                        f"{row[key]['caption']!r}",
+                        flush=True,
+                    )
             if "batch" not in args.skip:
                 row["batch"], grid, captions = batch(cap, records, images)
                 ref_grid = grid if p == "fp32" else ref_grid
                 if ref_grid is not None:
-                    row["batch"]["feature_rel_error_vs_fp32"] = float(np.linalg.norm(grid - ref_grid)
-                                                                      / np.linalg.norm(ref_grid))
+                    row["batch"]["feature_rel_error_vs_fp32"] = float(
+                        np.linalg.norm(grid - ref_grid) / np.linalg.norm(ref_grid)
+                    )
                 row["quality"] = quality(captions, records)
-                print(f"{p}: batch {row['batch']['caption_images_per_s']:.1f} img/s captioned vs encoder only "
-                      f"{row['batch']['encoder_only_images_per_s']:.1f} ({row['batch']['ratio']:.2f}x); "
-                      f"BLEU-4 {row['quality']['BLEU-4']:.2f}, CIDEr {row['quality']['CIDEr']:.2f}; feature error "
-                      f"{row['batch'].get('feature_rel_error_vs_fp32', float('nan')):.4f}; same caption as the "
-                      f"torch decoder: {row['batch'].get('torch_reference_identical', '-')}", flush=True)
+                print(
+                    f"{p}: batch {row['batch']['caption_images_per_s']:.1f} img/s captioned vs encoder only "
+                    f"{row['batch']['encoder_only_images_per_s']:.1f} ({row['batch']['ratio']:.2f}x); "
+                    f"BLEU-4 {row['quality']['BLEU-4']:.2f}, CIDEr {row['quality']['CIDEr']:.2f}; feature error "
+                    f"{row['batch'].get('feature_rel_error_vs_fp32', float('nan')):.4f}; same caption as the "
+                    f"torch decoder: {row['batch'].get('torch_reference_identical', '-')}",
+                    flush=True,
+                )
             if "extract" not in args.skip and p != "bf16":  # bf16 leaves the ONNX encoder in fp32: as fp32
                 row["extract"] = extraction(ds, p, Path(tmp), gflop, peaks, args.threads)
                 e = row["extract"]
-                print(f"{p}: extraction {e['images_per_s']:.1f} img/s = {e['gflop_per_s']:.0f} GFLOP/s, "
-                      f"{e['share_fp32_peak']:.0%} of fp32 peak, {e['share_bf16_peak']:.0%} of bf16 peak", flush=True)
+                print(
+                    f"{p}: extraction {e['images_per_s']:.1f} img/s = {e['gflop_per_s']:.0f} GFLOP/s, "
+                    f"{e['share_fp32_peak']:.0%} of fp32 peak, {e['share_bf16_peak']:.0%} of bf16 peak",
+                    flush=True,
+                )
             del cap
             if "serve" not in args.skip and p in (args.serve_precisions or args.precisions):
-                bodies = [(images / r.image).read_bytes() for r in records[:max(args.requests, max(args.clients))]]
+                bodies = [(images / r.image).read_bytes() for r in records[: max(args.requests, max(args.clients))]]
                 row["serve"] = serve(p, bodies, args.clients, args.requests, args.max_batch, args.threads)
             out["runs"][p] = row
             if args.json:  # after every precision: a long run that is stopped keeps what it measured

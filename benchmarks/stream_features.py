@@ -3,12 +3,12 @@
     python benchmarks/stream_features.py --data runs/flickr8k --features runs/flickr8k-lite2 \
         --mode ram|stream [--cold] [--steps 60] [--json out.json]
 
-Runs `--steps` training steps of the model in `--config` (default configs/flickr8k_transformer.yaml)
-over the first batches of epoch 0, exactly as `capgen train` builds them (CaptionPairs.epoch_batches,
-Features.load, the cross-entropy objective, AdamW), one torch thread. Reports captions/s over the steps (after one
-warm-up step; also per CPU second of
-this process, which a busy shared machine disturbs less than wall time), the seconds to load the features and to the first step, the time spent reading
-features, and the process's peak RSS (VmHWM). Run one mode per process so RSS figures are its own.
+Runs `--steps` training steps of the model in `--config` (default configs/flickr8k_transformer.yaml) over the
+first batches of epoch 0, exactly as `capgen train` builds them (CaptionPairs.epoch_batches, Features.load,
+the cross-entropy objective, AdamW), one torch thread. Reports captions/s over the steps (after one warm-up
+step; also per CPU second of this process, which a busy shared machine disturbs less than wall time), the
+seconds to load the features and to the first step, the time spent reading features, and the process's peak
+RSS (VmHWM). Run one mode per process so RSS figures are its own.
 
 --cold evicts the cache files from the OS page cache first (posix_fadvise DONTNEED on each file:
 works without root and touches no other file; the kernel may still read ahead within the file).
@@ -71,8 +71,13 @@ def main() -> None:
             evict(cache.root / name)
     torch.manual_seed(tc.seed)
     enc = cache.encoder_spec
-    model = create_model(cfg.model, vocab_size=len(data.vocab), feature_dim=enc["dim"],
-                         num_regions=enc["grid"][0] * enc["grid"][1], overrides=cfg.model_config)
+    model = create_model(
+        cfg.model,
+        vocab_size=len(data.vocab),
+        feature_dim=enc["dim"],
+        num_regions=enc["grid"][0] * enc["grid"][1],
+        overrides=cfg.model_config,
+    )
     pairs = CaptionPairs(data.split("train"), data.vocab, tc.max_caption_len)
     optim = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr)
     objective = CrossEntropy(data.vocab, tc.label_smoothing)
@@ -98,10 +103,19 @@ def main() -> None:
         if first_step_s is None:
             first_step_s = time.perf_counter() - t_start
     steps_s, cpu_s = time.perf_counter() - t_steps, time.process_time() - cpu_steps
-    res = {"mode": a.mode, "cold": a.cold, "steps": len(batches) - 1, "captions_per_s": caps / steps_s,
-           "captions_per_cpu_s": caps / cpu_s,
-           "load_features_s": load_s, "first_step_s": first_step_s, "feature_read_s": read_s,
-           "steps_s": steps_s, "peak_rss_mb": peak_rss_mb(), "final_loss": loss.item()}
+    res = {
+        "mode": a.mode,
+        "cold": a.cold,
+        "steps": len(batches) - 1,
+        "captions_per_s": caps / steps_s,
+        "captions_per_cpu_s": caps / cpu_s,
+        "load_features_s": load_s,
+        "first_step_s": first_step_s,
+        "feature_read_s": read_s,
+        "steps_s": steps_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "final_loss": loss.item(),
+    }
     print(json.dumps(res))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))

@@ -44,39 +44,63 @@ def write_prepared(out: Path, counts: dict[str, int], images_dir: str, rng: np.r
                 f.write(json.dumps({"image": name, "raw": [" ".join(c) for c in caps], "tokens": caps}) + "\n")
                 names.append(name)
     Vocabulary(list(SPECIALS) + words).save(out / "vocab.json")
-    manifest = {"capgen_prepared": 1, "source": "benchmarks/synth_cache.py", "format": "synthetic",
-                "images_dir": images_dir, "splits": {s: {"images": n, "captions": 5 * n} for s, n in counts.items()},
-                "vocab_size": len(words) + len(SPECIALS), "min_count": 1, "max_vocab": None, "seed": 0,
-                "dropped": {"not_in_any_split": 0, "missing_image_files": 0}}
+    manifest = {
+        "capgen_prepared": 1,
+        "source": "benchmarks/synth_cache.py",
+        "format": "synthetic",
+        "images_dir": images_dir,
+        "splits": {s: {"images": n, "captions": 5 * n} for s, n in counts.items()},
+        "vocab_size": len(words) + len(SPECIALS),
+        "min_count": 1,
+        "max_vocab": None,
+        "seed": 0,
+        "dropped": {"not_in_any_split": 0, "missing_image_files": 0},
+    }
     write_json(out / "manifest.json", manifest)  # last: marks the folder complete
     return names
 
 
-def write_features(out: Path, names: list[str], images_dir: str, dim: int, grid: int,
-                   rng: np.random.Generator) -> None:
+def write_features(out: Path, names: list[str], images_dir: str, dim: int, grid: int, rng: np.random.Generator) -> None:
     out.mkdir(parents=True, exist_ok=True)
     n, r = len(names), grid * grid
     block = (rng.standard_normal((BLOCK, r, dim), dtype=np.float32) * 0.5 + 0.5).astype(np.float16)
-    block_pooled = block.mean(axis=1, dtype=np.float32).astype(np.float16)    # (BLOCK, D)
+    block_pooled = block.mean(axis=1, dtype=np.float32).astype(np.float16)  # (BLOCK, D)
     pooled = np.lib.format.open_memmap(out / "pooled.npy", mode="w+", dtype=np.float16, shape=(n, dim))
     gridf = np.lib.format.open_memmap(out / "grid.npy", mode="w+", dtype=np.float16, shape=(n, r, dim))
     for i, start in enumerate(range(0, n, BLOCK)):
         m = min(BLOCK, n - start)
-        perm = rng.permutation(BLOCK)[:m]       # the block's rows in another order each time
-        gridf[start:start + m] = block[perm]
-        pooled[start:start + m] = block_pooled[perm]
+        perm = rng.permutation(BLOCK)[:m]  # the block's rows in another order each time
+        gridf[start : start + m] = block[perm]
+        pooled[start : start + m] = block_pooled[perm]
         if i % 8 == 7:
             gridf.flush()
             print(f"  {start + m:,}/{n:,} rows", flush=True)
     gridf.flush()
     pooled.flush()
     del gridf, pooled
-    spec = {"name": "efficientnet-lite2", "preprocess": {"size": 260, "mean": [0.5, 0.5, 0.5],
-            "std": [0.5, 0.5, 0.5], "resample": "bicubic"}, "dim": dim, "grid": [grid, grid]}
-    write_json(out / META, {"capgen_features": FORMAT_VERSION, "encoder": spec, "dtype": "float16",
-                            "images_dir": images_dir, "dataset": str(out.parent / "prepared"), "split": None,
-                            "images": names, "failed": {}, "complete": True, "backend": "synthetic",
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=None)
+    spec = {
+        "name": "efficientnet-lite2",
+        "preprocess": {"size": 260, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resample": "bicubic"},
+        "dim": dim,
+        "grid": [grid, grid],
+    }
+    write_json(
+        out / META,
+        {
+            "capgen_features": FORMAT_VERSION,
+            "encoder": spec,
+            "dtype": "float16",
+            "images_dir": images_dir,
+            "dataset": str(out.parent / "prepared"),
+            "split": None,
+            "images": names,
+            "failed": {},
+            "complete": True,
+            "backend": "synthetic",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+        indent=None,
+    )
 
 
 def main() -> None:
