@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, TextIO
 
 
 class CapgenError(Exception):
@@ -56,12 +56,13 @@ def say(line: str) -> None:
     sys.stderr.flush()
 
 
-def say_above_bar(line: str) -> None:
+def say_above_bar(line: str, file: TextIO | None = None) -> None:
     """say() for a line written while a tqdm bar runs: tqdm.write clears the bar, writes, and
-    redraws it, but writes its `end` apart, so the line and its newline go together here."""
+    redraws it, but writes its `end` apart, so the line and its newline go together here.
+    `file` is stderr unless given (training's epoch summaries are results: stdout)."""
     from tqdm.auto import tqdm  # the bars' own class; only the commands that draw one pay for it
 
-    tqdm.write(line + "\n", file=sys.stderr, end="")
+    tqdm.write(line + "\n", file=file or sys.stderr, end="")
 
 
 def run_script(main: Callable[[], int | None]) -> NoReturn:

@@ -6,14 +6,13 @@ them in list order, on rank 0 at each epoch's end, so adding a concern never tou
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from tqdm.auto import tqdm
-
 from capgen.checkpoint import model_payload, save_checkpoint
-from capgen.errors import CapgenError
+from capgen.errors import CapgenError, say_above_bar
 from capgen.io import read_json, write_json
 from capgen.training.validate import validate
 
@@ -71,9 +70,10 @@ class TensorBoard(Callback):
 
 class Report(Callback):
     def on_epoch_end(self, run: Run, row: dict) -> None:
-        tqdm.write(
+        say_above_bar(
             f"epoch {row['epoch']}: loss {row['train_loss']:.3f}, val CIDEr-D {row['CIDEr']:.3f}, "
-            f"BLEU-4 {row['BLEU-4']:.3f}"
+            f"BLEU-4 {row['BLEU-4']:.3f}",
+            sys.stdout,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from capgen.checkpoint import (
 )
 from capgen.config import config_to_dict
 from capgen.data.prepared import PreparedDataset
-from capgen.errors import CapgenError
+from capgen.errors import CapgenError, say_above_bar
 from capgen.features import FeatureCache, Features
 from capgen.models.finetuned import decoder_of
 from capgen.parallel import dist_info
@@ -252,9 +253,10 @@ def train(
 def _warm_start(model, path: str, vocab, say: bool) -> None:
     counts = warm_start(model, path, vocab.itos)
     if say:
-        tqdm.write(
+        say_above_bar(
             f"warm start from {path}: {counts['tensors']} weights, {counts['words']} words kept, "
-            f"{counts['new_words']} new"
+            f"{counts['new_words']} new",
+            sys.stdout,
         )
 
 
