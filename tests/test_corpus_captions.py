@@ -149,3 +149,33 @@ def test_the_bundled_person_head_fits_the_bundled_encoder():
     from capgen.tags.tagger import make_tagger
 
     assert CaptionIndex.load().person.tagger_head == make_tagger(create_encoder("efficientnet-lite2")).head.sha256
+
+
+def test_the_scorer_chooses_among_the_tags_captions_what_the_photo_supports(tmp_path):
+    """With a scorer (it reads the photo), a tag's captions rank by it too, never for a caption that
+    names a tag the photo shows no sign of, nor a person the person head doubts, nor a typo."""
+    from capgen.tags import corpus_captions, vetting
+
+    zebras = ["a zebra in a field", "a man with a zebra", "a zebra near a tree", "a zebra and a giraffe", "a a zebra"]
+    index = _index(tmp_path, {"zebra": zebras})
+    tagger = SimpleNamespace(words=WORDS, word_probs=lambda pooled: np.asarray(pooled))
+    corpus = CorpusCaptions(tagger)
+    corpus._index = index
+    liked = {"a a zebra": -0.5, "a zebra and a giraffe": -1.0, "a man with a zebra": -1.5, "a zebra near a tree": -2.0}
+    calls = []
+
+    def score(images, captions, word_probs):
+        calls.append(images)
+        return [np.array([liked.get(" ".join(c), -8.0) for c in caps]) for caps in captions]
+
+    pooled = np.array([[0.6, 0.0, 0.01, 0.0], [0.0, 0.0, 0.0, 0.9]])  # giraffe 0.0: unseen; tree 0.01
+    picks = corpus.picks(pooled, DecodeConfig(), GuideConfig(), ["a man on a zebra", "a dog runs"], score)
+    assert corpus.picks(pooled, DecodeConfig(), GuideConfig(), ["a man on a zebra", "a dog runs"])[0].caption == (
+        "a zebra in a field"  # without a scorer: the typical one
+    )
+    assert picks[0].caption == "a man with a zebra" and picks[1] is None  # no head here: people are not refused
+    assert calls == [[0]]  # one call, for the photos that took a tag's caption
+    for person_p, expected in ((vetting.AVOID_PERSON_BELOW / 2, "a zebra near a tree"), (0.99, "a man with a zebra")):
+        again = [index.choose(pooled[0])]
+        corpus_captions._choose_for_photo(again, index, pooled[:1], np.array([person_p]), score)
+        assert again[0].caption == expected and again[0].word == "zebra"

@@ -43,6 +43,13 @@ FORMATS = ("capgen-caption-index/1", FORMAT)  # 1: rare words only, no counts, n
 THRESHOLD = 0.2
 TYPICALITY = 0.3
 OTHER_TAGS = 3  # vetting: the photo's top tags tried, in order, as the replacement's subject
+# The tag says what the photo shows, not how: its most typical captions were chosen without the photo
+# ("a bunch of bananas on a plate on a counter" under a painting of bananas). Where a scorer is given,
+# each of the tag's captions also gains SCORER_WEIGHT x the scene scorer's mean log-probability per
+# word of it for the photo, which reads the image ("a picture of a bunch of bananas sitting on a
+# table"). Chosen on ../shared/data/coco_dev against Flickr8k val (BENCHMARKS.md, "Corpus captions the
+# photo chooses").
+SCORER_WEIGHT = 0.8
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class Retrieved:
     p: float
     replaced: tuple[str, ...] = ()  # vetting: the claims ("person", "dog") the photo did not support
     scenes: bool = False  # a caption of a similar scene that won against the decoder's (tags/scenes.py)
+    avoid: frozenset[str] = frozenset()  # the words its caption could not name (vetting), for choosing again
 
     def to_dict(self) -> dict:
         d = {"tag": self.word, "p": round(self.p, 4)}
@@ -124,7 +132,7 @@ class CaptionIndex:
         for word, p in top:
             caption = self._best(word, word_probs, avoid) if word in self.captions else None
             if caption is not None:
-                return Retrieved(caption, word, p, replaced)
+                return Retrieved(caption, word, p, replaced, avoid=avoid)
         if top:  # an object no caption text describes (rocket, crossword): say only what is seen
             return Retrieved(vetting.plain_caption(top[0][0]), top[0][0], top[0][1], replaced)
         return None
@@ -136,17 +144,29 @@ class CaptionIndex:
             return None
         return self.person.probs(pooled)
 
+    def choices(
+        self, word: str, word_probs: np.ndarray, avoid: frozenset[str], min_named: float = 0.0
+    ) -> tuple[list[str], np.ndarray]:
+        """`word`'s captions without `avoid` words nor a tag word below `min_named`, most typical
+        first, and the standing of each: the summed probabilities of the photo's tags it names, plus
+        TYPICALITY x its typicality. A caption with a word twice in a row is the caption text's typo
+        ("a fire fire truck parked in a parking lot"): never kept."""
+        caps, kept, standing = self.captions[word], [], []
+        for rank, named in enumerate(self._named[word]):
+            tokens = caps[rank].split()
+            if (avoid and not avoid.isdisjoint(tokens)) or any(a == b for a, b in zip(tokens, tokens[1:])):
+                continue
+            if min_named and any(word_probs[j] < min_named for j in named):
+                continue
+            kept.append(caps[rank])
+            standing.append(sum(float(word_probs[j]) for j in named) + TYPICALITY * (1 - rank / len(caps)))
+        return kept, np.asarray(standing)
+
     def _best(self, word: str, word_probs: np.ndarray, avoid: frozenset[str]) -> str | None:
         """Among `word`'s captions without `avoid` words, the one naming the photo's tags best,
-        typicality breaking near-ties."""
-        caps, best, best_score = self.captions[word], None, -1.0
-        for rank, named in enumerate(self._named[word]):
-            if avoid and not avoid.isdisjoint(caps[rank].split()):
-                continue
-            s = sum(float(word_probs[j]) for j in named) + TYPICALITY * (1 - rank / len(caps))
-            if s > best_score:  # ties: the more typical caption (the earlier one)
-                best, best_score = caps[rank], s
-        return best
+        typicality breaking near-ties (ties: the more typical, earlier one)."""
+        kept, standing = self.choices(word, word_probs, avoid)
+        return kept[int(np.argmax(standing))] if kept else None
 
 
 def _rare_words(data: dict, path: Path) -> set[str] | None:
@@ -243,6 +263,8 @@ class CorpusCaptions:
         for i, caption in enumerate(captions or ()):
             if picks[i] is None:
                 picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
+        if score is not None:
+            _choose_for_photo(picks, index, probs, person, score)
         if score is not None and person is not None and scenes_on:
             self._rerank(picks, captions, probs, person, score, config)
         return picks
@@ -281,3 +303,31 @@ class CorpusCaptions:
             res.caption, res.tokens, res.from_corpus = pick.caption, pick.caption.split(), pick
             if hasattr(res, "attention"):
                 res.attention = None  # the decoder attended for its own words, not these
+
+
+def _choose_for_photo(picks: list, index: CaptionIndex, probs: np.ndarray, person, score: Scorer) -> None:
+    """Each pick from a tag's captions becomes the one of them with the highest standing plus
+    SCORER_WEIGHT x the scorer's mean log-probability per word for the photo (SCORER_WEIGHT above),
+    among those that claim nothing the photo does not support, as for captions of similar scenes
+    (tags/scenes.py): the scorer reads "a cat sitting on a desk in front of a computer" well for any
+    desk (tag "cat" at 0.0000) and "a man is holding a bunch of bananas" for a painting of bananas.
+    person: (B,) P(person), or None (no person head: people are not refused). All images' captions
+    are scored in one call."""
+    dog = index._col.get("dog")
+    lists = {}
+    for i, pick in enumerate(picks):
+        if pick is not None and pick.caption in index.captions.get(pick.word, ()):  # not a plain caption
+            dog_p = 1.0 if dog is None else float(probs[i][dog])
+            avoid = pick.avoid | (vetting.DOG if dog_p < scenes.DOG_MIN_P else frozenset())
+            if person is not None:
+                avoid |= vetting.avoid_in_replacement(frozenset(), dog_p, float(person[i]))
+            kept, standing = index.choices(pick.word, probs[i], avoid, scenes.NAMED_MIN_P)
+            if kept:
+                lists[i] = kept, standing
+    if not lists:
+        return
+    images = list(lists)
+    scored = score(images, [[tuple(c.split()) for c in lists[i][0]] for i in images], probs[images])
+    for i, logp in zip(images, scored):
+        kept, standing = lists[i]
+        picks[i] = replace(picks[i], caption=kept[int(np.argmax(standing + SCORER_WEIGHT * np.asarray(logp)))])
