@@ -87,6 +87,12 @@ def test_candidates_come_from_the_matching_scenes_less_unsupported_claims(tmp_pa
     assert not any("man" in c for c in scenes.candidates(zebra, 0.65, ANY_LENGTH).captions)
 
 
+def test_a_caption_with_a_word_twice_in_a_row_is_never_a_candidate(tmp_path):
+    scenes = _scenes(tmp_path, [["a zebra zebra in a field", "a zebra in a field"]])
+    found = scenes.candidates(np.array([0.8, 0.0, 0.0, 0.0]), 0.05, ANY_LENGTH)
+    assert [" ".join(c) for c in found.captions] == ["a zebra in a field"]  # the caption text's typo is left out
+
+
 def test_photos_of_people_dogs_and_people_at_a_sport_keep_the_decoders_caption(tmp_path):
     """The gates: what the Flickr8k decoder describes best is not reranked."""
     scenes = _scenes(tmp_path)

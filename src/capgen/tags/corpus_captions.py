@@ -32,7 +32,7 @@ from capgen.tags import neighbours, scenes, vetting
 from capgen.tags.neighbours import NeighbourCaptions
 from capgen.tags.scenes import SceneCaptions
 from capgen.tags.vetting import PersonHead
-from capgen.tags.words import WordMap, mention_index, mentions
+from capgen.tags.words import WordMap, mention_index, mentions, stutters
 
 INDEX_FILE = "assets/caption_index.json"
 FORMAT = "capgen-caption-index/2"
@@ -149,12 +149,11 @@ class CaptionIndex:
     ) -> tuple[list[str], np.ndarray]:
         """`word`'s captions without `avoid` words nor a tag word below `min_named`, most typical
         first, and the standing of each: the summed probabilities of the photo's tags it names, plus
-        TYPICALITY x its typicality. A caption with a word twice in a row is the caption text's typo
-        ("a fire fire truck parked in a parking lot"): never kept."""
+        TYPICALITY x its typicality; never a caption with a typo (words.stutters)."""
         caps, kept, standing = self.captions[word], [], []
         for rank, named in enumerate(self._named[word]):
             tokens = caps[rank].split()
-            if (avoid and not avoid.isdisjoint(tokens)) or any(a == b for a, b in zip(tokens, tokens[1:])):
+            if (avoid and not avoid.isdisjoint(tokens)) or stutters(tokens):
                 continue
             if min_named and any(word_probs[j] < min_named for j in named):
                 continue

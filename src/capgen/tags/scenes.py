@@ -33,7 +33,7 @@ from capgen.data.ngrams import NgramVector, agreements
 from capgen.errors import TagsError
 from capgen.io import read_json
 from capgen.tags import vetting
-from capgen.tags.words import WordMap, caption_groups, mention_index, phrases_in
+from capgen.tags.words import WordMap, caption_groups, mention_index, phrases_in, stutters
 
 SCENES_FILE = "assets/scene_captions.json"
 FORMAT = "capgen-scene-captions/1"
@@ -145,6 +145,7 @@ class SceneCaptions:
                 if (
                     lengths[0] <= len(c) <= lengths[1]
                     and avoid.isdisjoint(c)
+                    and not stutters(c)
                     and all(word_probs[j] >= NAMED_MIN_P for j in names)
                     and any(word_probs[j] >= OBJECT_MIN_P for j in names)
                 ):

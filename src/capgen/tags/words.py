@@ -97,6 +97,12 @@ class WordMap:
         return cls.from_lines(text.splitlines(), str(path))
 
 
+def stutters(tokens) -> bool:
+    """Whether a caption has a word twice in a row: in human caption text, a typo ("a fire fire truck
+    parked in a parking lot", "stacked on on the back"), so never a caption capgen takes from it."""
+    return any(a == b for a, b in zip(tokens, tokens[1:]))
+
+
 def mention_index(words: list[str]) -> dict[tuple[str, ...], int]:
     """Token sequences that mention tag word j -> j: the word, its plurals ("bus" -> "buses")."""
     out: dict[tuple[str, ...], int] = {}
