@@ -179,3 +179,40 @@ def test_the_scorer_chooses_among_the_tags_captions_what_the_photo_supports(tmp_
         again = [index.choose(pooled[0])]
         corpus_captions._choose_for_photo(again, index, pooled[:1], np.array([person_p]), score)
         assert again[0].caption == expected and again[0].word == "zebra"
+
+
+def test_a_confident_tags_caption_replaces_the_decoders_only_when_the_scorer_finds_it_likelier(tmp_path):
+    """A tag the decoder knows (not rare) keeps the decoder's caption unless the scorer, reading the
+    photo, gives the tag's best caption a higher mean log-probability per word."""
+    from capgen.tags.corpus_captions import COMPETE_P
+
+    path = tmp_path / "index.json"
+    captions = {"tree": ["a tree in a park", "a tall tree next to a road"]}
+    path.write_text(
+        json.dumps({"format": FORMAT, "rare_below": 20, "paired_mentions": {"tree": 500}, "captions": captions})
+    )
+    index = CaptionIndex.load(path, WORDS)
+    tagger = SimpleNamespace(words=WORDS, word_probs=lambda pooled: np.asarray(pooled))
+    corpus = CorpusCaptions(tagger)
+    corpus._index = index
+
+    def scorer(decoder_logp):
+        def score(images, captions, word_probs):
+            return [
+                np.array(
+                    [-3.0 if c == ("a", "tall", "tree", "next", "to", "a", "road") else -5.0 for c in caps[:-1]]
+                    + [decoder_logp]
+                )
+                for caps in captions
+            ]
+
+        return score
+
+    tree = np.array([[0.0, 0.0, COMPETE_P + 0.1, 0.0]])
+    own = ["a man is running on a tree"]
+    assert index.choose(tree[0]) is None  # not rare: no takeover
+    won = corpus.picks(tree, DecodeConfig(), GuideConfig(), own, scorer(-4.0))[0]
+    assert won.caption == "a tall tree next to a road" and won.to_dict()["beat_decoder"] is True
+    assert corpus.picks(tree, DecodeConfig(), GuideConfig(), own, scorer(-2.0)) == [None]  # the decoder's is likelier
+    unsure = np.array([[0.0, 0.0, COMPETE_P - 0.1, 0.0]])
+    assert corpus.picks(unsure, DecodeConfig(), GuideConfig(), own, scorer(-4.0)) == [None]  # the tag is not confident

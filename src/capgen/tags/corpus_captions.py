@@ -50,6 +50,13 @@ OTHER_TAGS = 3  # vetting: the photo's top tags tried, in order, as the replacem
 # table"). Chosen on ../shared/data/coco_dev against Flickr8k val (BENCHMARKS.md, "Corpus captions the
 # photo chooses").
 SCORER_WEIGHT = 0.8
+# A confident tag the decoder knows (not a rare word: the decoder writes its caption) still gets its
+# sentence from Flickr8k: "a tennis player is running on a racket", "a soccer ball is running on a
+# field". Where the top tag is at least COMPETE_P, its caption text's best caption for the photo (as
+# above) replaces the decoder's when the scorer finds it likelier per word ("a man on a tennis court
+# with a tennis racket"). Chosen with the guide's threshold (tags/guide.py) on ../shared/data/coco_dev
+# and Flickr8k val, read beside the photos (BENCHMARKS.md, "Corpus captions the photo chooses").
+COMPETE_P = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,7 @@ class Retrieved:
     p: float
     replaced: tuple[str, ...] = ()  # vetting: the claims ("person", "dog") the photo did not support
     scenes: bool = False  # a caption of a similar scene that won against the decoder's (tags/scenes.py)
+    beat_decoder: bool = False  # a confident tag's caption the scorer found likelier than the decoder's
     avoid: frozenset[str] = frozenset()  # the words its caption could not name (vetting), for choosing again
 
     def to_dict(self) -> dict:
@@ -67,6 +75,8 @@ class Retrieved:
             d["replaced"] = list(self.replaced)
         if self.scenes:
             d["scenes"] = True
+        if self.beat_decoder:
+            d["beat_decoder"] = True
         return d
 
 
@@ -264,6 +274,8 @@ class CorpusCaptions:
                 picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
         if score is not None:
             _choose_for_photo(picks, index, probs, person, score)
+            if captions is not None:
+                _compete(picks, captions, index, probs, person, score)
         if score is not None and person is not None and scenes_on:
             self._rerank(picks, captions, probs, person, score, config)
         return picks
@@ -312,15 +324,10 @@ def _choose_for_photo(picks: list, index: CaptionIndex, probs: np.ndarray, perso
     desk (tag "cat" at 0.0000) and "a man is holding a bunch of bananas" for a painting of bananas.
     person: (B,) P(person), or None (no person head: people are not refused). All images' captions
     are scored in one call."""
-    dog = index._col.get("dog")
     lists = {}
     for i, pick in enumerate(picks):
         if pick is not None and pick.caption in index.captions.get(pick.word, ()):  # not a plain caption
-            dog_p = 1.0 if dog is None else float(probs[i][dog])
-            avoid = pick.avoid | (vetting.DOG if dog_p < scenes.DOG_MIN_P else frozenset())
-            if person is not None:
-                avoid |= vetting.avoid_in_replacement(frozenset(), dog_p, float(person[i]))
-            kept, standing = index.choices(pick.word, probs[i], avoid, scenes.NAMED_MIN_P)
+            kept, standing = _supported(index, pick.word, probs[i], None if person is None else person[i], pick.avoid)
             if kept:
                 lists[i] = kept, standing
     if not lists:
@@ -330,3 +337,40 @@ def _choose_for_photo(picks: list, index: CaptionIndex, probs: np.ndarray, perso
     for i, logp in zip(images, scored):
         kept, standing = lists[i]
         picks[i] = replace(picks[i], caption=kept[int(np.argmax(standing + SCORER_WEIGHT * np.asarray(logp)))])
+
+
+def _compete(picks: list, captions, index: CaptionIndex, probs: np.ndarray, person, score: Scorer) -> None:
+    """Each photo without a pick whose top tag is at least COMPETE_P and has captions in the index:
+    that tag's best caption for the photo (as _choose_for_photo chooses) becomes its pick if the
+    scorer's mean log-probability per word of it beats that of the decoder's caption. One call."""
+    lists = {}
+    for i, pick in enumerate(picks):
+        j = int(np.argmax(probs[i]))
+        word, p = index.words[j], float(probs[i][j])
+        if pick is None and p >= COMPETE_P and word in index.captions:
+            kept, standing = _supported(index, word, probs[i], None if person is None else person[i], frozenset())
+            if kept:
+                lists[i] = word, p, kept, standing
+    if not lists:
+        return
+    images = list(lists)
+    own = [tuple(captions[i].split()) for i in images]
+    scored = score(images, [[*(tuple(c.split()) for c in lists[i][2]), o] for i, o in zip(images, own)], probs[images])
+    for i, logp in zip(images, scored):
+        word, p, kept, standing = lists[i]
+        logp = np.asarray(logp)
+        k = int(np.argmax(standing + SCORER_WEIGHT * logp[:-1]))
+        if logp[k] > logp[-1]:
+            picks[i] = Retrieved(kept[k], word, p, beat_decoder=True)
+
+
+def _supported(index: CaptionIndex, word: str, word_probs: np.ndarray, person_p, avoid: frozenset[str]):
+    """CaptionIndex.choices of `word` that claim nothing the photo does not support, by the scene
+    captions' rules (tags/scenes.py): no tag word below NAMED_MIN_P, no dog below a "dog" tag of
+    DOG_MIN_P, no person the head puts below vetting's AVOID_PERSON_BELOW (person_p None: no head)."""
+    dog = index._col.get("dog")
+    dog_p = 1.0 if dog is None else float(word_probs[dog])
+    avoid = avoid | (vetting.DOG if dog_p < scenes.DOG_MIN_P else frozenset())
+    if person_p is not None:
+        avoid |= vetting.avoid_in_replacement(frozenset(), dog_p, float(person_p))
+    return index.choices(word, word_probs, avoid, scenes.NAMED_MIN_P)
