@@ -4,7 +4,9 @@ A Flickr8k decoder has seen thousands of captions of dogs and people, and almost
 pizza or buses: tag guidance puts "zebra" into a sentence about people ("a woman is sitting on a
 zebra"). When the tagger is confident about such an object, the caption comes instead from human
 captions of other photos of it (the COCO caption text, `../shared/data/text`): among the most
-typical captions naming the top tag, the one that also names the photo's other tags best.
+typical captions naming the top tag, the one that also names the photo's other tags best and that
+the scene scorer (capgen.runtime.scene_scorer), reading the photo, finds likeliest. A confident tag
+the decoder does know gets such a caption too when the scorer finds it likelier than the decoder's.
 
 The same captions stand in for a decoder caption whose person or dog the photo does not support
 (tags/vetting.py). For a photo the person head doubts, human captions of similar scenes compete
@@ -253,8 +255,9 @@ class CorpusCaptions:
         """Per image, the caption to take, or None; all None without a tagger, for sampling, or when
         the guide (a GuideConfig, a probability or None) is off or does not ask for it. `captions`
         (the decoder's, one per image) are vetted for people and dogs when given; then, with `score`,
-        the caption so far competes with captions of similar scenes when the person head doubts the
-        photo."""
+        each pick's caption is chosen for the photo among its tag's, a confident tag's caption
+        competes with the decoder's, and the caption so far competes with captions of similar scenes
+        when the person head doubts the photo."""
         from capgen.tags.guide import GuideConfig
 
         if not self._active(config, guide):
