@@ -123,17 +123,26 @@ class CaptionIndex:
     def choose(self, word_probs: np.ndarray) -> Retrieved | None:
         """One photo's tag word probabilities (W,) -> a caption from the index, or None (the top tag
         is not confident enough, or the decoder knows it well: no entry)."""
-        j = int(np.argmax(word_probs))  # argmax: the first of equal maxima, as a stable sort
-        top, p = self.words[j], float(word_probs[j])
+        top, p = self.top(word_probs)
         if p < THRESHOLD or top not in self.rare or top not in self.captions:
             return None
         return Retrieved(self._best(top, word_probs, frozenset()), top, p)
+
+    def top(self, word_probs: np.ndarray) -> tuple[str, float]:
+        """The photo's most probable tag word and its probability (argmax: the first of equal
+        maxima, as a stable sort)."""
+        j = int(np.argmax(word_probs))
+        return self.words[j], float(word_probs[j])
+
+    def dog_p(self, word_probs: np.ndarray) -> float:
+        """The tag word "dog"'s probability; 1.0 for a word map without one (no evidence against dogs)."""
+        return float(word_probs[self._col["dog"]]) if "dog" in self._col else 1.0
 
     def vet(self, words: set[str], word_probs: np.ndarray, person_p: float | None) -> Retrieved | None:
         """A replacement for a caption (its word set) naming a person or dog the photo does not
         support (tags/vetting.py), about the photo's most probable object that has captions without
         the refused words; None when the caption may stand or nothing fits."""
-        dog_p = float(word_probs[self._col["dog"]]) if "dog" in self._col else 1.0
+        dog_p = self.dog_p(word_probs)
         claims = vetting.unsupported(words, dog_p, person_p)
         if not claims:
             return None
@@ -172,6 +181,16 @@ class CaptionIndex:
             kept.append(caps[rank])
             standing.append(sum(float(word_probs[j]) for j in named) + TYPICALITY * (1 - rank / len(caps)))
         return kept, np.asarray(standing)
+
+    def supported(self, word: str, word_probs: np.ndarray, person_p, avoid: frozenset[str]):
+        """choices() of `word` that claim nothing the photo does not support, by the scene captions'
+        rules (tags/scenes.py): no tag word below NAMED_MIN_P, no dog below a "dog" tag of DOG_MIN_P,
+        no person the head puts below vetting's AVOID_PERSON_BELOW (person_p None: no head)."""
+        dog_p = self.dog_p(word_probs)
+        avoid = avoid | (vetting.DOG if dog_p < scenes.DOG_MIN_P else frozenset())
+        if person_p is not None:
+            avoid |= vetting.avoid_in_replacement(frozenset(), dog_p, float(person_p))
+        return self.choices(word, word_probs, avoid, scenes.NAMED_MIN_P)
 
     def _best(self, word: str, word_probs: np.ndarray, avoid: frozenset[str]) -> str | None:
         """Among `word`'s captions without `avoid` words, the one naming the photo's tags best,
@@ -330,7 +349,7 @@ def _choose_for_photo(picks: list, index: CaptionIndex, probs: np.ndarray, perso
     lists = {}
     for i, pick in enumerate(picks):
         if pick is not None and pick.caption in index.captions.get(pick.word, ()):  # not a plain caption
-            kept, standing = _supported(index, pick.word, probs[i], None if person is None else person[i], pick.avoid)
+            kept, standing = index.supported(pick.word, probs[i], None if person is None else person[i], pick.avoid)
             if kept:
                 lists[i] = kept, standing
     if not lists:
@@ -348,10 +367,9 @@ def _compete(picks: list, captions, index: CaptionIndex, probs: np.ndarray, pers
     scorer's mean log-probability per word of it beats that of the decoder's caption. One call."""
     lists = {}
     for i, pick in enumerate(picks):
-        j = int(np.argmax(probs[i]))
-        word, p = index.words[j], float(probs[i][j])
+        word, p = index.top(probs[i])
         if pick is None and p >= COMPETE_P and word in index.captions:
-            kept, standing = _supported(index, word, probs[i], None if person is None else person[i], frozenset())
+            kept, standing = index.supported(word, probs[i], None if person is None else person[i], frozenset())
             if kept:
                 lists[i] = word, p, kept, standing
     if not lists:
@@ -365,15 +383,3 @@ def _compete(picks: list, captions, index: CaptionIndex, probs: np.ndarray, pers
         k = int(np.argmax(standing + SCORER_WEIGHT * logp[:-1]))
         if logp[k] > logp[-1]:
             picks[i] = Retrieved(kept[k], word, p, beat_decoder=True)
-
-
-def _supported(index: CaptionIndex, word: str, word_probs: np.ndarray, person_p, avoid: frozenset[str]):
-    """CaptionIndex.choices of `word` that claim nothing the photo does not support, by the scene
-    captions' rules (tags/scenes.py): no tag word below NAMED_MIN_P, no dog below a "dog" tag of
-    DOG_MIN_P, no person the head puts below vetting's AVOID_PERSON_BELOW (person_p None: no head)."""
-    dog = index._col.get("dog")
-    dog_p = 1.0 if dog is None else float(word_probs[dog])
-    avoid = avoid | (vetting.DOG if dog_p < scenes.DOG_MIN_P else frozenset())
-    if person_p is not None:
-        avoid |= vetting.avoid_in_replacement(frozenset(), dog_p, float(person_p))
-    return index.choices(word, word_probs, avoid, scenes.NAMED_MIN_P)
