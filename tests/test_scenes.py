@@ -20,6 +20,7 @@ from capgen.tags.scenes import (
     DOG_GATE,
     DOG_MIN_P,
     DOUBTED_PERSON,
+    FAMILIAR_GATE,
     FORMAT,
     OWN_BONUS,
     PERSON_GATE,
@@ -107,6 +108,27 @@ def test_photos_of_people_dogs_and_people_at_a_sport_keep_the_decoders_caption(t
     rider = tuple("a man is riding a bike through the woods".split())  # a person on a bike is at a sport too
     assert not scenes.reranks(zebra, PERSON_BELOW, rider) and scenes.reranks(zebra, PERSON_BELOW / 2, rider)
     assert scenes.reranks(zebra, PERSON_BELOW, tuple("a bike parked on a street".split()))  # a bike alone is not
+
+
+def test_photos_like_the_decoders_training_photos_keep_its_caption(tmp_path):
+    """Familiarity (the mean cosine of the nearest training photos) at FAMILIAR_GATE or more: the
+    decoder is in its own domain and no other scene's caption competes; unknown familiarity: no gate."""
+    scenes = _scenes(tmp_path)
+    zebra, own = np.array([0.8, 0.0, 0.0, 0.0]), tuple("a man is standing on a zebra".split())
+    assert scenes.reranks(zebra, 0.1, own) and scenes.reranks(zebra, 0.1, own, None)
+    assert scenes.reranks(zebra, 0.1, own, FAMILIAR_GATE - 0.01)
+    assert not scenes.reranks(zebra, 0.1, own, FAMILIAR_GATE)
+
+    def flat(images, captions, word_probs):
+        return [np.full(len(c), -2.0) for c in captions]
+
+    pooled, caption = np.array([[0.8, 0.0, 0.0, 0.01]]), ["a dog is sitting on a zebra"]
+    unlike = _corpus(tmp_path, 0.1)
+    unlike._neighbours = _neighbours_at([[0, 1, 0, 0], [0, 0, 1, 0]])  # familiarity 0
+    assert unlike.picks(pooled, DecodeConfig(), GuideConfig(), caption, flat)[0].scenes
+    like = _corpus(tmp_path, 0.1)
+    like._neighbours = _neighbours_at([[1, 0, 0, 0], [1, 0, 0, 0]])  # familiarity 1: a training photo's twin
+    assert like.picks(pooled, DecodeConfig(), GuideConfig(), caption, flat) == [None]
 
 
 def test_the_consensus_wins_unless_the_own_caption_is_far_more_likely(tmp_path):

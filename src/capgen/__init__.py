@@ -11,7 +11,7 @@ Library layout (the file list is the architecture):
   capgen.cli       the `capgen` command, a thin layer over the above
 """
 
-__version__ = "0.10.0"
+__version__ = "0.10.1"
 
 __all__ = ["Captioner", "__version__"]
 

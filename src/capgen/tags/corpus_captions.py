@@ -286,10 +286,12 @@ class CorpusCaptions:
         head = getattr(self.tagger, "head", None)
         person = index.person_probs(pooled, head) if captions is not None and head is not None else None
         scenes_on = GuideConfig.of(guide).scenes
+        familiarity = None  # how much each photo looks like the decoder's training photos
         if person is not None and scenes_on and (nbrs := self._neighbour_index()).fits(head):
             # the caption text's word on people in such scenes, where the head is far from its data
             prior = self._scene_index().person_prior(probs)
-            person = vetting.with_scene_prior(person, prior, nbrs.familiarity(pooled))
+            familiarity = nbrs.familiarity(pooled)
+            person = vetting.with_scene_prior(person, prior, familiarity)
         picks = [index.choose(row) for row in probs]
         for i, caption in enumerate(captions or ()):
             if picks[i] is None:
@@ -299,18 +301,20 @@ class CorpusCaptions:
             if captions is not None:
                 _compete(picks, captions, index, probs, person, score)
         if score is not None and person is not None and scenes_on:
-            self._rerank(picks, captions, probs, person, score, config)
+            self._rerank(picks, captions, probs, person, score, config, familiarity)
         return picks
 
-    def _rerank(self, picks: list, captions, probs, person, score: Scorer, config) -> None:
-        """Each image the gates let through (SceneCaptions.reranks): its caption so far (its pick's,
-        else the decoder's) meets the captions of similar scenes, and a scene's caption that wins
-        becomes its pick. The shortlists of all such images are scored in one call."""
+    def _rerank(self, picks: list, captions, probs, person, score: Scorer, config, familiarity=None) -> None:
+        """Each image the gates let through (SceneCaptions.reranks; familiarity: (B,) or None, no
+        neighbour index): its caption so far (its pick's, else the decoder's) meets the captions of
+        similar scenes, and a scene's caption that wins becomes its pick. The shortlists of all such
+        images are scored in one call."""
         scene_index = self._scene_index()
         lists = {}
         for i, caption in enumerate(captions):
             own = tuple((caption if picks[i] is None else picks[i].caption).split())
-            if not scene_index.reranks(probs[i], float(person[i]), own):
+            known = None if familiarity is None else float(familiarity[i])
+            if not scene_index.reranks(probs[i], float(person[i]), own, known):
                 continue
             found = scene_index.candidates(probs[i], float(person[i]), (config.min_words, config.length_limit))
             if found.captions:

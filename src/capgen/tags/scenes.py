@@ -3,12 +3,13 @@
 A decoder trained on Flickr8k describes a kitchen or a herd of elephants in the words of people
 and dogs. The caption text (assets/scene_captions.json, from COCO captions without their photos:
 scripts/build_scene_index.py) holds five captions per scene. For a photo the person head doubts
-(and not of a dog, nor of a person at a sport the decoder named: `SceneCaptions.reranks`), the K
-scenes whose named objects best match the photo's tags (the summed tag probabilities of the tag
-words a scene's captions name, as a share of its captions, plus the person head's agreement with
-the share of its captions naming a person) give the candidates: their captions, less those naming a
-person, dog or tagged object the photo does not support (tags/vetting.py). The SHORTLIST that agree
-most with the others and the caption so far score
+(and not of a dog, nor of a person at a sport the decoder named, nor one like the decoder's
+training photos: `SceneCaptions.reranks`), the K scenes whose named objects best match the
+photo's tags (the summed tag probabilities of the tag words a scene's captions name, as a share
+of its captions, plus the person head's agreement with the share of its captions naming a person)
+give the candidates: their captions, less those naming a person, dog or tagged object the photo
+does not support (tags/vetting.py). The SHORTLIST that agree most with the others and the caption
+so far score
 
     agreement with the retrieved captions / the best agreement  +  WEIGHT x mean log-prob per word
 
@@ -54,6 +55,12 @@ ACTORS = frozenset(
 # decoder's "a man is riding a bike through the woods" shared fewer n-grams with the scenes' "a bicycle
 # ..." and lost to "a bicycle stands in the middle of an empty parking lot" (6 Flickr8k photos of riders).
 GEAR = frozenset("bike bikes bicycle bicycles".split())
+# A photo this much like the decoder's training photos (the mean cosine of its nearest Flickr8k
+# training photos, tags/neighbours.py) keeps the decoder's caption: there the decoder writes in its
+# own domain, and other scenes' captions brought "a bunch of cars parked in a parking lot" to rally
+# cars and "a skateboarder rides down the street with a helmet" to motocross riders (Flickr8k test
+# CIDEr 55.67 -> 56.32; coco_dev, whose photos are seldom this familiar, the same: BENCHMARKS.md).
+FAMILIAR_GATE = 0.6
 SCENES = 15  # scenes retrieved per photo
 SHORTLIST = 4  # of their captions, those the scorer scores
 SHARPNESS = 3.0  # a retrieved caption weighs exp(SHARPNESS x its scene's match)
@@ -108,14 +115,18 @@ class SceneCaptions:
             raise TagsError(f"{path}: 'documents' must be a whole number >= 1")
         return cls(scenes, df, documents, words or WordMap.load(None), data.get("source", {}))
 
-    def reranks(self, word_probs: np.ndarray, person_p: float, own: tuple[str, ...]) -> bool:
+    def reranks(
+        self, word_probs: np.ndarray, person_p: float, own: tuple[str, ...], familiarity: float | None = None
+    ) -> bool:
         """Whether captions of similar scenes compete with `own`, the photo's caption so far: not
-        for photos of people, dogs, or people at a sport the decoder named (the gates above)."""
+        for photos of people, dogs, people at a sport the decoder named, or photos like the
+        decoder's training photos (the gates above; familiarity None: not known, no such gate)."""
         dog_p = 0.0 if self._dog is None else float(word_probs[self._dog])
         words = set(own)
         on_gear = not GEAR.isdisjoint(words) and not vetting.PERSON.isdisjoint(words)
         actor = person_p >= vetting.PERSON_BELOW and (on_gear or not ACTORS.isdisjoint(words))
-        return person_p < PERSON_GATE and dog_p < DOG_GATE and not actor
+        familiar = familiarity is not None and familiarity >= FAMILIAR_GATE
+        return person_p < PERSON_GATE and dog_p < DOG_GATE and not actor and not familiar
 
     def person_prior(self, word_probs: np.ndarray) -> np.ndarray:
         """(B, W) tag word probabilities -> (B,) the share of captions naming a person among the
