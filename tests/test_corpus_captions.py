@@ -216,3 +216,48 @@ def test_a_confident_tags_caption_replaces_the_decoders_only_when_the_scorer_fin
     assert corpus.picks(tree, DecodeConfig(), GuideConfig(), own, scorer(-2.0)) == [None]  # the decoder's is likelier
     unsure = np.array([[0.0, 0.0, COMPETE_P - 0.1, 0.0]])
     assert corpus.picks(unsure, DecodeConfig(), GuideConfig(), own, scorer(-4.0)) == [None]  # the tag is not confident
+
+
+def test_caption_text_keeps_the_people_the_person_head_believes(tmp_path):
+    """Where the decoder's caption names a person and the person head believes it (at the scene
+    gate), a caption from caption text must name a person too: a rare tag's caption without people
+    yields to the decoder's, and the choice for the photo is made among those with people."""
+    from capgen.tags.scenes import PERSON_GATE
+    from capgen.tags.vetting import PersonHead
+
+    head = LinearHead(np.ones((4, 4), np.float32), np.zeros(4, np.float32), "test")
+    # P(person) = sigmoid(200 x (giraffe column) - 10): giraffe 0.0 -> doubted, 0.1 -> believed
+    person = PersonHead(np.array([0.0, 200.0, 0.0, 0.0], np.float32), -10.0, head.sha256).to_dict()
+
+    def corpus_with(zebra_captions):
+        path = tmp_path / "index.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "rare_below": 20,
+                    "paired_mentions": {"zebra": 0, "tree": 500},
+                    "captions": {"zebra": zebra_captions},
+                    "person_head": person,
+                }
+            )
+        )
+        tagger = SimpleNamespace(words=WORDS, head=head, word_probs=lambda pooled: np.asarray(pooled))
+        corpus = CorpusCaptions(tagger)
+        corpus._index = CaptionIndex.load(path, WORDS)
+        return corpus
+
+    believed, doubted = np.array([[0.6, 0.1, 0.0, 0.0]]), np.array([[0.6, 0.0, 0.0, 0.0]])
+    rider, grazer = ["a man is riding a zebra"], ["a zebra is grazing"]
+    alone = corpus_with(["a zebra in a field"])
+    assert alone._index.person_probs(believed, head)[0] >= PERSON_GATE > alone._index.person_probs(doubted, head)[0]
+    assert alone.picks(believed, DecodeConfig(), GuideConfig(), rider) == [None]  # the decoder's man stays
+    assert alone.picks(doubted, DecodeConfig(), GuideConfig(), rider)[0].caption == "a zebra in a field"
+    assert alone.picks(believed, DecodeConfig(), GuideConfig(), grazer)[0].caption == "a zebra in a field"
+
+    def score(images, captions, word_probs):  # likes the caption without people best
+        return [np.array([-1.0 if "man" not in c else -4.0 for c in caps]) for caps in captions]
+
+    both, no_scenes = corpus_with(["a zebra in a field", "a man with a zebra"]), GuideConfig(scenes=False)
+    assert both.picks(believed, DecodeConfig(), no_scenes, rider, score)[0].caption == "a man with a zebra"
+    assert both.picks(doubted, DecodeConfig(), no_scenes, rider, score)[0].caption == "a zebra in a field"

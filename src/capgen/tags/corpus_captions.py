@@ -120,13 +120,15 @@ class CaptionIndex:
         meta = {k: v for k, v in data.items() if k not in ("captions", "person_head", "paired_mentions")}
         return cls({k: v for k, v in caps.items() if k in known}, words, meta, _rare_words(data, path), person)
 
-    def choose(self, word_probs: np.ndarray) -> Retrieved | None:
+    def choose(self, word_probs: np.ndarray, need: frozenset[str] = frozenset()) -> Retrieved | None:
         """One photo's tag word probabilities (W,) -> a caption from the index, or None (the top tag
-        is not confident enough, or the decoder knows it well: no entry)."""
+        is not confident enough, or the decoder knows it well: no entry; or none of its captions
+        names one of `need`, when given)."""
         top, p = self.top(word_probs)
         if p < THRESHOLD or top not in self.rare or top not in self.captions:
             return None
-        return Retrieved(self._best(top, word_probs, frozenset()), top, p)
+        caption = self._best(top, word_probs, frozenset(), need)
+        return None if caption is None else Retrieved(caption, top, p)
 
     def top(self, word_probs: np.ndarray) -> tuple[str, float]:
         """The photo's most probable tag word and its probability (argmax: the first of equal
@@ -166,15 +168,21 @@ class CaptionIndex:
         return self.person.probs(pooled)
 
     def choices(
-        self, word: str, word_probs: np.ndarray, avoid: frozenset[str], min_named: float = 0.0
+        self,
+        word: str,
+        word_probs: np.ndarray,
+        avoid: frozenset[str],
+        min_named: float = 0.0,
+        need: frozenset[str] = frozenset(),
     ) -> tuple[list[str], np.ndarray]:
-        """`word`'s captions without `avoid` words nor a tag word below `min_named`, most typical
-        first, and the standing of each: the summed probabilities of the photo's tags it names, plus
-        TYPICALITY x its typicality; never a caption with a typo (words.stutters)."""
+        """`word`'s captions without `avoid` words nor a tag word below `min_named` (and with one of
+        `need`, when given), most typical first, and the standing of each: the summed probabilities
+        of the photo's tags it names, plus TYPICALITY x its typicality; never a caption with a typo
+        (words.stutters)."""
         caps, kept, standing = self.captions[word], [], []
         for rank, named in enumerate(self._named[word]):
             tokens = caps[rank].split()
-            if (avoid and not avoid.isdisjoint(tokens)) or stutters(tokens):
+            if (avoid and not avoid.isdisjoint(tokens)) or (need and need.isdisjoint(tokens)) or stutters(tokens):
                 continue
             if min_named and any(word_probs[j] < min_named for j in named):
                 continue
@@ -182,7 +190,9 @@ class CaptionIndex:
             standing.append(sum(float(word_probs[j]) for j in named) + TYPICALITY * (1 - rank / len(caps)))
         return kept, np.asarray(standing)
 
-    def supported(self, word: str, word_probs: np.ndarray, person_p, avoid: frozenset[str]):
+    def supported(
+        self, word: str, word_probs: np.ndarray, person_p, avoid: frozenset[str], need: frozenset[str] = frozenset()
+    ):
         """choices() of `word` that claim nothing the photo does not support, by the scene captions'
         rules (tags/scenes.py): no tag word below NAMED_MIN_P, no dog below a "dog" tag of DOG_MIN_P,
         no person the head puts below vetting's AVOID_PERSON_BELOW (person_p None: no head)."""
@@ -190,12 +200,14 @@ class CaptionIndex:
         avoid = avoid | (vetting.DOG if dog_p < scenes.DOG_MIN_P else frozenset())
         if person_p is not None:
             avoid |= vetting.avoid_in_replacement(frozenset(), dog_p, float(person_p))
-        return self.choices(word, word_probs, avoid, scenes.NAMED_MIN_P)
+        return self.choices(word, word_probs, avoid, scenes.NAMED_MIN_P, need)
 
-    def _best(self, word: str, word_probs: np.ndarray, avoid: frozenset[str]) -> str | None:
-        """Among `word`'s captions without `avoid` words, the one naming the photo's tags best,
-        typicality breaking near-ties (ties: the more typical, earlier one)."""
-        kept, standing = self.choices(word, word_probs, avoid)
+    def _best(
+        self, word: str, word_probs: np.ndarray, avoid: frozenset[str], need: frozenset[str] = frozenset()
+    ) -> str | None:
+        """Among `word`'s captions without `avoid` words (and with one of `need`), the one naming the
+        photo's tags best, typicality breaking near-ties (ties: the more typical, earlier one)."""
+        kept, standing = self.choices(word, word_probs, avoid, need=need)
         return kept[int(np.argmax(standing))] if kept else None
 
 
@@ -292,14 +304,15 @@ class CorpusCaptions:
             prior = self._scene_index().person_prior(probs)
             familiarity = nbrs.familiarity(pooled)
             person = vetting.with_scene_prior(person, prior, familiarity)
-        picks = [index.choose(row) for row in probs]
+        keep = [_people_to_keep(captions, person, i) for i in range(len(probs))]
+        picks = [index.choose(row, need) for row, need in zip(probs, keep)]
         for i, caption in enumerate(captions or ()):
             if picks[i] is None:
                 picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
         if score is not None:
-            _choose_for_photo(picks, index, probs, person, score)
+            _choose_for_photo(picks, index, probs, person, score, keep)
             if captions is not None:
-                _compete(picks, captions, index, probs, person, score)
+                _compete(picks, captions, index, probs, person, score, keep)
         if score is not None and person is not None and scenes_on:
             self._rerank(picks, captions, probs, person, score, config, familiarity)
         return picks
@@ -342,18 +355,41 @@ class CorpusCaptions:
                 res.attention = None  # the decoder attended for its own words, not these
 
 
-def _choose_for_photo(picks: list, index: CaptionIndex, probs: np.ndarray, person, score: Scorer) -> None:
+# The person words but "group", which names elephants as readily as people ("a group of elephants
+# are standing in the trees" kept no one of two men among elephants).
+_PEOPLE = vetting.PERSON - {"group"}
+
+
+def _people_to_keep(captions, person, i: int) -> frozenset[str]:
+    """The words one of which caption text must name for photo i: a person, where the decoder's
+    caption names one and the person head believes it (at scenes.PERSON_GATE, where no scene's
+    caption competes either); else none. Flickr8k's people photos are the decoder's own, and a rare
+    tag's caption took the people out of them: "a stuffed teddy bear and monkey share the picture"
+    for a girl among leaves (BENCHMARKS.md, "Read on Flickr8k test"). captions, person: the decoder's
+    captions and (B,) P(person), either None when not known."""
+    if captions is None or person is None or float(person[i]) < scenes.PERSON_GATE:
+        return frozenset()
+    return _PEOPLE if not _PEOPLE.isdisjoint(captions[i].split()) else frozenset()
+
+
+def _choose_for_photo(
+    picks: list, index: CaptionIndex, probs: np.ndarray, person, score: Scorer, keep: list | None = None
+) -> None:
     """Each pick from a tag's captions becomes the one of them with the highest standing plus
     SCORER_WEIGHT x the scorer's mean log-probability per word for the photo (SCORER_WEIGHT above),
     among those that claim nothing the photo does not support, as for captions of similar scenes
     (tags/scenes.py): the scorer reads "a cat sitting on a desk in front of a computer" well for any
     desk (tag "cat" at 0.0000) and "a man is holding a bunch of bananas" for a painting of bananas.
-    person: (B,) P(person), or None (no person head: people are not refused). All images' captions
-    are scored in one call."""
+    person: (B,) P(person), or None (no person head: people are not refused); keep: per photo, the
+    words one of which the caption must name (_people_to_keep). All images' captions are scored in
+    one call."""
     lists = {}
     for i, pick in enumerate(picks):
         if pick is not None and pick.caption in index.captions.get(pick.word, ()):  # not a plain caption
-            kept, standing = index.supported(pick.word, probs[i], None if person is None else person[i], pick.avoid)
+            need = keep[i] if keep else frozenset()
+            kept, standing = index.supported(
+                pick.word, probs[i], None if person is None else person[i], pick.avoid, need
+            )
             if kept:
                 lists[i] = kept, standing
     if not lists:
@@ -365,15 +401,19 @@ def _choose_for_photo(picks: list, index: CaptionIndex, probs: np.ndarray, perso
         picks[i] = replace(picks[i], caption=kept[int(np.argmax(standing + SCORER_WEIGHT * np.asarray(logp)))])
 
 
-def _compete(picks: list, captions, index: CaptionIndex, probs: np.ndarray, person, score: Scorer) -> None:
+def _compete(
+    picks: list, captions, index: CaptionIndex, probs: np.ndarray, person, score: Scorer, keep: list | None = None
+) -> None:
     """Each photo without a pick whose top tag is at least COMPETE_P and has captions in the index:
-    that tag's best caption for the photo (as _choose_for_photo chooses) becomes its pick if the
-    scorer's mean log-probability per word of it beats that of the decoder's caption. One call."""
+    that tag's best caption for the photo (as _choose_for_photo chooses, naming one of keep[i])
+    becomes its pick if the scorer's mean log-probability per word of it beats that of the decoder's
+    caption. One call."""
     lists = {}
     for i, pick in enumerate(picks):
         word, p = index.top(probs[i])
         if pick is None and p >= COMPETE_P and word in index.captions:
-            kept, standing = index.supported(word, probs[i], None if person is None else person[i], frozenset())
+            need = keep[i] if keep else frozenset()
+            kept, standing = index.supported(word, probs[i], None if person is None else person[i], frozenset(), need)
             if kept:
                 lists[i] = word, p, kept, standing
     if not lists:
