@@ -64,10 +64,13 @@ def test_the_bundled_index_loads_with_the_bundled_words():
     assert "zebra" in index.rare and "dog" not in index.rare and index.person is not None
 
 
-def _vetting_index(tmp_path, head_hash):
+def _vetting_index(tmp_path, head_hash, captions=None, weight=(1.0, 0, 0, 0), bias=0.0):
+    """An index whose person head says sigmoid(pooled @ weight + bias) (default: sigmoid(x0))."""
     from capgen.tags.vetting import PersonHead
 
-    person = PersonHead(np.array([1.0, 0, 0, 0], np.float32), 0.0, head_hash).to_dict()  # P(person) = sigmoid(x0)
+    person = PersonHead(np.array(weight, np.float32), bias, head_hash).to_dict()
+    if captions is None:
+        captions = {"zebra": ["a zebra in a field"], "tree": ["a man under a tree", "a tree in a park"]}
     path = tmp_path / "index.json"
     path.write_text(
         json.dumps(
@@ -75,7 +78,7 @@ def _vetting_index(tmp_path, head_hash):
                 "format": FORMAT,
                 "rare_below": 20,
                 "paired_mentions": {"zebra": 0, "tree": 500},
-                "captions": {"zebra": ["a zebra in a field"], "tree": ["a man under a tree", "a tree in a park"]},
+                "captions": captions,
                 "person_head": person,
             }
         )
@@ -223,28 +226,14 @@ def test_caption_text_keeps_the_people_the_person_head_believes(tmp_path):
     gate), a caption from caption text must name a person too: a rare tag's caption without people
     yields to the decoder's, and the choice for the photo is made among those with people."""
     from capgen.tags.scenes import PERSON_GATE
-    from capgen.tags.vetting import PersonHead
 
     head = LinearHead(np.ones((4, 4), np.float32), np.zeros(4, np.float32), "test")
-    # P(person) = sigmoid(200 x (giraffe column) - 10): giraffe 0.0 -> doubted, 0.1 -> believed
-    person = PersonHead(np.array([0.0, 200.0, 0.0, 0.0], np.float32), -10.0, head.sha256).to_dict()
 
     def corpus_with(zebra_captions):
-        path = tmp_path / "index.json"
-        path.write_text(
-            json.dumps(
-                {
-                    "format": FORMAT,
-                    "rare_below": 20,
-                    "paired_mentions": {"zebra": 0, "tree": 500},
-                    "captions": {"zebra": zebra_captions},
-                    "person_head": person,
-                }
-            )
-        )
         tagger = SimpleNamespace(words=WORDS, head=head, word_probs=lambda pooled: np.asarray(pooled))
         corpus = CorpusCaptions(tagger)
-        corpus._index = CaptionIndex.load(path, WORDS)
+        # P(person) = sigmoid(200 x (giraffe column) - 10): giraffe 0.0 -> doubted, 0.1 -> believed
+        corpus._index = _vetting_index(tmp_path, head.sha256, {"zebra": zebra_captions}, (0.0, 200.0, 0.0, 0.0), -10.0)
         return corpus
 
     believed, doubted = np.array([[0.6, 0.1, 0.0, 0.0]]), np.array([[0.6, 0.0, 0.0, 0.0]])
