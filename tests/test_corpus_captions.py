@@ -98,8 +98,10 @@ def test_vetting_replaces_people_and_dogs_the_photo_does_not_support(tmp_path):
     assert pick.caption == "a tree in a park" and pick.replaced == ("person",)  # no person in the stand-in
     assert index.vet({"a", "man", "on", "bench"}, tree, high) is None  # the head sees a person
     assert index.vet({"a", "man"}, tree, None) is None  # no head for this encoder
-    dog = index.vet({"a", "dog", "runs"}, tree, high)
+    dog = index.vet({"a", "man", "and", "his", "dog", "run"}, tree, high)
     assert dog.replaced == ("dog",) and dog.caption == "a man under a tree"  # people are fine here
+    alone = index.vet({"a", "dog", "runs"}, tree, high)  # ... but none the decoder did not write
+    assert alone.replaced == ("dog",) and alone.caption == "a tree in a park"
     with_dog = tree.copy()
     with_dog[3] = DOG_BELOW * 4
     assert index.vet({"a", "dog", "runs"}, with_dog, high) is None  # the tagger sees a dog
@@ -224,7 +226,8 @@ def test_a_confident_tags_caption_replaces_the_decoders_only_when_the_scorer_fin
 def test_caption_text_keeps_the_people_the_person_head_believes(tmp_path):
     """Where the decoder's caption names a person and the person head believes it (at the scene
     gate), a caption from caption text must name a person too: a rare tag's caption without people
-    yields to the decoder's, and the choice for the photo is made among those with people."""
+    yields to the decoder's, and the choice for the photo is made among those with people. Where the
+    decoder names no one, a rare tag's caption names no one either."""
     from capgen.tags.scenes import PERSON_GATE
 
     head = LinearHead(np.ones((4, 4), np.float32), np.zeros(4, np.float32), "test")
@@ -247,6 +250,10 @@ def test_caption_text_keeps_the_people_the_person_head_believes(tmp_path):
     def score(images, captions, word_probs):  # likes the caption without people best
         return [np.array([-1.0 if "man" not in c else -4.0 for c in caps]) for caps in captions]
 
+    # nor does it add a person the decoder did not write, however typical the caption with one
+    typical_man = corpus_with(["a man with a zebra", "a zebra in a field"])
+    assert typical_man.picks(believed, DecodeConfig(), GuideConfig(), grazer)[0].caption == "a zebra in a field"
+    assert typical_man.picks(believed, DecodeConfig(), GuideConfig(), rider)[0].caption == "a man with a zebra"
     both, no_scenes = corpus_with(["a zebra in a field", "a man with a zebra"]), GuideConfig(scenes=False)
     assert both.picks(believed, DecodeConfig(), no_scenes, rider, score)[0].caption == "a man with a zebra"
     assert both.picks(doubted, DecodeConfig(), no_scenes, rider, score)[0].caption == "a zebra in a field"
