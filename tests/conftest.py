@@ -31,6 +31,26 @@ def build():
 """
 
 
+class _Writes:
+    """A text stream that records each write() call apart (a line and its newline must be one)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def write(self, s):
+        self.calls.append(s)
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+@pytest.fixture
+def recorded_writes() -> _Writes:
+    """A stream to put in place of sys.stdout or sys.stderr; its `calls` are the writes, in order."""
+    return _Writes()
+
+
 @pytest.fixture
 def synth_dir(tmp_path: Path) -> Path:
     return make_synthetic_dataset(tmp_path / "synth", n_images=30, fmt="kaggle", seed=1)

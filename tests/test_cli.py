@@ -54,25 +54,11 @@ def test_bad_input_is_one_line_exit_2(capsys, tmp_path, prepared, tiny_encoder):
         )
 
 
-class _Writes:
-    """A stderr that records each write() call apart."""
-
-    def __init__(self):
-        self.calls = []
-
-    def write(self, s):
-        self.calls.append(s)
-        return len(s)
-
-    def flush(self):
-        pass
-
-
-def test_an_error_line_is_one_write(monkeypatch, tmp_path):
+def test_an_error_line_is_one_write(monkeypatch, tmp_path, recorded_writes):
     """Issue 20's CI failure: under PYTHONUNBUFFERED print() wrote a message and its newline apart, so
     two torchrun ranks' errors ran together on one line. Each message must reach stderr in one write."""
 
-    stderr = _Writes()
+    stderr = recorded_writes
     monkeypatch.setattr(sys, "stderr", stderr)
     code = main(["prepare", str(tmp_path / "nope"), "--out", str(tmp_path / "p")])
     assert code == 2 and len(stderr.calls) == 1, stderr.calls
@@ -80,14 +66,14 @@ def test_an_error_line_is_one_write(monkeypatch, tmp_path):
     assert stderr.calls[0].count("\n") == 1
 
 
-def test_a_line_above_a_progress_bar_is_one_write(monkeypatch):
+def test_a_line_above_a_progress_bar_is_one_write(monkeypatch, recorded_writes):
     """A skipped photo's line while the bar runs: tqdm.write writes its `end` apart, which ran lines
     of torchrun ranks together as print() did; say_above_bar writes the line with its newline."""
     from tqdm.auto import tqdm
 
     from capgen.errors import say_above_bar
 
-    stderr = _Writes()
+    stderr = recorded_writes
     monkeypatch.setattr(sys, "stderr", stderr)
     bar = tqdm(total=3, file=stderr)
     bar.update(1)

@@ -536,22 +536,13 @@ def test_resuming_a_run_that_stopped_early_changes_nothing(prepared, features, t
     assert files() == before
 
 
-def test_the_epoch_summary_is_one_write_to_stdout(monkeypatch):
+def test_the_epoch_summary_is_one_write_to_stdout(monkeypatch, recorded_writes):
     """The epoch line is a result (stdout) written above the batch bar: one write with its newline,
     as every line above a bar (errors.say_above_bar), so another writer cannot split it."""
     from capgen.training.callbacks import Report
 
-    calls = []
-
-    class Stdout:
-        def write(self, s):
-            calls.append(s)
-            return len(s)
-
-        def flush(self):
-            pass
-
-    monkeypatch.setattr(sys, "stdout", Stdout())
+    monkeypatch.setattr(sys, "stdout", recorded_writes)
     Report().on_epoch_end(None, {"epoch": 2, "train_loss": 1.5, "CIDEr": 0.25, "BLEU-4": 0.125})
     # tqdm.write still writes its (empty) `end` apart: nothing to split
+    calls = recorded_writes.calls
     assert [c for c in calls if c] == ["epoch 2: loss 1.500, val CIDEr-D 0.250, BLEU-4 0.125\n"], calls

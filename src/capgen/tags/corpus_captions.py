@@ -151,7 +151,7 @@ class CaptionIndex:
         claims = vetting.unsupported(words, dog_p, person_p)
         if not claims:
             return None
-        avoid = vetting.avoid_in_replacement(claims, dog_p, person_p) | _people_unwritten(" ".join(words))
+        avoid = vetting.avoid_in_replacement(claims, dog_p, person_p) | _people_unwritten(words)
         replaced = tuple(c for c, ws in (("person", vetting.PERSON), ("dog", vetting.DOG)) if claims & ws)
         top = [(self.words[int(j)], float(word_probs[j])) for j in np.argsort(-word_probs, kind="stable")[:OTHER_TAGS]]
         top = [(w, p) for w, p in top if p >= vetting.FALLBACK_MIN_P]
@@ -307,14 +307,16 @@ class CorpusCaptions:
             prior = self._scene_index().person_prior(probs)
             familiarity = nbrs.familiarity(pooled)
             person = vetting.with_scene_prior(person, prior, familiarity)
-        keep = [_people_to_keep(captions, person, i) for i in range(len(probs))]
+        own = [set(c.split()) for c in captions] if captions is not None else None  # the decoder's words
+        p_person = [None] * len(probs) if person is None else [float(p) for p in person]
+        keep = [frozenset() if own is None else _people_to_keep(own[i], p_person[i]) for i in range(len(probs))]
         picks = [
-            index.choose(row, need, _people_unwritten(None if captions is None else captions[i]))
-            for i, (row, need) in enumerate(zip(probs, keep))
+            index.choose(row, keep[i], frozenset() if own is None else _people_unwritten(own[i]))
+            for i, row in enumerate(probs)
         ]
-        for i, caption in enumerate(captions or ()):
+        for i, words in enumerate(own or ()):
             if picks[i] is None:
-                picks[i] = index.vet(set(caption.split()), probs[i], None if person is None else float(person[i]))
+                picks[i] = index.vet(words, probs[i], p_person[i])
         if score is not None:
             _choose_for_photo(picks, index, probs, person, score, keep)
             if captions is not None:
@@ -366,30 +368,26 @@ class CorpusCaptions:
 _PEOPLE = vetting.PERSON - {"group"}
 
 
-def _people_unwritten(caption: str | None) -> frozenset[str]:
-    """vetting.PERSON where the decoder's `caption` names no one (no person word, no skier or rider:
-    scenes.ACTORS), else none (also for None, no caption): a rare tag's caption, or one in place of a
+def _people_unwritten(words: set[str]) -> frozenset[str]:
+    """vetting.PERSON where the decoder's caption (its `words`) names no one (no person word, no skier
+    or rider: scenes.ACTORS), else none: a rare tag's caption, or one in place of a
     refused dog, adds no person the decoder did not write. The decoder writes people everywhere, so
     where it wrote none the caption text's "a girl is playing with a teddy bear in a bathroom" (for
     teddy bears on a bed) invents her (BENCHMARKS.md, "Read on Flickr8k test"). Not for the tag
     competition, whose caption must also be likelier than the decoder's ("a man holding an umbrella
     on a sidewalk" for "a black umbrella is standing in the street")."""
-    if caption is None:
-        return frozenset()
-    words = caption.split()
     return vetting.PERSON if vetting.PERSON.isdisjoint(words) and scenes.ACTORS.isdisjoint(words) else frozenset()
 
 
-def _people_to_keep(captions, person, i: int) -> frozenset[str]:
-    """The words one of which caption text must name for photo i: a person, where the decoder's
-    caption names one and the person head believes it (at scenes.PERSON_GATE, where no scene's
-    caption competes either); else none. Flickr8k's people photos are the decoder's own, and a rare
-    tag's caption took the people out of them: "a stuffed teddy bear and monkey share the picture"
-    for a girl among leaves (BENCHMARKS.md, "Read on Flickr8k test"). captions, person: the decoder's
-    captions and (B,) P(person), either None when not known."""
-    if captions is None or person is None or float(person[i]) < scenes.PERSON_GATE:
+def _people_to_keep(words: set[str], person_p: float | None) -> frozenset[str]:
+    """The words one of which caption text must name for a photo: a person, where the decoder's
+    caption (its `words`) names one and the person head believes it (person_p at scenes.PERSON_GATE,
+    where no scene's caption competes either; None: no head); else none. Flickr8k's people photos are
+    the decoder's own, and a rare tag's caption took the people out of them: "a stuffed teddy bear
+    and monkey share the picture" for a girl among leaves (BENCHMARKS.md, "Read on Flickr8k test")."""
+    if person_p is None or person_p < scenes.PERSON_GATE:
         return frozenset()
-    return _PEOPLE if not _PEOPLE.isdisjoint(captions[i].split()) else frozenset()
+    return _PEOPLE if not _PEOPLE.isdisjoint(words) else frozenset()
 
 
 def _choose_for_photo(
