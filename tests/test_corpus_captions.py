@@ -254,6 +254,8 @@ def test_caption_text_keeps_the_people_the_person_head_believes(tmp_path):
     typical_man = corpus_with(["a man with a zebra", "a zebra in a field"])
     assert typical_man.picks(believed, DecodeConfig(), GuideConfig(), grazer)[0].caption == "a zebra in a field"
     assert typical_man.picks(believed, DecodeConfig(), GuideConfig(), rider)[0].caption == "a man with a zebra"
+    herd = corpus_with(["a group of zebras in a field", "a zebra in a field"])  # a group of zebras is no one
+    assert herd.picks(believed, DecodeConfig(), GuideConfig(), grazer)[0].caption == "a group of zebras in a field"
     both, no_scenes = corpus_with(["a zebra in a field", "a man with a zebra"]), GuideConfig(scenes=False)
     assert both.picks(believed, DecodeConfig(), no_scenes, rider, score)[0].caption == "a man with a zebra"
     assert both.picks(doubted, DecodeConfig(), no_scenes, rider, score)[0].caption == "a zebra in a field"

@@ -369,14 +369,14 @@ _PEOPLE = vetting.PERSON - {"group"}
 
 
 def _people_unwritten(words: set[str]) -> frozenset[str]:
-    """vetting.PERSON where the decoder's caption (its `words`) names no one (no person word, no skier
-    or rider: scenes.ACTORS), else none: a rare tag's caption, or one in place of a
+    """The person words (but "group", _PEOPLE) where the decoder's caption (its `words`) names no one
+    (no such word, no skier or rider: scenes.ACTORS), else none: a rare tag's caption, or one in place of a
     refused dog, adds no person the decoder did not write. The decoder writes people everywhere, so
     where it wrote none the caption text's "a girl is playing with a teddy bear in a bathroom" (for
     teddy bears on a bed) invents her (BENCHMARKS.md, "Read on Flickr8k test"). Not for the tag
     competition, whose caption must also be likelier than the decoder's ("a man holding an umbrella
     on a sidewalk" for "a black umbrella is standing in the street")."""
-    return vetting.PERSON if vetting.PERSON.isdisjoint(words) and scenes.ACTORS.isdisjoint(words) else frozenset()
+    return _PEOPLE if _PEOPLE.isdisjoint(words) and scenes.ACTORS.isdisjoint(words) else frozenset()
 
 
 def _people_to_keep(words: set[str], person_p: float | None) -> frozenset[str]:
