@@ -26,6 +26,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from capgen.errors import CapgenError, run_script
+
 PER_SHEET, COLUMNS = 20, 5
 CELL_W, CELL_H, TEXT_H = 320, 220, 64  # pixels: photo box and caption band per cell
 WRAP = 44  # characters per caption line at the font size below
@@ -33,15 +35,20 @@ WRAP = 44  # characters per caption line at the font size below
 
 def read_predictions(path: str | Path) -> dict[str, str]:
     """File name -> caption, from predictions.json (a JSON list) or JSON lines."""
-    text = Path(path).read_text(encoding="utf-8")
-    rows = (
-        json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
-    )
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        rows = (
+            json.loads(text)
+            if text.lstrip().startswith("[")
+            else [json.loads(x) for x in text.splitlines() if x.strip()]
+        )
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CapgenError(f"{path}: expected predictions.json or caption JSON lines ({e})") from None
     out = {}
     for i, row in enumerate(rows, 1):
         key = row.get("image_id", row.get("image")) if isinstance(row, dict) else None
         if not isinstance(key, str) or not isinstance(row.get("caption"), str):
-            raise SystemExit(f"{path}, row {i}: expected an 'image_id' or 'image' and a 'caption'")
+            raise CapgenError(f"{path}, row {i}: expected an 'image_id' or 'image' and a 'caption'")
         out[Path(key).name] = row["caption"]
     return out
 
@@ -88,7 +95,13 @@ def verdict_template(files, captions, other) -> str:
 
 def tally(path: str | Path) -> dict[str, int]:
     """Counts of 'yes' in a filled verdict file's acceptable columns (lines starting '#' are notes)."""
-    rows = [x.split("\t") for x in Path(path).read_text(encoding="utf-8").splitlines() if x and not x.startswith("#")]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CapgenError(f"{path}: expected a verdict file ({e})") from None
+    rows = [x.split("\t") for x in text.splitlines() if x and not x.startswith("#")]
+    if not rows:
+        raise CapgenError(f"{path}: expected a header line and one line per photo, got none")
     head, body = rows[0], rows[1:]
     return {
         col: sum(r[i] == "yes" for r in body if len(r) > i) for i, col in enumerate(head) if "acceptable" in col
@@ -112,6 +125,9 @@ def main() -> None:
     captions = read_predictions(args.predictions)
     other = read_predictions(args.compare) if args.compare else None
     files = sorted(captions)[: args.first]
+    missing = [name for name in files if not (args.images / name).is_file()]
+    if missing:  # before any sheet is written: no partial set of sheets is left behind
+        raise CapgenError(f"{args.images}: {len(missing)} of the {len(files)} photos are missing (e.g. {missing[0]})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     sheets = draw_sheets(files, captions, other, args.images, args.out)
     Path(f"{args.out}.tsv").write_text(verdict_template(files, captions, other), encoding="utf-8")
@@ -119,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)
